@@ -1,0 +1,3 @@
+from domainlm.cli import main
+
+raise SystemExit(main())

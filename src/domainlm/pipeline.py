@@ -1,0 +1,153 @@
+"""Run stages in order with a cache: a stage whose config and inputs are unchanged is skipped.
+
+Each stage writes into `runs/<name>/<stage>/` and, last, `manifest.json` (resolved config, input
+hashes, upstream fingerprints, versions, timings, counts). The manifest is the completion marker:
+a stage is up to date when its manifest's fingerprint equals the one computed now. While a stage
+runs, `in_progress.json` holds the fingerprint it is working for, so a killed stage resumes from its
+own partial work (checkpoints, finished fine-tunes) only when nothing it depends on changed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from domainlm import __version__
+from domainlm.artifacts import atomic_write_json, file_digest, fingerprint, read_json
+from domainlm.config import RunConfig, resolve_path
+
+STAGES = ("corpus", "tokenizer", "pretrain", "evaluate", "report")
+UPSTREAM = {
+    "corpus": (),
+    "tokenizer": ("corpus",),
+    "pretrain": ("corpus", "tokenizer"),
+    "evaluate": ("tokenizer", "pretrain"),
+    "report": ("corpus", "tokenizer", "pretrain", "evaluate"),
+}
+log = logging.getLogger("domainlm")
+
+
+class StageError(RuntimeError):
+    """A stage cannot run (for example, its upstream artifacts are missing)."""
+
+
+def stage_dir(config: RunConfig, stage: str) -> Path:
+    return config.directory / stage
+
+
+def _input_files(config: RunConfig, stage: str) -> list[str]:
+    if stage == "corpus":
+        return [s.path for s in config.corpus.sources if s.path]
+    if stage == "evaluate":
+        return [getattr(t, split) for t in config.tasks for split in ("train", "dev", "test") if getattr(t, split)]
+    return []
+
+
+def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
+    """The part of the config a stage depends on (changing anything else does not rerun it)."""
+    dump = config.model_dump(mode="json")
+    if stage == "corpus":
+        settings = {"corpus": dump["corpus"], "python": platform.python_version()}
+    elif stage == "tokenizer":
+        settings = {"tokenizer": dump["tokenizer"]}
+    elif stage == "pretrain":
+        settings = {"model": dump["model"], "pretrain": dump["pretrain"], "seed": config.seed}
+        settings["pretrain"].pop("threads")  # how fast, not what is computed
+    elif stage == "evaluate":
+        settings = {"evaluate": dump["evaluate"], "tasks": dump["tasks"], "python": platform.python_version()}
+        settings["evaluate"].pop("threads")
+    else:
+        settings = {"report": dump["report"]}
+    return settings
+
+
+def stage_fingerprint(config: RunConfig, stage: str) -> tuple[str, dict[str, Any]]:
+    """Fingerprint of what a stage would compute now, and the record it was computed from."""
+    upstream = {}
+    for name in UPSTREAM[stage]:
+        manifest = stage_dir(config, name) / "manifest.json"
+        if not manifest.exists():
+            raise StageError(f"stage '{stage}' needs '{name}' first: {manifest} does not exist "
+                             f"(run `domainlm {name}` or `domainlm run`)")
+        upstream[name] = read_json(manifest)["fingerprint"]
+    record = {
+        "settings": stage_settings(config, stage),
+        "inputs": {path: file_digest(resolve_path(path)) for path in _input_files(config, stage)},
+        "upstream": upstream,
+        "domainlm": __version__,
+    }
+    return fingerprint(record), record
+
+
+def is_fresh(config: RunConfig, stage: str) -> bool:
+    manifest = stage_dir(config, stage) / "manifest.json"
+    if not manifest.exists():
+        return False
+    try:
+        current, _ = stage_fingerprint(config, stage)
+    except StageError:
+        return False
+    return read_json(manifest).get("fingerprint") == current
+
+
+def _versions() -> dict[str, str]:
+    versions = {"domainlm": __version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "tokenizers", "numpy", "sklearn"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    return versions
+
+
+def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
+    """Run one stage unless it is up to date. Returns True if it ran."""
+    out = stage_dir(config, stage)
+    current, record = stage_fingerprint(config, stage)
+    manifest_path = out / "manifest.json"
+    if not force and manifest_path.exists() and read_json(manifest_path).get("fingerprint") == current:
+        log.info("%-9s up to date (%s), skipped", stage, out)
+        return False
+
+    marker = out / "in_progress.json"
+    resumable = marker.exists() and read_json(marker).get("fingerprint") == current and not force
+    if out.exists() and not resumable:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"fingerprint": current})
+    log.info("%-9s running -> %s%s", stage, out, " (resuming)" if resumable else "")
+
+    started = time.time()
+    module = importlib.import_module(f"domainlm.{stage}")
+    counts = module.run(config, out) or {}
+    seconds = time.time() - started
+
+    manifest = {
+        "stage": stage,
+        "fingerprint": current,
+        **record,
+        "config": config.model_dump(mode="json"),
+        "versions": _versions(),
+        "timings": {"started": started, "seconds": round(seconds, 3)},
+        "counts": counts,
+    }
+    atomic_write_json(manifest_path, manifest)
+    marker.unlink(missing_ok=True)
+    log.info("%-9s done in %.1fs", stage, seconds)
+    return True
+
+
+def run_all(config: RunConfig, force: bool = False, until: str | None = None) -> list[str]:
+    """Run every stage in order (a changed stage makes everything downstream stale)."""
+    ran = []
+    for stage in STAGES:
+        if run_stage(config, stage, force=force):
+            ran.append(stage)
+        if stage == until:
+            break
+    return ran

@@ -1,0 +1,178 @@
+"""The pretraining loop: one `train_step` per optimizer step, checkpoints with exact resume.
+
+Everything a step depends on is a function of the step number or is saved in the checkpoint:
+the rows of step `s` are positions `s*B ... s*B+B-1` of the concatenated per-epoch permutations
+(`epoch_order`), masking draws from a generator whose state is saved, and so are the optimizer,
+the scheduler and torch's global RNG (dropout).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from domainlm.artifacts import atomic_directory, atomic_write_json, read_json
+from domainlm.config import PretrainConfig
+from domainlm.pretrain.data import PackedData, epoch_order, mask_tokens, word_start_table
+from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask
+
+
+def warmup_linear_decay(warmup_steps: int, total_steps: int):
+    """LR multiplier: linear 0 -> 1 over warmup, then linear 1 -> 0 at `total_steps` (BERT)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; none on biases, LayerNorm and embeddings' LN (as BERT)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    def __init__(self, model_config: EncoderConfig, config: PretrainConfig, data: PackedData,
+                 tokenizer: Tokenizer, checkpoint_dir: Path, seed: int = 0):
+        self.config, self.data, self.checkpoint_dir, self.seed = config, data, checkpoint_dir, seed
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(seed)
+        self.model = Encoder(model_config).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
+            fused=self.device.type == "cuda",
+        )
+        warmup = max(1, math.ceil(config.warmup_fraction * config.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_linear_decay(warmup, config.max_steps))
+        self.generator = torch.Generator().manual_seed(seed + 1)  # masking draws
+        self.word_start = word_start_table(tokenizer)
+        self.special_ids = torch.tensor([tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")])
+        self.mask_id = tokenizer.token_to_id("[MASK]")
+        self.step = 0
+        self.losses: list[float] = []
+        self.learning_rates: list[float] = []
+        self.elapsed = 0.0  # seconds spent in train steps, across resumes
+        self.real_tokens = 0
+
+    # ------------------------------------------------------------------------------- data
+    @lru_cache(maxsize=4)  # noqa: B019 - a few epochs' permutations, tied to this trainer's life
+    def _order(self, epoch: int) -> np.ndarray:
+        return epoch_order(len(self.data), self.seed, epoch)
+
+    def rows_for_step(self, step: int) -> np.ndarray:
+        size, n = self.config.batch_size, len(self.data)
+        indices = np.arange(step * size, (step + 1) * size)
+        return np.array([self._order(int(i // n))[i % n] for i in indices])
+
+    # ------------------------------------------------------------------------------- step
+    def train_step(self, step: int) -> float:
+        batch = self.data.batch(self.rows_for_step(step))
+        maskable = batch["real"] & ~torch.isin(batch["input_ids"], self.special_ids)
+        input_ids, labels = mask_tokens(
+            batch["input_ids"], maskable, self.word_start, self.config.mask_rate, self.mask_id,
+            len(self.word_start), self.generator, whole_word=self.config.whole_word,
+        )
+        attn_mask = segment_attention_mask(batch["segment_ids"])
+        to = {"device": self.device, "non_blocking": True}
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.model.mlm_loss(input_ids.to(**to), batch["position_ids"].to(**to), attn_mask.to(**to),
+                                       labels.to(**to))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.real_tokens += int(batch["real"].sum())
+        return float(loss)
+
+    def train(self) -> None:
+        total = self.config.max_steps
+        progress = tqdm(total=total, initial=self.step, desc="pretrain", unit=" steps", mininterval=1.0)
+        while self.step < total:
+            started = time.perf_counter()
+            self.learning_rates.append(self.scheduler.get_last_lr()[0])
+            loss = self.train_step(self.step)
+            self.elapsed += time.perf_counter() - started
+            self.losses.append(loss)
+            self.step += 1
+            if self.step % self.config.log_every == 0 or self.step == total:
+                recent = self.losses[-self.config.log_every :]
+                progress.set_postfix(loss=f"{sum(recent) / len(recent):.3f}",
+                                     tok_s=f"{self.real_tokens / max(self.elapsed, 1e-9):.0f}")
+            progress.update()
+            if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                self.save_checkpoint()
+        progress.close()
+
+    # ------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {"step": self.step, "losses": self.losses, "learning_rates": self.learning_rates,
+                "elapsed": self.elapsed, "real_tokens": self.real_tokens}
+
+    def save_checkpoint(self) -> Path:
+        final = self.checkpoint_dir / f"step-{self.step:08d}"
+        with atomic_directory(final) as tmp:
+            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       tmp / "optimizer.pt")
+            rng = {"masking": self.generator.get_state(), "torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state()
+            save_file(rng, tmp / "rng.safetensors")
+            atomic_write_json(tmp / "state.json", self.state())
+        for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def resume_if_possible(self) -> bool:
+        """Load the newest complete checkpoint, if any. Returns True if it resumed."""
+        complete = sorted(p for p in self.checkpoint_dir.glob("step-*") if (p / "state.json").exists())
+        if not complete:
+            return False
+        folder = complete[-1]
+        self.model.load_state_dict(load_file(folder / "model.safetensors", device=str(self.device)))
+        states = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(states["optimizer"])
+        self.scheduler.load_state_dict(states["scheduler"])
+        rng = load_file(folder / "rng.safetensors")
+        self.generator.set_state(rng["masking"])
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        state = read_json(folder / "state.json")
+        self.step, self.losses, self.learning_rates = state["step"], state["losses"], state["learning_rates"]
+        self.elapsed, self.real_tokens = state["elapsed"], state["real_tokens"]
+        print(f"pretrain: resumed from {folder.name}")
+        return True
+
+    # ------------------------------------------------------------------------------ report
+    def history(self) -> dict:
+        return {"loss": self.losses, "lr": self.learning_rates, "log_every": self.config.log_every}
+
+    def summary(self) -> dict:
+        tail = self.losses[-max(1, self.config.log_every) :]
+        return {
+            "steps": self.step,
+            "final_loss": sum(tail) / len(tail),
+            "real_tokens_seen": self.real_tokens,
+            "step_seconds": round(self.elapsed, 2),
+            "real_tokens_per_s": self.real_tokens / max(self.elapsed, 1e-9),
+            "corpus_rows": len(self.data),
+            "corpus_real_tokens": self.data.real_tokens(),
+            "device": str(self.device),
+        }
