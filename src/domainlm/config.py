@@ -139,6 +139,9 @@ class PretrainConfig(Section):
     """Share of words (whole-word) or tokens masked; 15% is BERT's, higher suits short budgets."""
     whole_word: bool = True
     """Mask all pieces of a word together (whole-word masking, as PubMedBERT)."""
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    """Dropout while pretraining (default: `model.dropout`, which fine-tuning uses). 0 learns
+    faster on short budgets (Cramming); the exported model keeps `model.dropout`."""
     checkpoint_every: int = Field(default=200, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
     log_every: int = Field(default=10, ge=1)

@@ -10,6 +10,7 @@ Artifacts in `runs/<name>/pretrain/`:
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -46,12 +47,13 @@ def prepare_data(config: RunConfig, out: Path) -> PackedData:
     return PackedData.load(folder)
 
 
-def export_model(model: Encoder, tokenizer_dir: Path, out: Path) -> float:
+def export_model(model: Encoder, tokenizer_dir: Path, out: Path, config: EncoderConfig | None = None) -> float:
     """Write a `transformers` BertForMaskedLM directory and check that stock transformers,
-    loading it from disk, gives our logits. Returns the max abs logit difference."""
+    loading it from disk, gives our logits. Returns the max abs logit difference.
+    `config` (default: the model's) is what the exported config.json says, e.g. fine-tuning dropout."""
     from transformers import AutoModelForMaskedLM, BertForMaskedLM
 
-    hf = BertForMaskedLM(model.config.to_hf())
+    hf = BertForMaskedLM((config or model.config).to_hf())
     missing, unexpected = hf.load_state_dict(to_hf_state_dict(model), strict=False)
     if unexpected or [k for k in missing if "position_ids" not in k]:
         raise RuntimeError(f"export mismatch: missing {missing}, unexpected {unexpected}")
@@ -87,12 +89,15 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     tokenizer = load_tokenizer(tokenizer_dir)
     data = prepare_data(config, out)
     model_config = encoder_config(config, tokenizer.get_vocab_size(), tokenizer.token_to_id("[PAD]"))
-    trainer = Trainer(model_config, config.pretrain, data, tokenizer, out / "checkpoints", seed=config.seed)
+    train_config = model_config
+    if config.pretrain.dropout is not None:
+        train_config = dataclasses.replace(model_config, dropout=config.pretrain.dropout)
+    trainer = Trainer(train_config, config.pretrain, data, tokenizer, out / "checkpoints", seed=config.seed)
     trainer.resume_if_possible()
     started = time.time()
     trainer.train()
     atomic_write_json(out / "history.json", trainer.history())
-    difference = export_model(trainer.model, tokenizer_dir, out / "export")
+    difference = export_model(trainer.model, tokenizer_dir, out / "export", config=model_config)
     if difference > 1e-4:
         raise RuntimeError(f"exported model disagrees with the training model: max |Δlogit| = {difference:.2e}")
     summary = trainer.summary()

@@ -1,0 +1,55 @@
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+WORDS = ("protein kinase binds receptor cell gene expression tumor patient therapy dose enzyme "
+         "inhibitor pathway mutation clinical trial response signal membrane").split()
+
+
+def synthetic_texts(count: int, seed: int = 0) -> list[str]:
+    """Deterministic pseudo-sentences over a small vocabulary (enough to train a tokenizer)."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 30))) + "." for _ in range(count)]
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> dict:
+    """A complete, fast recipe over synthetic files written into tmp_path."""
+    corpus = tmp_path / "corpus.txt.gz"
+    with gzip.open(corpus, "wt") as handle:
+        handle.write("\n".join(synthetic_texts(600)) + "\n")
+    import random
+
+    rng = random.Random(1)
+    for split, n in (("train", 60), ("dev", 20), ("test", 20)):
+        with open(tmp_path / f"cls-{split}.jsonl", "w") as handle:
+            for text in synthetic_texts(n, seed=hash(split) % 1000):
+                label = "onc" if "tumor" in text else "other"
+                handle.write(json.dumps({"text": text, "label": label}) + "\n")
+        with open(tmp_path / f"ner-{split}.tsv", "w") as handle:
+            for text in synthetic_texts(n, seed=rng.randint(0, 10**6)):
+                for word in text.rstrip(".").split():
+                    handle.write(f"{word}\t{'B-CHEM' if word in ('inhibitor', 'enzyme') else 'O'}\n")
+                handle.write("\n")
+    return {
+        "name": "tiny",
+        "run_dir": str(tmp_path / "run"),
+        "corpus": {"sources": [{"path": str(corpus)}], "min_words": 3, "heldout_fraction": 0.05},
+        "tokenizer": {"vocab_size": 200, "min_frequency": 1},
+        "model": {"preset": "micro", "max_position": 64},
+        "pretrain": {"max_steps": 6, "batch_size": 8, "seq_len": 64, "checkpoint_every": 3, "log_every": 2},
+        "tasks": [
+            {"name": "cls", "type": "classification", "format": "jsonl",
+             **{s: str(tmp_path / f"cls-{s}.jsonl") for s in ("train", "dev", "test")}},
+            {"name": "ner", "type": "token-classification", "format": "conll",
+             **{s: str(tmp_path / f"ner-{s}.tsv") for s in ("train", "dev", "test")}},
+        ],
+        "evaluate": {"seeds": [0, 1], "epochs": 1, "batch_size": 16, "max_length": 48, "lr": 1e-3},
+    }

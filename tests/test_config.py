@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, SHARED_DATA
+from domainlm.config import ConfigError, apply_override, config_from_dict, load_config
+
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_every_recipe_loads(recipe: Path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    if "../shared/data" in recipe.read_text() and not SHARED_DATA.exists():
+        pytest.skip("needs ../shared/data")
+    config = load_config(recipe)
+    assert config.name and config.tasks
+
+
+def test_misspelled_key_is_named(tiny_recipe):
+    tiny_recipe["pretrain"]["max_stepz"] = 10
+    with pytest.raises(ConfigError, match=r"unknown key 'pretrain.max_stepz'.*max_steps"):
+        config_from_dict(tiny_recipe)
+
+
+def test_wrong_type_is_named(tiny_recipe):
+    tiny_recipe["pretrain"]["batch_size"] = "many"
+    with pytest.raises(ConfigError, match=r"pretrain.batch_size"):
+        config_from_dict(tiny_recipe)
+
+
+def test_missing_corpus_file_is_named(tiny_recipe):
+    tiny_recipe["corpus"]["sources"][0]["path"] = "/nonexistent/corpus.txt"
+    with pytest.raises(ConfigError, match=r"corpus.sources.0.*file not found: /nonexistent/corpus.txt"):
+        config_from_dict(tiny_recipe)
+
+
+def test_missing_task_file_is_named(tiny_recipe):
+    tiny_recipe["tasks"][1]["dev"] = "/nowhere/dev.tsv"
+    with pytest.raises(ConfigError, match=r"ner.*dev file not found: /nowhere/dev.tsv"):
+        config_from_dict(tiny_recipe)
+
+
+def test_overrides_parse_yaml_values(tiny_recipe, tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe))
+    config = load_config(path, ["pretrain.max_steps=200", "pretrain.lr=3e-4", "evaluate.seeds=[5, 6]",
+                                "tasks.0.max_train_examples=7", "pretrain.whole_word=false"])
+    assert config.pretrain.max_steps == 200 and config.pretrain.lr == 3e-4
+    assert config.evaluate.seeds == [5, 6] and config.tasks[0].max_train_examples == 7
+    assert config.pretrain.whole_word is False
+
+
+def test_bad_overrides_fail_clearly(tiny_recipe):
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_override(tiny_recipe, "pretrain.max_steps")
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_override(tiny_recipe, "tasks.9.name=x")
+    apply_override(tiny_recipe, "pretrain.max_steps=abc")
+    with pytest.raises(ConfigError, match="pretrain.max_steps"):
+        config_from_dict(tiny_recipe)
+
+
+def test_optional_package_model_may_be_absent(tiny_recipe):
+    tiny_recipe["evaluate"]["models"] = [{"name": "x", "kind": "hf", "path": "pkg://no_such_pkg_xyz/model",
+                                          "optional": True}]
+    config_from_dict(tiny_recipe)
+    tiny_recipe["evaluate"]["models"][0]["optional"] = False
+    with pytest.raises(ConfigError, match="no_such_pkg_xyz"):
+        config_from_dict(tiny_recipe)

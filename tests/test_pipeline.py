@@ -1,0 +1,83 @@
+"""End to end on tiny synthetic data: every stage, the cache, the CLI's errors."""
+
+import json
+import time
+
+import pytest
+import yaml
+
+from domainlm.cli import main
+from domainlm.config import config_from_dict
+from domainlm.pipeline import STAGES, is_fresh, run_all
+
+
+@pytest.mark.slow
+def test_whole_path_then_cache(tiny_recipe, tmp_path):
+    config = config_from_dict(tiny_recipe)
+    started = time.time()
+    assert run_all(config) == list(STAGES)
+    first = time.time() - started
+    report = config.directory / "report"
+    results = json.loads((report / "results.json").read_text())
+    rows = results["rows"]
+    assert {r["model"] for r in rows} == {"domain", "random-init", "tfidf"}
+    assert {r["seed"] for r in rows} == {0, 1}
+    assert {(r["task"], r["metric"]) for r in rows} >= {("cls", "micro_f1"), ("ner", "entity_f1")}
+    assert set(results["timings"]) == {"corpus", "tokenizer", "pretrain", "evaluate"}
+    assert results["pretrain"]["export_max_abs_logit_diff"] <= 1e-4
+    html = (report / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Verdict" in html
+    assert (report / "report.md").read_text().count("![") == 3
+    stats = json.loads((config.directory / "corpus" / "stats.json").read_text())
+    assert stats["read"] == stats["kept"] + sum(stats["dropped"].values())
+
+    # Same recipe again: nothing reruns, and it is fast.
+    started = time.time()
+    assert run_all(config) == []
+    assert time.time() - started < 0.1 * first + 1
+
+    # An evaluation setting changes: only evaluate and report rerun.
+    tiny_recipe["evaluate"]["seeds"] = [0]
+    changed = config_from_dict(tiny_recipe)
+    assert [is_fresh(changed, s) for s in STAGES] == [True, True, True, False, False]
+    assert run_all(changed) == ["evaluate", "report"]
+    assert {r["seed"] for r in json.loads((report / "results.json").read_text())["rows"]} == {0}
+
+
+@pytest.mark.slow
+def test_broken_model_is_reported_and_others_finish(tiny_recipe, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "not-a-real-architecture"}')
+    tiny_recipe["evaluate"]["seeds"] = [0]
+    tiny_recipe["evaluate"]["models"] = [{"name": "broken", "kind": "hf", "path": str(broken)},
+                                         {"name": "tfidf", "kind": "tfidf"}]
+    config = config_from_dict(tiny_recipe)
+    run_all(config)
+    failures = json.loads((config.directory / "evaluate" / "failures.json").read_text())["failed"]
+    assert failures and failures[0]["model"] == "broken"
+    rows = json.loads((config.directory / "report" / "results.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {"tfidf"}
+
+
+def test_cli_names_a_misspelled_key(tiny_recipe, tmp_path, capsys):
+    tiny_recipe["tokenizer"]["vocab_sise"] = 100
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["run", str(recipe)]) != 0
+    assert "tokenizer.vocab_sise" in capsys.readouterr().err
+
+
+def test_cli_names_a_missing_corpus_file(tiny_recipe, tmp_path, capsys):
+    tiny_recipe["corpus"]["sources"][0]["path"] = str(tmp_path / "missing.txt")
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["corpus", str(recipe)]) != 0
+    assert str(tmp_path / "missing.txt") in capsys.readouterr().err
+
+
+def test_cli_stage_without_upstream_explains(tiny_recipe, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["pretrain", str(recipe)]) != 0
+    assert "run `domainlm corpus`" in capsys.readouterr().err

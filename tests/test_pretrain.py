@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_texts
+from domainlm.config import PretrainConfig, TokenizerConfig
+from domainlm.pretrain import export_model
+from domainlm.pretrain.data import PAD_SEGMENT, PackedData, mask_tokens, pack_documents, tokenize_documents, word_start_table
+from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask
+from domainlm.pretrain.trainer import Trainer
+from domainlm.tokenizer import save_for_transformers, train_wordpiece
+
+CLS, SEP, PAD = 2, 3, 0
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_frequency=1))
+
+
+def test_pack_documents_keeps_documents_apart():
+    docs = [np.arange(10, 10 + n) for n in (5, 3, 20, 1)]
+    tokens = np.concatenate(docs).astype(np.int32)
+    offsets = np.cumsum([0] + [len(d) for d in docs])
+    rows, segments, positions = pack_documents(tokens, offsets, seq_len=12, cls_id=CLS, sep_id=SEP, pad_id=PAD)
+    assert rows.shape[1] == 12
+    recovered = []
+    for row, seg, pos in zip(rows, segments, positions, strict=True):
+        for s in sorted(set(seg.tolist()) - {PAD_SEGMENT}):
+            piece = row[seg == s]
+            assert piece[0] == CLS and piece[-1] == SEP  # every segment is a whole [CLS] ... [SEP]
+            assert (pos[seg == s] == np.arange(len(piece))).all()  # positions restart per document
+            recovered.append(piece[1:-1])
+        assert (row[seg == PAD_SEGMENT] == PAD).all()
+    assert np.array_equal(np.concatenate(recovered), tokens)  # nothing lost, order kept
+    assert all(len(r) <= 10 for r in recovered)  # long documents are chunked to seq_len - 2
+
+
+def test_attention_never_crosses_documents():
+    torch.manual_seed(0)
+    model = Encoder(EncoderConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)).eval()
+    segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1, -5]])
+    ids = torch.randint(5, 50, (1, 8))
+    positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0]])
+    before = model(ids, positions, segment_attention_mask(segments))
+    changed = ids.clone()
+    changed[0, 3:] = torch.randint(5, 50, (5,))  # rewrite the second document and the padding
+    after = model(changed, positions, segment_attention_mask(segments))
+    assert torch.equal(before[0, :3], after[0, :3])
+    # ...and the first document, packed, gives exactly what it gives alone.
+    alone = model(ids[:, :3], positions[:, :3], segment_attention_mask(segments[:, :3]))
+    torch.testing.assert_close(alone[0], before[0, :3])
+
+
+def test_masked_only_head_equals_full_head():
+    torch.manual_seed(0)
+    model = Encoder(EncoderConfig(vocab_size=60, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)).eval()
+    ids = torch.randint(5, 60, (2, 10))
+    positions = torch.arange(10).expand(2, 10)
+    mask = segment_attention_mask(torch.zeros(2, 10, dtype=torch.long))
+    labels = torch.full((2, 10), -100)
+    labels[0, 2], labels[1, 7], labels[1, 0] = 11, 12, 13
+    full_logits = model.mlm_logits(model(ids, positions, mask))  # (B, T, V)
+    full = torch.nn.functional.cross_entropy(full_logits.view(-1, 60), labels.view(-1), ignore_index=-100)
+    torch.testing.assert_close(model.mlm_loss(ids, positions, mask, labels), full)
+
+
+def test_whole_word_masking_masks_all_pieces(tokenizer):
+    word_start = word_start_table(tokenizer)
+    texts = synthetic_texts(40, seed=3)
+    ids = [tokenizer.encode(t).ids for t in texts]
+    width = max(map(len, ids))
+    batch = torch.tensor([x + [PAD] * (width - len(x)) for x in ids])
+    special = torch.isin(batch, torch.tensor([PAD, CLS, SEP]))
+    generator = torch.Generator().manual_seed(0)
+    masked, labels = mask_tokens(batch, ~special, word_start, 0.3, 4, 150, generator, whole_word=True)
+    chosen = labels != -100
+    assert not chosen[special].any()
+    # A continuation piece is chosen exactly when the piece before it is.
+    continuation = ~word_start[batch] & ~special
+    assert torch.equal(chosen[:, 1:][continuation[:, 1:]], chosen[:, :-1][continuation[:, 1:]])
+    rate = chosen.sum() / (~special).sum()
+    assert 0.2 < rate < 0.4
+    assert ((masked == 4) & chosen).sum() / chosen.sum() > 0.7  # ~80% become [MASK]
+    assert torch.equal(labels[chosen], batch[chosen])
+
+
+def _trainer(tokenizer, data, folder, steps=6):
+    config = PretrainConfig(max_steps=steps, batch_size=4, seq_len=32, lr=1e-3, checkpoint_every=2, log_every=1)
+    model_config = EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=2,
+                                 intermediate_size=64, max_position=32)
+    return Trainer(model_config, config, data, tokenizer, folder, seed=0)
+
+
+def _data(tokenizer):
+    tokens, offsets = tokenize_documents(tokenizer, synthetic_texts(80))
+    return PackedData(*pack_documents(tokens, offsets, 32, CLS, SEP, PAD))
+
+
+def test_resume_gives_the_same_losses(tokenizer, tmp_path):
+    data = _data(tokenizer)
+    straight = _trainer(tokenizer, data, tmp_path / "a")
+    straight.train()
+    interrupted = _trainer(tokenizer, data, tmp_path / "b", steps=6)
+    interrupted.config.max_steps = 4  # stop after step 4's checkpoint, as a killed run would leave it
+    interrupted.train()
+    resumed = _trainer(tokenizer, data, tmp_path / "b")
+    assert resumed.resume_if_possible() and resumed.step == 4
+    resumed.train()
+    assert resumed.losses == straight.losses  # bit-for-bit on CPU, fp32
+    assert straight.losses[-1] < straight.losses[0]
+    assert len(list((tmp_path / "a").glob("step-*"))) == 2  # keep_checkpoints
+
+
+def test_export_loads_in_stock_transformers_and_matches(tokenizer, tmp_path):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    save_for_transformers(tokenizer, tmp_path / "tok")
+    torch.manual_seed(0)
+    model = Encoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=2,
+                                  intermediate_size=64, max_position=64))
+    for p in model.parameters():  # move away from the init so every weight matters
+        p.data += 0.05 * torch.randn_like(p)
+    difference = export_model(model, tmp_path / "tok", tmp_path / "export")
+    assert difference <= 1e-4
+    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "export").eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "export")
+    encoded = hf_tokenizer(["protein kinase binds receptor", "tumor"], padding=True, return_tensors="pt")
+    ids, real = encoded["input_ids"], encoded["attention_mask"].bool()
+    T = ids.shape[1]
+    segments = torch.where(real, 0, -1 - torch.arange(T).expand_as(ids))
+    with torch.no_grad():
+        ours = model.eval().mlm_logits(model(ids, torch.arange(T).expand_as(ids), segment_attention_mask(segments)))
+        theirs = hf(**encoded).logits
+    assert (ours - theirs)[real].abs().max() <= 1e-4
