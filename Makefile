@@ -17,14 +17,14 @@ demo: $(STAMP)  ## the whole path on Python's own documentation, CPU, minutes
 	$(VENV)/bin/domainlm run recipes/demo.yaml
 
 test: $(STAMP)  ## lint + unit tests + end-to-end tests on tiny data
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not shared_data"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check .
 
 biomed: $(STAMP)  ## the real-domain recipe (needs ../shared/data)
 	$(VENV)/bin/domainlm run recipes/biomed-small.yaml

@@ -5,7 +5,14 @@ import torch
 from conftest import synthetic_texts
 from domainlm.config import PretrainConfig, TokenizerConfig
 from domainlm.pretrain import export_model
-from domainlm.pretrain.data import PAD_SEGMENT, PackedData, mask_tokens, pack_documents, tokenize_documents, word_start_table
+from domainlm.pretrain.data import (
+    PAD_SEGMENT,
+    PackedData,
+    mask_tokens,
+    pack_documents,
+    tokenize_documents,
+    word_start_table,
+)
 from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask
 from domainlm.pretrain.trainer import Trainer
 from domainlm.tokenizer import save_for_transformers, train_wordpiece

@@ -109,6 +109,10 @@ def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
     """Run one stage unless it is up to date. Returns True if it ran."""
     out = stage_dir(config, stage)
     current, record = stage_fingerprint(config, stage)
+    stale = [name for name in UPSTREAM[stage] if not is_fresh(config, name)]
+    if stale:
+        log.warning("%s: upstream %s out of date with the recipe; using their last outputs "
+                    "(`domainlm run` refreshes everything)", stage, ", ".join(stale))
     manifest_path = out / "manifest.json"
     if not force and manifest_path.exists() and read_json(manifest_path).get("fingerprint") == current:
         log.info("%-9s up to date (%s), skipped", stage, out)

@@ -19,7 +19,7 @@ import torch
 from domainlm.config import EvaluateConfig
 from domainlm.evaluate.metrics import task_metrics
 from domainlm.evaluate.tasks import Task
-from domainlm.pretrain.trainer import warmup_linear_decay
+from domainlm.pretrain.trainer import parameter_groups, warmup_linear_decay
 
 
 @dataclass
@@ -151,10 +151,7 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, config: 
     train, dev, test = (encode(tokenizer, task, split, config.max_length) for split in (task.train, task.dev, task.test))
     seed_everything(seed)
     model = load_model(model_path, task, pretrained).to(device)
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, fused=True)
     rng = random.Random(seed)
     steps_per_epoch = -(-len(train.input_ids) // config.batch_size)
     total = steps_per_epoch * config.epochs

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 from domainlm.config import TaskConfig
 from domainlm.corpus.readers import InputError, open_text

@@ -1,0 +1,33 @@
+"""The real-domain recipe at a reduced size; skipped when ../shared/data is absent."""
+
+import json
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+from domainlm.config import load_config
+from domainlm.pipeline import run_all
+
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow,
+              pytest.mark.skipif(not SHARED_DATA.exists(), reason="needs ../shared/data")]
+
+
+def test_biomed_small_runs_end_to_end_on_real_formats(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    config = load_config(REPO / "recipes" / "biomed-small.yaml", [
+        f"run_dir={tmp_path / 'run'}", "corpus.sources.0.max_docs=3000", "tokenizer.vocab_size=2000",
+        "pretrain.max_steps=8", "pretrain.checkpoint_every=4", "evaluate.seeds=[0]", "evaluate.epochs=1",
+        "tasks.0.max_train_examples=150", "tasks.0.max_eval_examples=100",
+        "tasks.1.max_train_examples=150", "tasks.1.max_eval_examples=100",
+    ])
+    run_all(config)
+    results = json.loads((tmp_path / "run" / "report" / "results.json").read_text())
+    rows = results["rows"]
+    for task, metric in (("ncbi-disease", "entity_f1"), ("chemprot", "micro_f1")):
+        assert {r["model"] for r in rows if r["task"] == task and r["metric"] == metric} == {
+            "domain", "random-init", "tfidf"}
+    stats = results["corpus"]
+    assert stats["read"] == 3000 == stats["kept"] + sum(stats["dropped"].values())
+    tasks = json.loads((tmp_path / "run" / "evaluate" / "tasks.json").read_text())
+    assert len(next(t for t in tasks if t["name"] == "chemprot")["labels"]) == 13
+    assert next(t for t in tasks if t["name"] == "ncbi-disease")["labels"] == ["B-Disease", "I-Disease", "O"]
