@@ -64,7 +64,7 @@ def test_finetune_both_task_types_on_a_tiny_model(tiny_recipe, tmp_path):
     from domainlm.tokenizer import save_for_transformers, train_wordpiece
 
     model_dir = tmp_path / "model"
-    tokenizer = train_wordpiece(synthetic_texts(200), TokenizerConfig(vocab_size=120, min_frequency=1))
+    tokenizer = train_wordpiece(synthetic_texts(200), TokenizerConfig(vocab_size=150, min_frequency=1))
     save_for_transformers(tokenizer, model_dir)
     BertForMaskedLM(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
                                num_attention_heads=2, intermediate_size=64)).save_pretrained(model_dir)

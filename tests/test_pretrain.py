@@ -140,3 +140,4 @@ def test_export_loads_in_stock_transformers_and_matches(tokenizer, tmp_path):
         ours = model.eval().mlm_logits(model(ids, torch.arange(T).expand_as(ids), segment_attention_mask(segments)))
         theirs = hf(**encoded).logits
     assert (ours - theirs)[real].abs().max() <= 1e-4
+

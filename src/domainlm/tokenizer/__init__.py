@@ -75,6 +75,9 @@ def vocabulary_fit(tokenizer: Tokenizer, texts: list[str]) -> dict[str, Any]:
     """
     word_lists = [_WORD.findall(t) for t in texts]
     word_lists = [w for w in word_lists if w]
+    tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy: saved tokenizers may truncate (MiniLM at 128)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
     pieces = words = split = 0
     split_counts: Counter[str] = Counter()
     for encoding, word_list in zip(
