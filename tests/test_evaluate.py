@@ -78,3 +78,12 @@ def test_finetune_both_task_types_on_a_tiny_model(tiny_recipe, tmp_path):
         if task.type == "token-classification":
             assert [len(p) for p in result["predictions"]] == [len(w) for w, _ in task.test]
             assert result["truncated"]["test"] > 0  # max_length 16 cuts the longer sentences
+
+
+def test_summarize_mean_and_std_over_seeds():
+    from domainlm.evaluate.metrics import summarize
+
+    rows = [{"model": "m", "task": "t", "seed": s, "metric": "f1", "value": v} for s, v in enumerate([0.5, 0.7, 0.9])]
+    rows.append({"model": "m", "task": "t", "seed": 0, "metric": "other", "value": 0.0})
+    (entry,) = summarize(rows, [{"name": "t", "metric": "f1"}])
+    assert entry["n"] == 3 and entry["mean"] == pytest.approx(0.7) and entry["std"] == pytest.approx(0.2)

@@ -81,3 +81,13 @@ def test_cli_stage_without_upstream_explains(tiny_recipe, tmp_path, capsys):
     recipe.write_text(yaml.safe_dump(tiny_recipe))
     assert main(["pretrain", str(recipe)]) != 0
     assert "run `domainlm corpus`" in capsys.readouterr().err
+
+
+def test_cli_names_file_and_line_of_bad_input(tiny_recipe, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "one two three four five"}\n{"text": oops}\n')
+    tiny_recipe["corpus"]["sources"][0]["path"] = str(bad)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["corpus", str(recipe)]) != 0
+    assert f"{bad}:2: not valid JSON" in capsys.readouterr().err

@@ -70,13 +70,16 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def directory_digest(path: str | Path) -> str:
-    """sha256 over the relative names and bytes of every file under `path`."""
+def input_signature(path: str | Path) -> str:
+    """What identifies an input: a file's sha256; for a folder (a model directory), a hash of every
+    file's relative name, size and modification time (cheap enough to check on every run)."""
+    path = Path(path)
+    if path.is_file():
+        return file_digest(path)
     digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(root)).encode())
-        digest.update(file_digest(file).encode())
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 
 from domainlm.config import ConfigError, load_config
+from domainlm.corpus.readers import InputError
 from domainlm.pipeline import STAGES, StageError, run_all, run_stage
 
 log = logging.getLogger("domainlm")
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("report: %s", config.directory / "report" / "report.html")
         else:
             run_stage(config, args.verb, force=args.force)
-    except (ConfigError, StageError, FileNotFoundError) as err:
+    except (ConfigError, InputError, StageError, FileNotFoundError) as err:
         print(f"domainlm: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm import __version__
-from domainlm.artifacts import atomic_write_json, file_digest, fingerprint, read_json
+from domainlm.artifacts import atomic_write_json, fingerprint, input_signature, read_json
 from domainlm.config import RunConfig, resolve_path
 
 STAGES = ("corpus", "tokenizer", "pretrain", "evaluate", "report")
@@ -45,8 +45,17 @@ def _input_files(config: RunConfig, stage: str) -> list[str]:
     if stage == "corpus":
         return [s.path for s in config.corpus.sources if s.path]
     if stage == "evaluate":
-        return [getattr(t, split) for t in config.tasks for split in ("train", "dev", "test") if getattr(t, split)]
+        files = [getattr(t, split) for t in config.tasks for split in ("train", "dev", "test") if getattr(t, split)]
+        models = [m.path for m in config.evaluate.models if m.kind == "hf" and m.path]
+        return files + [path for path in models if _exists(path)]
     return []
+
+
+def _exists(path: str) -> bool:
+    try:
+        return resolve_path(path).exists()
+    except FileNotFoundError:  # an optional pkg:// model whose package is not installed
+        return False
 
 
 def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
@@ -78,7 +87,7 @@ def stage_fingerprint(config: RunConfig, stage: str) -> tuple[str, dict[str, Any
         upstream[name] = read_json(manifest)["fingerprint"]
     record = {
         "settings": stage_settings(config, stage),
-        "inputs": {path: file_digest(resolve_path(path)) for path in _input_files(config, stage)},
+        "inputs": {path: input_signature(resolve_path(path)) for path in _input_files(config, stage)},
         "upstream": upstream,
         "domainlm": __version__,
     }

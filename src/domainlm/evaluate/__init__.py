@@ -11,7 +11,6 @@ go on. `results.jsonl` holds one row per (model, task, seed, metric).
 from __future__ import annotations
 
 import json
-import statistics
 import traceback
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 from domainlm.artifacts import atomic_write_json, atomic_write_text, read_json
 from domainlm.config import ModelEntry, RunConfig, resolve_path
 from domainlm.evaluate.baselines import tfidf_predict
-from domainlm.evaluate.metrics import task_metrics
+from domainlm.evaluate.metrics import summarize, task_metrics
 from domainlm.evaluate.tasks import Task, load_task
 
 
@@ -44,18 +43,6 @@ def evaluate_one(entry: ModelEntry, task: Task, seed: int, config: RunConfig) ->
 
     path, pretrained = model_location(entry, config.directory)
     return finetune(path, pretrained, task, seed, config.evaluate)
-
-
-def results_table(rows: list[dict], tasks: list[Task]) -> list[tuple[str, str, str, float, float, int]]:
-    """(model, task, metric, mean, std, n) on each task's headline metric."""
-    out = []
-    for task in tasks:
-        for model in dict.fromkeys(r["model"] for r in rows):
-            values = [r["value"] for r in rows if r["model"] == model and r["task"] == task.name and r["metric"] == task.metric]
-            if values:
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                out.append((model, task.name, task.metric, statistics.mean(values), std, len(values)))
-    return out
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
@@ -98,6 +85,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     atomic_write_json(out / "tasks.json", [
         {"name": t.name, "type": t.type, "metric": t.metric, "labels": t.labels,
          "sizes": {"train": len(t.train), "dev": len(t.dev), "test": len(t.test)}} for t in tasks])
-    for model, task, metric, mean, std, n in results_table(rows, tasks):
-        print(f"evaluate: {task:<24} {model:<20} {metric} {100 * mean:6.2f} ± {100 * std:5.2f} (n={n})")
+    for s in summarize(rows, [{"name": t.name, "metric": t.metric} for t in tasks]):
+        print(f"evaluate: {s['task']:<24} {s['model']:<20} {s['metric']} "
+              f"{100 * s['mean']:6.2f} ± {100 * s['std']:5.2f} (n={s['n']})")
     return {"rows": len(rows), "failed": len(failures), "skipped": len(skipped)}

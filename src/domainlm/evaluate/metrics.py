@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from seqeval.metrics import f1_score, precision_score, recall_score
 from sklearn.metrics import accuracy_score
 from sklearn.metrics import f1_score as sk_f1
@@ -29,3 +31,18 @@ def task_metrics(task_type: str, gold: list, predicted: list) -> dict[str, float
     if task_type == "token-classification":
         return token_metrics(gold, predicted)
     return classification_metrics(gold, predicted)
+
+
+def summarize(rows: list[dict], tasks: list[dict]) -> list[dict]:
+    """Mean ± std over seeds of each task's headline metric, per model (models in row order).
+    `rows` are `{"model", "task", "seed", "metric", "value"}`; `tasks` are `{"name", "metric"}`."""
+    out = []
+    for task in tasks:
+        for model in dict.fromkeys(r["model"] for r in rows):
+            values = [r["value"] for r in rows
+                      if r["model"] == model and r["task"] == task["name"] and r["metric"] == task["metric"]]
+            if values:
+                out.append({"task": task["name"], "model": model, "metric": task["metric"], "n": len(values),
+                            "mean": statistics.mean(values),
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0})
+    return out

@@ -22,7 +22,7 @@ from domainlm.artifacts import atomic_directory, atomic_write_json, read_json
 from domainlm.config import RunConfig
 from domainlm.corpus import iter_corpus_texts
 from domainlm.pretrain.data import PackedData, pack_documents, tokenize_documents
-from domainlm.pretrain.model import Encoder, EncoderConfig, to_hf_state_dict
+from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask, to_hf_state_dict
 from domainlm.pretrain.trainer import Trainer
 from domainlm.tokenizer import load_tokenizer
 
@@ -75,8 +75,6 @@ def logit_difference(model: Encoder, hf_model, batch_size: int = 2, length: int 
     real = torch.arange(length)[None, :] < lengths[:, None]
     ids = torch.where(real, ids, torch.full_like(ids, model.config.pad_token_id))
     segments = torch.where(real, 0, -1 - torch.arange(length).expand_as(ids))
-    from domainlm.pretrain.model import segment_attention_mask
-
     ours = model.mlm_logits(model(ids, torch.arange(length).expand_as(ids), segment_attention_mask(segments)))
     theirs = hf_model(input_ids=ids, attention_mask=real.long()).logits
     return float((ours - theirs)[real].abs().max())

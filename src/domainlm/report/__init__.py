@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import json
-import statistics
 from pathlib import Path
 from typing import Any
 
 from domainlm.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from domainlm.config import RunConfig
+from domainlm.evaluate.metrics import summarize
 
 STAGES = ("corpus", "tokenizer", "pretrain", "evaluate")
 
@@ -33,20 +33,6 @@ def load_artifacts(run_dir: Path) -> dict[str, Any]:
         "history": read_json(run_dir / "pretrain" / "history.json"),
         "timings": {s: read_json(run_dir / s / "manifest.json")["timings"]["seconds"] for s in STAGES},
     }
-
-
-def summarize(rows: list[dict], tasks: list[dict]) -> list[dict]:
-    """Mean ± std over seeds of each task's headline metric, per model (models in row order)."""
-    out = []
-    for task in tasks:
-        for model in dict.fromkeys(r["model"] for r in rows):
-            values = [r["value"] for r in rows
-                      if r["model"] == model and r["task"] == task["name"] and r["metric"] == task["metric"]]
-            if values:
-                out.append({"task": task["name"], "model": model, "metric": task["metric"], "n": len(values),
-                            "mean": statistics.mean(values),
-                            "std": statistics.stdev(values) if len(values) > 1 else 0.0})
-    return out
 
 
 def gains_over(summary: list[dict], tasks: list[dict], model: str, other: str) -> list[tuple[str, float]]:
