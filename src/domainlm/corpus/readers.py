@@ -38,9 +38,9 @@ def read_txt(path: str) -> Iterator[tuple[str, str]]:
             yield f"{name}:{number}", line.rstrip("\n")
 
 
-def read_jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
-    """One JSON object per line with the text under `text_field`."""
-    name = Path(path).name
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; malformed lines raise InputError naming
+    the file and line."""
     with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -49,9 +49,18 @@ def read_jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise InputError(f"{path}:{number}: expected an object with a string field '{text_field}'")
-            yield str(record.get("id", f"{name}:{number}")), record[text_field]
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record
+
+
+def read_jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
+    """One JSON object per line with the text under `text_field`."""
+    name = Path(path).name
+    for number, record in iter_jsonl(path):
+        if not isinstance(record.get(text_field), str):
+            raise InputError(f"{path}:{number}: expected an object with a string field '{text_field}'")
+        yield str(record.get("id", f"{name}:{number}")), record[text_field]
 
 
 def read_documents(source: SourceConfig) -> Iterator[dict]:

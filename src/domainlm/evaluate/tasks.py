@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 
 from domainlm.config import TaskConfig
-from domainlm.corpus.readers import InputError, open_text
+from domainlm.corpus.readers import InputError, iter_jsonl, open_text
 
 
 @dataclass
@@ -31,18 +30,11 @@ class Task:
 
 def read_jsonl_examples(path: str, text_field: str, label_field: str) -> list[tuple[str, str]]:
     examples = []
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            for field in (text_field, label_field):
-                if field not in record:
-                    raise InputError(f"{path}:{number}: missing field '{field}'")
-            examples.append((str(record[text_field]), str(record[label_field])))
+    for number, record in iter_jsonl(path):
+        for field in (text_field, label_field):
+            if field not in record:
+                raise InputError(f"{path}:{number}: missing field '{field}'")
+        examples.append((str(record[text_field]), str(record[label_field])))
     return examples
 
 

@@ -69,12 +69,29 @@ def verdict(summary: list[dict], tasks: list[dict], reference: str, compute_seco
 
 
 # ------------------------------------------------------------------------------------------ plots
-def plot_results(summary: list[dict], tasks: list[dict], path: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    import io
+
+    plt = pyplot()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_results(summary: list[dict], tasks: list[dict], path: Path) -> None:
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         entries = [s for s in summary if s["task"] == task["name"]]
@@ -84,17 +101,11 @@ def plot_results(summary: list[dict], tasks: list[dict], path: Path) -> None:
         ax.set_title(task["name"])
         ax.set_ylabel(f"{task['metric']} (test, %)")
         ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_loss(history: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     losses = history["loss"]
     window = max(1, len(losses) // 50)
     smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
@@ -106,26 +117,18 @@ def plot_loss(history: dict, path: Path) -> None:
     ax.set_ylabel("MLM loss")
     ax.set_title("Pretraining loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_tokenizer_fit(fit: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = ["domain"] + (["reference"] if fit.get("reference") else [])
     fig, axes = plt.subplots(1, 2, figsize=(6, 3))
     for ax, key, label in ((axes[0], "fertility", "sub-words per word"), (axes[1], "split_share", "share of words split")):
         ax.bar(names, [fit[n][key] for n in names], color=["#2b6cb0", "#a0aec0"][: len(names)])
         ax.set_title(label)
     fig.suptitle("Vocabulary fit on held-out domain text")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ write
