@@ -8,7 +8,7 @@ import yaml
 
 from domainlm.cli import main
 from domainlm.config import config_from_dict
-from domainlm.pipeline import STAGES, is_fresh, run_all
+from domainlm.pipeline import STAGES, is_fresh, run_all, run_stage
 
 
 @pytest.mark.slow
@@ -42,6 +42,10 @@ def test_whole_path_then_cache(tiny_recipe, tmp_path):
     assert [is_fresh(changed, s) for s in STAGES] == [True, True, True, False, False]
     assert run_all(changed) == ["evaluate", "report"]
     assert {r["seed"] for r in json.loads((report / "results.json").read_text())["rows"]} == {0}
+
+    # Forcing one stage to run again makes everything downstream of it stale (its output may differ).
+    assert run_stage(changed, "tokenizer", force=True)
+    assert [is_fresh(changed, s) for s in STAGES] == [True, True, False, False, False]
 
 
 @pytest.mark.slow

@@ -84,7 +84,9 @@ def stage_fingerprint(config: RunConfig, stage: str) -> tuple[str, dict[str, Any
         if not manifest.exists():
             raise StageError(f"stage '{stage}' needs '{name}' first: {manifest} does not exist "
                              f"(run `domainlm {name}` or `domainlm run`)")
-        upstream[name] = read_json(manifest)["fingerprint"]
+        # The upstream *output* id, not its config fingerprint: a forced rerun of a stage whose
+        # output is not bit-reproducible (WordPiece training is not) makes everything after it stale.
+        upstream[name] = read_json(manifest)["output_id"]
     record = {
         "settings": stage_settings(config, stage),
         "inputs": {path: input_signature(resolve_path(path)) for path in _input_files(config, stage)},
@@ -143,6 +145,7 @@ def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
     manifest = {
         "stage": stage,
         "fingerprint": current,
+        "output_id": fingerprint([current, started]),
         **record,
         "config": config.model_dump(mode="json"),
         "versions": _versions(),
