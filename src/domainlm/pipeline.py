@@ -97,13 +97,13 @@ def stage_fingerprint(config: RunConfig, stage: str) -> tuple[str, dict[str, Any
 
 
 def is_fresh(config: RunConfig, stage: str) -> bool:
+    """Whether `stage` and everything it depends on are up to date with the recipe."""
+    if not all(is_fresh(config, name) for name in UPSTREAM[stage]):
+        return False
     manifest = stage_dir(config, stage) / "manifest.json"
     if not manifest.exists():
         return False
-    try:
-        current, _ = stage_fingerprint(config, stage)
-    except StageError:
-        return False
+    current, _ = stage_fingerprint(config, stage)
     return read_json(manifest).get("fingerprint") == current
 
 
