@@ -75,8 +75,13 @@ def sync(device: torch.device) -> None:
 
 
 def run_baseline(args, docs, device) -> tuple[int, float]:
-    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import (
+        BertConfig,
+        BertForMaskedLM,
+        DataCollatorForLanguageModeling,
+        PreTrainedTokenizerFast,
+    )
 
     sizes = PRESETS[args.preset]
     config = BertConfig(vocab_size=VOCAB, hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["num_layers"],
