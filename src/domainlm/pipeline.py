@@ -1,8 +1,9 @@
 """Run stages in order with a cache: a stage whose config and inputs are unchanged is skipped.
 
 Each stage writes into `runs/<name>/<stage>/` and, last, `manifest.json` (resolved config, input
-hashes, upstream fingerprints, versions, timings, counts). The manifest is the completion marker:
-a stage is up to date when its manifest's fingerprint equals the one computed now. While a stage
+hashes, the output ids of the stages it read, versions, timings, counts). The manifest is the
+completion marker: a stage is up to date when its manifest's fingerprint equals the one computed
+now and everything upstream is up to date too. While a stage
 runs, `in_progress.json` holds the fingerprint it is working for, so a killed stage resumes from its
 own partial work (checkpoints, finished fine-tunes) only when nothing it depends on changed.
 """
@@ -64,7 +65,8 @@ def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
     if stage == "corpus":
         settings = {"corpus": dump["corpus"], "python": platform.python_version()}
     elif stage == "tokenizer":
-        settings = {"tokenizer": dump["tokenizer"]}
+        # max_position goes into the saved tokenizer's model_max_length.
+        settings = {"tokenizer": dump["tokenizer"], "max_position": config.model.max_position}
     elif stage == "pretrain":
         settings = {"model": dump["model"], "pretrain": dump["pretrain"], "seed": config.seed}
         settings["pretrain"].pop("threads")  # how fast, not what is computed
@@ -158,12 +160,7 @@ def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
     return True
 
 
-def run_all(config: RunConfig, force: bool = False, until: str | None = None) -> list[str]:
-    """Run every stage in order (a changed stage makes everything downstream stale)."""
-    ran = []
-    for stage in STAGES:
-        if run_stage(config, stage, force=force):
-            ran.append(stage)
-        if stage == until:
-            break
-    return ran
+def run_all(config: RunConfig, force: bool = False) -> list[str]:
+    """Run every stage in order (a changed stage makes everything downstream stale).
+    Returns the stages that ran."""
+    return [stage for stage in STAGES if run_stage(config, stage, force=force)]

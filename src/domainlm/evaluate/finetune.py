@@ -158,7 +158,6 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, config: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_linear_decay(max(1, int(config.warmup_fraction * total)), total))
     token_task = task.type == "token-classification"
-    gold = lambda split: [tags for _, tags in split] if token_task else [label for _, label in split]  # noqa: E731
     best_score, best_state, best_epoch, dev_scores = -1.0, None, 0, []
     for epoch in range(config.epochs):
         model.train()
@@ -171,7 +170,7 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, config: 
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         dev_predictions = predict(model, dev, task, task.dev, config.batch_size, pad_id, device)
-        score = task_metrics(task.type, gold(task.dev), dev_predictions)[task.metric]
+        score = task_metrics(task.type, [target for _, target in task.dev], dev_predictions)[task.metric]
         dev_scores.append(score)
         if score > best_score:
             best_score, best_epoch = score, epoch + 1
@@ -179,7 +178,7 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, config: 
     model.load_state_dict(best_state)
     test_predictions = predict(model, test, task, task.test, config.batch_size, pad_id, device)
     return {
-        "metrics": task_metrics(task.type, gold(task.test), test_predictions),
+        "metrics": task_metrics(task.type, [target for _, target in task.test], test_predictions),
         "dev_scores": dev_scores,
         "best_epoch": best_epoch,
         "predictions": test_predictions,
