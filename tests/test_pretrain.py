@@ -141,3 +141,23 @@ def test_export_loads_in_stock_transformers_and_matches(tokenizer, tmp_path):
         theirs = hf(**encoded).logits
     assert (ours - theirs)[real].abs().max() <= 1e-4
 
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "one-cycle", "wsd"])
+def test_lr_schedules(kind):
+    from domainlm.pretrain.trainer import lr_schedule
+
+    factor = lr_schedule(kind, warmup_steps=10, total_steps=100, decay_fraction=0.2)
+    values = [factor(s) for s in range(100)]
+    assert values[9] == pytest.approx(1.0)  # peak at the end of warmup
+    assert all(a < b for a, b in zip(values[:9], values[1:10], strict=True))  # warmup rises
+    assert all(a >= b for a, b in zip(values[9:], values[10:], strict=False))  # then never rises
+    assert values[-1] <= 0.05
+    if kind == "one-cycle":
+        assert values[0] > 1 / 25
+    if kind == "wsd":
+        assert values[50] == 1.0 and values[79] == 1.0 and values[81] < 1.0
+    if kind == "linear":
+        assert values[55] == pytest.approx(1 - 45 / 90)
+    if kind == "cosine":
+        assert values[55] == pytest.approx(0.5)

@@ -132,7 +132,11 @@ class PretrainConfig(Section):
     """Packed sequence length in tokens (documents packed, attention kept within each document)."""
     lr: float = Field(default=5e-4, gt=0)
     warmup_fraction: float = Field(default=0.06, ge=0, le=1)
-    """Linear warmup over this share of the steps, then linear decay to zero (BERT's schedule)."""
+    """Linear warmup over this share of the steps."""
+    schedule: Literal["linear", "cosine", "one-cycle", "wsd"] = "linear"
+    """After warmup: linear decay to zero (BERT), cosine, one-cycle, or warmup-stable-decay."""
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)
+    """wsd: the final share of the steps over which the learning rate decays to zero."""
     weight_decay: float = Field(default=0.01, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     mask_rate: float = Field(default=0.15, gt=0, lt=1)

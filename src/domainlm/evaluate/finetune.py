@@ -19,7 +19,7 @@ import torch
 from domainlm.config import EvaluateConfig
 from domainlm.evaluate.metrics import task_metrics
 from domainlm.evaluate.tasks import Task
-from domainlm.pretrain.trainer import parameter_groups, warmup_linear_decay
+from domainlm.pretrain.trainer import lr_schedule, parameter_groups
 
 
 @dataclass
@@ -156,7 +156,7 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, config: 
     steps_per_epoch = -(-len(train.input_ids) // config.batch_size)
     total = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_linear_decay(max(1, int(config.warmup_fraction * total)), total))
+        optimizer, lr_schedule("linear", int(config.warmup_fraction * total), total))
     token_task = task.type == "token-classification"
     best_score, best_state, best_epoch, dev_scores = -1.0, None, 0, []
     for epoch in range(config.epochs):

@@ -26,13 +26,33 @@ from domainlm.pretrain.data import PackedData, epoch_order, mask_tokens, word_st
 from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask
 
 
-def warmup_linear_decay(warmup_steps: int, total_steps: int):
-    """LR multiplier: linear 0 -> 1 over warmup, then linear 1 -> 0 at `total_steps` (BERT)."""
+def lr_schedule(kind: str, warmup_steps: int, total_steps: int, decay_fraction: float = 0.2):
+    """LR multiplier for step `step` (0-based), for `torch.optim.lr_scheduler.LambdaLR`.
+
+    - linear: linear warmup 0 -> 1, then linear decay to 0 at `total_steps` (BERT).
+    - cosine: linear warmup, then half a cosine down to 0.
+    - one-cycle: warmup from 1/25 of the peak, then a cosine down to 1/10,000 of it (torch's OneCycleLR).
+    - wsd: warmup, stable at the peak, then linear decay to 0 over the last `decay_fraction` of the
+      steps (warmup-stable-decay: a run can be extended before the decay starts).
+    """
+    if kind not in ("linear", "cosine", "one-cycle", "wsd"):
+        raise ValueError(f"unknown schedule '{kind}' (expected linear, cosine, one-cycle or wsd)")
+    warmup_steps = max(1, warmup_steps)
+    decay_start = max(warmup_steps, int(round(total_steps * (1 - decay_fraction))))
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+            start = 1 / 25 if kind == "one-cycle" else 0.0
+            return start + (1 - start) * (step + 1) / warmup_steps
+        if kind == "wsd":
+            if step < decay_start:
+                return 1.0
+            return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        if kind == "linear":
+            return 1.0 - progress
+        floor = 1e-4 if kind == "one-cycle" else 0.0
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
 
@@ -56,7 +76,8 @@ class Trainer:
             fused=True,  # one kernel for all parameters, on CPU too: ~10x faster steps than the default loop
         )
         warmup = max(1, math.ceil(config.warmup_fraction * config.max_steps))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_linear_decay(warmup, config.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_schedule(config.schedule, warmup, config.max_steps, config.decay_fraction))
         self.generator = torch.Generator().manual_seed(seed + 1)  # masking draws
         self.word_start = word_start_table(tokenizer)
         self.special_ids = torch.tensor([tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")])
