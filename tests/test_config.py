@@ -46,10 +46,10 @@ def test_overrides_parse_yaml_values(tiny_recipe, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe))
     config = load_config(path, ["pretrain.max_steps=200", "pretrain.lr=3e-4", "evaluate.seeds=[5, 6]",
-                                "tasks.0.max_train_examples=7", "pretrain.whole_word=false"])
+                                "tasks.0.max_train_examples=7", "pretrain.masking=span"])
     assert config.pretrain.max_steps == 200 and config.pretrain.lr == 3e-4
     assert config.evaluate.seeds == [5, 6] and config.tasks[0].max_train_examples == 7
-    assert config.pretrain.whole_word is False
+    assert config.pretrain.masking == "span"
 
 
 def test_bad_overrides_fail_clearly(tiny_recipe):

@@ -80,7 +80,7 @@ def test_whole_word_masking_masks_all_pieces(tokenizer):
     batch = torch.tensor([x + [PAD] * (width - len(x)) for x in ids])
     special = torch.isin(batch, torch.tensor([PAD, CLS, SEP]))
     generator = torch.Generator().manual_seed(0)
-    masked, labels = mask_tokens(batch, ~special, word_start, 0.3, 4, 150, generator, whole_word=True)
+    masked, labels = mask_tokens(batch, ~special, word_start, 0.3, 4, 150, generator, mode="whole-word")
     chosen = labels != -100
     assert not chosen[special].any()
     # A continuation piece is chosen exactly when the piece before it is.
@@ -161,3 +161,47 @@ def test_lr_schedules(kind):
         assert values[55] == pytest.approx(1 - 45 / 90)
     if kind == "cosine":
         assert values[55] == pytest.approx(0.5)
+
+
+def test_span_masking_masks_runs_of_whole_words(tokenizer):
+    word_start = word_start_table(tokenizer)
+    ids = [tokenizer.encode(t).ids for t in synthetic_texts(60, seed=5)]
+    width = max(map(len, ids))
+    batch = torch.tensor([x + [PAD] * (width - len(x)) for x in ids])
+    special = torch.isin(batch, torch.tensor([PAD, CLS, SEP]))
+    masked, labels = mask_tokens(batch, ~special, word_start, 0.3, 4, 150, torch.Generator().manual_seed(0),
+                                 mode="span", span_mean=3.0)
+    chosen = labels != -100
+    assert not chosen[special].any()
+    continuation = ~word_start[batch] & ~special
+    assert torch.equal(chosen[:, 1:][continuation[:, 1:]], chosen[:, :-1][continuation[:, 1:]])  # whole words
+    word_chosen = chosen & ~continuation  # one flag per word, at its first piece
+    rate = word_chosen.sum() / (~special & ~continuation).sum()
+    assert 0.15 < rate < 0.4
+    # Masked words come in runs: the mean run of consecutive masked words is well above 1.
+    flags = word_chosen[~special & ~continuation].tolist()
+    runs, current = [], 0
+    for flag in flags:
+        if flag:
+            current += 1
+        elif current:
+            runs.append(current)
+            current = 0
+    assert sum(runs) / len(runs) > 1.8
+
+
+def test_token_masking_ignores_word_boundaries(tokenizer):
+    batch = torch.tensor([tokenizer.encode(t).ids for t in synthetic_texts(1, seed=2)] * 200)
+    special = torch.isin(batch, torch.tensor([PAD, CLS, SEP]))
+    _, labels = mask_tokens(batch, ~special, word_start_table(tokenizer), 0.15, 4, 150,
+                            torch.Generator().manual_seed(0), mode="token")
+    rate = (labels != -100).sum() / (~special).sum()
+    assert 0.12 < rate < 0.18
+
+
+@pytest.mark.parametrize("masking", ["token", "span"])
+def test_trainer_runs_every_masking_mode(tokenizer, tmp_path, masking):
+    trainer = _trainer(tokenizer, _data(tokenizer), tmp_path, steps=2)
+    trainer.config.masking = masking
+    trainer.train()
+    assert len(trainer.losses) == 2 and all(np.isfinite(trainer.losses))

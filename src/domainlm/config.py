@@ -140,9 +140,12 @@ class PretrainConfig(Section):
     weight_decay: float = Field(default=0.01, ge=0)
     grad_clip: float = Field(default=1.0, gt=0)
     mask_rate: float = Field(default=0.15, gt=0, lt=1)
-    """Share of words (whole-word) or tokens masked; 15% is BERT's, higher suits short budgets."""
-    whole_word: bool = True
-    """Mask all pieces of a word together (whole-word masking, as PubMedBERT)."""
+    """Share of words (tokens for `masking: token`) masked; 15% is BERT's, higher suits short budgets."""
+    masking: Literal["whole-word", "token", "span"] = "whole-word"
+    """whole-word: all pieces of a chosen word together (PubMedBERT). token: pieces independently
+    (original BERT). span: runs of whole words with geometric lengths (SpanBERT)."""
+    span_mean: float = Field(default=3.0, ge=1.0, le=10.0)
+    """span masking: mean span length in words (geometric, at most 10 words)."""
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     """Dropout while pretraining (default: `model.dropout`, which fine-tuning uses). 0 learns
     faster on short budgets (Cramming); the exported model keeps `model.dropout`."""

@@ -10,6 +10,7 @@ Arrays (saved as .npy and memory-mapped):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,9 @@ def word_start_table(tokenizer: Tokenizer) -> torch.Tensor:
     return table
 
 
+MAX_SPAN_WORDS = 10
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     maskable: torch.Tensor,
@@ -151,22 +155,38 @@ def mask_tokens(
     mask_id: int,
     vocab_size: int,
     generator: torch.Generator,
-    whole_word: bool = True,
+    mode: str = "whole-word",
+    span_mean: float = 3.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: choose `rate` of the words (whole-word) or tokens, then replace 80% of the
-    chosen tokens by [MASK], 10% by a random token, and keep 10%.
+    """BERT masking: choose `rate` of the words (or tokens, for mode "token"), then replace 80% of
+    the chosen tokens by [MASK], 10% by a random token, and keep 10%.
 
+    mode: "whole-word" chooses words independently; "span" chooses runs of words whose lengths are
+    geometric with mean `span_mean` (clipped at 10 words), starting often enough that about `rate`
+    of the words are covered; "token" chooses word pieces independently.
     input_ids, maskable: (B, T); maskable is False on special tokens and padding.
     Returns (masked input ids, labels) with labels -100 where nothing is predicted.
     """
     B, T = input_ids.shape
-    if whole_word:
+    if mode == "token":
+        chosen = (torch.rand(B, T, generator=generator) < rate) & maskable
+    else:
         starts = word_start[input_ids] | ~maskable  # special tokens start their own "word"
         word_index = torch.cumsum(starts.long(), dim=1) - 1  # (B, T) word number of each token
-        chosen_words = torch.rand(B, T, generator=generator) < rate
+        if mode == "whole-word":
+            chosen_words = torch.rand(B, T, generator=generator) < rate
+        elif mode == "span":
+            p = 1.0 / span_mean
+            span_begins = torch.rand(B, T, generator=generator) < rate * p  # (B, words)
+            uniform = torch.rand(B, T, generator=generator).clamp_min(1e-12)
+            lengths = (torch.log(uniform) / math.log(1 - p)).floor() + 1 if p < 1 else torch.ones(B, T)
+            lengths = lengths.clamp(max=MAX_SPAN_WORDS)
+            chosen_words = torch.zeros(B, T, dtype=torch.bool)
+            for k in range(MAX_SPAN_WORDS):  # word w is covered if a span began at w - k with length > k
+                chosen_words[:, k:] |= (span_begins & (lengths > k))[:, : T - k]
+        else:
+            raise ValueError(f"unknown masking mode '{mode}'")
         chosen = torch.gather(chosen_words, 1, word_index) & maskable
-    else:
-        chosen = (torch.rand(B, T, generator=generator) < rate) & maskable
     labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
     action = torch.rand(B, T, generator=generator)
     random_tokens = torch.randint(vocab_size, (B, T), generator=generator)

@@ -104,7 +104,7 @@ class Trainer:
         maskable = batch["real"] & ~torch.isin(batch["input_ids"], self.special_ids)
         input_ids, labels = mask_tokens(
             batch["input_ids"], maskable, self.word_start, self.config.mask_rate, self.mask_id,
-            len(self.word_start), self.generator, whole_word=self.config.whole_word,
+            len(self.word_start), self.generator, mode=self.config.masking, span_mean=self.config.span_mean,
         )
         attn_mask = segment_attention_mask(batch["segment_ids"])
         to = {"device": self.device, "non_blocking": True}
