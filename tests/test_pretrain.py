@@ -205,3 +205,38 @@ def test_trainer_runs_every_masking_mode(tokenizer, tmp_path, masking):
     trainer.config.masking = masking
     trainer.train()
     assert len(trainer.losses) == 2 and all(np.isfinite(trainer.losses))
+
+
+def _poison(trainer, bad_steps: set[int], monkeypatch):
+    """Make the loss NaN on the given steps (as an overflow would)."""
+    original = trainer.model.mlm_loss
+    calls = {"step": trainer.step}
+
+    def loss(*args):
+        value = original(*args)
+        step, calls["step"] = calls["step"], calls["step"] + 1
+        return value * float("nan") if step in bad_steps else value
+
+    monkeypatch.setattr(trainer.model, "mlm_loss", loss)
+
+
+def test_a_nan_step_is_skipped_and_reported(tokenizer, tmp_path, monkeypatch):
+    trainer = _trainer(tokenizer, _data(tokenizer), tmp_path, steps=4)
+    _poison(trainer, {1}, monkeypatch)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    assert trainer.skipped_steps == [1]
+    assert np.isnan(trainer.losses[1]) and np.isfinite([trainer.losses[i] for i in (0, 2, 3)]).all()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_repeated_nan_steps_stop_the_run(tokenizer, tmp_path, monkeypatch):
+    from domainlm.pretrain.trainer import TrainingDiverged
+
+    trainer = _trainer(tokenizer, _data(tokenizer), tmp_path, steps=6)
+    _poison(trainer, {1, 2, 3, 4, 5}, monkeypatch)
+    with pytest.raises(TrainingDiverged, match="3 steps in a row"):
+        trainer.train()
+    assert trainer.step == 4  # steps 1, 2, 3 were bad
+    assert [p.name for p in (tmp_path).glob("step-*")] == ["step-00000002"]  # written with sound weights

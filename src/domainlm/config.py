@@ -149,6 +149,8 @@ class PretrainConfig(Section):
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     """Dropout while pretraining (default: `model.dropout`, which fine-tuning uses). 0 learns
     faster on short budgets (Cramming); the exported model keeps `model.dropout`."""
+    max_bad_steps: int = Field(default=3, ge=1)
+    """Stop after this many consecutive steps with a NaN/inf loss (each such step is skipped)."""
     checkpoint_every: int = Field(default=200, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
     log_every: int = Field(default=10, ge=1)

@@ -64,6 +64,10 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps produced a non-finite loss."""
+
+
 class Trainer:
     def __init__(self, model_config: EncoderConfig, config: PretrainConfig, data: PackedData,
                  tokenizer: Tokenizer, checkpoint_dir: Path, seed: int = 0):
@@ -87,6 +91,8 @@ class Trainer:
         self.learning_rates: list[float] = []
         self.elapsed = 0.0  # seconds spent in train steps, across resumes
         self.real_tokens = 0
+        self.skipped_steps: list[int] = []  # steps whose loss or gradient was NaN/inf
+        self.bad_in_a_row = 0
 
     # ------------------------------------------------------------------------------- data
     @lru_cache(maxsize=4)  # noqa: B019 - a few epochs' permutations, tied to this trainer's life
@@ -113,12 +119,16 @@ class Trainer:
             loss = self.model.mlm_loss(input_ids.to(**to), batch["position_ids"].to(**to), attn_mask.to(**to),
                                        labels.to(**to))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        value = float(loss.detach())
+        if math.isfinite(value) and math.isfinite(float(grad_norm)):
+            self.optimizer.step()
+        else:  # skip the update: the weights stay as they were, the step is reported
+            self.skipped_steps.append(step)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.real_tokens += int(batch["real"].sum())
-        return float(loss.detach())
+        return value
 
     def train(self) -> None:
         total = self.config.max_steps
@@ -130,11 +140,22 @@ class Trainer:
             self.elapsed += time.perf_counter() - started
             self.losses.append(loss)
             self.step += 1
+            progress.update()
+            if math.isfinite(loss):
+                self.bad_in_a_row = 0
+            else:  # the update was skipped, so the weights (and any checkpoint) stay sound
+                self.bad_in_a_row += 1
+                print(f"pretrain: step {self.step - 1}: non-finite loss ({loss}), update skipped")
+                if self.bad_in_a_row >= self.config.max_bad_steps:
+                    progress.close()
+                    raise TrainingDiverged(
+                        f"{self.bad_in_a_row} steps in a row ended with a non-finite loss (last at step "
+                        f"{self.step - 1}); stopped. Lower pretrain.lr; the last good checkpoint is in "
+                        f"{self.checkpoint_dir}.")
             if self.step % self.config.log_every == 0 or self.step == total:
-                recent = self.losses[-self.config.log_every :]
+                recent = [x for x in self.losses[-self.config.log_every :] if math.isfinite(x)] or [math.nan]
                 progress.set_postfix(loss=f"{sum(recent) / len(recent):.3f}",
                                      tok_s=f"{self.real_tokens / max(self.elapsed, 1e-9):.0f}")
-            progress.update()
             if self.step % self.config.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
         progress.close()
@@ -142,7 +163,7 @@ class Trainer:
     # ------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {"step": self.step, "losses": self.losses, "learning_rates": self.learning_rates,
-                "elapsed": self.elapsed, "real_tokens": self.real_tokens}
+                "elapsed": self.elapsed, "real_tokens": self.real_tokens, "skipped_steps": self.skipped_steps}
 
     def save_checkpoint(self) -> Path:
         final = self.checkpoint_dir / f"step-{self.step:08d}"
@@ -177,6 +198,7 @@ class Trainer:
         state = read_json(folder / "state.json")
         self.step, self.losses, self.learning_rates = state["step"], state["losses"], state["learning_rates"]
         self.elapsed, self.real_tokens = state["elapsed"], state["real_tokens"]
+        self.skipped_steps = state.get("skipped_steps", [])
         print(f"pretrain: resumed from {folder.name}")
         return True
 
@@ -192,6 +214,7 @@ class Trainer:
             "real_tokens_seen": self.real_tokens,
             "step_seconds": round(self.elapsed, 2),
             "real_tokens_per_s": self.real_tokens / max(self.elapsed, 1e-9),
+            "skipped_steps": self.skipped_steps,
             "corpus_rows": len(self.data),
             "corpus_real_tokens": self.data.real_tokens(),
             "device": str(self.device),
