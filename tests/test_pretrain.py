@@ -92,10 +92,10 @@ def test_whole_word_masking_masks_all_pieces(tokenizer):
     assert torch.equal(labels[chosen], batch[chosen])
 
 
-def _trainer(tokenizer, data, folder, steps=6):
+def _trainer(tokenizer, data, folder, steps=6, dropout=0.1):
     config = PretrainConfig(max_steps=steps, batch_size=4, seq_len=32, lr=1e-3, checkpoint_every=2, log_every=1)
     model_config = EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=2,
-                                 intermediate_size=64, max_position=32)
+                                 intermediate_size=64, max_position=32, dropout=dropout)
     return Trainer(model_config, config, data, tokenizer, folder, seed=0)
 
 
@@ -212,8 +212,8 @@ def _poison(trainer, bad_steps: set[int], monkeypatch):
     original = trainer.model.mlm_loss
     calls = {"step": trainer.step}
 
-    def loss(*args):
-        value = original(*args)
+    def loss(*args, **kwargs):
+        value = original(*args, **kwargs)
         step, calls["step"] = calls["step"], calls["step"] + 1
         return value * float("nan") if step in bad_steps else value
 
@@ -240,3 +240,18 @@ def test_repeated_nan_steps_stop_the_run(tokenizer, tmp_path, monkeypatch):
         trainer.train()
     assert trainer.step == 4  # steps 1, 2, 3 were bad
     assert [p.name for p in (tmp_path).glob("step-*")] == ["step-00000002"]  # written with sound weights
+
+
+def test_gradient_accumulation_matches_the_whole_batch(tokenizer, tmp_path):
+    data = _data(tokenizer)
+    runs = []
+    for micro in (None, 1):
+        # No dropout, so the micro-batches see the same network as the whole batch.
+        trainer = _trainer(tokenizer, data, tmp_path / str(micro), steps=3, dropout=0.0)
+        trainer.config.micro_batch_size = micro
+        trainer.train()
+        runs.append((trainer.losses, [p.detach().clone() for p in trainer.model.parameters()]))
+    (whole_losses, whole_params), (micro_losses, micro_params) = runs
+    np.testing.assert_allclose(whole_losses, micro_losses, rtol=1e-5)
+    for a, b in zip(whole_params, micro_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

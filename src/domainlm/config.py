@@ -128,6 +128,9 @@ class PretrainConfig(Section):
     max_steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=32, ge=1)
     """Sequences per optimizer step."""
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    """Sequences per forward/backward pass; smaller than batch_size means gradient accumulation
+    (same gradient, less memory)."""
     seq_len: int = Field(default=128, ge=16)
     """Packed sequence length in tokens (documents packed, attention kept within each document)."""
     lr: float = Field(default=5e-4, gt=0)

@@ -115,12 +115,20 @@ class Trainer:
         attn_mask = segment_attention_mask(batch["segment_ids"])
         to = {"device": self.device, "non_blocking": True}
         self.model.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = self.model.mlm_loss(input_ids.to(**to), batch["position_ids"].to(**to), attn_mask.to(**to),
-                                       labels.to(**to))
-        loss.backward()
+        # Gradient accumulation: micro-batches sum their losses and divide by the masked-token
+        # count of the whole batch, so the gradient is the one the whole batch would give.
+        micro = self.config.micro_batch_size or len(input_ids)
+        masked_total = max(1, int((labels != -100).sum()))
+        loss_sum = 0.0
+        for start in range(0, len(input_ids), micro):
+            part = slice(start, start + micro)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                part_loss = self.model.mlm_loss(input_ids[part].to(**to), batch["position_ids"][part].to(**to),
+                                                attn_mask[part].to(**to), labels[part].to(**to), reduction="sum")
+            (part_loss / masked_total).backward()
+            loss_sum += float(part_loss.detach())
+        value = loss_sum / masked_total
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        value = float(loss.detach())
         if math.isfinite(value) and math.isfinite(float(grad_norm)):
             self.optimizer.step()
         else:  # skip the update: the weights stay as they were, the step is reported
