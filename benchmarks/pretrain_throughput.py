@@ -2,8 +2,9 @@
 
 (a) baseline: `transformers.BertForMaskedLM` (SDPA attention), each document padded to the longest
     in its batch, `DataCollatorForLanguageModeling` (15% MLM), AdamW.
-(b) domainlm: the training encoder, documents packed into full rows with attention kept inside
-    each document, whole-word masking, vocabulary projection on masked positions only, fused AdamW.
+(b) domainlm: its own `Trainer.train_step` — documents packed into full rows with attention kept
+    inside each document, whole-word masking, vocabulary projection on masked positions only,
+    fused AdamW.
 
 Both see documents whose lengths follow a log-normal distribution with median 60% of the maximum
 sequence length. Reported: real (non-padding) tokens/s, MFU against a matmul peak measured in the
@@ -74,8 +75,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def run_baseline(args, docs, device) -> tuple[int, float]:
+def synthetic_tokenizer():
+    """A word-level tokenizer over ids t0..t{VOCAB-1} with BERT's special tokens at 0..4."""
     from tokenizers import Tokenizer, models
+
+    vocab = {f"t{i}": i for i in range(5, VOCAB)} | {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    return Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+
+
+def run_baseline(args, docs, device) -> tuple[int, float]:
     from transformers import (
         BertConfig,
         BertForMaskedLM,
@@ -88,10 +96,8 @@ def run_baseline(args, docs, device) -> tuple[int, float]:
                         num_attention_heads=sizes["num_heads"], intermediate_size=sizes["intermediate_size"],
                         max_position_embeddings=args.seq_len, attn_implementation="sdpa")
     model = BertForMaskedLM(config).to(device)
-    vocab = {f"t{i}": i for i in range(VOCAB)} | {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
-                                        pad_token="[PAD]", mask_token="[MASK]", unk_token="[UNK]",
-                                        cls_token="[CLS]", sep_token="[SEP]")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=synthetic_tokenizer(), pad_token="[PAD]",
+                                        mask_token="[MASK]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     examples = [{"input_ids": [2, *d.tolist(), 3]} for d in docs]
@@ -113,35 +119,31 @@ def run_baseline(args, docs, device) -> tuple[int, float]:
 
 
 def run_domainlm(args, docs, device) -> tuple[int, float]:
-    from domainlm.pretrain.data import PackedData, mask_tokens, pack_documents
-    from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask
+    """Times domainlm's own `Trainer.train_step` (batch assembly, masking, forward, backward, step)."""
+    import tempfile
 
-    sizes = PRESETS[args.preset]
-    model = Encoder(EncoderConfig(vocab_size=VOCAB, max_position=args.seq_len, dropout=0.1, **sizes)).to(device)
+    from domainlm.config import PretrainConfig
+    from domainlm.pretrain.data import PackedData, pack_documents
+    from domainlm.pretrain.model import EncoderConfig
+    from domainlm.pretrain.trainer import Trainer
+
     tokens = np.concatenate(docs).astype(np.int32)
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
     data = PackedData(*pack_documents(tokens, offsets, args.seq_len, SPECIAL["cls"], SPECIAL["sep"], SPECIAL["pad"]))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    word_start = torch.ones(VOCAB, dtype=torch.bool)
-    special = torch.tensor(list(SPECIAL.values()))
-    generator = torch.Generator().manual_seed(0)
-    real, elapsed = 0, 0.0
-    for step in range(args.warmup + args.steps):
-        rows = np.arange(step * args.batch_size, (step + 1) * args.batch_size) % len(data)
-        started = time.perf_counter()
-        batch = data.batch(rows)
-        maskable = batch["real"] & ~torch.isin(batch["input_ids"], special)
-        ids, labels = mask_tokens(batch["input_ids"], maskable, word_start, 0.15, SPECIAL["mask"], VOCAB, generator)
-        attn = segment_attention_mask(batch["segment_ids"])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model.mlm_loss(ids.to(device), batch["position_ids"].to(device), attn.to(device), labels.to(device))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        if step >= args.warmup:
-            elapsed += time.perf_counter() - started
-            real += int(batch["real"].sum())
+    config = PretrainConfig(max_steps=args.warmup + args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                            lr=1e-4, mask_rate=0.15)
+    model_config = EncoderConfig(vocab_size=VOCAB, max_position=args.seq_len, dropout=0.1, **PRESETS[args.preset])
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(model_config, config, data, synthetic_tokenizer(), Path(folder))
+        real, elapsed = 0, 0.0
+        for step in range(args.warmup + args.steps):
+            before = trainer.real_tokens
+            started = time.perf_counter()
+            trainer.train_step(step)
+            sync(device)
+            if step >= args.warmup:
+                elapsed += time.perf_counter() - started
+                real += trainer.real_tokens - before
     return real, elapsed
 
 
