@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,14 @@ def atomic_directory(final: str | Path):
 
 
 def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (streamed)."""
+    """sha256 of a file's bytes (streamed). Remembered per (path, size, mtime) within a process:
+    freshness checks ask for the same corpus file many times per run."""
+    stat = Path(path).stat()
+    return _file_digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -16,8 +16,9 @@ from typing import Any
 from domainlm.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from domainlm.config import RunConfig
 from domainlm.evaluate.metrics import summarize
+from domainlm.pipeline import STAGES as PIPELINE_STAGES
 
-STAGES = ("corpus", "tokenizer", "pretrain", "evaluate")
+STAGES = PIPELINE_STAGES[:-1]  # every stage before this one
 
 
 def load_artifacts(run_dir: Path) -> dict[str, Any]:
