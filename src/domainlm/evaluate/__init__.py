@@ -25,13 +25,11 @@ from domainlm.evaluate.metrics import summarize, task_metrics
 from domainlm.evaluate.tasks import Task, load_task
 
 
-def model_location(entry: ModelEntry, run_dir: Path) -> tuple[Path | None, bool]:
+def model_location(entry: ModelEntry, run_dir: Path) -> tuple[Path, bool]:
     """(directory, use pretrained weights) for a neural model entry."""
     if entry.kind in ("domain", "random-init"):
         return run_dir / "pretrain" / "export", entry.kind == "domain"
-    if entry.kind == "hf":
-        return resolve_path(entry.path), True
-    return None, False
+    return resolve_path(entry.path), True  # kind "hf"
 
 
 def evaluate_one(entry: ModelEntry, task: Task, seed: int, config: RunConfig) -> dict[str, Any]:

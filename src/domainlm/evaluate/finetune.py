@@ -81,11 +81,11 @@ def encode(tokenizer, task: Task, examples: list, max_length: int) -> Encoded:
     return Encoded(ids, labels, word_index, truncated)
 
 
-def batches(lengths: list[int], batch_size: int, shuffle: bool, rng: random.Random) -> list[list[int]]:
-    """Index batches of similar length (little padding): shuffle, sort within pools of 16 batches,
-    then shuffle the batches."""
+def batches(lengths: list[int], batch_size: int, rng: random.Random | None = None) -> list[list[int]]:
+    """Index batches of similar length (little padding). With `rng`: shuffle, sort within pools of
+    16 batches, then shuffle the batches; without: simply in order of length."""
     order = list(range(len(lengths)))
-    if not shuffle:
+    if rng is None:
         order.sort(key=lambda i: lengths[i])
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(order)
@@ -120,7 +120,7 @@ def predict(model, data: Encoded, task: Task, examples: list, batch_size: int, p
     model.eval()
     token_task = task.type == "token-classification"
     out: list = [None] * len(examples)
-    for indices in batches([len(x) for x in data.input_ids], batch_size * 2, False, random.Random(0)):
+    for indices in batches([len(x) for x in data.input_ids], batch_size * 2):
         batch = collate(data, indices, pad_id, token_task)
         logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
         best = logits.argmax(-1).cpu()
@@ -161,7 +161,7 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, config: 
     best_score, best_state, best_epoch, dev_scores = -1.0, None, 0, []
     for epoch in range(config.epochs):
         model.train()
-        for indices in batches([len(x) for x in train.input_ids], config.batch_size, True, rng):
+        for indices in batches([len(x) for x in train.input_ids], config.batch_size, rng):
             batch = {k: v.to(device) for k, v in collate(train, indices, pad_id, token_task).items()}
             loss = model(**batch).loss
             loss.backward()
