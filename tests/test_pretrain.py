@@ -5,14 +5,7 @@ import torch
 from conftest import synthetic_texts
 from domainlm.config import PretrainConfig, TokenizerConfig
 from domainlm.pretrain import export_model
-from domainlm.pretrain.data import (
-    PAD_SEGMENT,
-    PackedData,
-    mask_tokens,
-    pack_documents,
-    tokenize_documents,
-    word_start_table,
-)
+from domainlm.pretrain.data import TokenShards, mask_tokens, word_start_table, write_token_shards
 from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask
 from domainlm.pretrain.trainer import Trainer
 from domainlm.tokenizer import save_for_transformers, train_wordpiece
@@ -25,22 +18,44 @@ def tokenizer():
     return train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_frequency=1))
 
 
-def test_pack_documents_keeps_documents_apart():
-    docs = [np.arange(10, 10 + n) for n in (5, 3, 20, 1)]
-    tokens = np.concatenate(docs).astype(np.int32)
+def _in_memory_shards(docs, sources=None):
+    tokens = np.concatenate(docs).astype(np.uint16)
     offsets = np.cumsum([0] + [len(d) for d in docs])
-    rows, segments, positions = pack_documents(tokens, offsets, seq_len=12, cls_id=CLS, sep_id=SEP, pad_id=PAD)
-    assert rows.shape[1] == 12
+    sources = np.zeros(len(docs), np.int16) if sources is None else np.asarray(sources, np.int16)
+    return TokenShards(tokens, offsets, sources, ["a", "b"], {"cls": CLS, "sep": SEP, "pad": PAD})
+
+
+def test_packing_keeps_documents_apart():
+    docs = [np.arange(10, 10 + n) for n in (5, 3, 20, 1)]
+    shards = _in_memory_shards(docs)
+    packing = shards.pack(seq_len=12)
+    batch = shards.batch(packing, np.arange(len(packing)))
+    rows, segments, positions = (batch[k].numpy() for k in ("input_ids", "segment_ids", "position_ids"))
+    assert rows.shape == (len(packing), 12)
     recovered = []
     for row, seg, pos in zip(rows, segments, positions, strict=True):
-        for s in sorted(set(seg.tolist()) - {PAD_SEGMENT}):
+        for s in sorted(set(seg[seg >= 0].tolist())):
             piece = row[seg == s]
             assert piece[0] == CLS and piece[-1] == SEP  # every segment is a whole [CLS] ... [SEP]
             assert (pos[seg == s] == np.arange(len(piece))).all()  # positions restart per document
             recovered.append(piece[1:-1])
-        assert (row[seg == PAD_SEGMENT] == PAD).all()
-    assert np.array_equal(np.concatenate(recovered), tokens)  # nothing lost, order kept
+        assert (row[seg < 0] == PAD).all()
+        assert len(set(seg[seg < 0].tolist())) == (seg < 0).sum()  # each pad position is alone
+    assert np.array_equal(np.concatenate(recovered), shards.tokens)  # nothing lost, order kept
     assert all(len(r) <= 10 for r in recovered)  # long documents are chunked to seq_len - 2
+    assert batch["real"].sum() == packing.real_tokens() == len(shards.tokens) + 2 * len(recovered)
+
+
+def test_token_shards_round_trip(tokenizer, tmp_path):
+    texts = synthetic_texts(30)
+    shards = write_token_shards(tokenizer, ((t, "even" if i % 2 == 0 else "odd") for i, t in enumerate(texts)),
+                                tmp_path / "shards", batch_size=7)
+    assert isinstance(shards.tokens, np.memmap) and shards.tokens.dtype == np.uint16
+    assert shards.num_docs == 30 and shards.source_names == ["even", "odd"]
+    for i in (0, 13, 29):
+        expected = tokenizer.encode(texts[i], add_special_tokens=False).ids
+        assert shards.tokens[shards.offsets[i] : shards.offsets[i + 1]].tolist() == expected
+    assert shards.sources.tolist() == [i % 2 for i in range(30)]
 
 
 def test_attention_never_crosses_documents():
@@ -99,13 +114,13 @@ def _trainer(tokenizer, data, folder, steps=6, dropout=0.1):
     return Trainer(model_config, config, data, tokenizer, folder, seed=0)
 
 
-def _data(tokenizer):
-    tokens, offsets = tokenize_documents(tokenizer, synthetic_texts(80))
-    return PackedData(*pack_documents(tokens, offsets, 32, CLS, SEP, PAD))
+@pytest.fixture(scope="module")
+def data(tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shards") / "shards"
+    return write_token_shards(tokenizer, ((t, "s") for t in synthetic_texts(80)), folder)
 
 
-def test_resume_gives_the_same_losses(tokenizer, tmp_path):
-    data = _data(tokenizer)
+def test_resume_gives_the_same_losses(data, tokenizer, tmp_path):
     straight = _trainer(tokenizer, data, tmp_path / "a")
     straight.train()
     interrupted = _trainer(tokenizer, data, tmp_path / "b", steps=6)
@@ -200,8 +215,8 @@ def test_token_masking_ignores_word_boundaries(tokenizer):
 
 
 @pytest.mark.parametrize("masking", ["token", "span"])
-def test_trainer_runs_every_masking_mode(tokenizer, tmp_path, masking):
-    trainer = _trainer(tokenizer, _data(tokenizer), tmp_path, steps=2)
+def test_trainer_runs_every_masking_mode(data, tokenizer, tmp_path, masking):
+    trainer = _trainer(tokenizer, data, tmp_path, steps=2)
     trainer.config.masking = masking
     trainer.train()
     assert len(trainer.losses) == 2 and all(np.isfinite(trainer.losses))
@@ -220,8 +235,8 @@ def _poison(trainer, bad_steps: set[int], monkeypatch):
     monkeypatch.setattr(trainer.model, "mlm_loss", loss)
 
 
-def test_a_nan_step_is_skipped_and_reported(tokenizer, tmp_path, monkeypatch):
-    trainer = _trainer(tokenizer, _data(tokenizer), tmp_path, steps=4)
+def test_a_nan_step_is_skipped_and_reported(data, tokenizer, tmp_path, monkeypatch):
+    trainer = _trainer(tokenizer, data, tmp_path, steps=4)
     _poison(trainer, {1}, monkeypatch)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
@@ -231,10 +246,10 @@ def test_a_nan_step_is_skipped_and_reported(tokenizer, tmp_path, monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
 
 
-def test_repeated_nan_steps_stop_the_run(tokenizer, tmp_path, monkeypatch):
+def test_repeated_nan_steps_stop_the_run(data, tokenizer, tmp_path, monkeypatch):
     from domainlm.pretrain.trainer import TrainingDiverged
 
-    trainer = _trainer(tokenizer, _data(tokenizer), tmp_path, steps=6)
+    trainer = _trainer(tokenizer, data, tmp_path, steps=6)
     _poison(trainer, {1, 2, 3, 4, 5}, monkeypatch)
     with pytest.raises(TrainingDiverged, match="3 steps in a row"):
         trainer.train()
@@ -242,8 +257,7 @@ def test_repeated_nan_steps_stop_the_run(tokenizer, tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path).glob("step-*")] == ["step-00000002"]  # written with sound weights
 
 
-def test_gradient_accumulation_matches_the_whole_batch(tokenizer, tmp_path):
-    data = _data(tokenizer)
+def test_gradient_accumulation_matches_the_whole_batch(data, tokenizer, tmp_path):
     runs = []
     for micro in (None, 1):
         # No dropout, so the micro-batches see the same network as the whole batch.

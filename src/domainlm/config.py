@@ -110,6 +110,12 @@ class ModelConfig(Section):
     intermediate_size: int | None = Field(default=None, ge=8)
     max_position: int = Field(default=512, ge=16)
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    init_from: str | None = None
+    """Continue pretraining a local Hugging Face checkpoint (BERT, RoBERTa, MiniLM, ELECTRA):
+    its architecture and tokenizer replace the preset and the domain tokenizer."""
+    extend_vocab: int = Field(default=0, ge=0)
+    """With init_from: add up to this many of the domain tokenizer's most useful new tokens to the
+    checkpoint's vocabulary (new embeddings start as the mean of their old pieces)."""
 
     def resolved(self) -> dict[str, int]:
         sizes = dict(PRESETS[self.preset])
@@ -152,6 +158,41 @@ class PretrainConfig(Section):
     dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
     """Dropout while pretraining (default: `model.dropout`, which fine-tuning uses). 0 learns
     faster on short budgets (Cramming); the exported model keeps `model.dropout`."""
+    objective: Literal["mlm", "electra"] = "mlm"
+    """mlm: masked language modelling. electra: replaced-token detection (a small generator fills
+    the masks, the model learns which tokens were replaced; the discriminator is exported)."""
+    generator_fraction: float = Field(default=0.25, gt=0, le=1)
+    """electra: generator width (hidden, heads, intermediate) as a share of the model's."""
+    rtd_weight: float = Field(default=50.0, gt=0)
+    """electra: weight of the replaced-token-detection loss against the generator's MLM loss."""
+    lexicon: str | None = None
+    """Lexicon-guided masking: a file with one word (or phrase) per line that whole-word masking
+    chooses preferentially, at `lexicon_rate`, keeping the overall rate at `mask_rate`."""
+    lexicon_rate: float = Field(default=0.5, gt=0, le=1)
+    mixture: dict[str, float] = Field(default_factory=dict)
+    """Corpus source name -> sampling weight (default: all documents in natural proportion)."""
+    upsample_source: str | None = None
+    """Up-sample this corpus source over the last `upsample_fraction` of the steps."""
+    upsample_factor: float = Field(default=3.0, ge=1)
+    upsample_fraction: float = Field(default=0.15, gt=0, le=1)
+    batch_size_start: int | None = Field(default=None, ge=1)
+    """Batch-size warmup: start with this many sequences per step..."""
+    batch_warmup_fraction: float = Field(default=0.0, ge=0, le=1)
+    """...growing linearly to `batch_size` over this share of the steps."""
+    short_seq_len: int | None = Field(default=None, ge=16)
+    """Sequence-length curriculum: the first `short_seq_fraction` of the steps use rows of this
+    length (with proportionally more rows per step)."""
+    short_seq_fraction: float = Field(default=0.0, ge=0, lt=1)
+    attention: Literal["auto", "sdpa", "flex", "varlen"] = "auto"
+    """Document-aware attention: sdpa (boolean same-document mask; works everywhere, fastest on
+    CPU), flex (FlexAttention block mask; GPU), varlen (padding removed, flash varlen kernel;
+    GPU). auto: varlen on CUDA when available, else sdpa."""
+    compile: bool = False
+    """torch.compile the model (skipped with a note where it is unavailable)."""
+    tf32: bool = True
+    """Allow TF32 matmuls on GPUs that have them."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: replicate the model (ddp) or shard it (fsdp)."""
     max_bad_steps: int = Field(default=3, ge=1)
     """Stop after this many consecutive steps with a NaN/inf loss (each such step is skipped)."""
     checkpoint_every: int = Field(default=200, ge=1)
@@ -159,6 +200,18 @@ class PretrainConfig(Section):
     log_every: int = Field(default=10, ge=1)
     threads: int | None = Field(default=None, ge=1)
     """CPU threads for torch (default: torch's choice)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        if self.short_seq_len and self.short_seq_len >= self.seq_len:
+            raise ValueError(f"short_seq_len ({self.short_seq_len}) must be below seq_len ({self.seq_len})")
+        if self.batch_size_start and self.batch_size_start > self.batch_size:
+            raise ValueError(f"batch_size_start ({self.batch_size_start}) exceeds batch_size ({self.batch_size})")
+        if self.lexicon:
+            _existing_file(self.lexicon)
+        if any(w < 0 for w in self.mixture.values()) or (self.mixture and not sum(self.mixture.values())):
+            raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {self.mixture}")
+        return self
 
 
 # ----------------------------------------------------------------------------------------- tasks

@@ -49,6 +49,8 @@ def _input_files(config: RunConfig, stage: str) -> list[str]:
         files = [getattr(t, split) for t in config.tasks for split in ("train", "dev", "test") if getattr(t, split)]
         models = [m.path for m in config.evaluate.models if m.kind == "hf" and m.path]
         return files + [path for path in models if _exists(path)]
+    if stage == "pretrain":
+        return [p for p in (config.model.init_from, config.pretrain.lexicon) if p]
     return []
 
 

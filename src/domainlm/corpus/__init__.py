@@ -82,13 +82,19 @@ def source_name(source) -> str:
     return source.name or (Path(source.path).name if source.path else source.format)
 
 
-def iter_corpus_texts(corpus_dir: Path, split: str = "train"):
-    """Yield the texts of a curated corpus (`train` shards or the `heldout` set)."""
+def iter_corpus_documents(corpus_dir: Path, split: str = "train"):
+    """Yield the documents (`{"id", "text", "source"}`) of a curated corpus (`train` shards or the
+    `heldout` set)."""
     files = sorted(corpus_dir.glob("train-*.jsonl")) if split == "train" else [corpus_dir / "heldout.jsonl"]
     for path in files:
         with open(path, encoding="utf-8") as handle:
             for line in handle:
-                yield json.loads(line)["text"]
+                yield json.loads(line)
+
+
+def iter_corpus_texts(corpus_dir: Path, split: str = "train"):
+    """Yield the texts of a curated corpus."""
+    return (doc["text"] for doc in iter_corpus_documents(corpus_dir, split))
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:

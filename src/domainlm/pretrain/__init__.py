@@ -17,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
 
 from domainlm.artifacts import atomic_directory, atomic_write_json, read_json
-from domainlm.config import RunConfig
-from domainlm.corpus import iter_corpus_texts
-from domainlm.pretrain.data import PackedData, pack_documents, tokenize_documents
-from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask, to_hf_state_dict
+from domainlm.config import RunConfig, resolve_path
+from domainlm.corpus import iter_corpus_documents, iter_corpus_texts
+from domainlm.pretrain.data import TokenShards, write_token_shards
+from domainlm.pretrain.electra import Electra, to_hf_electra
+from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask, to_hf_masked_lm
 from domainlm.pretrain.trainer import Trainer
 from domainlm.tokenizer import load_tokenizer
+
+BERT_SPECIALS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]", "unk": "[UNK]"}
 
 
 def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> EncoderConfig:
@@ -35,75 +39,122 @@ def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> EncoderCo
     )
 
 
-def prepare_data(config: RunConfig, out: Path) -> PackedData:
-    """Tokenise and pack the corpus once; reuse the packed arrays on resume."""
+def prepare_data(config: RunConfig, tokenizer: Tokenizer, specials: dict[str, str], out: Path) -> TokenShards:
+    """Tokenise the corpus once into token shards; reuse them on resume."""
     folder = out / "data"
-    if not (folder / "tokens.npy").exists():
-        tokenizer = load_tokenizer(config.directory / "tokenizer")
-        tokens, offsets = tokenize_documents(tokenizer, iter_corpus_texts(config.directory / "corpus"))
-        ids = {t: tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
-        packed = pack_documents(tokens, offsets, config.pretrain.seq_len, ids["[CLS]"], ids["[SEP]"], ids["[PAD]"])
-        PackedData(*packed).save(folder)
-    return PackedData.load(folder)
+    if not (folder / "meta.json").exists():
+        docs = ((d["text"], d.get("source", "corpus")) for d in iter_corpus_documents(config.directory / "corpus"))
+        write_token_shards(tokenizer, docs, folder, specials=specials)
+    return TokenShards.load(folder)
 
 
-def export_model(model: Encoder, tokenizer_dir: Path, out: Path, config: EncoderConfig | None = None) -> float:
-    """Write a `transformers` BertForMaskedLM directory and check that stock transformers,
-    loading it from disk, gives our logits. Returns the max abs logit difference.
-    `config` (default: the model's) is what the exported config.json says, e.g. fine-tuning dropout."""
-    from transformers import AutoModelForMaskedLM, BertForMaskedLM
+def initial_model(config: RunConfig, out: Path) -> tuple[Encoder | None, Path, dict[str, str], dict[str, Any]]:
+    """With `model.init_from`: the checkpoint as our encoder (vocabulary extended if asked) and the
+    tokenizer folder it uses. Otherwise (None, the domain tokenizer, BERT special tokens, {})."""
+    domain_tokenizer_dir = config.directory / "tokenizer"
+    if not config.model.init_from:
+        return None, domain_tokenizer_dir, BERT_SPECIALS, {}
+    from domainlm.pretrain.hf_init import extend_vocabulary, load_hf_encoder, save_tokenizer_dir, special_tokens
 
-    hf = BertForMaskedLM((config or model.config).to_hf())
-    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model), strict=False)
-    if unexpected or [k for k in missing if "position_ids" not in k]:
-        raise RuntimeError(f"export mismatch: missing {missing}, unexpected {unexpected}")
+    source = resolve_path(config.model.init_from)
+    model, info = load_hf_encoder(source)
+    specials = special_tokens(source)
+    tokenizer_dir = out / "tokenizer"
+    if config.model.extend_vocab:
+        texts = iter_corpus_texts(config.directory / "corpus")
+        model, tokenizer, added = extend_vocabulary(model, load_tokenizer(source), load_tokenizer(domain_tokenizer_dir),
+                                                    texts, config.model.extend_vocab)
+        info["added_tokens"] = len(added)
+        info["added_examples"] = added[:30]
+        save_tokenizer_dir(tokenizer, tokenizer_dir, like=source)
+    else:
+        with atomic_directory(tokenizer_dir) as tmp:
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+                if (source / name).exists():
+                    shutil.copy(source / name, tmp / name)
+    return model, tokenizer_dir, specials, info
+
+
+def export_model(model: Encoder | Electra, tokenizer_dir: Path, out: Path, config: EncoderConfig | None = None) -> float:
+    """Write a `transformers` directory (BertForMaskedLM / RobertaForMaskedLM, or ELECTRA's
+    discriminator as ElectraForPreTraining) and check that stock transformers, loading it from
+    disk, gives our outputs. Returns the max abs difference. `config` (default: the model's) is
+    what the exported config.json says, e.g. fine-tuning dropout."""
+    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+
+    hf = to_hf_electra(model, config) if isinstance(model, Electra) else to_hf_masked_lm(model, config)
     with atomic_directory(out) as tmp:
         hf.save_pretrained(str(tmp), safe_serialization=True)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
             if (tokenizer_dir / name).exists():
                 shutil.copy(tokenizer_dir / name, tmp / name)
-    return logit_difference(model, AutoModelForMaskedLM.from_pretrained(str(out)))
+    loader = AutoModelForPreTraining if isinstance(model, Electra) else AutoModelForMaskedLM
+    return output_difference(model, loader.from_pretrained(str(out)))
 
 
 @torch.no_grad()
-def logit_difference(model: Encoder, hf_model, batch_size: int = 2, length: int = 24) -> float:
-    """Max |logits(ours) - logits(hf)| on a random padded batch (fp32, eval mode, real tokens)."""
+def output_difference(model: Encoder | Electra, hf_model, batch_size: int = 2, length: int = 24) -> float:
+    """Max |ours - hf| of the output logits (MLM, or ELECTRA's replaced-token logits) on a random
+    right-padded batch (fp32, eval mode, real tokens)."""
     model, hf_model = model.float().eval().cpu(), hf_model.float().eval()
+    c = model.config
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, model.config.vocab_size, (batch_size, length), generator=generator)
+    ids = torch.randint(5, c.vocab_size, (batch_size, length), generator=generator)
     lengths = torch.tensor([length, length // 2])[:batch_size]
     real = torch.arange(length)[None, :] < lengths[:, None]
-    ids = torch.where(real, ids, torch.full_like(ids, model.config.pad_token_id))
+    ids = torch.where(real, ids, torch.full_like(ids, c.pad_token_id))
     segments = torch.where(real, 0, -1 - torch.arange(length).expand_as(ids))
-    ours = model.mlm_logits(model(ids, torch.arange(length).expand_as(ids), segment_attention_mask(segments)))
+    positions, attn = torch.arange(length).expand_as(ids), segment_attention_mask(segments)
+    if isinstance(model, Electra):
+        ours = model.rtd_logits(model.discriminator(ids, positions, attn))
+    else:
+        ours = model.mlm_logits(model(ids, positions, attn))
     theirs = hf_model(input_ids=ids, attention_mask=real.long()).logits
     return float((ours - theirs)[real].abs().max())
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        if hasattr(module, "attn_dropout"):
+            module.attn_dropout = p
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if config.pretrain.threads:
         torch.set_num_threads(config.pretrain.threads)
-    tokenizer_dir = config.directory / "tokenizer"
+    model, tokenizer_dir, specials, init_info = initial_model(config, out)
+    if model is not None and config.pretrain.objective == "electra":
+        raise ValueError("model.init_from continues masked-language-model pretraining; "
+                         "pretrain.objective electra starts from scratch")
     tokenizer = load_tokenizer(tokenizer_dir)
-    data = prepare_data(config, out)
-    model_config = encoder_config(config, tokenizer.get_vocab_size(), tokenizer.token_to_id("[PAD]"))
+    data = prepare_data(config, tokenizer, specials, out)
+    if model is None:
+        model_config = encoder_config(config, tokenizer.get_vocab_size(), tokenizer.token_to_id(specials["pad"]))
+    else:
+        model_config = model.config  # the checkpoint's architecture (and its dropout, kept for export)
     train_config = model_config
-    if config.pretrain.dropout is not None:
+    if config.pretrain.dropout is not None:  # pretraining-only dropout; the export keeps model_config's
         train_config = dataclasses.replace(model_config, dropout=config.pretrain.dropout)
-    trainer = Trainer(train_config, config.pretrain, data, tokenizer, out / "checkpoints", seed=config.seed)
+        if model is not None:
+            set_dropout(model, config.pretrain.dropout)
+            model.config = train_config
+    trainer = Trainer(train_config, config.pretrain, data, tokenizer, out / "checkpoints", seed=config.seed,
+                      model=model, mask_token=specials["mask"])
     trainer.resume_if_possible()
     started = time.time()
     trainer.train()
     atomic_write_json(out / "history.json", trainer.history())
     difference = export_model(trainer.model, tokenizer_dir, out / "export", config=model_config)
     if difference > 1e-4:
-        raise RuntimeError(f"exported model disagrees with the training model: max |Δlogit| = {difference:.2e}")
+        raise RuntimeError(f"exported model disagrees with the training model: max |Δ| = {difference:.2e}")
     summary = trainer.summary()
     summary.update(export_max_abs_logit_diff=difference, train_seconds=round(time.time() - started, 2),
-                   parameters=sum(p.numel() for p in trainer.model.parameters()))
+                   parameters=sum(p.numel() for p in trainer.model.parameters()), init=init_info)
     atomic_write_json(out / "summary.json", summary)
     print(f"pretrain: {summary['steps']} steps, final loss {summary['final_loss']:.3f}, "
-          f"{summary['real_tokens_per_s']:.0f} real tokens/s, export max |Δlogit| {difference:.1e}")
+          f"{summary['real_tokens_per_s']:.0f} real tokens/s, export max |Δ| {difference:.1e}")
     return summary
 
 

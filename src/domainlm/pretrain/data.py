@@ -1,16 +1,28 @@
-"""Pretraining data: tokenise once, pack documents into full rows, mask on the fly.
+"""Pretraining data: token shards on disk, documents packed into rows, masking on the fly.
 
-Arrays (saved as .npy and memory-mapped):
-- `tokens`  (R, T) int32: packed rows, each a run of `[CLS] doc-chunk [SEP]` segments, padded at the end.
-- `segments` (R, T) int16: which segment of its row each position belongs to; padding gets its own
-  id so attention (same-segment only) never crosses documents and never reads padding.
-- `positions` (R, T) int16: position inside the segment (restarts at 0 for each document, so a
-  packed document looks exactly like one fed alone).
+Token shards (`TokenShards`, one folder): every document of the corpus tokenised once into one
+flat memory-mapped integer array (`tokens.bin`, uint16 when the vocabulary fits) with a document
+index (`offsets.npy`: document i is `tokens[offsets[i]:offsets[i+1]]`) and each document's source
+(`sources.npy`, names in `meta.json`). Nothing else is stored: a packing is computed from the
+index in milliseconds, for any sequence length.
+
+A packing (`Packing`) cuts each document into chunks of at most `seq_len - 2` tokens; each chunk
+becomes a segment `[CLS] chunk [SEP]`, and segments fill rows in corpus order until the next one
+does not fit. A batch is gathered from the memory map with numpy fancy indexing (no Python work
+per token) as:
+- `input_ids` (B, T): the rows, padded at the end;
+- `segment_ids` (B, T): the segment each position belongs to; every padding position gets its own
+  negative id, so same-segment attention never crosses documents and never reads padding;
+- `position_ids` (B, T): position inside the segment (restarts at 0 for each document, so a
+  packed document looks exactly like one fed alone);
+- `real` (B, T): False on padding.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,126 +34,201 @@ from tqdm.auto import tqdm
 PAD_SEGMENT = -1
 
 
-def tokenize_documents(tokenizer: Tokenizer, texts, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of every document, concatenated, and the offsets where each document starts
-    (`offsets[i]:offsets[i+1]`). No special tokens; packing adds them."""
-    chunks, lengths = [], []
-    batch: list[str] = []
-    progress = tqdm(desc="tokenize", unit=" docs", mininterval=1.0)
-
-    def flush() -> None:
-        for encoding in tokenizer.encode_batch(batch, add_special_tokens=False):
-            ids = np.asarray(encoding.ids, dtype=np.int32)
-            chunks.append(ids)
-            lengths.append(len(ids))
-        progress.update(len(batch))
-        batch.clear()
-
-    for text in texts:
-        batch.append(text)
-        if len(batch) >= batch_size:
-            flush()
-    flush()
-    progress.close()
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    tokens = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
-    return tokens, offsets
-
-
-def pack_documents(
-    tokens: np.ndarray, offsets: np.ndarray, seq_len: int, cls_id: int, sep_id: int, pad_id: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pack documents, in order, into rows of `seq_len` tokens.
-
-    A document longer than a row is cut into chunks of `seq_len - 2` tokens; each chunk becomes a
-    segment `[CLS] chunk [SEP]`. Segments fill a row until the next one does not fit; the rest of
-    the row is padding. Returns (tokens, segments, positions), each (rows, seq_len).
-    """
-    body = seq_len - 2
-    starts, ends = [], []
-    for doc in range(len(offsets) - 1):
-        for start in range(int(offsets[doc]), int(offsets[doc + 1]), body):
-            starts.append(start)
-            ends.append(min(start + body, int(offsets[doc + 1])))
-    rows_tokens, rows_segments, rows_positions = [], [], []
-    row_t = np.full(seq_len, pad_id, np.int32)
-    row_s = np.full(seq_len, PAD_SEGMENT, np.int16)
-    row_p = np.zeros(seq_len, np.int16)
-    fill = segment = 0
-    for start, end in zip(starts, ends, strict=True):
-        length = end - start + 2
-        if fill + length > seq_len:
-            rows_tokens.append(row_t), rows_segments.append(row_s), rows_positions.append(row_p)
-            row_t = np.full(seq_len, pad_id, np.int32)
-            row_s = np.full(seq_len, PAD_SEGMENT, np.int16)
-            row_p = np.zeros(seq_len, np.int16)
-            fill = segment = 0
-        row_t[fill] = cls_id
-        row_t[fill + 1 : fill + length - 1] = tokens[start:end]
-        row_t[fill + length - 1] = sep_id
-        row_s[fill : fill + length] = segment
-        row_p[fill : fill + length] = np.arange(length)
-        fill += length
-        segment += 1
-    if fill:
-        rows_tokens.append(row_t), rows_segments.append(row_s), rows_positions.append(row_p)
-    if not rows_tokens:
-        raise ValueError("the corpus is empty: nothing to pack")
-    return np.stack(rows_tokens), np.stack(rows_segments), np.stack(rows_positions)
-
-
+# ---------------------------------------------------------------------------------- token shards
 @dataclass
-class PackedData:
-    tokens: np.ndarray
-    segments: np.ndarray
-    positions: np.ndarray
+class TokenShards:
+    tokens: np.ndarray  # (N,) uint16 / int32, memory-mapped
+    offsets: np.ndarray  # (D + 1,) int64
+    sources: np.ndarray  # (D,) int16: index into source_names
+    source_names: list[str]
+    special: dict[str, int]  # ids of cls, sep, pad
 
     @classmethod
-    def load(cls, folder: Path) -> PackedData:
-        return cls(*(np.load(folder / f"{name}.npy", mmap_mode="r") for name in ("tokens", "segments", "positions")))
+    def load(cls, folder: Path) -> TokenShards:
+        meta = json.loads((folder / "meta.json").read_text())
+        tokens = np.memmap(folder / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["num_tokens"],))
+        return cls(tokens, np.load(folder / "offsets.npy"), np.load(folder / "sources.npy"),
+                   meta["source_names"], meta["special"])
 
-    def save(self, folder: Path) -> None:
-        from domainlm.artifacts import atomic_directory
+    @property
+    def num_docs(self) -> int:
+        return len(self.offsets) - 1
 
-        with atomic_directory(folder) as tmp:
-            for name in ("tokens", "segments", "positions"):
-                np.save(tmp / f"{name}.npy", getattr(self, name))
+    def source_index(self, name: str) -> int:
+        if name not in self.source_names:
+            raise ValueError(f"unknown corpus source '{name}' (the corpus has: {', '.join(self.source_names)})")
+        return self.source_names.index(name)
+
+    def pack(self, seq_len: int, source: int | None = None) -> Packing:
+        docs = np.arange(self.num_docs) if source is None else np.flatnonzero(self.sources == source)
+        return pack(self.offsets[docs], self.offsets[docs + 1], seq_len)
+
+    def batch(self, packing: Packing, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Gather `rows` of `packing` as (B, T) tensors (see the module docstring)."""
+        T, (cls_id, sep_id, pad_id) = packing.seq_len, (self.special[k] for k in ("cls", "sep", "pad"))
+        rows = np.sort(np.asarray(rows, dtype=np.int64))  # sorted reads are kinder to a memory map
+        first, last = packing.row_ptr[rows], packing.row_ptr[rows + 1]
+        per_row = last - first
+        # All segments of the chosen rows, with the batch row each lands in.
+        seg = np.repeat(first - np.cumsum(per_row) + per_row, per_row) + np.arange(per_row.sum())
+        batch_row = np.repeat(np.arange(len(rows)), per_row)
+        segment_in_row = seg - np.repeat(first, per_row)
+        width = packing.seg_len[seg] + 2
+        # Every position of every segment: its column in the row and its offset in the segment.
+        owner = np.repeat(np.arange(len(seg)), width)
+        offset = np.arange(width.sum()) - np.repeat(np.cumsum(width) - width, width)
+        column = packing.seg_col[seg][owner] + offset
+        body = np.clip(offset - 1, 0, None) + packing.seg_start[seg][owner]
+        ids = np.asarray(self.tokens[np.clip(body, 0, len(self.tokens) - 1)], dtype=np.int64)
+        ids = np.where(offset == 0, cls_id, np.where(offset == width[owner] - 1, sep_id, ids))
+
+        input_ids = np.full((len(rows), T), pad_id, dtype=np.int64)
+        segments = np.broadcast_to(-2 - np.arange(T), (len(rows), T)).copy()  # padding: unique negatives
+        positions = np.zeros((len(rows), T), dtype=np.int64)
+        where = (batch_row[owner], column)
+        input_ids[where], segments[where], positions[where] = ids, segment_in_row[owner], offset
+        segments = torch.from_numpy(segments)
+        return {"input_ids": torch.from_numpy(input_ids), "segment_ids": segments,
+                "position_ids": torch.from_numpy(positions), "real": segments >= 0}
+
+
+def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], folder: Path,
+                       specials: dict[str, str] | None = None, batch_size: int = 1000) -> TokenShards:
+    """Tokenise `(text, source)` pairs into `folder` (written atomically), streaming: memory holds
+    one batch of documents plus 10 bytes of index per document. `specials` names the cls, sep and
+    pad tokens (default BERT's)."""
+    from domainlm.artifacts import atomic_directory, atomic_write_json
+
+    specials = specials or {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]"}
+    tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy without truncation or padding
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+
+    dtype = np.uint16 if tokenizer.get_vocab_size() <= np.iinfo(np.uint16).max + 1 else np.int32
+    lengths: list[int] = []
+    sources: list[int] = []
+    names: dict[str, int] = {}
+    progress = tqdm(desc="tokenize", unit=" docs", mininterval=1.0)
+    with atomic_directory(folder) as tmp, open(tmp / "tokens.bin", "wb") as out:
+        batch: list[tuple[str, str]] = []
+
+        def flush() -> None:
+            encodings = tokenizer.encode_batch([text for text, _ in batch], add_special_tokens=False)
+            for (_, source), encoding in zip(batch, encodings, strict=True):
+                out.write(np.asarray(encoding.ids, dtype=dtype).tobytes())
+                lengths.append(len(encoding.ids))
+                sources.append(names.setdefault(source, len(names)))
+            progress.update(len(batch))
+            batch.clear()
+
+        for item in docs:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                flush()
+        flush()
+        out.close()
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        np.save(tmp / "offsets.npy", offsets)
+        np.save(tmp / "sources.npy", np.asarray(sources, dtype=np.int16))
+        special = {k: tokenizer.token_to_id(specials[k]) for k in ("cls", "sep", "pad")}
+        atomic_write_json(tmp / "meta.json", {"dtype": np.dtype(dtype).name, "num_tokens": int(offsets[-1]),
+                                              "source_names": list(names), "special": special})
+    progress.close()
+    if not lengths or offsets[-1] == 0:
+        raise ValueError("the corpus is empty: nothing to pretrain on")
+    return TokenShards.load(folder)
+
+
+# ---------------------------------------------------------------------------------------- packing
+@dataclass
+class Packing:
+    seq_len: int
+    row_ptr: np.ndarray  # (R + 1,): segments of row r are row_ptr[r]:row_ptr[r+1]
+    seg_start: np.ndarray  # (S,) where the segment's body starts in the token array
+    seg_len: np.ndarray  # (S,) body length (without [CLS] / [SEP])
+    seg_col: np.ndarray  # (S,) column of the segment's [CLS] in its row
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        return len(self.row_ptr) - 1
 
     def real_tokens(self) -> int:
-        return int((self.segments != PAD_SEGMENT).sum())
-
-    def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
-        rows = np.sort(rows)  # sorted reads are kinder to a memory map; order within a batch is irrelevant
-        segments = torch.from_numpy(self.segments[rows].astype(np.int64))
-        # Padding: give each pad position a unique negative id so it attends only to itself.
-        T = segments.shape[1]
-        pad = segments == PAD_SEGMENT
-        segments = torch.where(pad, -1 - torch.arange(T).expand_as(segments), segments)
-        return {
-            "input_ids": torch.from_numpy(self.tokens[rows].astype(np.int64)),
-            "position_ids": torch.from_numpy(self.positions[rows].astype(np.int64)),
-            "segment_ids": segments,
-            "real": ~pad,
-        }
+        return int((self.seg_len + 2).sum())
 
 
-def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-    """The row order of one epoch: a permutation that depends only on (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_rows)
+def pack(starts: np.ndarray, ends: np.ndarray, seq_len: int) -> Packing:
+    """Pack documents `tokens[starts[i]:ends[i]]`, in order, into rows of `seq_len` tokens."""
+    body = seq_len - 2
+    lengths = ends - starts
+    lengths_kept = lengths > 0
+    starts, lengths = starts[lengths_kept], lengths[lengths_kept]
+    if not len(starts):
+        raise ValueError("the corpus is empty: nothing to pack")
+    chunks = -(-lengths // body)  # ceil
+    chunk_index = np.arange(chunks.sum()) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    seg_start = np.repeat(starts, chunks) + chunk_index * body
+    seg_len = np.minimum(body, np.repeat(lengths, chunks) - chunk_index * body)
+    # Greedy row filling is sequential, but per segment (not per token): ~50 ms per 100k segments.
+    cols, row_ends = [], []
+    fill = 0
+    for index, width in enumerate((seg_len + 2).tolist()):
+        if fill + width > seq_len:
+            row_ends.append(index)
+            fill = 0
+        cols.append(fill)
+        fill += width
+    row_ends.append(len(seg_len))
+    return Packing(seq_len, np.array([0, *row_ends], dtype=np.int64), seg_start.astype(np.int64),
+                   seg_len.astype(np.int64), np.array(cols, dtype=np.int64))
 
 
+def epoch_order(num_rows: int, seed: int, epoch: int, stream: int = 0) -> np.ndarray:
+    """The row order of one epoch of one stream: a permutation that depends only on its arguments."""
+    return np.random.default_rng([seed, stream, epoch]).permutation(num_rows)
+
+
+# ---------------------------------------------------------------------------------------- masking
 def word_start_table(tokenizer: Tokenizer) -> torch.Tensor:
-    """(V,) bool: True for tokens that begin a word (WordPiece continuations start with `##`)."""
+    """(V,) bool: True for tokens that begin a word. WordPiece continuations start with `##`;
+    byte-level BPE (`Ġ`) and Unigram/Metaspace (`▁`) mark word starts instead."""
     vocab = tokenizer.get_vocab()
+    kind = json.loads(tokenizer.to_str())["model"]["type"]
     table = torch.ones(tokenizer.get_vocab_size(), dtype=torch.bool)
     for token, index in vocab.items():
-        if token.startswith("##"):
-            table[index] = False
+        if kind == "WordPiece":
+            table[index] = not token.startswith("##")
+        else:
+            table[index] = token.startswith(("Ġ", "▁")) or not token[:1].isalnum()
     return table
+
+
+def lexicon_sequences(tokenizer: Tokenizer, words: Iterable[str], max_pieces: int = 6) -> list[list[int]]:
+    """Token-id sequences of lexicon words (a word with more than `max_pieces` pieces is dropped)."""
+    pieces = [tokenizer.encode(w.strip(), add_special_tokens=False).ids for w in words if w.strip()]
+    return sorted({tuple(p) for p in pieces if 0 < len(p) <= max_pieces}, key=lambda p: (len(p), p))
+
+
+def lexicon_word_starts(input_ids: torch.Tensor, word_start: torch.Tensor, sequences: list[list[int]]) -> torch.Tensor:
+    """(B, T) bool: True at the first piece of every whole word that is in the lexicon.
+    Matched by hashing each window of m pieces (one tensor op per distinct length m)."""
+    B, T = input_ids.shape
+    starts = word_start[input_ids]
+    # A word of m pieces ends where the next token starts a word (or at the row's end).
+    next_starts = torch.cat([starts[:, 1:], torch.ones(B, 1, dtype=torch.bool)], dim=1)
+    hits = torch.zeros(B, T, dtype=torch.bool)
+    multipliers = torch.tensor([1_000_003**i for i in range(8)], dtype=torch.int64)  # wraps: a hash
+    for m in sorted({len(s) for s in sequences}):
+        if m > T:
+            break
+        table = torch.tensor([s for s in sequences if len(s) == m], dtype=torch.int64)
+        windows = input_ids.unfold(1, m, 1)  # (B, T - m + 1, m)
+        found = torch.isin((windows * multipliers[:m]).sum(-1), (table * multipliers[:m]).sum(-1))
+        whole = starts[:, : T - m + 1] & next_starts[:, m - 1 :]
+        if m > 1:  # no word boundary inside the window
+            inner = starts.unfold(1, m, 1)[..., 1:]
+            whole &= ~inner.any(-1)
+        hits[:, : T - m + 1] |= found & whole
+    return hits
 
 
 MAX_SPAN_WORDS = 10
@@ -157,6 +244,8 @@ def mask_tokens(
     generator: torch.Generator,
     mode: str = "whole-word",
     span_mean: float = 3.0,
+    preferred: torch.Tensor | None = None,
+    preferred_rate: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking: choose `rate` of the words (or tokens, for mode "token"), then replace 80% of
     the chosen tokens by [MASK], 10% by a random token, and keep 10%.
@@ -164,6 +253,9 @@ def mask_tokens(
     mode: "whole-word" chooses words independently; "span" chooses runs of words whose lengths are
     geometric with mean `span_mean` (clipped at 10 words), starting often enough that about `rate`
     of the words are covered; "token" chooses word pieces independently.
+    preferred: (B, T) bool at the first piece of lexicon words (whole-word mode); those words are
+    chosen with probability `preferred_rate`, the others less, so that each row still masks about
+    `rate` of its words (lexicon-guided masking).
     input_ids, maskable: (B, T); maskable is False on special tokens and padding.
     Returns (masked input ids, labels) with labels -100 where nothing is predicted.
     """
@@ -173,11 +265,25 @@ def mask_tokens(
     else:
         starts = word_start[input_ids] | ~maskable  # special tokens start their own "word"
         word_index = torch.cumsum(starts.long(), dim=1) - 1  # (B, T) word number of each token
-        if mode == "whole-word":
-            chosen_words = torch.rand(B, T, generator=generator) < rate
+        draws = torch.rand(B, T, generator=generator)
+        if mode == "whole-word" and preferred is not None:
+            # Per row: lexicon words at preferred_rate (at most `rate`'s budget), the rest share what is left.
+            real_words = (starts & maskable).sum(1, keepdim=True).clamp_min(1)
+            lex = preferred & starts & maskable
+            lex_rate = torch.minimum(torch.full_like(real_words, preferred_rate, dtype=torch.float),
+                                     rate * real_words / lex.sum(1, keepdim=True).clamp_min(1))
+            rest_rate = ((rate * real_words - lex_rate * lex.sum(1, keepdim=True))
+                         / (real_words - lex.sum(1, keepdim=True)).clamp_min(1)).clamp(0, 1)
+            word_rate = torch.where(lex, lex_rate, rest_rate)  # valid at each word's first piece
+            # Draw w decides word w: look up the rate at word w's first piece.
+            first_piece = torch.zeros(B, T, dtype=torch.long)
+            first_piece.scatter_(1, torch.where(starts, word_index, T - 1), torch.arange(T).expand(B, T))
+            chosen_words = draws < word_rate.gather(1, first_piece)
+        elif mode == "whole-word":
+            chosen_words = draws < rate
         elif mode == "span":
             p = 1.0 / span_mean
-            span_begins = torch.rand(B, T, generator=generator) < rate * p  # (B, words)
+            span_begins = draws < rate * p  # (B, words)
             uniform = torch.rand(B, T, generator=generator).clamp_min(1e-12)
             lengths = (torch.log(uniform) / math.log(1 - p)).floor() + 1 if p < 1 else torch.ones(B, T)
             lengths = lengths.clamp(max=MAX_SPAN_WORDS)

@@ -8,6 +8,7 @@ export (`to_hf_state_dict`) is a renaming plus a split of the fused QKV projecti
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -26,18 +27,36 @@ class EncoderConfig:
     pad_token_id: int = 0
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
+    type_vocab_size: int = 2
+    """Rows of the token-type table (only row 0 is used): 2 for BERT, 1 for RoBERTa checkpoints."""
+    position_offset: int = 0
+    """Added to position ids before the lookup: RoBERTa numbers positions from pad_token_id + 1."""
+    embedding_size: int | None = None
+    """Width of the embeddings when it differs from hidden_size (ELECTRA's generator)."""
+    family: str = "bert"
+    """The transformers architecture the export writes: "bert" (BertForMaskedLM) or "roberta"."""
 
     def to_hf(self):
-        """The equivalent `transformers.BertConfig`."""
-        from transformers import BertConfig
+        """The equivalent `transformers.BertConfig` (or `RobertaConfig` for the roberta family)."""
+        from transformers import BertConfig, RobertaConfig
 
-        return BertConfig(
+        if self.family not in ("bert", "roberta"):
+            raise ValueError(f"EncoderConfig.family: expected 'bert' or 'roberta', got {self.family!r}")
+        if self.family == "roberta" and self.position_offset != self.pad_token_id + 1:
+            # transformers derives RoBERTa positions from the padding id; any other offset would not round-trip.
+            raise ValueError(f"roberta family needs position_offset = pad_token_id + 1 = {self.pad_token_id + 1}, "
+                             f"got {self.position_offset}")
+        if self.family == "bert" and self.position_offset != 0:
+            raise ValueError(f"bert family needs position_offset 0, got {self.position_offset}")
+        config_class = RobertaConfig if self.family == "roberta" else BertConfig
+        return config_class(
             vocab_size=self.vocab_size, hidden_size=self.hidden_size, num_hidden_layers=self.num_layers,
             num_attention_heads=self.num_heads, intermediate_size=self.intermediate_size,
             max_position_embeddings=self.max_position, hidden_dropout_prob=self.dropout,
             attention_probs_dropout_prob=self.dropout, pad_token_id=self.pad_token_id,
             layer_norm_eps=self.layer_norm_eps, initializer_range=self.initializer_range,
-            hidden_act="gelu", type_vocab_size=2, architectures=["BertForMaskedLM"],
+            hidden_act="gelu", type_vocab_size=self.type_vocab_size,
+            architectures=["RobertaForMaskedLM" if self.family == "roberta" else "BertForMaskedLM"],
         )
 
     def as_dict(self) -> dict:
@@ -59,30 +78,43 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
         self.attn_dropout = c.dropout
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
-        p = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
-        y = y.transpose(1, 2).reshape(B, T, H)
-        x = self.attn_norm(x + self.dropout(self.attn_out(y)))
+    def forward(self, x: torch.Tensor, attn: Attention) -> torch.Tensor:
+        shape = x.shape  # (B, T, H), or (N, H) when padding was removed (varlen)
+        qkv = self.qkv(x).view(*shape[:-1], 3, self.num_heads, shape[-1] // self.num_heads)
+        if attn.kind == "varlen":
+            from torch.nn.attention.varlen import varlen_attn
+
+            q, k, v = qkv.unbind(-3)  # (N, nh, hs); no attention-probability dropout in this kernel
+            y = varlen_attn(q, k, v, attn.cu_seqlens, attn.cu_seqlens, attn.max_len, attn.max_len)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
+            if attn.kind == "flex":
+                y = _compiled_flex_attention()(q, k, v, block_mask=attn.block_mask)
+            else:
+                p = self.attn_dropout if self.training else 0.0
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn.mask, dropout_p=p)
+            y = y.transpose(1, 2)
+        x = self.attn_norm(x + self.dropout(self.attn_out(y.reshape(shape))))
         return self.mlp_norm(x + self.dropout(self.mlp_out(F.gelu(self.mlp_in(x)))))
 
 
 class Encoder(nn.Module):
-    def __init__(self, c: EncoderConfig):
+    def __init__(self, c: EncoderConfig, mlm_head: bool = True):
         super().__init__()
         self.config = c
-        self.tok_embed = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
-        self.pos_embed = nn.Embedding(c.max_position, c.hidden_size)
-        self.type_embed = nn.Embedding(2, c.hidden_size)  # kept for BERT compatibility; row 0 used
-        self.embed_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        E = c.embedding_size or c.hidden_size
+        self.tok_embed = nn.Embedding(c.vocab_size, E, padding_idx=c.pad_token_id)
+        self.pos_embed = nn.Embedding(c.max_position, E)
+        self.type_embed = nn.Embedding(c.type_vocab_size, E)  # kept for BERT compatibility; row 0 used
+        self.embed_norm = nn.LayerNorm(E, eps=c.layer_norm_eps)
+        # ELECTRA's generator: embeddings shared with the wider discriminator, projected to its width.
+        self.embed_proj = nn.Linear(E, c.hidden_size) if E != c.hidden_size else None
         self.dropout = nn.Dropout(c.dropout)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.num_layers))
-        # MLM head: dense + GELU + LN, then a decoder tied to the token embeddings.
-        self.head_dense = nn.Linear(c.hidden_size, c.hidden_size)
-        self.head_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
-        self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
+        if mlm_head:  # dense + GELU + LN, then a decoder tied to the token embeddings
+            self.head_dense = nn.Linear(c.hidden_size, E)
+            self.head_norm = nn.LayerNorm(E, eps=c.layer_norm_eps)
+            self.head_bias = nn.Parameter(torch.zeros(c.vocab_size))
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -97,13 +129,18 @@ class Encoder(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
-        """input_ids, position_ids: (B, T); attn_mask: (B, 1, T, T) bool, True where a query may
-        attend a key. Returns hidden states (B, T, H)."""
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention) -> torch.Tensor:
+        """input_ids, position_ids: (B, T); attn: from `document_attention`. Returns hidden states
+        (B, T, H), or (N, H) for the real tokens only with varlen attention."""
+        input_ids, position_ids = attn.select(input_ids), attn.select(position_ids)
+        if self.config.position_offset:  # RoBERTa checkpoints: position 0 is row pad_token_id + 1
+            position_ids = position_ids + self.config.position_offset
         x = self.tok_embed(input_ids) + self.pos_embed(position_ids) + self.type_embed.weight[0]
         x = self.dropout(self.embed_norm(x))
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)
         for block in self.blocks:
-            x = block(x, attn_mask)
+            x = block(x, attn)
         return x
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -111,19 +148,72 @@ class Encoder(nn.Module):
         h = self.head_norm(F.gelu(self.head_dense(hidden)))
         return F.linear(h, self.tok_embed.weight, self.head_bias)
 
-    def mlm_loss(self, input_ids, position_ids, attn_mask, labels, reduction: str = "mean") -> torch.Tensor:
+    def mlm_loss(self, input_ids, position_ids, attn: Attention, labels, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy (mean, or sum) over positions whose label is not -100. The vocabulary
         projection runs only on those (masked) positions: ~15% of the work of a full head."""
-        hidden = self(input_ids, position_ids, attn_mask)
+        hidden = self(input_ids, position_ids, attn)
+        labels = attn.select(labels)
         selected = labels != -100
         logits = self.mlm_logits(hidden[selected])  # (n_masked, V)
         return F.cross_entropy(logits.float(), labels[selected], reduction=reduction)
 
 
-def segment_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) segment ids (one id per packed document, padding its own id) -> (B, 1, T, T) bool
-    mask that keeps attention inside each document."""
-    return (segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1)
+@dataclass
+class Attention:
+    """How attention stays inside each packed document, for one batch.
+
+    sdpa: a (B, 1, T, T) boolean same-document mask (works everywhere; on CPU it costs no more than
+    no mask at all). flex: a FlexAttention block mask (GPU; blocks with no same-document pair are
+    skipped). varlen: padding is removed, the model runs on (N, H) real tokens and the flash varlen
+    kernel attends within each `cu_seqlens` range (GPU). flex and varlen have no
+    attention-probability dropout (hidden-state dropout still applies).
+    """
+
+    kind: str
+    mask: torch.Tensor | None = None
+    block_mask: object = None
+    real: torch.Tensor | None = None  # varlen: (B, T) bool, which positions the model keeps
+    cu_seqlens: torch.Tensor | None = None
+    max_len: int = 0
+
+    def select(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A (B, T, ...) tensor in the layout the model computes in (real tokens only for varlen)."""
+        return tensor[self.real] if self.kind == "varlen" else tensor
+
+
+def document_attention(segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                       kind: str = "sdpa", device: torch.device | str = "cpu") -> Attention:
+    """Attention for a packed batch: `segment_ids` (B, T) give each document its own id (padding a
+    unique negative one); `position_ids` (B, T) restart at 0 at each document (varlen needs them)."""
+    segment_ids = segment_ids.to(device)
+    if kind == "sdpa":
+        return Attention(kind, mask=(segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1))
+    if kind == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def same_document(b, h, q, k):
+            return segment_ids[b, q] == segment_ids[b, k]
+
+        B, T = segment_ids.shape
+        return Attention(kind, block_mask=create_block_mask(same_document, B, None, T, T, device=str(device)))
+    if kind == "varlen":
+        real = segment_ids >= 0
+        starts = torch.nonzero(position_ids.to(device)[real] == 0).flatten()  # each document starts at position 0
+        cu = torch.cat([starts, starts.new_tensor([int(real.sum())])]).to(torch.int32)
+        return Attention(kind, real=real, cu_seqlens=cu, max_len=int((cu[1:] - cu[:-1]).max()))
+    raise ValueError(f"unknown attention kind '{kind}' (expected sdpa, flex or varlen)")
+
+
+def segment_attention_mask(segment_ids: torch.Tensor) -> Attention:
+    """The portable document-aware attention (sdpa with a boolean mask)."""
+    return document_attention(segment_ids, kind="sdpa", device=segment_ids.device)
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
 
 
 # Names in transformers' BertForMaskedLM for each of ours (per layer, `{i}` is the index).
@@ -148,8 +238,26 @@ _HF_LAYER_NAMES = {
 }
 
 
+# RobertaForMaskedLM's names differ only in the prefix and the head (BERT name prefix -> RoBERTa's).
+_ROBERTA_NAMES = {
+    "bert.": "roberta.",
+    "cls.predictions.transform.dense.": "lm_head.dense.",
+    "cls.predictions.transform.LayerNorm.": "lm_head.layer_norm.",
+    "cls.predictions.decoder.": "lm_head.decoder.",
+    "cls.predictions.bias": "lm_head.bias",
+}
+
+
+def _roberta_name(bert_name: str) -> str:
+    for old, new in _ROBERTA_NAMES.items():
+        if bert_name.startswith(old):
+            return new + bert_name[len(old):]
+    raise KeyError(bert_name)
+
+
 def to_hf_state_dict(model: Encoder) -> dict[str, torch.Tensor]:
-    """Our weights under `BertForMaskedLM`'s names (QKV split into query / key / value)."""
+    """Our weights under `BertForMaskedLM`'s names (QKV split into query / key / value), or under
+    `RobertaForMaskedLM`'s for the roberta family."""
     out = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -165,4 +273,18 @@ def to_hf_state_dict(model: Encoder) -> dict[str, torch.Tensor]:
             out[f"{prefix}{_HF_LAYER_NAMES[module]}.{kind}"] = tensor
     out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"]
     out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
+    if model.config.family == "roberta":
+        out = {_roberta_name(name): tensor for name, tensor in out.items()}
     return out
+
+
+def to_hf_masked_lm(model: Encoder, config: EncoderConfig | None = None):
+    """The stock transformers masked-LM model (BertForMaskedLM or RobertaForMaskedLM, chosen by the
+    config) holding our weights. `config` (default: the model's) is what its config says, e.g. dropout."""
+    from transformers import AutoModelForMaskedLM
+
+    hf = AutoModelForMaskedLM.from_config((config or model.config).to_hf())
+    missing, unexpected = hf.load_state_dict(to_hf_state_dict(model), strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise RuntimeError(f"export mismatch: missing {missing}, unexpected {unexpected}")
+    return hf

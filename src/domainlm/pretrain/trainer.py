@@ -1,29 +1,45 @@
 """The pretraining loop: one `train_step` per optimizer step, checkpoints with exact resume.
 
 Everything a step depends on is a function of the step number or is saved in the checkpoint:
-the rows of step `s` are positions `s*B ... s*B+B-1` of the concatenated per-epoch permutations
-(`epoch_order`), masking draws from a generator whose state is saved, and so are the optimizer,
-the scheduler and torch's global RNG (dropout).
+the rows of step `s` come from the `DataPlan` (a pure function of config, corpus, seed and step),
+masking and ELECTRA's sampling draw from generators whose states are saved, and so are the
+optimizer, the scheduler and torch's global RNG (dropout).
+
+Under `torchrun` every rank builds the same global batch (a cheap gather from the memory map),
+masks it with the same generator, and computes on its own slice of rows; losses are normalised by
+the global batch's masked / real token counts, so N processes compute the gradient one process
+would (DDP, or FSDP for models that do not fit one device).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
 import time
-from functools import lru_cache
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
+from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from domainlm.artifacts import atomic_directory, atomic_write_json, read_json
 from domainlm.config import PretrainConfig
-from domainlm.pretrain.data import PackedData, epoch_order, mask_tokens, word_start_table
-from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask
+from domainlm.pretrain.data import (
+    TokenShards,
+    lexicon_sequences,
+    lexicon_word_starts,
+    mask_tokens,
+    word_start_table,
+)
+from domainlm.pretrain.electra import Electra
+from domainlm.pretrain.model import Encoder, EncoderConfig, document_attention
+from domainlm.pretrain.plan import DataPlan
 
 
 def lr_schedule(kind: str, warmup_steps: int, total_steps: int, decay_fraction: float = 0.2):
@@ -68,13 +84,52 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps produced a non-finite loss."""
 
 
+
+class Objective(torch.nn.Module):
+    """The summed losses of one micro-batch, as a module so that DDP / FSDP wrap one forward."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, attn, labels, real, sampler) -> dict[str, torch.Tensor]:
+        if isinstance(self.model, Electra):
+            return self.model.losses(input_ids, position_ids, attn, labels, real, sampler)
+        return {"mlm": self.model.mlm_loss(input_ids, position_ids, attn, labels, reduction="sum")}
+
+
+def resolve_attention(kind: str, device: torch.device, dropout: float) -> str:
+    """`auto`: varlen where its flash kernel runs (CUDA, no attention-probability dropout asked
+    for), else sdpa. An explicit choice the device cannot run is an error, not a silent fallback."""
+    if kind == "auto":
+        return "varlen" if device.type == "cuda" and dropout == 0 else "sdpa"
+    if kind in ("flex", "varlen") and device.type != "cuda":
+        raise ValueError(f"pretrain.attention: {kind} needs a CUDA GPU (its CPU kernels have no backward); use sdpa")
+    return kind
+
+
 class Trainer:
-    def __init__(self, model_config: EncoderConfig, config: PretrainConfig, data: PackedData,
-                 tokenizer: Tokenizer, checkpoint_dir: Path, seed: int = 0):
+    def __init__(self, model_config: EncoderConfig, config: PretrainConfig, data: TokenShards,
+                 tokenizer: Tokenizer, checkpoint_dir: Path, seed: int = 0, model: torch.nn.Module | None = None,
+                 mask_token: str = "[MASK]"):
         self.config, self.data, self.checkpoint_dir, self.seed = config, data, checkpoint_dir, seed
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+            if config.tf32:
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        else:
+            self.device = torch.device("cpu")
         torch.manual_seed(seed)
-        self.model = Encoder(model_config).to(self.device)
+        if model is None:
+            model = Electra(model_config, config.generator_fraction) if config.objective == "electra" \
+                else Encoder(model_config)
+        self.model = model.to(self.device)
+        self.attention = resolve_attention(config.attention, self.device, model_config.dropout)
+        if config.compile:
+            self.compile_blocks()
+        self.objective = self._distribute(Objective(self.model))
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
             fused=True,  # one kernel for all parameters, on CPU too: ~10x faster steps than the default loop
@@ -82,52 +137,96 @@ class Trainer:
         warmup = max(1, math.ceil(config.warmup_fraction * config.max_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_schedule(config.schedule, warmup, config.max_steps, config.decay_fraction))
-        self.generator = torch.Generator().manual_seed(seed + 1)  # masking draws
+        self.plan = DataPlan(data, config, seed)
+        self.generator = torch.Generator().manual_seed(seed + 1)  # masking draws (CPU, same on every rank)
+        self.sampler = torch.Generator(device=self.device).manual_seed(seed + 2)  # ELECTRA's sampling
         self.word_start = word_start_table(tokenizer)
-        self.special_ids = torch.tensor([tokenizer.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")])
-        self.mask_id = tokenizer.token_to_id("[MASK]")
+        specials = {tokenizer.token_to_id(t) for t in _special_names(tokenizer)} | set(data.special.values())
+        self.special_ids = torch.tensor(sorted(specials))
+        self.mask_id = tokenizer.token_to_id(mask_token)
+        self.lexicon = None
+        if config.lexicon:
+            words = Path(config.lexicon).read_text(encoding="utf-8").splitlines()
+            self.lexicon = lexicon_sequences(tokenizer, words)
         self.step = 0
         self.losses: list[float] = []
+        self.parts: dict[str, list[float]] = {}  # per-objective losses (ELECTRA: mlm and rtd)
         self.learning_rates: list[float] = []
         self.elapsed = 0.0  # seconds spent in train steps, across resumes
         self.real_tokens = 0
         self.skipped_steps: list[int] = []  # steps whose loss or gradient was NaN/inf
         self.bad_in_a_row = 0
 
-    # ------------------------------------------------------------------------------- data
-    @lru_cache(maxsize=4)  # noqa: B019 - a few epochs' permutations, tied to this trainer's life
-    def _order(self, epoch: int) -> np.ndarray:
-        return epoch_order(len(self.data), self.seed, epoch)
+    def compile_blocks(self) -> None:
+        """torch.compile each transformer layer (the loss's data-dependent indexing stays eager)."""
+        try:
+            for module in self.model.modules():
+                if module.__class__.__name__ == "Block":
+                    module.compile(dynamic=self.attention == "varlen" or None)
+        except Exception as err:  # noqa: BLE001 - compilation support varies by platform; eager still works
+            print(f"pretrain: torch.compile unavailable ({err}); running eager")
 
-    def rows_for_step(self, step: int) -> np.ndarray:
-        size, n = self.config.batch_size, len(self.data)
-        indices = np.arange(step * size, (step + 1) * size)
-        return np.array([self._order(int(i // n))[i % n] for i in indices])
+    def _distribute(self, objective: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return objective
+        if self.config.distributed == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for module in self.model.modules():
+                if module.__class__.__name__ == "Block":
+                    fully_shard(module)
+            return fully_shard(objective)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
+
+    # ------------------------------------------------------------------------------- data
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The global batch of a step, masked (the same on every rank)."""
+        parts = [self.data.batch(packing, rows) for packing, rows in self.plan.rows(step)]
+        batch = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        maskable = batch["real"] & ~torch.isin(batch["input_ids"], self.special_ids)
+        preferred = None
+        if self.lexicon:
+            preferred = lexicon_word_starts(batch["input_ids"], self.word_start, self.lexicon)
+        batch["masked_ids"], batch["labels"] = mask_tokens(
+            batch["input_ids"], maskable, self.word_start, self.config.mask_rate, self.mask_id,
+            len(self.word_start), self.generator, mode=self.config.masking, span_mean=self.config.span_mean,
+            preferred=preferred, preferred_rate=self.config.lexicon_rate,
+        )
+        return batch
 
     # ------------------------------------------------------------------------------- step
     def train_step(self, step: int) -> float:
-        batch = self.data.batch(self.rows_for_step(step))
-        maskable = batch["real"] & ~torch.isin(batch["input_ids"], self.special_ids)
-        input_ids, labels = mask_tokens(
-            batch["input_ids"], maskable, self.word_start, self.config.mask_rate, self.mask_id,
-            len(self.word_start), self.generator, mode=self.config.masking, span_mean=self.config.span_mean,
-        )
-        attn_mask = segment_attention_mask(batch["segment_ids"])
-        to = {"device": self.device, "non_blocking": True}
+        batch = self.batch(step)
+        # Normalise by the global batch's counts: micro-batches and ranks then add up to the
+        # gradient of the whole batch (DDP/FSDP average over ranks, hence the factor `world`).
+        totals = {"mlm": max(1, int((batch["labels"] != -100).sum())), "rtd": max(1, int(batch["real"].sum()))}
+        weights = {"mlm": 1.0, "rtd": self.config.rtd_weight}
+        mine = np.array_split(np.arange(len(batch["input_ids"])), self.world)[self.rank]
+        micro = self.config.micro_batch_size or len(mine)
+        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
         self.model.train()
-        # Gradient accumulation: micro-batches sum their losses and divide by the masked-token
-        # count of the whole batch, so the gradient is the one the whole batch would give.
-        micro = self.config.micro_batch_size or len(input_ids)
-        masked_total = max(1, int((labels != -100).sum()))
-        loss_sum = 0.0
-        for start in range(0, len(input_ids), micro):
-            part = slice(start, start + micro)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-                part_loss = self.model.mlm_loss(input_ids[part].to(**to), batch["position_ids"][part].to(**to),
-                                                attn_mask[part].to(**to), labels[part].to(**to), reduction="sum")
-            (part_loss / masked_total).backward()
-            loss_sum += float(part_loss.detach())
-        value = loss_sum / masked_total
+        sums = torch.zeros(2, dtype=torch.float64)
+        for index, rows in enumerate(chunks):
+            part = {k: v[rows] for k, v in batch.items()}
+            attn = document_attention(part["segment_ids"], part["position_ids"], self.attention, self.device)
+            to = {"device": self.device, "non_blocking": True}
+            last = index == len(chunks) - 1
+            defer_sync = self.objective.no_sync() if hasattr(self.objective, "no_sync") and not last else nullcontext()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"), defer_sync:
+                losses = self.objective(part["masked_ids"].to(**to), part["position_ids"].to(**to), attn,
+                                        part["labels"].to(**to), part["real"].to(**to), self.sampler)
+                loss = sum(weights[k] * v / totals[k] for k, v in losses.items()) * self.world
+                loss.backward()
+            for slot, key in enumerate(("mlm", "rtd")):
+                if key in losses:
+                    sums[slot] += float(losses[key].detach())
+        if self.world > 1:
+            dist.all_reduce(sums)
+        parts = {key: float(sums[slot]) / totals[key] for slot, key in enumerate(("mlm", "rtd"))}
+        if not isinstance(self.model, Electra):
+            parts.pop("rtd")
+        value = sum(weights[k] * v for k, v in parts.items())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if math.isfinite(value) and math.isfinite(float(grad_norm)):
             self.optimizer.step()
@@ -136,11 +235,15 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.real_tokens += int(batch["real"].sum())
+        if len(parts) > 1:
+            for key, v in parts.items():
+                self.parts.setdefault(key, []).append(v)
         return value
 
     def train(self) -> None:
         total = self.config.max_steps
-        progress = tqdm(total=total, initial=self.step, desc="pretrain", unit=" steps", mininterval=1.0)
+        progress = tqdm(total=total, initial=self.step, desc="pretrain", unit=" steps", mininterval=1.0,
+                        disable=self.rank != 0)
         while self.step < total:
             started = time.perf_counter()
             self.learning_rates.append(self.scheduler.get_last_lr()[0])
@@ -170,22 +273,40 @@ class Trainer:
 
     # ------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
-        return {"step": self.step, "losses": self.losses, "learning_rates": self.learning_rates,
-                "elapsed": self.elapsed, "real_tokens": self.real_tokens, "skipped_steps": self.skipped_steps}
+        return {"step": self.step, "losses": self.losses, "parts": self.parts, "learning_rates": self.learning_rates,
+                "elapsed": self.elapsed, "real_tokens": self.real_tokens, "skipped_steps": self.skipped_steps,
+                "world_size": self.world}
 
-    def save_checkpoint(self) -> Path:
+    def _full_states(self) -> tuple[dict, dict]:
+        """Model and optimizer states as whole tensors (gathered from the shards under FSDP)."""
+        if self.world > 1 and self.config.distributed == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            return get_state_dict(self.model, self.optimizer, options=options)
+        return self.model.state_dict(), self.optimizer.state_dict()
+
+    def save_checkpoint(self) -> Path | None:
         final = self.checkpoint_dir / f"step-{self.step:08d}"
-        with atomic_directory(final) as tmp:
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, tmp / "model.safetensors")
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                       tmp / "optimizer.pt")
-            rng = {"masking": self.generator.get_state(), "torch": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state()
-            save_file(rng, tmp / "rng.safetensors")
-            atomic_write_json(tmp / "state.json", self.state())
-        for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        model_state, optimizer_state = self._full_states()
+        if self.rank == 0:
+            with atomic_directory(final) as tmp:
+                if self.world > 1 and self.config.distributed == "fsdp":
+                    save_file({k: v.contiguous() for k, v in model_state.items()}, tmp / "model.safetensors")
+                else:
+                    save_model(self.model, str(tmp / "model.safetensors"))  # handles ELECTRA's shared embeddings
+                torch.save({"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict()},
+                           tmp / "optimizer.pt")
+                rng = {"masking": self.generator.get_state(), "sampling": self.sampler.get_state().cpu(),
+                       "torch": torch.get_rng_state()}
+                if torch.cuda.is_available():
+                    rng["cuda"] = torch.cuda.get_rng_state()
+                save_file(rng, tmp / "rng.safetensors")
+                atomic_write_json(tmp / "state.json", self.state())
+            for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        if self.world > 1:
+            dist.barrier()
         return final
 
     def resume_if_possible(self) -> bool:
@@ -194,36 +315,56 @@ class Trainer:
         if not complete:
             return False
         folder = complete[-1]
-        self.model.load_state_dict(load_file(folder / "model.safetensors", device=str(self.device)))
-        states = torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
-        self.optimizer.load_state_dict(states["optimizer"])
+        states = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        if self.world > 1 and self.config.distributed == "fsdp":
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(self.model, self.optimizer, model_state_dict=load_file(folder / "model.safetensors"),
+                           optim_state_dict=states["optimizer"],
+                           options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False))
+        else:
+            load_model(self.model, str(folder / "model.safetensors"), device=str(self.device))
+            self.optimizer.load_state_dict(states["optimizer"])
         self.scheduler.load_state_dict(states["scheduler"])
         rng = load_file(folder / "rng.safetensors")
         self.generator.set_state(rng["masking"])
+        self.sampler.set_state(rng["sampling"].to(self.sampler.device) if self.device.type == "cuda"
+                               else rng["sampling"])
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
         state = read_json(folder / "state.json")
         self.step, self.losses, self.learning_rates = state["step"], state["losses"], state["learning_rates"]
+        self.parts = state.get("parts", {})
         self.elapsed, self.real_tokens = state["elapsed"], state["real_tokens"]
         self.skipped_steps = state.get("skipped_steps", [])
-        print(f"pretrain: resumed from {folder.name}")
+        if self.rank == 0:
+            print(f"pretrain: resumed from {folder.name}")
         return True
 
     # ------------------------------------------------------------------------------ report
     def history(self) -> dict:
-        return {"loss": self.losses, "lr": self.learning_rates, "log_every": self.config.log_every}
+        return {"loss": self.losses, "lr": self.learning_rates, "log_every": self.config.log_every, **self.parts}
 
     def summary(self) -> dict:
         tail = self.losses[-max(1, self.config.log_every) :]
         return {
             "steps": self.step,
+            "objective": self.config.objective,
             "final_loss": sum(tail) / len(tail),
             "real_tokens_seen": self.real_tokens,
             "step_seconds": round(self.elapsed, 2),
             "real_tokens_per_s": self.real_tokens / max(self.elapsed, 1e-9),
             "skipped_steps": self.skipped_steps,
-            "corpus_rows": len(self.data),
-            "corpus_real_tokens": self.data.real_tokens(),
+            "attention": self.attention,
+            "world_size": self.world,
+            "corpus_documents": self.data.num_docs,
+            "corpus_tokens": int(self.data.offsets[-1]),
             "device": str(self.device),
         }
+
+
+def _special_names(tokenizer: Tokenizer) -> set[str]:
+    """Tokens the tokenizer treats as special (never masked)."""
+    return {t["content"] for t in json.loads(tokenizer.to_str()).get("added_tokens", []) if t.get("special")}
+

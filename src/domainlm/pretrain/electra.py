@@ -1,0 +1,95 @@
+"""ELECTRA replaced-token detection (Clark et al., 2020).
+
+A small generator (an MLM encoder `generator_fraction` as wide as the model, as deep) fills the
+masked positions with tokens sampled from its predictions; the discriminator (the model we keep)
+learns, at every real position, whether its token was replaced. The two share the embeddings
+(the generator projects them to its width), and train together on
+`generator MLM loss + rtd_weight * replaced-token-detection loss`. Only the discriminator is
+exported, as a stock `transformers` `ElectraForPreTraining`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from domainlm.pretrain.model import Attention, Encoder, EncoderConfig, to_hf_state_dict
+
+
+def generator_config(c: EncoderConfig, fraction: float) -> EncoderConfig:
+    """Same depth and head size, `fraction` of the heads and of the MLP width."""
+    heads = max(1, round(c.num_heads * fraction))
+    return dataclasses.replace(c, hidden_size=heads * (c.hidden_size // c.num_heads), num_heads=heads,
+                               intermediate_size=max(1, round(c.intermediate_size * fraction)),
+                               embedding_size=c.embedding_size or c.hidden_size)
+
+
+class Electra(nn.Module):
+    def __init__(self, c: EncoderConfig, generator_fraction: float = 0.25):
+        super().__init__()
+        self.config = c
+        self.discriminator = Encoder(c, mlm_head=False)
+        self.generator = Encoder(generator_config(c, generator_fraction))
+        for name in ("tok_embed", "pos_embed", "type_embed", "embed_norm"):  # shared embeddings
+            setattr(self.generator, name, getattr(self.discriminator, name))
+        # ELECTRA's discriminator head: dense + GELU, then one logit per token.
+        self.rtd_dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.rtd_out = nn.Linear(c.hidden_size, 1)
+        for layer in (self.rtd_dense, self.rtd_out):
+            nn.init.normal_(layer.weight, std=c.initializer_range)
+            nn.init.zeros_(layer.bias)
+
+    def rtd_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.rtd_out(F.gelu(self.rtd_dense(hidden))).squeeze(-1)
+
+    def losses(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, labels: torch.Tensor,
+               real: torch.Tensor, sampler: torch.Generator) -> dict[str, torch.Tensor]:
+        """Summed losses of one (micro-)batch: `mlm` over masked positions, `rtd` over real ones.
+        input_ids: the masked input; labels: original ids at masked positions, -100 elsewhere."""
+        hidden = self.generator(input_ids, position_ids, attn)
+        flat_ids, flat_labels, flat_real = attn.select(input_ids), attn.select(labels), attn.select(real)
+        selected = flat_labels != -100
+        logits = self.generator.mlm_logits(hidden[selected]).float()
+        mlm = F.cross_entropy(logits, flat_labels[selected], reduction="sum")
+        with torch.no_grad():  # sampling is not differentiated (ELECTRA trains the generator by MLM only)
+            sampled = torch.multinomial(logits.softmax(-1), 1, generator=sampler).squeeze(-1)
+        corrupted = flat_ids.clone()
+        corrupted[selected] = sampled
+        if attn.kind == "varlen":  # back to (B, T): the discriminator's forward removes padding itself
+            corrupted = input_ids.masked_scatter(attn.real, corrupted)
+        replaced = torch.zeros_like(flat_real, dtype=torch.float)
+        replaced[selected] = (sampled != flat_labels[selected]).float()  # sampling the original counts as original
+        scores = self.rtd_logits(self.discriminator(corrupted, position_ids, attn))
+        rtd = F.binary_cross_entropy_with_logits(scores[flat_real].float(), replaced[flat_real], reduction="sum")
+        return {"mlm": mlm, "rtd": rtd}
+
+
+def to_hf_electra_state_dict(model: Electra) -> dict[str, torch.Tensor]:
+    """The discriminator under `ElectraForPreTraining`'s names."""
+    bert = to_hf_state_dict(model.discriminator)
+    out = {"electra." + k.removeprefix("bert."): v for k, v in bert.items() if k.startswith("bert.")}
+    out["discriminator_predictions.dense.weight"] = model.rtd_dense.weight.detach().cpu().contiguous()
+    out["discriminator_predictions.dense.bias"] = model.rtd_dense.bias.detach().cpu().contiguous()
+    out["discriminator_predictions.dense_prediction.weight"] = model.rtd_out.weight.detach().cpu().contiguous()
+    out["discriminator_predictions.dense_prediction.bias"] = model.rtd_out.bias.detach().cpu().contiguous()
+    return out
+
+
+def to_hf_electra(model: Electra, config: EncoderConfig | None = None):
+    """A stock `transformers.ElectraForPreTraining` holding the discriminator."""
+    from transformers import ElectraConfig, ElectraForPreTraining
+
+    c = config or model.config
+    hf = ElectraForPreTraining(ElectraConfig(
+        vocab_size=c.vocab_size, embedding_size=c.hidden_size, hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position, hidden_dropout_prob=c.dropout, attention_probs_dropout_prob=c.dropout,
+        pad_token_id=c.pad_token_id, layer_norm_eps=c.layer_norm_eps, initializer_range=c.initializer_range,
+        hidden_act="gelu", type_vocab_size=c.type_vocab_size, architectures=["ElectraForPreTraining"]))
+    missing, unexpected = hf.load_state_dict(to_hf_electra_state_dict(model), strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise RuntimeError(f"ELECTRA export mismatch: missing {missing}, unexpected {unexpected}")
+    return hf
