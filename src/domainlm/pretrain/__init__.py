@@ -54,7 +54,12 @@ def initial_model(config: RunConfig, out: Path) -> tuple[Encoder | None, Path, d
     domain_tokenizer_dir = config.directory / "tokenizer"
     if not config.model.init_from:
         return None, domain_tokenizer_dir, BERT_SPECIALS, {}
-    from domainlm.pretrain.hf_init import extend_vocabulary, load_hf_encoder, save_tokenizer_dir, special_tokens
+    from domainlm.pretrain.hf_init import (
+        extend_vocabulary,
+        load_hf_encoder,
+        save_tokenizer_dir,
+        special_tokens,
+    )
 
     source = resolve_path(config.model.init_from)
     model, info = load_hf_encoder(source)
@@ -66,7 +71,8 @@ def initial_model(config: RunConfig, out: Path) -> tuple[Encoder | None, Path, d
                                                     texts, config.model.extend_vocab)
         info["added_tokens"] = len(added)
         info["added_examples"] = added[:30]
-        save_tokenizer_dir(tokenizer, tokenizer_dir, like=source)
+        with atomic_directory(tokenizer_dir) as tmp:
+            save_tokenizer_dir(tokenizer, tmp, like=source)
     else:
         with atomic_directory(tokenizer_dir) as tmp:
             for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):

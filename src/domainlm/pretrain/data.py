@@ -216,7 +216,7 @@ def lexicon_word_starts(input_ids: torch.Tensor, word_start: torch.Tensor, seque
     # A word of m pieces ends where the next token starts a word (or at the row's end).
     next_starts = torch.cat([starts[:, 1:], torch.ones(B, 1, dtype=torch.bool)], dim=1)
     hits = torch.zeros(B, T, dtype=torch.bool)
-    multipliers = torch.tensor([1_000_003**i for i in range(8)], dtype=torch.int64)  # wraps: a hash
+    multipliers = torch.tensor([pow(1_000_003, i, 2**61 - 1) for i in range(8)])  # int64 sums wrap: a hash
     for m in sorted({len(s) for s in sequences}):
         if m > T:
             break

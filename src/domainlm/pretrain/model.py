@@ -271,8 +271,9 @@ def to_hf_state_dict(model: Encoder) -> dict[str, torch.Tensor]:
                 out[f"{prefix}attention.self.{part}.{kind}"] = chunk.contiguous()
         else:
             out[f"{prefix}{_HF_LAYER_NAMES[module]}.{kind}"] = tensor
-    out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"]
-    out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
+    if "cls.predictions.bias" in out:  # an encoder with its MLM head (ELECTRA's discriminator has none)
+        out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"]
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
     if model.config.family == "roberta":
         out = {_roberta_name(name): tensor for name, tensor in out.items()}
     return out

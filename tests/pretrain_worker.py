@@ -1,0 +1,51 @@
+"""Runs a small pretraining in a separate process, for the kill-and-resume and DDP tests.
+
+usage: python pretrain_worker.py SPEC.json [RANK WORLD]
+SPEC: {"tokenizer", "shards", "checkpoints", "out", "pretrain": {...}, "model": {...}, "kill_at": step | null}
+"""
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tokenizers import Tokenizer
+
+from domainlm.config import PretrainConfig
+from domainlm.pretrain.data import TokenShards
+from domainlm.pretrain.model import EncoderConfig
+from domainlm.pretrain.trainer import Trainer
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    if len(sys.argv) > 2:
+        rank, world = int(sys.argv[2]), int(sys.argv[3])
+        dist.init_process_group("gloo", init_method=f"file://{spec['rendezvous']}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    tokenizer = Tokenizer.from_file(spec["tokenizer"])
+    trainer = Trainer(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **spec["model"]),
+                      PretrainConfig(**spec["pretrain"]), TokenShards.load(Path(spec["shards"])), tokenizer,
+                      Path(spec["checkpoints"]), seed=0)
+    trainer.resume_if_possible()
+    if spec.get("kill_at") is not None:
+        original = trainer.train_step
+
+        def step_or_die(step: int) -> float:
+            if step == spec["kill_at"]:
+                os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as `kill -9` would
+            return original(step)
+
+        trainer.train_step = step_or_die
+    trainer.train()
+    if trainer.rank == 0:
+        Path(spec["out"]).write_text(json.dumps({"losses": trainer.losses}))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""The pretraining engine: data plan, ELECTRA, lexicon masking, exports, kill-and-resume, DDP."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_texts
+from domainlm.config import PretrainConfig, TokenizerConfig
+from domainlm.pretrain import export_model
+from domainlm.pretrain.data import (
+    lexicon_sequences,
+    lexicon_word_starts,
+    mask_tokens,
+    word_start_table,
+    write_token_shards,
+)
+from domainlm.pretrain.model import EncoderConfig
+from domainlm.pretrain.plan import DataPlan
+from domainlm.pretrain.trainer import Trainer
+from domainlm.tokenizer import save_for_transformers, train_wordpiece
+
+WORKER = Path(__file__).with_name("pretrain_worker.py")
+SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_position": 32}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_frequency=1))
+
+
+@pytest.fixture(scope="module")
+def shards(tokenizer, tmp_path_factory):
+    texts = synthetic_texts(120, seed=1)
+    docs = ((t, "domain" if i % 4 == 0 else "general") for i, t in enumerate(texts))  # domain: a quarter
+    return write_token_shards(tokenizer, docs, tmp_path_factory.mktemp("engine") / "shards")
+
+
+def _config(**overrides) -> PretrainConfig:
+    base = {"max_steps": 4, "batch_size": 4, "seq_len": 32, "lr": 1e-3, "checkpoint_every": 2, "log_every": 1}
+    return PretrainConfig(**{**base, **overrides})
+
+
+def _trainer(tokenizer, shards, folder, dropout=0.0, **overrides):
+    model_config = EncoderConfig(vocab_size=tokenizer.get_vocab_size(), dropout=dropout, **SMALL)
+    return Trainer(model_config, _config(**overrides), shards, tokenizer, folder, seed=0)
+
+
+# ------------------------------------------------------------------------------------ data plan
+def test_mixture_weights_and_end_of_training_upsampling(shards):
+    config = _config(max_steps=400, batch_size=20, mixture={"domain": 1.0, "general": 1.0},
+                     upsample_source="domain", upsample_factor=3.0, upsample_fraction=0.25)
+    plan = DataPlan(shards, config, seed=0)
+    domain = shards.source_index("domain")
+    share = plan.counts[:, domain] / plan.counts.sum(1)
+    assert (plan.counts.sum(1) == 20).all()
+    assert share[:300].mean() == pytest.approx(0.5, abs=0.03)  # weights, not corpus sizes (a quarter)
+    assert share[300:].mean() == pytest.approx(0.75, abs=0.03)  # 3x up-sampled over the last 25%
+    # Every row a step reads comes from the source the plan assigned it to.
+    for step in (0, 350):
+        for packing, rows in plan.rows(step):
+            segs = np.concatenate([np.arange(packing.row_ptr[r], packing.row_ptr[r + 1]) for r in rows])
+            docs = np.searchsorted(shards.offsets, packing.seg_start[segs], side="right") - 1
+            assert len(set(shards.sources[docs].tolist())) == 1
+
+
+def test_batch_warmup_and_sequence_curriculum(shards):
+    config = _config(max_steps=100, batch_size=16, batch_size_start=4, batch_warmup_fraction=0.5,
+                     short_seq_len=16, short_seq_fraction=0.2)
+    plan = DataPlan(shards, config, seed=0)
+    assert [plan.seq_len(s) for s in (0, 19, 20, 99)] == [16, 16, 32, 32]
+    rows = plan.rows_per_step
+    assert rows[0] == 8 and rows[20] < rows[40] < rows[50] == rows[99] == 16  # 4 rows x 32/16 at step 0
+    assert all(len(r) == n for (_, r), n in zip((plan.rows(s)[0] for s in range(30, 40)), rows[30:40], strict=True))
+    again = DataPlan(shards, config, seed=0)  # a pure function of (config, corpus, seed, step)
+    for step in (0, 33, 99):
+        assert [r.tolist() for _, r in plan.rows(step)] == [r.tolist() for _, r in again.rows(step)]
+
+
+def test_every_row_is_read_once_per_epoch(shards):
+    plan = DataPlan(shards, _config(max_steps=100, batch_size=3), seed=0)
+    n = len(plan.packing(0))
+    seen = np.concatenate([plan.rows(s)[0][1] for s in range(100)])[: n * 2]
+    assert sorted(seen[:n].tolist()) == list(range(n)) and sorted(seen[n:].tolist()) == list(range(n))
+
+
+# --------------------------------------------------------------------------------------- masking
+def test_lexicon_words_are_masked_preferentially(tokenizer):
+    texts = synthetic_texts(200, seed=9)
+    words = [w for t in texts for w in t.split()]
+    lexicon = sorted(set(words))[:8]  # a handful of the corpus's words
+    sequences = lexicon_sequences(tokenizer, lexicon)
+    word_start = word_start_table(tokenizer)
+    ids = [tokenizer.encode(t).ids for t in texts]
+    width = max(map(len, ids))
+    batch = torch.tensor([x + [0] * (width - len(x)) for x in ids])
+    maskable = ~torch.isin(batch, torch.tensor([0, 2, 3]))
+    preferred = lexicon_word_starts(batch, word_start, sequences)
+    assert preferred.any()
+    # Exact match: a hit decodes to a lexicon word.
+    b, t = map(int, torch.nonzero(preferred)[0])
+    piece_count = next(len(s) for s in sequences if batch[b, t : t + len(s)].tolist() == list(s))
+    assert tokenizer.decode(batch[b, t : t + piece_count].tolist()).replace(" ", "") in lexicon
+    _, labels = mask_tokens(batch, maskable, word_start, 0.15, 4, 150, torch.Generator().manual_seed(0),
+                            preferred=preferred, preferred_rate=0.6)
+    chosen = labels != -100
+    starts = word_start[batch] & maskable
+    lex_rate = (chosen & preferred).sum() / (preferred & starts).sum()
+    overall = (chosen & starts).sum() / starts.sum()
+    assert lex_rate > 0.45 and 0.12 < overall < 0.18  # preferred words far above 15%, the total kept
+
+
+# ------------------------------------------------------------------------ objectives and export
+@pytest.mark.parametrize("objective,masking,lexicon", [
+    ("mlm", "whole-word", False), ("mlm", "token", False), ("mlm", "span", False), ("mlm", "whole-word", True),
+    ("electra", "whole-word", False), ("electra", "span", True),
+])
+def test_objectives_and_masking_modes_train_and_export(tokenizer, shards, tmp_path, objective, masking, lexicon):
+    from transformers import AutoModel
+
+    extra = {}
+    if lexicon:
+        (tmp_path / "lexicon.txt").write_text("\n".join(sorted(set(synthetic_texts(5)[0].split()))[:5]))
+        extra["lexicon"] = str(tmp_path / "lexicon.txt")
+    trainer = _trainer(tokenizer, shards, tmp_path / "ckpt", objective=objective, masking=masking, **extra)
+    trainer.train()
+    assert len(trainer.losses) == 4 and np.isfinite(trainer.losses).all()
+    if objective == "electra":
+        assert set(trainer.parts) == {"mlm", "rtd"}
+        assert trainer.model.generator.tok_embed is trainer.model.discriminator.tok_embed  # shared embeddings
+        assert trainer.model.generator.config.hidden_size < trainer.model.config.hidden_size
+    save_for_transformers(tokenizer, tmp_path / "tok")
+    assert export_model(trainer.model, tmp_path / "tok", tmp_path / "export") <= 1e-4  # stock transformers, same outputs
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["model_type"] == ("electra" if objective == "electra" else "bert")
+    AutoModel.from_pretrained(tmp_path / "export")  # the encoder alone, as fine-tuning loads it
+
+
+def test_electra_learns_to_detect_replacements(tokenizer, shards, tmp_path):
+    trainer = _trainer(tokenizer, shards, tmp_path, objective="electra", max_steps=30, lr=3e-3, mask_rate=0.3)
+    trainer.train()
+    rtd = trainer.parts["rtd"]
+    assert np.mean(rtd[-5:]) < np.mean(rtd[:5])
+
+
+# ------------------------------------------------------------------------------- kill and resume
+def _spec(tokenizer, shards_dir, folder: Path, **pretrain) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return {"tokenizer": str(folder / "tokenizer.json"), "shards": str(shards_dir), "checkpoints": str(folder / "ckpt"),
+            "out": str(folder / "out.json"), "model": {**SMALL, "dropout": 0.1},
+            "pretrain": {"max_steps": 12, "batch_size": 4, "seq_len": 32, "lr": 1e-3, "checkpoint_every": 3,
+                         "log_every": 1, **pretrain}}
+
+
+def _run_worker(spec: dict, folder: Path, *args: str) -> subprocess.CompletedProcess:
+    path = folder / "spec.json"
+    path.write_text(json.dumps(spec))
+    return subprocess.run([sys.executable, str(WORKER), str(path), *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_sigkill_at_a_random_step_then_resume_is_bit_exact(tokenizer, shards, tmp_path):
+    shards_dir = Path(shards.tokens.filename).parent
+    straight = _spec(tokenizer, shards_dir, tmp_path / "straight")
+    assert _run_worker(straight, tmp_path / "straight").returncode == 0
+    kill_at = random.Random().randint(4, 11)  # after at least one checkpoint
+    killed = _spec(tokenizer, shards_dir, tmp_path / "killed")
+    result = _run_worker({**killed, "kill_at": kill_at}, tmp_path / "killed")
+    assert result.returncode == -9, f"killed at step {kill_at}: {result.stderr[-2000:]}"
+    assert not (tmp_path / "killed" / "out.json").exists()
+    resumed = _run_worker(killed, tmp_path / "killed")
+    assert resumed.returncode == 0 and "resumed from step-" in resumed.stdout, resumed.stderr[-2000:]
+    losses = json.loads((tmp_path / "killed" / "out.json").read_text())["losses"]
+    expected = json.loads((tmp_path / "straight" / "out.json").read_text())["losses"]
+    assert losses == expected, f"killed at step {kill_at}"  # bit for bit, dropout on, fp32 CPU
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tokenizer, shards, tmp_path):
+    shards_dir = Path(shards.tokens.filename).parent
+    spec = _spec(tokenizer, shards_dir, tmp_path / "one", max_steps=5, batch_size=6)
+    spec["model"]["dropout"] = 0.0
+    assert _run_worker(spec, tmp_path / "one").returncode == 0
+    two = {**spec, "checkpoints": str(tmp_path / "two" / "ckpt"), "out": str(tmp_path / "two" / "out.json"),
+           "rendezvous": str(tmp_path / "rendezvous")}
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "spec.json").write_text(json.dumps(two))
+    workers = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "two" / "spec.json"), str(rank), "2"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    one = json.loads((tmp_path / "one" / "out.json").read_text())["losses"]
+    two_losses = json.loads((tmp_path / "two" / "out.json").read_text())["losses"]
+    np.testing.assert_allclose(two_losses, one, rtol=1e-5)
+    assert one[-1] != one[0]  # the weights moved, so later steps test the synced update
