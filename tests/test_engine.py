@@ -182,11 +182,13 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_exact(tokenizer, shards, tm
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tokenizer, shards, tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tokenizer, shards, tmp_path, distributed):
     shards_dir = Path(shards.tokens.filename).parent
     spec = _spec(tokenizer, shards_dir, tmp_path / "one", max_steps=5, batch_size=6)
     spec["model"]["dropout"] = 0.0
     assert _run_worker(spec, tmp_path / "one").returncode == 0
+    spec["pretrain"]["distributed"] = distributed
     two = {**spec, "checkpoints": str(tmp_path / "two" / "ckpt"), "out": str(tmp_path / "two" / "out.json"),
            "rendezvous": str(tmp_path / "rendezvous")}
     (tmp_path / "two").mkdir()
@@ -199,3 +201,4 @@ def test_two_process_ddp_matches_one_process(tokenizer, shards, tmp_path):
     two_losses = json.loads((tmp_path / "two" / "out.json").read_text())["losses"]
     np.testing.assert_allclose(two_losses, one, rtol=1e-5)
     assert one[-1] != one[0]  # the weights moved, so later steps test the synced update
+    assert sorted(p.name for p in (tmp_path / "two" / "ckpt").glob("step-*")) == ["step-00000003", "step-00000005"]
