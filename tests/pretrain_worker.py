@@ -34,10 +34,10 @@ def main() -> None:
     if spec.get("kill_at") is not None:
         original = trainer.train_step
 
-        def step_or_die(step: int) -> float:
+        def step_or_die(step: int, *args) -> float:
             if step == spec["kill_at"]:
                 os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as `kill -9` would
-            return original(step)
+            return original(step, *args)
 
         trainer.train_step = step_or_die
     trainer.train()

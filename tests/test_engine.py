@@ -148,6 +148,28 @@ def test_electra_learns_to_detect_replacements(tokenizer, shards, tmp_path):
     assert np.mean(rtd[-5:]) < np.mean(rtd[:5])
 
 
+def test_prefetching_the_next_batch_changes_nothing_and_resumes_exactly(tokenizer, shards, tmp_path, monkeypatch):
+    plain = _trainer(tokenizer, shards, tmp_path / "plain", dropout=0.1, max_steps=6)
+    plain.train()
+    ahead = _trainer(tokenizer, shards, tmp_path / "ahead", dropout=0.1, max_steps=6)
+    ahead.prefetch = True  # what a GPU run does: batches 4 and 5 are drawn before step 5 fails
+    original = ahead.train_step
+
+    def crash_at_5(step, batch=None):
+        if step == 5:
+            raise KeyboardInterrupt
+        return original(step, batch)
+
+    monkeypatch.setattr(ahead, "train_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        ahead.train()
+    resumed = _trainer(tokenizer, shards, tmp_path / "ahead", dropout=0.1, max_steps=6)
+    resumed.prefetch = True
+    assert resumed.resume_if_possible() and resumed.step == 4
+    resumed.train()
+    assert resumed.losses == plain.losses
+
+
 # ------------------------------------------------------------------------------- kill and resume
 def _spec(tokenizer, shards_dir, folder: Path, **pretrain) -> dict:
     folder.mkdir(parents=True, exist_ok=True)

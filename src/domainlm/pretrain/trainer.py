@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -156,6 +157,8 @@ class Trainer:
         self.real_tokens = 0
         self.skipped_steps: list[int] = []  # steps whose loss or gradient was NaN/inf
         self.bad_in_a_row = 0
+        self._masking_states: dict[int, torch.Tensor] = {}
+        self.prefetch = self.device.type == "cuda"  # on a CPU the thread would compete for the same cores
 
     def compile_blocks(self) -> None:
         """torch.compile each transformer layer (the loss's data-dependent indexing stays eager)."""
@@ -182,6 +185,7 @@ class Trainer:
     # ------------------------------------------------------------------------------- data
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """The global batch of a step, masked (the same on every rank)."""
+        self._masking_states[step] = self.generator.get_state()  # what a checkpoint before this step saves
         parts = [self.data.batch(packing, rows) for packing, rows in self.plan.rows(step)]
         batch = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         maskable = batch["real"] & ~torch.isin(batch["input_ids"], self.special_ids)
@@ -196,8 +200,8 @@ class Trainer:
         return batch
 
     # ------------------------------------------------------------------------------- step
-    def train_step(self, step: int) -> float:
-        batch = self.batch(step)
+    def train_step(self, step: int, batch: dict[str, torch.Tensor] | None = None) -> float:
+        batch = self.batch(step) if batch is None else batch
         # Normalise by the global batch's counts: micro-batches and ranks then add up to the
         # gradient of the whole batch (DDP/FSDP average over ranks, hence the factor `world`).
         totals = {"mlm": max(1, int((batch["labels"] != -100).sum())), "rtd": max(1, int(batch["real"].sum()))}
@@ -244,10 +248,16 @@ class Trainer:
         total = self.config.max_steps
         progress = tqdm(total=total, initial=self.step, desc="pretrain", unit=" steps", mininterval=1.0,
                         disable=self.rank != 0)
+        # On a GPU, the next batch is gathered and masked on the CPU while this step computes.
+        prefetch = ThreadPoolExecutor(1) if self.prefetch else None
+        upcoming = prefetch.submit(self.batch, self.step) if prefetch and self.step < total else None
         while self.step < total:
             started = time.perf_counter()
             self.learning_rates.append(self.scheduler.get_last_lr()[0])
-            loss = self.train_step(self.step)
+            batch = upcoming.result() if upcoming else None
+            if prefetch and self.step + 1 < total:
+                upcoming = prefetch.submit(self.batch, self.step + 1)
+            loss = self.train_step(self.step, batch)
             self.elapsed += time.perf_counter() - started
             self.losses.append(loss)
             self.step += 1
@@ -259,6 +269,8 @@ class Trainer:
                 print(f"pretrain: step {self.step - 1}: non-finite loss ({loss}), update skipped")
                 if self.bad_in_a_row >= self.config.max_bad_steps:
                     progress.close()
+                    if prefetch:
+                        prefetch.shutdown(cancel_futures=True)
                     raise TrainingDiverged(
                         f"{self.bad_in_a_row} steps in a row ended with a non-finite loss (last at step "
                         f"{self.step - 1}); stopped. Lower pretrain.lr; the last good checkpoint is in "
@@ -270,6 +282,8 @@ class Trainer:
             if self.step % self.config.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
         progress.close()
+        if prefetch:
+            prefetch.shutdown()
 
     # ------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -297,7 +311,8 @@ class Trainer:
                     save_model(self.model, str(tmp / "model.safetensors"))  # handles ELECTRA's shared embeddings
                 torch.save({"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict()},
                            tmp / "optimizer.pt")
-                rng = {"masking": self.generator.get_state(), "sampling": self.sampler.get_state().cpu(),
+                masking = self._masking_states.get(self.step, self.generator.get_state())
+                rng = {"masking": masking, "sampling": self.sampler.get_state().cpu(),
                        "torch": torch.get_rng_state()}
                 if torch.cuda.is_available():
                     rng["cuda"] = torch.cuda.get_rng_state()
@@ -305,6 +320,7 @@ class Trainer:
                 atomic_write_json(tmp / "state.json", self.state())
             for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
+        self._masking_states = {k: v for k, v in self._masking_states.items() if k >= self.step}
         if self.world > 1:
             dist.barrier()
         return final
