@@ -224,3 +224,60 @@ def test_two_processes_match_one_process(tokenizer, shards, tmp_path, distribute
     np.testing.assert_allclose(two_losses, one, rtol=1e-5)
     assert one[-1] != one[0]  # the weights moved, so later steps test the synced update
     assert sorted(p.name for p in (tmp_path / "two" / "ckpt").glob("step-*")) == ["step-00000003", "step-00000005"]
+
+
+# ------------------------------------------------------------------------------ attention backends
+def _packed_example():
+    from domainlm.pretrain.model import Encoder
+
+    torch.manual_seed(0)
+    model = Encoder(EncoderConfig(vocab_size=50, **SMALL)).eval()
+    segments = torch.tensor([[0] * 5 + [1] * 7 + [-2, -3, -4, -5], [0] * 16])
+    positions = torch.tensor([list(range(5)) + list(range(7)) + [0] * 4, list(range(16))])
+    ids = torch.randint(5, 50, (2, 16))
+    labels = torch.where(torch.rand(2, 16) < 0.3, ids, -100).masked_fill(segments < 0, -100)
+    return model, ids, positions, segments, labels
+
+
+def test_unpadded_varlen_layout_equals_the_masked_layout(monkeypatch):
+    """The varlen path (padding removed, documents as cu_seqlens ranges) gives the sdpa path's
+    hidden states and loss. The flash kernel needs a GPU, so a per-document reference stands in."""
+    import torch.nn.attention.varlen as varlen
+
+    from domainlm.pretrain.model import document_attention
+
+    def reference(q, k, v, cu_q, cu_k, max_q, max_k):
+        out = torch.empty_like(q)
+        for a, b in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+            out[a:b] = torch.nn.functional.scaled_dot_product_attention(
+                q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1)).transpose(0, 1)
+        return out
+
+    monkeypatch.setattr(varlen, "varlen_attn", reference)
+    model, ids, positions, segments, labels = _packed_example()
+    masked = document_attention(segments, positions, "sdpa")
+    unpadded = document_attention(segments, positions, "varlen")
+    assert unpadded.cu_seqlens.tolist() == [0, 5, 12, 28] and unpadded.max_len == 16
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, positions, unpadded), model(ids, positions, masked)[segments >= 0])
+        torch.testing.assert_close(model.mlm_loss(ids, positions, unpadded, labels),
+                                   model.mlm_loss(ids, positions, masked, labels))
+        from domainlm.pretrain.electra import Electra
+
+        electra = Electra(model.config, 0.5).eval()
+        real = segments >= 0
+        losses = [electra.losses(ids, positions, attn, labels, real, torch.Generator().manual_seed(0))
+                  for attn in (unpadded, masked)]
+        for key in ("mlm", "rtd"):
+            torch.testing.assert_close(losses[0][key], losses[1][key])
+
+
+@pytest.mark.slow
+def test_flex_block_mask_equals_the_boolean_mask():
+    from domainlm.pretrain.model import document_attention
+
+    model, ids, positions, segments, _ = _packed_example()
+    with torch.no_grad():  # FlexAttention has no CPU backward; its forward is compiled here
+        flex = model(ids, positions, document_attention(segments, positions, "flex"))
+        sdpa = model(ids, positions, document_attention(segments, positions, "sdpa"))
+    torch.testing.assert_close(flex[segments >= 0], sdpa[segments >= 0])
