@@ -185,6 +185,11 @@ def document_attention(segment_ids: torch.Tensor, position_ids: torch.Tensor | N
                        kind: str = "sdpa", device: torch.device | str = "cpu") -> Attention:
     """Attention for a packed batch: `segment_ids` (B, T) give each document its own id (padding a
     unique negative one); `position_ids` (B, T) restart at 0 at each document (varlen needs them)."""
+    if kind == "varlen":  # index arithmetic on the host (the batch is built there), then one copy each
+        real = segment_ids >= 0
+        starts = torch.nonzero(position_ids[real] == 0).flatten()  # each document starts at position 0
+        cu = torch.cat([starts, starts.new_tensor([int(real.sum())])]).to(torch.int32)
+        return Attention(kind, real=real.to(device), cu_seqlens=cu.to(device), max_len=int((cu[1:] - cu[:-1]).max()))
     segment_ids = segment_ids.to(device)
     if kind == "sdpa":
         return Attention(kind, mask=(segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1))
@@ -196,11 +201,6 @@ def document_attention(segment_ids: torch.Tensor, position_ids: torch.Tensor | N
 
         B, T = segment_ids.shape
         return Attention(kind, block_mask=create_block_mask(same_document, B, None, T, T, device=str(device)))
-    if kind == "varlen":
-        real = segment_ids >= 0
-        starts = torch.nonzero(position_ids.to(device)[real] == 0).flatten()  # each document starts at position 0
-        cu = torch.cat([starts, starts.new_tensor([int(real.sum())])]).to(torch.int32)
-        return Attention(kind, real=real, cu_seqlens=cu, max_len=int((cu[1:] - cu[:-1]).max()))
     raise ValueError(f"unknown attention kind '{kind}' (expected sdpa, flex or varlen)")
 
 
