@@ -125,3 +125,30 @@ def test_continued_pretraining_from_minilm_with_extended_vocabulary(tiny_recipe)
     assert exported.config.hidden_size == 384 and exported.config.hidden_dropout_prob == 0.1  # MiniLM's, for fine-tuning
     rows = [json.loads(line) for line in (config.directory / "evaluate" / "results.jsonl").read_text().splitlines()]
     assert {r["model"] for r in rows} == {"domain"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_pretrain_stage_under_torchrun_with_two_processes(tiny_recipe, tmp_path, distributed):
+    import shutil
+    import subprocess
+    import sys
+
+    tiny_recipe["pretrain"].update(distributed=distributed, dropout=0.0)
+    config = config_from_dict(tiny_recipe)
+    run_stage(config, "corpus")
+    run_stage(config, "tokenizer")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "domainlm", "pretrain", str(recipe)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((config.directory / "pretrain" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 6
+    assert summary["export_max_abs_logit_diff"] <= 1e-4
+    assert is_fresh(config, "pretrain")  # one manifest, written by rank 0
+    # The other stages refuse to run under torchrun rather than race each other.
+    refused = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "domainlm", "evaluate",
+                              str(recipe)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "only `domainlm pretrain`" in refused.stderr

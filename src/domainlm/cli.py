@@ -39,8 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and args.verb != "pretrain":
+        print(f"domainlm: error: under torchrun only `domainlm pretrain` runs (got `{args.verb}`); run the "
+              "other stages with plain `domainlm`", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.recipe, args.overrides)
+        if distributed:
+            import torch
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         if args.verb == "run":
             run_all(config, force=args.force)
             log.info("report: %s", config.directory / "report" / "report.html")

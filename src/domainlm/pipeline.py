@@ -135,16 +135,22 @@ def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
 
     marker = out / "in_progress.json"
     resumable = marker.exists() and read_json(marker).get("fingerprint") == current and not force
-    if out.exists() and not resumable:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, {"fingerprint": current})
-    log.info("%-9s running -> %s%s", stage, out, " (resuming)" if resumable else "")
+    main_process = rank() == 0  # under torchrun (pretrain only), rank 0 owns the stage folder
+    if main_process:
+        if out.exists() and not resumable:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(marker, {"fingerprint": current})
+        log.info("%-9s running -> %s%s", stage, out, " (resuming)" if resumable else "")
+    barrier()
 
     started = time.time()
     module = importlib.import_module(f"domainlm.{stage}")
     counts = module.run(config, out) or {}
     seconds = time.time() - started
+    barrier()
+    if not main_process:
+        return True
 
     manifest = {
         "stage": stage,
@@ -160,6 +166,19 @@ def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
     marker.unlink(missing_ok=True)
     log.info("%-9s done in %.1fs", stage, seconds)
     return True
+
+
+def rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def run_all(config: RunConfig, force: bool = False) -> list[str]:

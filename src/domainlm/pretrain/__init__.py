@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 from domainlm.artifacts import atomic_directory, atomic_write_json, read_json
 from domainlm.config import RunConfig, resolve_path
 from domainlm.corpus import iter_corpus_documents, iter_corpus_texts
+from domainlm.pipeline import barrier, rank
 from domainlm.pretrain.data import TokenShards, write_token_shards
 from domainlm.pretrain.electra import Electra, to_hf_electra
 from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask, to_hf_masked_lm
@@ -48,7 +49,7 @@ def prepare_data(config: RunConfig, tokenizer: Tokenizer, specials: dict[str, st
     return TokenShards.load(folder)
 
 
-def initial_model(config: RunConfig, out: Path) -> tuple[Encoder | None, Path, dict[str, str], dict[str, Any]]:
+def initial_model(config: RunConfig, out: Path, write: bool = True) -> tuple[Encoder | None, Path, dict[str, str], dict[str, Any]]:
     """With `model.init_from`: the checkpoint as our encoder (vocabulary extended if asked) and the
     tokenizer folder it uses. Otherwise (None, the domain tokenizer, BERT special tokens, {})."""
     domain_tokenizer_dir = config.directory / "tokenizer"
@@ -71,9 +72,10 @@ def initial_model(config: RunConfig, out: Path) -> tuple[Encoder | None, Path, d
                                                     texts, config.model.extend_vocab)
         info["added_tokens"] = len(added)
         info["added_examples"] = added[:30]
-        with atomic_directory(tokenizer_dir) as tmp:
-            save_tokenizer_dir(tokenizer, tmp, like=source)
-    else:
+        if write:
+            with atomic_directory(tokenizer_dir) as tmp:
+                save_tokenizer_dir(tokenizer, tmp, like=source)
+    elif write:
         with atomic_directory(tokenizer_dir) as tmp:
             for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
                 if (source / name).exists():
@@ -130,11 +132,16 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if config.pretrain.threads:
         torch.set_num_threads(config.pretrain.threads)
-    model, tokenizer_dir, specials, init_info = initial_model(config, out)
+    main_process = rank() == 0  # under torchrun, rank 0 writes; the others wait at the barriers
+    model, tokenizer_dir, specials, init_info = initial_model(config, out, write=main_process)
+    barrier()
     if model is not None and config.pretrain.objective == "electra":
         raise ValueError("model.init_from continues masked-language-model pretraining; "
                          "pretrain.objective electra starts from scratch")
     tokenizer = load_tokenizer(tokenizer_dir)
+    if main_process:
+        prepare_data(config, tokenizer, specials, out)
+    barrier()
     data = prepare_data(config, tokenizer, specials, out)
     if model is None:
         model_config = encoder_config(config, tokenizer.get_vocab_size(), tokenizer.token_to_id(specials["pad"]))
@@ -151,13 +158,16 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     trainer.resume_if_possible()
     started = time.time()
     trainer.train()
+    final_model = trainer.unsharded_model()  # a collective under FSDP: every rank takes part
+    if not main_process:
+        return trainer.summary()
     atomic_write_json(out / "history.json", trainer.history())
-    difference = export_model(trainer.model, tokenizer_dir, out / "export", config=model_config)
+    difference = export_model(final_model, tokenizer_dir, out / "export", config=model_config)
     if difference > 1e-4:
         raise RuntimeError(f"exported model disagrees with the training model: max |Δ| = {difference:.2e}")
     summary = trainer.summary()
     summary.update(export_max_abs_logit_diff=difference, train_seconds=round(time.time() - started, 2),
-                   parameters=sum(p.numel() for p in trainer.model.parameters()), init=init_info)
+                   parameters=sum(p.numel() for p in final_model.parameters()), init=init_info)
     atomic_write_json(out / "summary.json", summary)
     print(f"pretrain: {summary['steps']} steps, final loss {summary['final_loss']:.3f}, "
           f"{summary['real_tokens_per_s']:.0f} real tokens/s, export max |Δ| {difference:.1e}")

@@ -300,6 +300,18 @@ class Trainer:
             return get_state_dict(self.model, self.optimizer, options=options)
         return self.model.state_dict(), self.optimizer.state_dict()
 
+    def unsharded_model(self) -> torch.nn.Module:
+        """The trained model with whole tensors: the model itself, or under FSDP a copy assembled
+        from the shards (every rank must call this; rank 0's copy holds the weights)."""
+        if not (self.world > 1 and self.config.distributed == "fsdp"):
+            return self.model
+        state, _ = self._full_states()
+        c = self.model.config
+        copy = Electra(c, self.config.generator_fraction) if isinstance(self.model, Electra) else Encoder(c)
+        if self.rank == 0:
+            copy.load_state_dict(state)
+        return copy
+
     def save_checkpoint(self) -> Path | None:
         final = self.checkpoint_dir / f"step-{self.step:08d}"
         model_state, optimizer_state = self._full_states()
