@@ -356,8 +356,7 @@ class Trainer:
         self.scheduler.load_state_dict(states["scheduler"])
         rng = load_file(folder / "rng.safetensors")
         self.generator.set_state(rng["masking"])
-        self.sampler.set_state(rng["sampling"].to(self.sampler.device) if self.device.type == "cuda"
-                               else rng["sampling"])
+        self.sampler.set_state(rng["sampling"])  # a CPU byte tensor, for a CUDA generator too
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
