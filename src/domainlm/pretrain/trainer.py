@@ -155,6 +155,7 @@ class Trainer:
         self.learning_rates: list[float] = []
         self.elapsed = 0.0  # seconds spent in train steps, across resumes
         self.real_tokens = 0
+        self.positions = 0  # row positions, padding included (sdpa / flex compute on them)
         self.skipped_steps: list[int] = []  # steps whose loss or gradient was NaN/inf
         self.bad_in_a_row = 0
         self._masking_states: dict[int, torch.Tensor] = {}
@@ -239,6 +240,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.real_tokens += int(batch["real"].sum())
+        self.positions += batch["real"].numel()
         if len(parts) > 1:
             for key, v in parts.items():
                 self.parts.setdefault(key, []).append(v)
@@ -288,7 +290,7 @@ class Trainer:
     # ------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {"step": self.step, "losses": self.losses, "parts": self.parts, "learning_rates": self.learning_rates,
-                "elapsed": self.elapsed, "real_tokens": self.real_tokens, "skipped_steps": self.skipped_steps,
+                "elapsed": self.elapsed, "real_tokens": self.real_tokens, "positions": self.positions, "skipped_steps": self.skipped_steps,
                 "world_size": self.world}
 
     def _full_states(self) -> tuple[dict, dict]:
@@ -363,7 +365,7 @@ class Trainer:
         state = read_json(folder / "state.json")
         self.step, self.losses, self.learning_rates = state["step"], state["losses"], state["learning_rates"]
         self.parts = state.get("parts", {})
-        self.elapsed, self.real_tokens = state["elapsed"], state["real_tokens"]
+        self.elapsed, self.real_tokens, self.positions = state["elapsed"], state["real_tokens"], state["positions"]
         self.skipped_steps = state.get("skipped_steps", [])
         if self.rank == 0:
             print(f"pretrain: resumed from {folder.name}")
@@ -382,6 +384,7 @@ class Trainer:
             "real_tokens_seen": self.real_tokens,
             "step_seconds": round(self.elapsed, 2),
             "real_tokens_per_s": self.real_tokens / max(self.elapsed, 1e-9),
+            "padding_share": 1 - self.real_tokens / max(self.positions, 1),
             "skipped_steps": self.skipped_steps,
             "attention": self.attention,
             "world_size": self.world,
