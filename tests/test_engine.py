@@ -69,6 +69,16 @@ def test_mixture_weights_and_end_of_training_upsampling(shards):
             assert len(set(shards.sources[docs].tolist())) == 1
 
 
+def test_corpus_source_weights_set_the_default_mixture(shards):
+    domain = shards.source_index("domain")
+    tokens = np.array([np.diff(shards.offsets)[shards.sources == k].sum() for k in range(2)], dtype=float)
+    plan = DataPlan(shards, _config(max_steps=400, batch_size=20), seed=0, source_weights={"domain": 3.0})
+    expected = 3 * tokens[domain] / (3 * tokens[domain] + tokens[1 - domain])
+    assert (plan.counts[:, domain] / plan.counts.sum(1)).mean() == pytest.approx(expected, abs=0.03)
+    natural = DataPlan(shards, _config(max_steps=10, batch_size=20), seed=0, source_weights={"domain": 1.0})
+    assert natural.sources == [None]  # all weights 1: one stream over the whole corpus, no per-source sampling
+
+
 def test_batch_warmup_and_sequence_curriculum(shards):
     config = _config(max_steps=100, batch_size=16, batch_size_start=4, batch_warmup_fraction=0.5,
                      short_seq_len=16, short_seq_fraction=0.2)

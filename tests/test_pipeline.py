@@ -88,14 +88,22 @@ def test_cli_stage_without_upstream_explains(tiny_recipe, tmp_path, capsys):
     assert "run `domainlm corpus`" in capsys.readouterr().err
 
 
-def test_cli_names_file_and_line_of_bad_input(tiny_recipe, tmp_path, capsys):
+def test_bad_corpus_lines_are_counted_and_bad_task_files_named(tiny_recipe, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "one two three four five"}\n{"text": oops}\n')
     tiny_recipe["corpus"]["sources"][0]["path"] = str(bad)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe))
-    assert main(["corpus", str(recipe)]) != 0
-    assert f"{bad}:2: not valid JSON" in capsys.readouterr().err
+    assert main(["corpus", str(recipe)]) == 0  # a malformed corpus record is a counted skip
+    stats = json.loads((tmp_path / "run" / "corpus" / "stats.json").read_text())
+    assert stats["dropped"] == {"invalid_json": 1}
+    assert stats["examples"]["invalid_json"][0]["id"] == "bad.jsonl:2"
+    # A malformed task file stops the run with the file and line (tasks are small and must be right).
+    task_file = tmp_path / "cls-dev.jsonl"
+    task_file.write_text(task_file.read_text() + "{broken\n")
+    line = len(task_file.read_text().splitlines())
+    assert main(["corpus", str(recipe), "--force"]) != 0
+    assert f"{task_file}:{line}: not valid JSON" in capsys.readouterr().err
 
 
 @pytest.mark.slow

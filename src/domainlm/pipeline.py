@@ -44,7 +44,10 @@ def stage_dir(config: RunConfig, stage: str) -> Path:
 
 def _input_files(config: RunConfig, stage: str) -> list[str]:
     if stage == "corpus":
-        return [s.path for s in config.corpus.sources if s.path]
+        files = [s.path for s in config.corpus.sources if s.path and s.format != "hf-hub"]
+        if config.corpus.decontamination.enabled:  # the tasks' dev/test text is what it protects
+            files += [getattr(t, split) for t in config.tasks for split in ("dev", "test") if getattr(t, split)]
+        return files
     if stage == "evaluate":
         files = [getattr(t, split) for t in config.tasks for split in ("train", "dev", "test") if getattr(t, split)]
         models = [m.path for m in config.evaluate.models if m.kind == "hf" and m.path]
@@ -66,6 +69,9 @@ def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
     dump = config.model_dump(mode="json")
     if stage == "corpus":
         settings = {"corpus": dump["corpus"], "python": platform.python_version()}
+        settings["corpus"].pop("workers")  # how fast, not what is computed
+        if config.corpus.decontamination.enabled:
+            settings["tasks"] = [{k: t[k] for k in ("name", "format", "dev", "test", "text_field")} for t in dump["tasks"]]
     elif stage == "tokenizer":
         # max_position goes into the saved tokenizer's model_max_length.
         settings = {"tokenizer": dump["tokenizer"], "max_position": config.model.max_position}

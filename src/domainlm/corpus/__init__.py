@@ -1,23 +1,58 @@
-"""Corpus stage: read raw text, normalise, drop empty / too-short / duplicate documents, write shards.
+"""Corpus stage: raw text in, a clean training corpus out, every document accounted for.
 
-Every document read is accounted for in `stats.json`: `read == kept + sum(dropped.values())`.
-Kept documents are split (by a hash of their text) into training shards and a small held-out set
-that the tokenizer stage uses to measure vocabulary fit.
+Steps, in order (each document leaves at the first step that drops it, with that step's reason):
+
+1. read      sources are split into work units (files, byte ranges, row groups); malformed records
+             (`invalid_json`, `not_an_object`, `missing_text`) are counted, never fatal;
+2. normalise Unicode NFC/NFKC, control characters, whitespace; invalid UTF-8 bytes were replaced
+             and are counted; C4 line rules remove boilerplate lines; PII is masked (counted);
+3. quality   length limits, C4 / Gopher quality and repetition / FineWeb rules, language id;
+4. decontaminate  documents sharing a 13-word n-gram with any task's dev/test text;
+5. exact dedup    identical normalised text (the first occurrence in corpus order is kept);
+6. near dedup     MinHash LSH clusters (one document kept per cluster);
+7. split     a stable hash of the text sends a small share to the held-out set.
+
+Steps 1-4 run per work unit on a local process pool and write their results under `work/<unit>/`
+with a completion marker, so a killed run redoes only unfinished units. Steps 5-7 need the whole
+corpus and run on compact per-unit arrays (hashes and MinHash band keys). On a cluster the same
+per-unit function (`process_unit`) is what an engine such as Ray or datatrove's Slurm executor
+would map over the units (docs/curation.md).
+
+`stats.json`: `read`, `kept`, `dropped` per reason, per step `{in, out, dropped}` with
+in == out + dropped everywhere, per source, PII counts, invalid bytes, and a few examples of each
+drop reason. With `keep_dropped`, every dropped document is written with its reason.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
-from domainlm.artifacts import atomic_write_json, atomic_write_text
-from domainlm.config import CorpusConfig, RunConfig
-from domainlm.corpus.filters import drop_reason, normalize_text
-from domainlm.corpus.readers import read_documents
+from domainlm.artifacts import atomic_directory, atomic_write_json, atomic_write_text, read_json
+from domainlm.config import CorpusConfig, RunConfig, SourceConfig
+from domainlm.corpus.dedup import (
+    ContaminationIndex,
+    band_keys,
+    lsh_bands,
+    minhash,
+    near_duplicates,
+    word_hashes,
+)
+from domainlm.corpus.filters import normalize_text
+from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
+from domainlm.corpus.readers import Unit, plan_units, read_unit
+
+STEPS = ("read", "quality", "decontaminate", "exact_dedup", "near_dedup")
+EXAMPLES_PER_REASON = 3
 
 
 def heldout(text: str, fraction: float) -> bool:
@@ -26,13 +61,188 @@ def heldout(text: str, fraction: float) -> bool:
     return bucket / 2**64 < fraction
 
 
-def curate(config: CorpusConfig, out: Path) -> dict[str, Any]:
-    """Stream every source through normalisation, filters and exact dedup into `out`."""
-    stats: dict[str, Any] = {"read": 0, "kept": 0, "dropped": {}, "heldout": 0, "sources": {}}
-    seen: set[bytes] = set()
+def source_name(source: SourceConfig) -> str:
+    return source.name or (Path(source.path).name if source.path else source.format)
+
+
+# ------------------------------------------------------------------------------ per work unit
+def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: ContaminationIndex | None,
+                 folder: Path, limit: int | None = None) -> dict[str, Any]:
+    """Steps 1-4 for one unit; writes `folder` atomically: docs.jsonl (survivors), exact.npy
+    (their 128-bit text hashes), signatures.npy (MinHash), dropped.jsonl, stats.json."""
+    stats: dict[str, Any] = {"read": 0, "steps": {s: {} for s in STEPS[:3]}, "pii": {}, "invalid_bytes": 0,
+                             "line_removals": 0, "examples": {}}
+    kept_lines, exact, signatures, dropped_lines = [], [], [], []
+
+    def drop(step: str, reason: str, doc_id: str, text: str) -> None:
+        counts = stats["steps"][step]
+        counts[reason] = counts.get(reason, 0) + 1
+        examples = stats["examples"].setdefault(reason, [])
+        if len(examples) < EXAMPLES_PER_REASON:
+            examples.append({"id": doc_id, "text": text[:300]})
+        if config.keep_dropped:
+            dropped_lines.append(json.dumps({"id": doc_id, "reason": reason, "text": text}, ensure_ascii=False) + "\n")
+
+    for record in read_unit(unit, source):
+        if limit is not None and stats["read"] >= limit:
+            break
+        stats["read"] += 1
+        if "skip" in record:
+            drop("read", record["skip"], record["id"], record.get("detail", ""))
+            continue
+        stats["invalid_bytes"] += record.get("invalid_bytes", 0)
+        text = normalize_text(record["text"], config.normalization)
+        if len(text) <= config.quality.max_chars:  # line rules and PII only on what could be kept
+            text, removed = clean_lines(text, config.quality)
+            stats["line_removals"] += removed
+            if config.pii:
+                text, found = mask_pii(text)
+                for kind, count in found.items():
+                    stats["pii"][kind] = stats["pii"].get(kind, 0) + count
+        reason = "empty" if not text else quality_reason(text, config.quality)
+        if reason:
+            drop("quality", reason, record["id"], text)
+            continue
+        words = word_hashes(text)
+        task = index.match(words) if index is not None else None
+        if task:
+            drop("decontaminate", f"contaminated:{task}", record["id"], text)
+            continue
+        kept_lines.append(json.dumps({"id": record["id"], "text": text, "source": record["source"]},
+                                     ensure_ascii=False) + "\n")
+        exact.append(np.frombuffer(hashlib.blake2b(text.encode(), digest_size=16).digest(), dtype=np.uint64))
+        signatures.append(minhash(words, config.dedup.shingle_words, config.dedup.permutations))
+    stats["survivors"] = len(kept_lines)
+    signatures = np.array(signatures, dtype=np.uint32).reshape(-1, config.dedup.permutations)
+    with atomic_directory(folder) as tmp:
+        atomic_write_text(tmp / "docs.jsonl", "".join(kept_lines))
+        atomic_write_text(tmp / "dropped.jsonl", "".join(dropped_lines))
+        np.save(tmp / "exact.npy", np.array(exact, dtype=np.uint64).reshape(-1, 2))
+        np.save(tmp / "signatures.npy", signatures)
+        np.save(tmp / "bands.npy", band_keys(signatures, *lsh_bands(config.dedup.threshold, config.dedup.permutations)))
+        atomic_write_json(tmp / "stats.json", stats)  # last: the completion marker
+    return stats
+
+
+def _process(args) -> dict[str, Any]:
+    return process_unit(*args)
+
+
+# ---------------------------------------------------------------------------------- the stage
+def task_eval_texts(config: RunConfig) -> dict[str, list[str]]:
+    """The full dev and test text of every task in the run (what decontamination protects)."""
+    from domainlm.evaluate.tasks import load_task
+
+    texts = {}
+    for task in config.tasks:
+        loaded = load_task(task.model_copy(update={"max_eval_examples": None}))
+        texts[task.name] = [x if isinstance(x, str) else " ".join(x) for x, _ in loaded.dev + loaded.test]
+    return texts
+
+
+def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None):
+    """The per-unit jobs still to do (arguments of `process_unit`) and every unit's folder, in
+    corpus order. A unit whose folder holds stats.json is finished and not planned again."""
+    index = None
+    if config.decontamination.enabled and eval_texts:
+        index = ContaminationIndex(eval_texts, config.decontamination.ngram)
+    jobs, unit_dirs = [], []
+    for source_index, source in enumerate(config.sources):
+        # A source with max_docs is read as one unit, so "the first max_docs" is well defined.
+        units = plan_units([source], config.unit_bytes if source.max_docs is None else 2**62)
+        for unit in units:
+            unit = dataclasses.replace(unit, source_index=source_index)
+            folder = out / "work" / unit.key
+            unit_dirs.append((folder, source))
+            if not (folder / "stats.json").exists():
+                jobs.append((unit, source, config, index, folder, source.max_docs))
+    return jobs, unit_dirs
+
+
+def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Run every step over the configured sources into `out`, resuming finished units. Steps 1-4
+    run on a local process pool (`workers`); see docs/curation.md for the same on Ray or Slurm."""
+    jobs, unit_dirs = plan_jobs(config, out, eval_texts)
+    workers = max(1, min(config.workers or os.cpu_count() or 1, len(jobs)))
+    progress = tqdm(total=len(unit_dirs), initial=len(unit_dirs) - len(jobs), desc="corpus units", mininterval=1.0)
+    if config.executor == "ray" and jobs:
+        run_on_ray(jobs, progress)
+    elif workers == 1:
+        for job in jobs:
+            _process(job)
+            progress.update()
+    else:  # spawn: workers start clean (no inherited threads or locks)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for _ in pool.map(_process, jobs, chunksize=1):
+                progress.update()
+    progress.close()
+    return finish(config, out, unit_dirs)
+
+
+def run_on_ray(jobs: list[tuple], progress) -> None:
+    """The per-unit jobs as Ray tasks (each writes its own unit folder, so a failed or killed
+    task is simply redone by the next run)."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("corpus.executor is 'ray' but ray is not installed: pip install 'ray[default]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"))  # the cluster, or a local Ray if unset
+    pending = [ray.remote(process_unit).remote(*job) for job in jobs]
+    while pending:
+        done, pending = ray.wait(pending)
+        ray.get(done)  # raises a task's error here
+        progress.update(len(done))
+
+
+def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]]) -> dict[str, Any]:
+    """Steps 5-7 over the finished units: dedup across the corpus, split, write shards and stats."""
+    unit_stats = [read_json(folder / "stats.json") for folder, _ in unit_dirs]
+    exact = np.concatenate([np.load(folder / "exact.npy") for folder, _ in unit_dirs])
+    total = len(exact)
+    removed: dict[int, str] = {}  # global survivor index -> reason
+    if config.dedup.exact and total:
+        _, first = np.unique(exact.view(np.dtype((np.void, 16))).ravel(), return_index=True)
+        unique = np.zeros(total, dtype=bool)
+        unique[first] = True
+        removed.update({int(i): "duplicate" for i in np.flatnonzero(~unique)})
+    if config.dedup.near and total:
+        # Only band keys (bands x 8 bytes per document) are held in memory; signatures are read from
+        # the units' memory maps for the few documents that share a bucket.
+        survivors = np.ones(total, dtype=bool)
+        survivors[list(removed)] = False
+        candidates = np.flatnonzero(survivors)
+        keys = np.concatenate([np.load(folder / "bands.npy") for folder, _ in unit_dirs])[candidates]
+        maps = [np.load(folder / "signatures.npy", mmap_mode="r") for folder, _ in unit_dirs]
+        starts = np.cumsum([0] + [len(m) for m in maps])
+
+        def signature_of(members: np.ndarray) -> np.ndarray:
+            rows = candidates[members]
+            units = np.searchsorted(starts, rows, side="right") - 1
+            return np.stack([maps[u][r - starts[u]] for u, r in zip(units.tolist(), rows.tolist(), strict=True)])
+
+        clusters = near_duplicates(keys, signature_of, config.dedup.threshold)
+        removed.update({int(candidates[i]): "near_duplicate" for i in clusters})
+
+    stats: dict[str, Any] = {"read": 0, "kept": 0, "heldout": 0, "dropped": {}, "steps": {}, "sources": {},
+                             "pii": {}, "invalid_bytes": 0, "line_removals": 0, "examples": {}}
+    for unit in unit_stats:
+        stats["read"] += unit["read"]
+        stats["invalid_bytes"] += unit["invalid_bytes"]
+        stats["line_removals"] += unit["line_removals"]
+        for kind, count in unit["pii"].items():
+            stats["pii"][kind] = stats["pii"].get(kind, 0) + count
+        for step, counts in unit["steps"].items():
+            for reason, count in counts.items():
+                stats["steps"].setdefault(step, {})[reason] = stats["steps"].get(step, {}).get(reason, 0) + count
+        for reason, examples in unit["examples"].items():
+            stats["examples"].setdefault(reason, []).extend(examples[: EXAMPLES_PER_REASON - len(
+                stats["examples"].get(reason, []))])
+
     shard: list[str] = []
     shard_paths: list[str] = []
     heldout_lines: list[str] = []
+    dropped_extra: list[str] = []
 
     def flush() -> None:
         if shard:
@@ -41,45 +251,57 @@ def curate(config: CorpusConfig, out: Path) -> dict[str, Any]:
             shard_paths.append(path.name)
             shard.clear()
 
-    progress = tqdm(desc="corpus", unit=" docs", mininterval=1.0)
-    for source in config.sources:
-        per_source = stats["sources"].setdefault(source_name(source), {"read": 0, "kept": 0})
-        for doc in read_documents(source):
-            progress.update()
-            stats["read"] += 1
-            per_source["read"] += 1
-            text = normalize_text(doc["text"], config.normalization)
-            reason = drop_reason(text, config)
-            if reason is None:
-                key = hashlib.blake2b(text.encode(), digest_size=16).digest()
-                if key in seen:
-                    reason = "duplicate"
+    position = 0
+    for (folder, source), unit in zip(unit_dirs, unit_stats, strict=True):
+        per_source = stats["sources"].setdefault(source_name(source), {
+            "read": 0, "kept": 0, "weight": source.weight * source.repeat})
+        per_source["read"] += unit["read"]
+        with open(folder / "docs.jsonl", encoding="utf-8") as handle:
+            for line in handle:
+                reason = removed.get(position)
+                position += 1
+                if reason:
+                    doc = json.loads(line)
+                    step = "exact_dedup" if reason == "duplicate" else "near_dedup"
+                    stats["steps"].setdefault(step, {})[reason] = stats["steps"].get(step, {}).get(reason, 0) + 1
+                    examples = stats["examples"].setdefault(reason, [])
+                    if len(examples) < EXAMPLES_PER_REASON:
+                        examples.append({"id": doc["id"], "text": doc["text"][:300]})
+                    if config.keep_dropped:
+                        dropped_extra.append(json.dumps({**doc, "reason": reason}, ensure_ascii=False) + "\n")
+                    continue
+                stats["kept"] += 1
+                per_source["kept"] += 1
+                if heldout(json.loads(line)["text"], config.heldout_fraction):
+                    stats["heldout"] += 1
+                    heldout_lines.append(line)
                 else:
-                    seen.add(key)
-            if reason is not None:
-                stats["dropped"][reason] = stats["dropped"].get(reason, 0) + 1
-                continue
-            stats["kept"] += 1
-            per_source["kept"] += 1
-            line = json.dumps({"id": doc["id"], "text": text, "source": doc["source"]}, ensure_ascii=False) + "\n"
-            if heldout(text, config.heldout_fraction):
-                stats["heldout"] += 1
-                heldout_lines.append(line)
-            else:
-                shard.append(line)
-                if len(shard) >= config.shard_docs:
-                    flush()
-    progress.close()
+                    shard.append(line)
+                    if len(shard) >= config.shard_docs:
+                        flush()
     flush()
     atomic_write_text(out / "heldout.jsonl", "".join(heldout_lines))
+    if config.keep_dropped:
+        parts = [(folder / "dropped.jsonl").read_text(encoding="utf-8") for folder, _ in unit_dirs]
+        atomic_write_text(out / "dropped.jsonl", "".join(parts) + "".join(dropped_extra))
     stats["shards"] = shard_paths
-    assert stats["read"] == stats["kept"] + sum(stats["dropped"].values())
+    stats["steps"] = step_table(stats["read"], stats["steps"])
+    stats["dropped"] = {r: n for counts in stats["steps"].values() for r, n in counts["dropped"].items()}
+    if stats["read"] != stats["kept"] + sum(stats["dropped"].values()):  # the accounting invariant
+        raise AssertionError(f"corpus accounting broken: read {stats['read']}, kept {stats['kept']}, "
+                             f"dropped {stats['dropped']}")
     atomic_write_json(out / "stats.json", stats)
     return stats
 
 
-def source_name(source) -> str:
-    return source.name or (Path(source.path).name if source.path else source.format)
+def step_table(read: int, drops: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
+    """Per step, in order: documents in, out and dropped per reason (in == out + dropped)."""
+    table, current = {}, read
+    for step in STEPS:
+        dropped = dict(sorted(drops.get(step, {}).items()))
+        table[step] = {"in": current, "out": current - sum(dropped.values()), "dropped": dropped}
+        current = table[step]["out"]
+    return table
 
 
 def iter_corpus_documents(corpus_dir: Path, split: str = "train"):
@@ -98,7 +320,8 @@ def iter_corpus_texts(corpus_dir: Path, split: str = "train"):
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
-    stats = curate(config.corpus, out)
+    eval_texts = task_eval_texts(config) if config.corpus.decontamination.enabled else {}
+    stats = curate(config.corpus, out, eval_texts)
     dropped = ", ".join(f"{k}={v}" for k, v in sorted(stats["dropped"].items())) or "none"
     print(f"corpus: read {stats['read']}, kept {stats['kept']} ({stats['heldout']} held out), dropped {dropped}")
     return {k: stats[k] for k in ("read", "kept", "heldout", "dropped")}

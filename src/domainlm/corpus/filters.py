@@ -1,11 +1,9 @@
-"""Normalisation and document filters: plain functions over text."""
+"""Normalisation: Unicode form, control characters, whitespace (quality rules are in quality.py)."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-
-from domainlm.config import CorpusConfig
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
@@ -20,12 +18,3 @@ def normalize_text(text: str, form: str = "NFKC") -> str:
     text = _SPACES.sub(" ", text)
     text = _BLANK_LINES.sub("\n\n", text)
     return "\n".join(line.strip() for line in text.split("\n")).strip()
-
-
-def drop_reason(text: str, config: CorpusConfig) -> str | None:
-    """Why a normalised document is dropped (`empty`, `too_short`), or None to keep it."""
-    if not text:
-        return "empty"
-    if len(text.split()) < config.min_words:
-        return "too_short"
-    return None

@@ -1,46 +1,414 @@
-"""Readers: each turns one configured source into a stream of `{"id", "text", "source"}` records."""
+"""Readers: split each configured source into work units and stream each unit's records.
+
+A record is a document `{"id", "text", "source", "invalid_bytes"}` or, for input that cannot give
+one, a skip `{"id", "source", "skip", "detail"}` with `skip` one of `invalid_json`,
+`not_an_object`, `missing_text`, `invalid_csv`. Nothing raises on bad records; a whole source that
+cannot be read (missing column, unknown split, Hub offline) raises `InputError`.
+
+Ids name the place a record came from and do not depend on how a file was split into units:
+`name.txt:17` (1-based line, as editors count), `name.json[3]` (item of a top-level list),
+`name.parquet:2:40` (row group, row within it), `name.csv:40` / `folder:40` (0-based data row, as
+pandas and `datasets` index), `folder/sub/a.txt` (txt-files). `name` is the file's base name.
+"""
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import json
+import os
+import re
+import socket
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+from urllib.parse import urlparse
 
 from domainlm.config import SourceConfig
 
+CHUNK = 1 << 24  # bytes read at a time when counting or skipping (bounds memory)
+HF_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
+_MISSING = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 class InputError(ValueError):
-    """Malformed input; the message names the file and line."""
+    """Input that cannot be read; the message names the file (and line, where there is one)."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independently readable piece of one source (picklable: sent to worker processes)."""
+
+    source_index: int  # position of the source in the list given to `plan_units`
+    path: str
+    start: int = 0  # txt/jsonl: the unit holds the lines that *start* in bytes [start, end)
+    end: int | None = None
+    row_group: int | None = None  # parquet: the row group to read (None: all of them)
+    files: tuple[str, ...] = ()  # txt-files: the unit's files, relative to `path`
+    newlines_before: int | None = None  # in bytes [0, start), from planning (None: count when read)
+    index: int = 0  # position among its source's units
+
+    @property
+    def key(self) -> str:
+        """Stable name for this unit's completion marker, e.g. `s0-u00003`."""
+        return f"s{self.source_index}-u{self.index:05d}"
+
+
+# ------------------------------------------------------------------------------- files and bytes
+def _open_binary(path: str | Path) -> IO[bytes]:
+    """Open a file for buffered binary reading, decompressing `.gz` and `.zst` as a stream."""
+    path = str(path)
+    if path.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if path.endswith(".zst"):
+        import zstandard
+
+        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
+        return io.BufferedReader(reader)
+    return open(path, "rb")
 
 
 def open_text(path: str | Path) -> IO[str]:
-    """Open a text file, transparently decompressing `.gz`; invalid UTF-8 bytes become U+FFFD."""
-    path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+    """Open a text file, decompressing `.gz`/`.zst`; invalid UTF-8 bytes become U+FFFD."""
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace")
 
 
+def _decode(raw: bytes) -> tuple[str, int]:
+    """UTF-8 text and the number of U+FFFD that replacing invalid bytes introduced."""
+    try:
+        return raw.decode("utf-8"), 0  # the common case, and a genuine U+FFFD counts 0
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        return text, text.count("\ufffd") - raw.count("\ufffd".encode())
+
+
+def _clean(text: str) -> tuple[str, int]:
+    """Text decoded with `surrogateescape` (csv, JSON) or holding lone-surrogate JSON escapes cannot
+    be written as UTF-8: turn those into U+FFFD, as `_decode` does, and count them."""
+    try:
+        text.encode("utf-8")
+        return text, 0
+    except UnicodeEncodeError:
+        pass
+    try:
+        return _decode(text.encode("utf-8", errors="surrogateescape"))
+    except UnicodeEncodeError:  # a JSON escape such as "\ud800" that was never a byte
+        return _SURROGATE.subn("\ufffd", text)
+
+
+def _count_newlines(handle: IO[bytes], size: int) -> int:
+    """Newlines in the next `size` bytes of `handle` (fewer at the end of the file)."""
+    count = 0
+    while size > 0 and (chunk := handle.read(min(size, CHUNK))):
+        count += chunk.count(b"\n")
+        size -= len(chunk)
+    return count
+
+
+def _skip_line(handle: IO[bytes]) -> None:
+    """Move past the next newline (or to the end of the file), never holding a whole line."""
+    while (piece := handle.readline(CHUNK)) and not piece.endswith(b"\n"):
+        pass
+
+
+def _numbered_lines(unit: Unit) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line without its line ending) of every line starting in the unit."""
+    with _open_binary(unit.path) as handle:
+        number = 1
+        if unit.start > 0:
+            newlines = unit.newlines_before
+            if newlines is None:
+                newlines = _count_newlines(handle, unit.start)
+            # Skip the rest of the line holding byte start-1: only its newline when `start` is
+            # already a line start; otherwise a line that began in the unit before this one.
+            handle.seek(unit.start - 1)
+            _skip_line(handle)
+            number = newlines + 1 + (1 if handle.tell() > unit.start else 0)
+        position = handle.tell()
+        while unit.end is None or position < unit.end:
+            raw = handle.readline()
+            if not raw:
+                break
+            position += len(raw)
+            yield number, raw.removesuffix(b"\n").removesuffix(b"\r")
+            number += 1
+
+
+# ---------------------------------------------------------------------------------------- records
+def _document(doc_id: str, value: Any, field: str, name: str) -> dict:
+    """A document from one record's text value, or a `missing_text` skip."""
+    if isinstance(value, bytes):  # a binary column holding text
+        text, invalid = _decode(value)
+    elif isinstance(value, str):
+        text, invalid = _clean(value)
+    else:
+        found = "not found" if value is _MISSING else f"found {'null' if value is None else type(value).__name__}"
+        return _skip(doc_id, name, "missing_text", f"expected an object with a string field '{field}' ({found})")
+    return {"id": doc_id, "text": text, "source": name, "invalid_bytes": invalid}
+
+
+def _skip(doc_id: str, name: str, reason: str, detail: str) -> dict:
+    return {"id": doc_id, "source": name, "skip": reason, "detail": detail}
+
+
+def _json_record(doc_id: str, line: str, field: str, name: str) -> dict:
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError) as err:  # also too deeply nested, too long an integer
+        return _skip(doc_id, name, "invalid_json", f"not valid JSON ({getattr(err, 'msg', err)})")
+    if not isinstance(record, dict):
+        return _skip(doc_id, name, "not_an_object", f"expected a JSON object, got {type(record).__name__}")
+    return _document(doc_id, record.get(field, _MISSING), field, name)
+
+
+def _bare_name(path: str) -> str:
+    """The path in lower case without a compression suffix."""
+    return path.lower().removesuffix(".gz").removesuffix(".zst")
+
+
+def _is_json_list(path: str) -> bool:
+    """Whether a file is `.json` holding one top-level list rather than JSON lines."""
+    if not _bare_name(path).endswith(".json"):
+        return False
+    with _open_binary(path) as handle:
+        return handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
+def _read_json_list(unit: Unit, field: str, label: str, name: str) -> Iterator[dict]:
+    # The whole file is parsed at once: keep list files to what fits in memory (use JSON lines).
+    with _open_binary(unit.path) as handle:
+        text = handle.read().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    try:
+        items = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        where = f"{label}:{getattr(err, 'lineno', 1)}"
+        yield _skip(where, name, "invalid_json", f"not valid JSON ({getattr(err, 'msg', err)})")
+        return
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            yield _document(f"{label}[{i}]", item.get(field, _MISSING), field, name)
+        else:
+            yield _skip(f"{label}[{i}]", name, "not_an_object", f"expected a JSON object, got {type(item).__name__}")
+
+
+def _read_csv(unit: Unit, field: str, label: str, name: str) -> Iterator[dict]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default 128 KiB is too small for documents
+    with io.TextIOWrapper(_open_binary(unit.path), encoding="utf-8-sig", errors="surrogateescape",
+                          newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, [])
+        if field not in header:
+            raise InputError(f"{unit.path}: no column '{field}' (header: {header})")
+        column, row = header.index(field), 0
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                yield _skip(f"{label}:{row}", name, "invalid_csv", str(err))
+            else:
+                if not values:  # a blank line is not a row (as in pandas)
+                    continue
+                yield _document(f"{label}:{row}", values[column] if column < len(values) else _MISSING,
+                                field, name)
+            row += 1
+
+
+def _read_parquet(unit: Unit, field: str, label: str, name: str) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(unit.path) as file:
+        columns = file.schema_arrow.names
+        if field not in columns:
+            raise InputError(f"{unit.path}: no column '{field}' (columns: {', '.join(columns)})")
+        groups = range(file.num_row_groups) if unit.row_group is None else [unit.row_group]
+        for group in groups:
+            row = 0
+            for batch in file.iter_batches(batch_size=1024, row_groups=[group], columns=[field]):
+                for value in batch.column(0).to_pylist():
+                    yield _document(f"{label}:{group}:{row}", value, field, name)
+                    row += 1
+
+
+def _offline() -> bool:
+    if any(os.environ.get(key, "").strip().lower() not in ("", "0", "false", "no", "off")
+           for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return True
+    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False  # only the proxy is reachable directly: let `datasets` try
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:  # fail in seconds rather than hang on retries when there is no network
+        socket.create_connection((host, 443), timeout=5).close()
+        return False
+    except OSError:
+        return True
+
+
+def _read_hf(source: SourceConfig, fmt: str, name: str) -> Iterator[dict]:
+    import datasets
+
+    field, label = source.text_field, Path(source.path).name
+    if fmt == "hf-hub":
+        if _offline():
+            raise InputError(f"hf-hub source '{source.path}': the Hugging Face Hub needs a network (offline "
+                             "here); on a connected machine run `datasets.load_dataset(...).save_to_disk(folder)`, "
+                             "copy the folder and read it with `format: hf-disk`")
+        data = datasets.load_dataset(source.path, split=source.split, streaming=True)
+        label = f"{source.path}/{source.split}"
+    else:
+        data = datasets.load_from_disk(source.path)
+        if isinstance(data, datasets.DatasetDict):
+            if source.split not in data:
+                raise InputError(f"{source.path}: no split '{source.split}' (splits: {', '.join(data)})")
+            data, label = data[source.split], f"{label}/{source.split}"
+    columns = data.column_names
+    if columns is not None and field not in columns:
+        raise InputError(f"{source.path}: no column '{field}' (columns: {', '.join(columns)})")
+    for row, record in enumerate(data.select_columns([field]) if columns else data):
+        yield _document(f"{label}:{row}", record.get(field, _MISSING), field, name)
+
+
+# ------------------------------------------------------------------------------------ public API
 def detect_format(path: str) -> str:
-    name = path.removesuffix(".gz")
-    if name.endswith((".jsonl", ".json")):
-        return "jsonl"
+    """The reader for a path: hf-disk or txt-files for folders, else by extension (.gz/.zst ignored)."""
+    if Path(path).is_dir():
+        return "hf-disk" if any((Path(path) / m).exists() for m in HF_DISK_MARKERS) else "txt-files"
+    name = _bare_name(path)
+    for suffix, fmt in ((".parquet", "parquet"), (".csv", "csv"), (".jsonl", "jsonl"), (".json", "jsonl")):
+        if name.endswith(suffix):
+            return fmt
     return "txt"
 
 
-def read_txt(path: str) -> Iterator[tuple[str, str]]:
-    """One document per line; the id is `file:line`."""
-    name = Path(path).name
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            yield f"{name}:{number}", line.rstrip("\n")
+def source_format(source: SourceConfig) -> str:
+    """The source's format, with `auto` resolved from its path."""
+    return detect_format(source.path) if source.format == "auto" else source.format
+
+
+def _text_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith((".txt", ".txt.gz", ".txt.zst")))
+
+
+def _line_ranges(path: str, unit_bytes: int) -> Iterator[tuple[int, int, int]]:
+    """(start, end, newlines before start) of byte ranges of about `unit_bytes`, each moved on to
+    begin at a line start (one pass over the file, like `wc -l`)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        start = newlines = 0
+        while start < size:
+            inside = _count_newlines(handle, unit_bytes - 1)
+            _skip_line(handle)  # to the end of the line holding byte start + unit_bytes - 1
+            end = handle.tell()
+            yield start, end, newlines
+            start, newlines = end, newlines + inside + 1
+
+
+def plan_units(sources: list[SourceConfig], unit_bytes: int) -> list[Unit]:
+    """Split sources into units: line-aligned byte ranges of about `unit_bytes` for uncompressed
+    txt/jsonl files (planning reads such a file once to number its lines), one unit per row group
+    for parquet, groups of files of about `unit_bytes` for txt-files, one unit for anything else."""
+    units: list[Unit] = []
+    for source_index, source in enumerate(sources):
+        fmt, path = source_format(source), source.path
+        pieces: list[dict] = [{}]
+        if fmt in ("txt", "jsonl") and _bare_name(path) == path.lower() and not _is_json_list(path):
+            if os.path.getsize(path) > unit_bytes:  # compressed files cannot seek: one unit each
+                pieces = [{"start": s, "end": e, "newlines_before": n} for s, e, n in _line_ranges(path, unit_bytes)]
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            with pq.ParquetFile(path) as file:
+                pieces = [{"row_group": g} for g in range(file.num_row_groups)]
+        elif fmt == "txt-files":
+            files = _text_files(Path(path))
+            if not files:
+                raise InputError(f"{path}: no .txt files in this folder (format txt-files)")
+            pieces, size = [], unit_bytes
+            for file in files:
+                if size >= unit_bytes:
+                    pieces.append({"files": ()})
+                    size = 0
+                pieces[-1]["files"] += (file.relative_to(path).as_posix(),)
+                size += file.stat().st_size
+        units += [Unit(source_index, path, index=i, **piece) for i, piece in enumerate(pieces)]
+    return units
+
+
+def read_unit(unit: Unit, source: SourceConfig) -> Iterator[dict]:
+    """Stream the records (documents and skips, see the module docstring) of one unit, holding at
+    most one document (or one batch of rows) in memory; a `.json` list file is read whole."""
+    fmt, field = source_format(source), source.text_field
+    name = source.name or (Path(source.path).name if source.path else fmt)
+    file_name = Path(unit.path).name
+    if fmt == "txt":
+        for number, raw in _numbered_lines(unit):
+            text, invalid = _decode(raw)  # a blank line is an empty document: every line counts
+            yield {"id": f"{file_name}:{number}", "text": text, "source": name, "invalid_bytes": invalid}
+    elif fmt == "jsonl" and _is_json_list(unit.path):
+        yield from _read_json_list(unit, field, file_name, name)
+    elif fmt == "jsonl":
+        for number, raw in _numbered_lines(unit):
+            if raw.strip():  # blank lines hold no record
+                yield _json_record(f"{file_name}:{number}", raw.decode("utf-8", errors="surrogateescape"),
+                                   field, name)
+    elif fmt == "txt-files":
+        for relative in unit.files:
+            with _open_binary(Path(unit.path) / relative) as handle:
+                text, invalid = _decode(handle.read())  # the file is the document
+            yield {"id": f"{file_name}/{relative}", "text": text, "source": name, "invalid_bytes": invalid}
+    elif fmt == "csv":
+        yield from _read_csv(unit, field, file_name, name)
+    elif fmt == "parquet":
+        yield from _read_parquet(unit, field, file_name, name)
+    elif fmt in ("hf-disk", "hf-hub"):
+        yield from _read_hf(source, fmt, name)
+    elif fmt == "python-docs":
+        from domainlm.demo import corpus_documents
+
+        for doc in corpus_documents():
+            yield {"id": doc["id"], "text": doc["text"], "source": name, "invalid_bytes": 0}
+    else:
+        raise InputError(f"{source.path}: unknown format '{fmt}'")
+
+
+def _strict(records: Iterator[dict], source: SourceConfig) -> Iterator[dict]:
+    """Documents only; the first skip raises InputError naming the file and line."""
+    for record in records:
+        if "skip" in record:
+            # Ids start with the file's base name: put its folder back for a path a user can open.
+            where = Path(source.path).parent / record["id"] if source.path else record["id"]
+            raise InputError(f"{where}: {record['detail']}")
+        yield record
+
+
+def read_documents(source: SourceConfig) -> Iterator[dict]:
+    """Every document of one source in order, at most `source.max_docs`; raises InputError on the
+    first record that cannot give a document (the pipeline uses `read_unit` to count those instead)."""
+    count = 0
+    for unit in plan_units([source], unit_bytes=2**62):  # one unit per file: no planning pass
+        for doc in _strict(read_unit(unit, source), source):
+            if source.max_docs is not None and count >= source.max_docs:
+                return
+            count += 1
+            yield doc
+
+
+def read_jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
+    """(id, text) of each JSON object in a JSON-lines (or `.json` list) file; raises InputError on
+    a malformed line or a missing text field."""
+    source = SourceConfig.model_construct(path=str(path), format="jsonl", text_field=text_field)
+    for doc in _strict(read_unit(Unit(0, str(path)), source), source):
+        yield doc["id"], doc["text"]
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; malformed lines raise InputError naming
-    the file and line."""
+    """(line number, object) for each non-blank line; a malformed line raises InputError naming the
+    file and line (the strict reader for task data)."""
     with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -52,30 +420,3 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             if not isinstance(record, dict):
                 raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             yield number, record
-
-
-def read_jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
-    """One JSON object per line with the text under `text_field`."""
-    name = Path(path).name
-    for number, record in iter_jsonl(path):
-        if not isinstance(record.get(text_field), str):
-            raise InputError(f"{path}:{number}: expected an object with a string field '{text_field}'")
-        yield str(record.get("id", f"{name}:{number}")), record[text_field]
-
-
-def read_documents(source: SourceConfig) -> Iterator[dict]:
-    """Stream the documents of one source, at most `source.max_docs` of them."""
-    fmt = detect_format(source.path) if source.format == "auto" else source.format
-    if fmt == "python-docs":
-        from domainlm.demo import corpus_documents
-
-        stream = ((d["id"], d["text"]) for d in corpus_documents())
-    elif fmt == "jsonl":
-        stream = read_jsonl(source.path, source.text_field)
-    else:
-        stream = read_txt(source.path)
-    name = source.name or (Path(source.path).name if source.path else fmt)
-    for count, (doc_id, text) in enumerate(stream):
-        if source.max_docs is not None and count >= source.max_docs:
-            break
-        yield {"id": doc_id, "text": text, "source": name}

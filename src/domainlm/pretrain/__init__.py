@@ -153,8 +153,10 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         if model is not None:
             set_dropout(model, config.pretrain.dropout)
             model.config = train_config
+    corpus_sources = read_json(config.directory / "corpus" / "stats.json").get("sources", {})
+    weights = {name: source.get("weight", 1.0) for name, source in corpus_sources.items()}
     trainer = Trainer(train_config, config.pretrain, data, tokenizer, out / "checkpoints", seed=config.seed,
-                      model=model, mask_token=specials["mask"])
+                      model=model, mask_token=specials["mask"], source_weights=weights)
     trainer.resume_if_possible()
     started = time.time()
     trainer.train()

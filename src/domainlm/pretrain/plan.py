@@ -21,7 +21,11 @@ from domainlm.pretrain.data import Packing, TokenShards, epoch_order
 
 
 class DataPlan:
-    def __init__(self, shards: TokenShards, config: PretrainConfig, seed: int = 0):
+    def __init__(self, shards: TokenShards, config: PretrainConfig, seed: int = 0,
+                 source_weights: dict[str, float] | None = None):
+        """source_weights: the corpus sources' `weight x repeat`, used when `config.mixture` is
+        empty (each source then weighs its token count times that)."""
+        source_weights = source_weights or {}
         self.seed = seed
         steps = np.arange(config.max_steps)
         lengths = [config.seq_len]
@@ -41,7 +45,7 @@ class DataPlan:
         self.rows_per_step = np.maximum(1, np.round(rows * tokens_factor)).astype(np.int64)
 
         # Sources: one stream over the whole corpus, or one per source with weights per step.
-        if config.mixture or config.upsample_source:
+        if config.mixture or config.upsample_source or any(w != 1 for w in source_weights.values()):
             self.sources: list[int | None] = list(range(len(shards.source_names)))
             weights = np.array([float(config.mixture.get(name, 0.0)) if config.mixture else 0.0
                                 for name in shards.source_names])
@@ -49,9 +53,9 @@ class DataPlan:
             if unknown:
                 raise ValueError(f"pretrain.mixture names unknown sources {sorted(unknown)}; "
                                  f"the corpus has: {', '.join(shards.source_names)}")
-            if not config.mixture:  # natural proportions: by tokens
-                weights = np.array([np.diff(shards.offsets)[shards.sources == k].sum()
-                                    for k in range(len(shards.source_names))], dtype=float)
+            if not config.mixture:  # natural proportions (by tokens), times the corpus weights
+                weights = np.array([np.diff(shards.offsets)[shards.sources == k].sum() * source_weights.get(name, 1.0)
+                                    for k, name in enumerate(shards.source_names)], dtype=float)
             per_step = np.tile(weights / weights.sum(), (config.max_steps, 1))
             if config.upsample_source:
                 k = shards.source_index(config.upsample_source)

@@ -112,7 +112,7 @@ def resolve_attention(kind: str, device: torch.device, dropout: float) -> str:
 class Trainer:
     def __init__(self, model_config: EncoderConfig, config: PretrainConfig, data: TokenShards,
                  tokenizer: Tokenizer, checkpoint_dir: Path, seed: int = 0, model: torch.nn.Module | None = None,
-                 mask_token: str = "[MASK]"):
+                 mask_token: str = "[MASK]", source_weights: dict[str, float] | None = None):
         self.config, self.data, self.checkpoint_dir, self.seed = config, data, checkpoint_dir, seed
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         if torch.cuda.is_available():
@@ -138,7 +138,7 @@ class Trainer:
         warmup = max(1, math.ceil(config.warmup_fraction * config.max_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_schedule(config.schedule, warmup, config.max_steps, config.decay_fraction))
-        self.plan = DataPlan(data, config, seed)
+        self.plan = DataPlan(data, config, seed, source_weights)
         self.generator = torch.Generator().manual_seed(seed + 1)  # masking draws (CPU, same on every rank)
         self.sampler = torch.Generator(device=self.device).manual_seed(seed + 2)  # ELECTRA's sampling
         self.word_start = word_start_table(tokenizer)

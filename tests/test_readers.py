@@ -1,0 +1,205 @@
+import gzip
+import json
+import pickle
+import random
+
+import pytest
+import zstandard
+
+from domainlm.config import SourceConfig
+from domainlm.corpus.readers import (
+    InputError,
+    Unit,
+    detect_format,
+    plan_units,
+    read_documents,
+    read_unit,
+)
+
+
+def read_source(path, unit_bytes=2**30, **fields):
+    source = SourceConfig(path=str(path), **fields)
+    return [record for unit in plan_units([source], unit_bytes) for record in read_unit(unit, source)]
+
+
+def ids_and_texts(records):
+    return [(r["id"], r.get("text", r.get("skip"))) for r in records]
+
+
+LINES = ["first line", "", "third line"]
+JSON_LINES = "".join(json.dumps({"text": t, "other": 1}) + "\n" for t in LINES)
+
+
+@pytest.mark.parametrize("name, opener", [
+    ("a.txt", open), ("a.txt.gz", gzip.open), ("a.txt.zst", zstandard.open),
+    ("a.jsonl", open), ("a.jsonl.gz", gzip.open), ("a.jsonl.zst", zstandard.open), ("a.json", open),
+])
+def test_line_formats(tmp_path, name, opener):
+    path = tmp_path / name
+    with opener(path, "wb") as handle:
+        handle.write(("\n".join(LINES) + "\n" if ".txt" in name else JSON_LINES).encode())
+    records = read_source(path)
+    # A blank line (txt) or blank text (JSON) is a document with empty text: every line counts.
+    assert ids_and_texts(records) == [(f"{name}:{i}", t) for i, t in enumerate(LINES, start=1)]
+    assert all(r["source"] == name and r["invalid_bytes"] == 0 for r in records)
+
+
+def test_json_list(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps([{"text": "one"}, {"body": "x"}, 3, {"text": "four"}], indent=2))
+    records = read_source(path)
+    assert ids_and_texts(records) == [("list.json[0]", "one"), ("list.json[1]", "missing_text"),
+                                      ("list.json[2]", "not_an_object"), ("list.json[3]", "four")]
+    path.write_text('[{"text": "one"},\n {"text": oops}]')
+    assert ids_and_texts(read_source(path)) == [("list.json:2", "invalid_json")]
+
+
+def test_parquet_row_groups(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "p.parquet"
+    table = pa.table({"id": [1, 2, 3], "body": ["alpha", None, "gamma"]})
+    pq.write_table(table, path, row_group_size=2)
+    source = SourceConfig(path=str(path), text_field="body")
+    units = plan_units([source], 2**30)
+    assert [u.row_group for u in units] == [0, 1]
+    records = [r for u in units for r in read_unit(u, source)]
+    assert ids_and_texts(records) == [("p.parquet:0:0", "alpha"), ("p.parquet:0:1", "missing_text"),
+                                      ("p.parquet:1:0", "gamma")]
+    with pytest.raises(InputError, match=r"p.parquet: no column 'text' \(columns: id, body\)"):
+        read_source(path)
+
+
+def test_csv_quoted_multiline_and_large_field(tmp_path):
+    path = tmp_path / "c.csv"
+    big = "word " * 100_000  # over csv's default 128 KiB field limit
+    path.write_text(f'id,text\n1,"line one\nline two, with comma"\n\n2,{big}\n3\n')
+    records = read_source(path)
+    assert ids_and_texts(records) == [("c.csv:0", "line one\nline two, with comma"), ("c.csv:1", big),
+                                      ("c.csv:2", "missing_text")]
+    with pytest.raises(InputError, match=r"c.csv: no column 'body' \(header: \['id', 'text'\]\)"):
+        read_source(path, text_field="body")
+
+
+def test_txt_files_folder(tmp_path):
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.txt", "a.txt", "sub/c.txt"):
+        (folder / name).write_text(f"text of {name}\nsecond line")
+    (folder / "notes.md").write_text("not read")
+    assert detect_format(str(folder)) == "txt-files"
+    source = SourceConfig(path=str(folder))
+    units = plan_units([source], unit_bytes=30)  # each file is ~25 bytes: two per unit
+    assert [u.files for u in units] == [("a.txt", "b.txt"), ("sub/c.txt",)]
+    records = [r for u in units for r in read_unit(u, source)]
+    assert ids_and_texts(records) == [(f"docs/{n}", f"text of {n}\nsecond line")
+                                      for n in ("a.txt", "b.txt", "sub/c.txt")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no .txt files"):
+        plan_units([SourceConfig(path=str(tmp_path / "empty"))], 2**20)
+
+
+def test_hf_disk(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict({"text": ["one", "two"], "label": [0, 1]})
+    data.save_to_disk(str(tmp_path / "ds"))
+    assert detect_format(str(tmp_path / "ds")) == "hf-disk"
+    assert ids_and_texts(read_source(tmp_path / "ds")) == [("ds:0", "one"), ("ds:1", "two")]
+    datasets.DatasetDict({"train": data, "test": data}).save_to_disk(str(tmp_path / "dd"))
+    assert detect_format(str(tmp_path / "dd")) == "hf-disk"
+    assert [r["id"] for r in read_source(tmp_path / "dd", split="test")] == ["dd/test:0", "dd/test:1"]
+    with pytest.raises(InputError, match=r"no split 'dev' \(splits: train, test\)"):
+        read_source(tmp_path / "dd", split="dev")
+    with pytest.raises(InputError, match=r"no column 'body' \(columns: text, label\)"):
+        read_source(tmp_path / "ds", text_field="body")
+
+
+def test_hf_hub_offline_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source = SourceConfig(path="some/dataset", format="hf-hub")
+    with pytest.raises(InputError, match="needs a network.*save_to_disk.*hf-disk"):
+        [r for u in plan_units([source], 2**20) for r in read_unit(u, source)]
+
+
+def test_byte_range_units_read_every_line_once(tmp_path):
+    rng = random.Random(0)
+    lines = [rng.choice(["", "x", "short line", "é" * rng.randint(1, 300), "word " * rng.randint(1, 50)])
+             for _ in range(400)]
+    for suffix, content in (("txt", lines), ("jsonl", [json.dumps({"text": t}) for t in lines])):
+        path = tmp_path / f"r.{suffix}"
+        path.write_bytes(("\r\n".join(content[:50]) + "\r\n" + "\n".join(content[50:]) + "\n").encode())
+        size = path.stat().st_size
+        source = SourceConfig(path=str(path))
+        whole = list(read_unit(Unit(0, str(path)), source))
+        assert len(whole) == 400 and [r["id"] for r in whole][-1] == f"r.{suffix}:400"
+        data = path.read_bytes()
+        edges = [data.index(b"\n") + 1, data.index(b"\r\n") + 1]  # a line start; between \r and \n
+        for _ in range(20):  # random split points, line numbers counted by each unit
+            cuts = sorted({0, size, *edges, *(rng.randrange(size) for _ in range(rng.randint(1, 12)))})
+            units = [Unit(0, str(path), start, end) for start, end in zip(cuts, cuts[1:], strict=False)]
+            assert [r for u in units for r in read_unit(u, source)] == whole
+        planned = plan_units([source], unit_bytes=1024)  # line-aligned, line numbers from planning
+        assert len(planned) > 5 and all(u.newlines_before is not None for u in planned)
+        assert [r for u in planned for r in read_unit(u, source)] == whole
+        assert [u.key for u in planned[:2]] == ["s0-u00000", "s0-u00001"]
+
+
+def test_units_pickle_and_compressed_files_are_one_unit(tmp_path):
+    path = tmp_path / "big.txt.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("some words\n" * 5000)
+    units = plan_units([SourceConfig(path=str(tmp_path / "big.txt.gz"))], unit_bytes=1024)
+    assert len(units) == 1
+    assert pickle.loads(pickle.dumps(units[0])) == units[0]
+
+
+def test_invalid_utf8_counted_and_replaced(tmp_path):
+    path = tmp_path / "bytes.txt"
+    path.write_bytes(b"fine\ninvalid \xff\xfe here\ngenuine \xef\xbf\xbd and \xff\n")
+    records = read_source(path)
+    assert [(r["text"], r["invalid_bytes"]) for r in records] == [
+        ("fine", 0), ("invalid \ufffd\ufffd here", 2), ("genuine \ufffd and \ufffd", 1)]
+    jsonl = tmp_path / "bytes.jsonl"
+    jsonl.write_bytes(b'{"text": "bad \xff byte", "x": "\xfe"}\n{"text": "lone \\ud800 escape"}\n')
+    assert [(r["text"], r["invalid_bytes"]) for r in read_source(jsonl)] == [
+        ("bad \ufffd byte", 1), ("lone \ufffd escape", 1)]
+    csv_path = tmp_path / "bytes.csv"
+    csv_path.write_bytes(b"text\nbad \xff byte\n")
+    assert [(r["text"], r["invalid_bytes"]) for r in read_source(csv_path)] == [("bad \ufffd byte", 1)]
+
+
+def test_huge_single_line(tmp_path):
+    path = tmp_path / "huge.txt"
+    path.write_bytes(b"w" * 50_000_000 + b"\nafter\n")
+    units = plan_units([SourceConfig(path=str(path))], unit_bytes=2**20)
+    assert len(units) == 2  # the first range is stretched to the end of the long line
+    records = [r for u in units for r in read_unit(u, SourceConfig(path=str(path)))]
+    assert [(r["id"], len(r["text"])) for r in records] == [("huge.txt:1", 50_000_000), ("huge.txt:2", 5)]
+
+
+def test_malformed_json_lines_are_skips(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": broken\n[1, 2]\n\n{"body": "x"}\n{"text": null}\n{"text": 5}\n'
+                    + "[" * 100_000 + "\n")
+    records = read_source(path)
+    assert ids_and_texts(records) == [
+        ("bad.jsonl:1", "ok"), ("bad.jsonl:2", "invalid_json"), ("bad.jsonl:3", "not_an_object"),
+        ("bad.jsonl:5", "missing_text"), ("bad.jsonl:6", "missing_text"), ("bad.jsonl:7", "missing_text"),
+        ("bad.jsonl:8", "invalid_json")]
+    assert [r["detail"].split("(")[1] for r in records[3:6]] == ["not found)", "found null)", "found int)"]
+    with pytest.raises(InputError, match=r"bad.jsonl:2: not valid JSON"):
+        list(read_documents(SourceConfig(path=str(path))))
+
+
+def test_read_documents_applies_max_docs(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("one\ntwo\nthree\n")
+    docs = list(read_documents(SourceConfig(path=str(path), max_docs=2, name="mine")))
+    assert docs == [{"id": "a.txt:1", "text": "one", "source": "mine", "invalid_bytes": 0},
+                    {"id": "a.txt:2", "text": "two", "source": "mine", "invalid_bytes": 0}]
+
+
+def test_detect_format():
+    assert [detect_format(p) for p in ("a.parquet", "a.csv.gz", "a.json.zst", "a.JSONL", "a.md", "a.txt.gz")] == [
+        "parquet", "csv", "jsonl", "jsonl", "txt", "txt"]
