@@ -25,21 +25,46 @@ WORD = re.compile(r"\w+")
 _MIX = np.uint64(0x100000001B3)  # FNV prime: combines word hashes into an n-gram hash (wrapping)
 
 
+_WORD_CACHE: dict[str, int] = {}  # word -> hash: text is Zipfian, so most lookups hit
+
+
 def word_hashes(text: str) -> np.ndarray:
     """(words,) uint64: the hash of each lowercased word."""
     words = WORD.findall(text.lower())
-    return np.fromiter((xxhash.xxh64_intdigest(w) for w in words), dtype=np.uint64, count=len(words))
+    cache = _WORD_CACHE
+    if len(cache) > 2_000_000:  # bounded: a few hundred MB at most
+        cache.clear()
+    for word in words:
+        if word not in cache:
+            cache[word] = xxhash.xxh64_intdigest(word)
+    return np.array([cache[w] for w in words], dtype=np.uint64)
+
+
+_INVERSE = pow(int(_MIX), -1, 2**64)  # the multiplier is odd, so it is invertible modulo 2^64
+_POWERS = {"up": np.ones(1, dtype=np.uint64), "down": np.ones(1, dtype=np.uint64)}
+
+
+def _powers(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """_MIX^k and _MIX^-k for k < length (wrapping uint64), grown on demand."""
+    if len(_POWERS["up"]) < length:
+        size = max(length, 2 * len(_POWERS["up"]))
+        _POWERS["up"] = np.cumprod(np.r_[1, np.full(size - 1, _MIX)].astype(np.uint64), dtype=np.uint64)
+        _POWERS["down"] = np.cumprod(np.r_[1, np.full(size - 1, _INVERSE, dtype=np.uint64)].astype(np.uint64),
+                                     dtype=np.uint64)
+    return _POWERS["up"], _POWERS["down"]
 
 
 def ngram_hashes(words: np.ndarray, n: int) -> np.ndarray:
-    """(max(0, words - n + 1),) uint64: one hash per run of `n` consecutive words."""
+    """(max(0, words - n + 1),) uint64: one hash per run of `n` consecutive words,
+    sum_j words[i + j] * M^(n - 1 - j) (wrapping), computed for every i with one prefix sum:
+    M^(n - 1 + i) * (Q[i + n] - Q[i]) where Q are prefix sums of words[k] * M^-k."""
     count = len(words) - n + 1
     if count <= 0:
         return np.zeros(0, dtype=np.uint64)
-    out = words[:count].copy()
-    for j in range(1, n):
-        out = out * _MIX + words[j : j + count]
-    return out
+    up, down = _powers(len(words) + n)
+    prefix = np.zeros(len(words) + 1, dtype=np.uint64)
+    np.cumsum(words * down[: len(words)], out=prefix[1:])
+    return up[n - 1 : n - 1 + count] * (prefix[n : n + count] - prefix[:count])
 
 
 @lru_cache(maxsize=4)
