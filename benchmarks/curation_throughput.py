@@ -21,6 +21,8 @@ line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import json
 import multiprocessing as mp
 import random
@@ -52,11 +54,14 @@ def generate(total: int, seed: int = 0) -> tuple[list[dict], list[str], dict]:
     rng = random.Random(seed)
     vocab = [f"{rng.choice('bcdfghklmnprstvz')}{rng.choice('aeiou')}{rng.choice('lmnrst')}"
              f"{rng.choice('aeiou')}{rng.choice(['', 'n', 's', 'tion', 'ase', 'ine'])}" for _ in range(6000)]
-    weights = [1 / (i + 1) for i in range(len(vocab))]
+    cumulative = list(itertools.accumulate(1 / (i + 1) for i in range(len(vocab))))  # Zipf
+
+    def zipf_words(n: int) -> list[str]:
+        return rng.choices(vocab, cum_weights=cumulative, k=n)
 
     def sentence() -> str:
         n = rng.randint(8, 25)
-        words = [rng.choice(STOP) if rng.random() < 0.35 else rng.choices(vocab, weights)[0] for _ in range(n)]
+        words = [rng.choice(STOP) if rng.random() < 0.35 else w for w in zipf_words(n)]
         return " ".join(words).capitalize() + "."
 
     def document() -> str:
@@ -80,7 +85,7 @@ def generate(total: int, seed: int = 0) -> tuple[list[dict], list[str], dict]:
             words = docs[original].split(" ")
             for i in range(len(words)):
                 if rng.random() < rate:
-                    words[i] = rng.choices(vocab, weights)[0]
+                    words[i] = zipf_words(1)[0]
             docs.append(" ".join(words))
             roles.append(f"near-{rate}")
             groups.append(original)
@@ -108,7 +113,7 @@ def generate(total: int, seed: int = 0) -> tuple[list[dict], list[str], dict]:
     rng.shuffle(order)  # planted documents are spread through the corpus
     position = {old: new for new, old in enumerate(order)}
     records = [{"id": f"d{position[i]}", "text": docs[i]} for i in order]
-    sizes = {g: groups.count(g) for g in set(groups)}
+    sizes = collections.Counter(groups)
     truth = {"roles": {f"d{position[i]}": roles[i] for i in range(len(docs))},
              "copied": [f"d{position[i]}" for i in range(len(docs)) if sizes[groups[i]] > 1],
              "pairs": [(f"d{position[c]}", f"d{position[o]}", rate, j) for c, o, rate, j in pairs],

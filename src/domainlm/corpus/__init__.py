@@ -66,60 +66,104 @@ def source_name(source: SourceConfig) -> str:
 
 
 # ------------------------------------------------------------------------------ per work unit
+class _UnitWriter:
+    """Streams a unit's survivors to disk: docs.jsonl, and raw uint64 / uint32 arrays of their exact
+    hashes, LSH band keys and MinHash signatures (flushed every CHUNK documents, so memory stays
+    bounded however large the unit)."""
+
+    CHUNK = 4096
+
+    def __init__(self, folder: Path, config: CorpusConfig):
+        self.folder, self.config, self.count = folder, config, 0
+        self.bands = lsh_bands(config.dedup.threshold, config.dedup.permutations)
+        self.docs = open(folder / "docs.jsonl", "w", encoding="utf-8")
+        self.dropped = open(folder / "dropped.jsonl", "w", encoding="utf-8")
+        self.arrays = {name: open(folder / f"{name}.bin", "wb") for name in ("exact", "bands", "signatures")}
+        self.exact: list[bytes] = []
+        self.signatures: list[np.ndarray] = []
+
+    def add(self, doc: dict, words: np.ndarray) -> None:
+        self.docs.write(json.dumps(doc, ensure_ascii=False) + "\n")
+        self.exact.append(hashlib.blake2b(doc["text"].encode(), digest_size=16).digest())
+        self.signatures.append(minhash(words, self.config.dedup.shingle_words, self.config.dedup.permutations))
+        self.count += 1
+        if len(self.exact) >= self.CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.exact:
+            signatures = np.stack(self.signatures)
+            self.arrays["exact"].write(b"".join(self.exact))
+            self.arrays["signatures"].write(signatures.tobytes())
+            self.arrays["bands"].write(band_keys(signatures, *self.bands).tobytes())
+            self.exact, self.signatures = [], []
+
+    def close(self) -> None:
+        self.flush()
+        for handle in (self.docs, self.dropped, *self.arrays.values()):
+            handle.close()
+
+
+def unit_arrays(folder: Path, config: CorpusConfig) -> dict[str, np.ndarray]:
+    """A finished unit's arrays, memory-mapped: exact (n, 2) uint64, bands (n, b) uint64,
+    signatures (n, permutations) uint32."""
+    bands, _ = lsh_bands(config.dedup.threshold, config.dedup.permutations)
+    shapes = {"exact": (np.uint64, 2), "bands": (np.uint64, bands), "signatures": (np.uint32, config.dedup.permutations)}
+    out = {}
+    for name, (dtype, width) in shapes.items():
+        path = folder / f"{name}.bin"
+        rows = path.stat().st_size // (np.dtype(dtype).itemsize * width)
+        out[name] = np.memmap(path, dtype=dtype, mode="r", shape=(rows, width)) if rows else np.zeros((0, width), dtype)
+    return out
+
+
 def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: ContaminationIndex | None,
                  folder: Path, limit: int | None = None) -> dict[str, Any]:
-    """Steps 1-4 for one unit; writes `folder` atomically: docs.jsonl (survivors), exact.npy
-    (their 128-bit text hashes), signatures.npy (MinHash), dropped.jsonl, stats.json."""
+    """Steps 1-4 for one unit, streamed into `folder` (written atomically, stats.json last):
+    docs.jsonl (the survivors), their hashes, band keys and signatures, dropped.jsonl."""
     stats: dict[str, Any] = {"read": 0, "steps": {s: {} for s in STEPS[:3]}, "pii": {}, "invalid_bytes": 0,
                              "line_removals": 0, "examples": {}}
-    kept_lines, exact, signatures, dropped_lines = [], [], [], []
-
-    def drop(step: str, reason: str, doc_id: str, text: str) -> None:
-        counts = stats["steps"][step]
-        counts[reason] = counts.get(reason, 0) + 1
-        examples = stats["examples"].setdefault(reason, [])
-        if len(examples) < EXAMPLES_PER_REASON:
-            examples.append({"id": doc_id, "text": text[:300]})
-        if config.keep_dropped:
-            dropped_lines.append(json.dumps({"id": doc_id, "reason": reason, "text": text}, ensure_ascii=False) + "\n")
-
-    for record in read_unit(unit, source):
-        if limit is not None and stats["read"] >= limit:
-            break
-        stats["read"] += 1
-        if "skip" in record:
-            drop("read", record["skip"], record["id"], record.get("detail", ""))
-            continue
-        stats["invalid_bytes"] += record.get("invalid_bytes", 0)
-        text = normalize_text(record["text"], config.normalization)
-        if len(text) <= config.quality.max_chars:  # line rules and PII only on what could be kept
-            text, removed = clean_lines(text, config.quality)
-            stats["line_removals"] += removed
-            if config.pii:
-                text, found = mask_pii(text)
-                for kind, count in found.items():
-                    stats["pii"][kind] = stats["pii"].get(kind, 0) + count
-        reason = "empty" if not text else quality_reason(text, config.quality)
-        if reason:
-            drop("quality", reason, record["id"], text)
-            continue
-        words = word_hashes(text)
-        task = index.match(words) if index is not None else None
-        if task:
-            drop("decontaminate", f"contaminated:{task}", record["id"], text)
-            continue
-        kept_lines.append(json.dumps({"id": record["id"], "text": text, "source": record["source"]},
-                                     ensure_ascii=False) + "\n")
-        exact.append(np.frombuffer(hashlib.blake2b(text.encode(), digest_size=16).digest(), dtype=np.uint64))
-        signatures.append(minhash(words, config.dedup.shingle_words, config.dedup.permutations))
-    stats["survivors"] = len(kept_lines)
-    signatures = np.array(signatures, dtype=np.uint32).reshape(-1, config.dedup.permutations)
     with atomic_directory(folder) as tmp:
-        atomic_write_text(tmp / "docs.jsonl", "".join(kept_lines))
-        atomic_write_text(tmp / "dropped.jsonl", "".join(dropped_lines))
-        np.save(tmp / "exact.npy", np.array(exact, dtype=np.uint64).reshape(-1, 2))
-        np.save(tmp / "signatures.npy", signatures)
-        np.save(tmp / "bands.npy", band_keys(signatures, *lsh_bands(config.dedup.threshold, config.dedup.permutations)))
+        writer = _UnitWriter(tmp, config)
+
+        def drop(step: str, reason: str, doc_id: str, text: str) -> None:
+            counts = stats["steps"][step]
+            counts[reason] = counts.get(reason, 0) + 1
+            examples = stats["examples"].setdefault(reason, [])
+            if len(examples) < EXAMPLES_PER_REASON:
+                examples.append({"id": doc_id, "text": text[:300]})
+            if config.keep_dropped:
+                writer.dropped.write(json.dumps({"id": doc_id, "reason": reason, "text": text}, ensure_ascii=False)
+                                     + "\n")
+
+        for record in read_unit(unit, source):
+            if limit is not None and stats["read"] >= limit:
+                break
+            stats["read"] += 1
+            if "skip" in record:
+                drop("read", record["skip"], record["id"], record.get("detail", ""))
+                continue
+            stats["invalid_bytes"] += record.get("invalid_bytes", 0)
+            text = normalize_text(record["text"], config.normalization)
+            if len(text) <= config.quality.max_chars:  # line rules and PII only on what could be kept
+                text, removed = clean_lines(text, config.quality)
+                stats["line_removals"] += removed
+                if config.pii:
+                    text, found = mask_pii(text)
+                    for kind, count in found.items():
+                        stats["pii"][kind] = stats["pii"].get(kind, 0) + count
+            reason = "empty" if not text else quality_reason(text, config.quality)
+            if reason:
+                drop("quality", reason, record["id"], text)
+                continue
+            words = word_hashes(text)
+            task = index.match(words) if index is not None else None
+            if task:
+                drop("decontaminate", f"contaminated:{task}", record["id"], text)
+                continue
+            writer.add({"id": record["id"], "text": text, "source": record["source"]}, words)
+        writer.close()
+        stats["survivors"] = writer.count
         atomic_write_json(tmp / "stats.json", stats)  # last: the completion marker
     return stats
 
@@ -198,7 +242,8 @@ def run_on_ray(jobs: list[tuple], progress) -> None:
 def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]]) -> dict[str, Any]:
     """Steps 5-7 over the finished units: dedup across the corpus, split, write shards and stats."""
     unit_stats = [read_json(folder / "stats.json") for folder, _ in unit_dirs]
-    exact = np.concatenate([np.load(folder / "exact.npy") for folder, _ in unit_dirs])
+    arrays = [unit_arrays(folder, config) for folder, _ in unit_dirs]
+    exact = np.concatenate([a["exact"] for a in arrays])
     total = len(exact)
     removed: dict[int, str] = {}  # global survivor index -> reason
     if config.dedup.exact and total:
@@ -212,8 +257,8 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
         survivors = np.ones(total, dtype=bool)
         survivors[list(removed)] = False
         candidates = np.flatnonzero(survivors)
-        keys = np.concatenate([np.load(folder / "bands.npy") for folder, _ in unit_dirs])[candidates]
-        maps = [np.load(folder / "signatures.npy", mmap_mode="r") for folder, _ in unit_dirs]
+        keys = np.concatenate([a["bands"] for a in arrays])[candidates]
+        maps = [a["signatures"] for a in arrays]
         starts = np.cumsum([0] + [len(m) for m in maps])
 
         def signature_of(members: np.ndarray) -> np.ndarray:

@@ -82,7 +82,6 @@ def minhash(words: np.ndarray, shingle_words: int, permutations: int) -> np.ndar
     a, b = _permutations(permutations)
     if not len(shingles):
         return np.full(permutations, np.iinfo(np.uint32).max, dtype=np.uint32)
-    shingles = np.unique(shingles)
     return ((shingles[:, None] * a[None, :] + b[None, :]) >> np.uint64(32)).min(axis=0).astype(np.uint32)
 
 

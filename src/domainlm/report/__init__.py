@@ -150,8 +150,15 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict]) -> list[tu
     results = [[s["task"], s["model"], s["metric"], f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}", s["n"]]
                for s in summary]
     corpus = art["corpus"]
-    corpus_rows = [["read", corpus["read"]], ["kept", corpus["kept"]], ["of which held out", corpus["heldout"]]]
-    corpus_rows += [[f"dropped: {reason}", count] for reason, count in sorted(corpus["dropped"].items())]
+    corpus_rows = [[step, counts["in"], counts["out"], ", ".join(f"{r} {n}" for r, n in counts["dropped"].items())]
+                   for step, counts in corpus.get("steps", {}).items()]
+    corpus_rows += [["kept", corpus["read"], corpus["kept"], f"{corpus['heldout']} held out for tokenizer fit"]]
+    pii = ", ".join(f"{kind} {n}" for kind, n in corpus.get("pii", {}).items() if n) or "none"
+    corpus_text = (f"Every document read is either kept or dropped with a reason; each step's input = output + "
+                   f"dropped. PII masked: {pii}; invalid UTF-8 characters replaced: {corpus.get('invalid_bytes', 0)}; "
+                   f"boilerplate lines removed: {corpus.get('line_removals', 0)}.")
+    example_rows = [[reason, e["id"], e["text"][:160].replace("\n", " ")]
+                    for reason, examples in sorted(corpus.get("examples", {}).items()) for e in examples]
     fit = art["tokenizer"]
     fit_rows = [[name, fit[name]["vocab_size"], f"{fit[name]['fertility']:.3f}", f"{100 * fit[name]['split_share']:.1f}%",
                  ", ".join(fit[name]["most_split"][:8])] for name in ("domain", "reference") if fit.get(name)]
@@ -171,7 +178,8 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict]) -> list[tu
                     "chose the epoch. ![results](results.png)",
          ["task", "model", "metric", "test (%)", "seeds"], results),
         ("Tasks", "", ["task", "type", "metric", "labels", "train", "dev", "test"], task_rows),
-        ("Corpus", "Every document read is either kept or dropped with a reason.", ["", "documents"], corpus_rows),
+        ("Corpus", corpus_text, ["step", "in", "out", "dropped"], corpus_rows),
+        ("What the corpus steps removed (examples)", "", ["reason", "document", "text"], example_rows),
         ("Tokenizer fit", "On the held-out corpus documents; lower fertility means fewer pieces per word. "
                           "![tokenizer fit](tokenizer_fit.png)",
          ["vocabulary", "size", "fertility", "words split", "most often split"], fit_rows),
