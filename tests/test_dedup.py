@@ -52,7 +52,7 @@ def test_near_duplicate_clusters_keep_their_first_member():
              edit(base, {10}), " ".join(base), edit(base, {200, 250}), edit(base, {5})]
     signatures = np.stack([minhash(word_hashes(t), 5, 128) for t in texts])
     keys = band_keys(signatures, *lsh_bands(0.8, 128))
-    assert near_duplicates(keys, lambda members: signatures[members], 0.8) == {2: 1, 3: 1, 4: 1}
+    assert near_duplicates(keys.T, lambda members: signatures[members], 0.8) == {2: 1, 3: 1, 4: 1}
 
 
 def test_contamination_index_finds_a_quoted_13_gram():

@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from domainlm.artifacts import atomic_directory, atomic_write_json, atomic_write_text, read_json
+from domainlm.artifacts import atomic_directory, atomic_write_json, read_json
 from domainlm.config import CorpusConfig, RunConfig, SourceConfig
 from domainlm.corpus.dedup import (
     ContaminationIndex,
@@ -78,7 +79,8 @@ class _UnitWriter:
         self.bands = lsh_bands(config.dedup.threshold, config.dedup.permutations)
         self.docs = open(folder / "docs.jsonl", "w", encoding="utf-8")
         self.dropped = open(folder / "dropped.jsonl", "w", encoding="utf-8")
-        self.arrays = {name: open(folder / f"{name}.bin", "wb") for name in ("exact", "bands", "signatures")}
+        names = ("exact", "signatures", *(f"band-{b:02d}" for b in range(self.bands[0])))  # a file per band
+        self.arrays = {name: open(folder / f"{name}.bin", "wb") for name in names}
         self.exact: list[bytes] = []
         self.signatures: list[np.ndarray] = []
 
@@ -95,7 +97,8 @@ class _UnitWriter:
             signatures = np.stack(self.signatures)
             self.arrays["exact"].write(b"".join(self.exact))
             self.arrays["signatures"].write(signatures.tobytes())
-            self.arrays["bands"].write(band_keys(signatures, *self.bands).tobytes())
+            for band, column in enumerate(band_keys(signatures, *self.bands).T):
+                self.arrays[f"band-{band:02d}"].write(column.tobytes())
             self.exact, self.signatures = [], []
 
     def close(self) -> None:
@@ -104,17 +107,14 @@ class _UnitWriter:
             handle.close()
 
 
-def unit_arrays(folder: Path, config: CorpusConfig) -> dict[str, np.ndarray]:
-    """A finished unit's arrays, memory-mapped: exact (n, 2) uint64, bands (n, b) uint64,
-    signatures (n, permutations) uint32."""
-    bands, _ = lsh_bands(config.dedup.threshold, config.dedup.permutations)
-    shapes = {"exact": (np.uint64, 2), "bands": (np.uint64, bands), "signatures": (np.uint32, config.dedup.permutations)}
-    out = {}
-    for name, (dtype, width) in shapes.items():
-        path = folder / f"{name}.bin"
-        rows = path.stat().st_size // (np.dtype(dtype).itemsize * width)
-        out[name] = np.memmap(path, dtype=dtype, mode="r", shape=(rows, width)) if rows else np.zeros((0, width), dtype)
-    return out
+def read_rows(path: Path, dtype, width: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Rows of a raw (n, width) array file: all of them, or only `rows` (read one by one, for
+    the few documents that share an LSH bucket). No memory map stays open, so a corpus of
+    thousands of units needs no more file descriptors than one."""
+    if rows is None:
+        return np.fromfile(path, dtype=dtype).reshape(-1, width)
+    size = np.dtype(dtype).itemsize * width
+    return np.stack([np.fromfile(path, dtype=dtype, count=width, offset=int(r) * size) for r in rows])
 
 
 def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: ContaminationIndex | None,
@@ -242,8 +242,7 @@ def run_on_ray(jobs: list[tuple], progress) -> None:
 def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]]) -> dict[str, Any]:
     """Steps 5-7 over the finished units: dedup across the corpus, split, write shards and stats."""
     unit_stats = [read_json(folder / "stats.json") for folder, _ in unit_dirs]
-    arrays = [unit_arrays(folder, config) for folder, _ in unit_dirs]
-    exact = np.concatenate([a["exact"] for a in arrays])
+    exact = np.concatenate([read_rows(folder / "exact.bin", np.uint64, 2) for folder, _ in unit_dirs])
     total = len(exact)
     removed: dict[int, str] = {}  # global survivor index -> reason
     if config.dedup.exact and total:
@@ -252,21 +251,25 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
         unique[first] = True
         removed.update({int(i): "duplicate" for i in np.flatnonzero(~unique)})
     if config.dedup.near and total:
-        # Only band keys (bands x 8 bytes per document) are held in memory; signatures are read from
+        # One band's keys (8 bytes per document) are in memory at a time; signatures are read from
         # the units' memory maps for the few documents that share a bucket.
         survivors = np.ones(total, dtype=bool)
         survivors[list(removed)] = False
         candidates = np.flatnonzero(survivors)
-        keys = np.concatenate([a["bands"] for a in arrays])[candidates]
-        maps = [a["signatures"] for a in arrays]
-        starts = np.cumsum([0] + [len(m) for m in maps])
+        bands, _ = lsh_bands(config.dedup.threshold, config.dedup.permutations)
+        columns = (np.concatenate([np.fromfile(folder / f"band-{b:02d}.bin", dtype=np.uint64)
+                                   for folder, _ in unit_dirs])[candidates] for b in range(bands))
+        starts = np.cumsum([0] + [unit["survivors"] for unit in unit_stats])
+        permutations = config.dedup.permutations
 
         def signature_of(members: np.ndarray) -> np.ndarray:
             rows = candidates[members]
             units = np.searchsorted(starts, rows, side="right") - 1
-            return np.stack([maps[u][r - starts[u]] for u, r in zip(units.tolist(), rows.tolist(), strict=True)])
+            return np.concatenate([read_rows(unit_dirs[u][0] / "signatures.bin", np.uint32, permutations,
+                                             np.array([r - starts[u]])) for u, r in zip(units.tolist(), rows.tolist(),
+                                                                                         strict=True)])
 
-        clusters = near_duplicates(keys, signature_of, config.dedup.threshold)
+        clusters = near_duplicates(columns, signature_of, config.dedup.threshold)
         removed.update({int(candidates[i]): "near_duplicate" for i in clusters})
 
     stats: dict[str, Any] = {"read": 0, "kept": 0, "heldout": 0, "dropped": {}, "steps": {}, "sources": {},
@@ -284,18 +287,30 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
             stats["examples"].setdefault(reason, []).extend(examples[: EXAMPLES_PER_REASON - len(
                 stats["examples"].get(reason, []))])
 
-    shard: list[str] = []
+    # Outputs are streamed (memory stays flat however large the corpus): each file is written to a
+    # temporary name and renamed when complete.
     shard_paths: list[str] = []
-    heldout_lines: list[str] = []
-    dropped_extra: list[str] = []
+    shard = {"handle": None, "count": 0}
 
-    def flush() -> None:
-        if shard:
-            path = out / f"train-{len(shard_paths):05d}.jsonl"
-            atomic_write_text(path, "".join(shard))
-            shard_paths.append(path.name)
-            shard.clear()
+    def write_kept(line: str) -> None:
+        if shard["handle"] is None:
+            shard["handle"] = _PendingFile(out / f"train-{len(shard_paths):05d}.jsonl")
+        shard["handle"].write(line)
+        shard["count"] += 1
+        if shard["count"] >= config.shard_docs:
+            close_shard()
 
+    def close_shard() -> None:
+        if shard["handle"] is not None:
+            shard_paths.append(shard["handle"].close())
+            shard.update(handle=None, count=0)
+
+    held_out = _PendingFile(out / "heldout.jsonl")
+    dropped_file = _PendingFile(out / "dropped.jsonl") if config.keep_dropped else None
+    if dropped_file:
+        for folder, _ in unit_dirs:  # the per-unit drops (read, quality, decontaminate) first
+            with open(folder / "dropped.jsonl", encoding="utf-8") as handle:
+                shutil.copyfileobj(handle, dropped_file.handle)
     position = 0
     for (folder, source), unit in zip(unit_dirs, unit_stats, strict=True):
         per_source = stats["sources"].setdefault(source_name(source), {
@@ -305,30 +320,27 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
             for line in handle:
                 reason = removed.get(position)
                 position += 1
+                doc = json.loads(line)
                 if reason:
-                    doc = json.loads(line)
                     step = "exact_dedup" if reason == "duplicate" else "near_dedup"
                     stats["steps"].setdefault(step, {})[reason] = stats["steps"].get(step, {}).get(reason, 0) + 1
                     examples = stats["examples"].setdefault(reason, [])
                     if len(examples) < EXAMPLES_PER_REASON:
                         examples.append({"id": doc["id"], "text": doc["text"][:300]})
-                    if config.keep_dropped:
-                        dropped_extra.append(json.dumps({**doc, "reason": reason}, ensure_ascii=False) + "\n")
+                    if dropped_file:
+                        dropped_file.write(json.dumps({**doc, "reason": reason}, ensure_ascii=False) + "\n")
                     continue
                 stats["kept"] += 1
                 per_source["kept"] += 1
-                if heldout(json.loads(line)["text"], config.heldout_fraction):
+                if heldout(doc["text"], config.heldout_fraction):
                     stats["heldout"] += 1
-                    heldout_lines.append(line)
+                    held_out.write(line)
                 else:
-                    shard.append(line)
-                    if len(shard) >= config.shard_docs:
-                        flush()
-    flush()
-    atomic_write_text(out / "heldout.jsonl", "".join(heldout_lines))
-    if config.keep_dropped:
-        parts = [(folder / "dropped.jsonl").read_text(encoding="utf-8") for folder, _ in unit_dirs]
-        atomic_write_text(out / "dropped.jsonl", "".join(parts) + "".join(dropped_extra))
+                    write_kept(line)
+    close_shard()
+    held_out.close()
+    if dropped_file:
+        dropped_file.close()
     stats["shards"] = shard_paths
     stats["steps"] = step_table(stats["read"], stats["steps"])
     stats["dropped"] = {r: n for counts in stats["steps"].values() for r, n in counts["dropped"].items()}
@@ -337,6 +349,22 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
                              f"dropped {stats['dropped']}")
     atomic_write_json(out / "stats.json", stats)
     return stats
+
+
+class _PendingFile:
+    """A text file written under a temporary name and renamed into place by `close()`."""
+
+    def __init__(self, path: Path):
+        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
+        self.handle = open(self.tmp, "w", encoding="utf-8")
+
+    def write(self, text: str) -> None:
+        self.handle.write(text)
+
+    def close(self) -> str:
+        self.handle.close()
+        os.replace(self.tmp, self.path)
+        return self.path.name
 
 
 def step_table(read: int, drops: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ keys, compare members of a bucket, keep one document per connected cluster.
 
 from __future__ import annotations
 
+import itertools
 import re
 from functools import lru_cache
 
@@ -119,14 +120,19 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 VERIFY_SLACK = 0.1
 
 
-def near_duplicates(keys: np.ndarray, signature_of, threshold: float) -> dict[int, int]:
+def near_duplicates(band_columns, signature_of, threshold: float) -> dict[int, int]:
     """{removed document: the document kept in its cluster} over documents 0..N-1.
 
-    keys: (N, bands) band keys; signature_of(indices) -> (len, permutations) signatures (may read
-    a memory map). A bucket's members are compared with its first member; confirmed pairs are
+    band_columns: one (N,) array of band keys per band (e.g. `keys.T`; a generator is fine, so
+    only one band need be in memory); signature_of(indices) -> (len, permutations) signatures (may
+    read memory maps). A bucket's members are compared with its first member; confirmed pairs are
     joined (union-find) and each cluster keeps its lowest index (the first in corpus order).
     """
-    parent = np.arange(len(keys))
+    band_columns = iter(band_columns)
+    first = next(band_columns, None)
+    if first is None:
+        return {}
+    parent = np.arange(len(first))
 
     def root(i: int) -> int:
         while parent[i] != i:
@@ -134,9 +140,9 @@ def near_duplicates(keys: np.ndarray, signature_of, threshold: float) -> dict[in
             i = parent[i]
         return i
 
-    for band in range(keys.shape[1]):
-        order = np.argsort(keys[:, band], kind="stable")
-        sorted_keys = keys[order, band]
+    for column in itertools.chain([first], band_columns):
+        order = np.argsort(column, kind="stable")
+        sorted_keys = column[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, len(order)])
         for start, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist(), strict=True):
@@ -147,7 +153,7 @@ def near_duplicates(keys: np.ndarray, signature_of, threshold: float) -> dict[in
                 a, b = root(int(members[0])), root(int(other))
                 if a != b:
                     parent[max(a, b)] = min(a, b)
-    return {i: root(i) for i in range(len(keys)) if root(i) != i}
+    return {i: root(i) for i in range(len(parent)) if root(i) != i}
 
 
 class ContaminationIndex:
