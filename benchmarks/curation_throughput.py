@@ -151,7 +151,7 @@ def run_domainlm(path: Path, tests: list[str], out: Path) -> dict:
     started = time.perf_counter()
     stats = curate(config, out, {"bench": tests})
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before reading the results back
+    peak = peak_memory_mib()  # before reading the results back
     dropped = []
     with open(out / "dropped.jsonl", encoding="utf-8") as handle:
         for line in handle:
@@ -161,6 +161,15 @@ def run_domainlm(path: Path, tests: list[str], out: Path) -> dict:
     ids = {d["id"]: f"d{int(d['id'].rsplit(':', 1)[1]) - 1}" for d in dropped}
     return {"seconds": seconds, "stats": stats, "dropped": {ids[d["id"]]: d["reason"] for d in dropped},
             "peak_memory_mib": peak}
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss across
+    exec, so a child spawned from a parent holding a large corpus would report the parent's size."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best available
 
 
 def _isolated(target, *args):
@@ -217,7 +226,7 @@ def run_datatrove(path: Path, out: Path, cores: int) -> dict:
     run([MinhashDedupBuckets(str(out / "sigs"), str(out / "buckets"))], "buckets", 14)  # a task per bucket
     run([MinhashDedupCluster(str(out / "buckets"), str(out / "clusters"))], "cluster")
     run([JsonlReader(str(out / "filtered")), MinhashDedupFilter(str(out / "clusters")),
-         JsonlWriter(str(out / "deduped"), compression=None)], "filter-dups")
+         JsonlWriter(str(out / "deduped"), compression=None)], "filter-dups", cores)  # ranks as in signatures
     seconds = time.perf_counter() - started
     ids = lambda folder: {json.loads(line)["id"] for f in sorted((out / folder).glob("*.jsonl"))  # noqa: E731
                           for line in open(f, encoding="utf-8")}
