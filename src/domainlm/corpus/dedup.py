@@ -37,7 +37,7 @@ def word_hashes(text: str) -> np.ndarray:
         cache.clear()
     for word in words:
         if word not in cache:
-            cache[word] = xxhash.xxh64_intdigest(word)
+            cache[word] = xxhash.xxh64_intdigest(word.encode())  # xxhash 4 takes bytes only
     return np.array([cache[w] for w in words], dtype=np.uint64)
 
 
