@@ -282,7 +282,7 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
             stats["pii"][kind] = stats["pii"].get(kind, 0) + count
         for step, counts in unit["steps"].items():
             for reason, count in counts.items():
-                stats["steps"].setdefault(step, {})[reason] = stats["steps"].get(step, {}).get(reason, 0) + count
+                _add(stats["steps"].setdefault(step, {}), reason, count)
         for reason, examples in unit["examples"].items():
             stats["examples"].setdefault(reason, []).extend(examples[: EXAMPLES_PER_REASON - len(
                 stats["examples"].get(reason, []))])
@@ -323,7 +323,7 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
                 doc = json.loads(line)
                 if reason:
                     step = "exact_dedup" if reason == "duplicate" else "near_dedup"
-                    stats["steps"].setdefault(step, {})[reason] = stats["steps"].get(step, {}).get(reason, 0) + 1
+                    _add(stats["steps"].setdefault(step, {}), reason, 1)
                     examples = stats["examples"].setdefault(reason, [])
                     if len(examples) < EXAMPLES_PER_REASON:
                         examples.append({"id": doc["id"], "text": doc["text"][:300]})
@@ -349,6 +349,10 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
                              f"dropped {stats['dropped']}")
     atomic_write_json(out / "stats.json", stats)
     return stats
+
+
+def _add(counts: dict[str, int], key: str, n: int) -> None:
+    counts[key] = counts.get(key, 0) + n
 
 
 class _PendingFile:
