@@ -117,27 +117,26 @@ def run_baseline(args, docs, device, packed: bool, compiled: bool) -> tuple[int,
         examples = [{"input_ids": stream[i * args.seq_len : (i + 1) * args.seq_len].tolist()} for i in range(rows)]
     else:
         examples = [{"input_ids": [2, *d.tolist(), 3]} for d in docs]
-    real, elapsed = 0, 0.0
+    real, started = 0, 0.0
     for step in range(args.warmup + args.steps):
-        batch = examples[step * args.batch_size : (step + 1) * args.batch_size]
-        started = time.perf_counter()
-        inputs = {k: v.to(device) for k, v in collator(batch).items()}
+        if step == args.warmup:  # the timed steps run back to back, as in training (no per-step wait)
+            sync(device)
+            started = time.perf_counter()
+        batch = collator(examples[step * args.batch_size : (step + 1) * args.batch_size])
+        if step >= args.warmup:
+            real += int(batch["attention_mask"].sum())
+        inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = forward(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        if step >= args.warmup:
-            elapsed += time.perf_counter() - started
-            real += int(inputs["attention_mask"].sum())
-    return real, elapsed
+    sync(device)
+    return real, time.perf_counter() - started
 
 
-def run_domainlm(args, docs, device, attention: str, compiled: bool) -> tuple[int, float]:
-    """Times domainlm's own `Trainer.train_step` (batch gather, masking, forward, backward, step)."""
-    import tempfile
-
+def domainlm_trainer(args, docs, attention: str, compiled: bool, folder: Path):
+    """domainlm's `Trainer` on the benchmark's documents (one source, synthetic vocabulary)."""
     from domainlm.config import PretrainConfig
     from domainlm.pretrain.data import TokenShards
     from domainlm.pretrain.model import EncoderConfig
@@ -150,21 +149,24 @@ def run_domainlm(args, docs, device, attention: str, compiled: bool) -> tuple[in
     config = PretrainConfig(max_steps=args.warmup + args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
                             lr=1e-4, mask_rate=0.15, attention=attention, compile=compiled)
     model_config = EncoderConfig(vocab_size=VOCAB, max_position=args.seq_len, dropout=0.0, **PRESETS[args.preset])
+    return Trainer(model_config, config, shards, synthetic_tokenizer(), folder)
+
+
+def run_domainlm(args, docs, device, attention: str, compiled: bool) -> tuple[int, float]:
+    """Times domainlm's own `Trainer.train_step` (batch gather, masking, forward, backward, step)."""
+    import tempfile
+
     with tempfile.TemporaryDirectory() as folder:
-        trainer = Trainer(model_config, config, shards, synthetic_tokenizer(), Path(folder))
-        real, elapsed = 0, 0.0
-        upcoming = trainer.batch(0)
-        for step in range(args.warmup + args.steps):
-            before = trainer.real_tokens
-            started = time.perf_counter()
-            trainer.train_step(step, upcoming)
-            if step + 1 < args.warmup + args.steps:
-                upcoming = trainer.batch(step + 1)  # a GPU run prepares this on a thread, overlapped
-            sync(device)
-            if step >= args.warmup:
-                elapsed += time.perf_counter() - started
-                real += trainer.real_tokens - before
-    return real, elapsed
+        trainer = domainlm_trainer(args, docs, attention, compiled, Path(folder))
+        before, started = 0, 0.0
+        # `batches` is the training loop's: on a GPU the next batch is prepared on a thread, overlapped.
+        for step, batch in trainer.batches(0, args.warmup + args.steps):
+            if step == args.warmup:
+                sync(device)
+                before, started = trainer.real_tokens, time.perf_counter()
+            trainer.train_step(step, batch)
+        sync(device)
+        return trainer.real_tokens - before, time.perf_counter() - started
 
 
 VARIANTS = {

@@ -148,14 +148,17 @@ class Encoder(nn.Module):
         h = self.head_norm(F.gelu(self.head_dense(hidden)))
         return F.linear(h, self.tok_embed.weight, self.head_bias)
 
-    def mlm_loss(self, input_ids, position_ids, attn: Attention, labels, reduction: str = "mean") -> torch.Tensor:
+    def mlm_loss(self, input_ids, position_ids, attn: Attention, labels, reduction: str = "mean",
+                 masked: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-entropy (mean, or sum) over positions whose label is not -100. The vocabulary
-        projection runs only on those (masked) positions: ~15% of the work of a full head."""
+        projection runs only on those (masked) positions: ~15% of the work of a full head.
+        `masked`: their flat indices in the model's layout (`masked_positions`), found on the host
+        so that the GPU never waits for a data-dependent shape; found here when not given."""
         hidden = self(input_ids, position_ids, attn)
-        labels = attn.select(labels)
-        selected = labels != -100
-        logits = self.mlm_logits(hidden[selected])  # (n_masked, V)
-        return F.cross_entropy(logits.float(), labels[selected], reduction=reduction)
+        labels = attn.select(labels).reshape(-1)
+        masked = torch.nonzero(labels != -100).flatten() if masked is None else masked
+        logits = self.mlm_logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked))  # (n_masked, V)
+        return F.cross_entropy(logits.float(), labels.index_select(0, masked), reduction=reduction)
 
 
 @dataclass
@@ -173,12 +176,15 @@ class Attention:
     mask: torch.Tensor | None = None
     block_mask: object = None
     real: torch.Tensor | None = None  # varlen: (B, T) bool, which positions the model keeps
+    index: torch.Tensor | None = None  # varlen: their flat indices (computed on the host)
     cu_seqlens: torch.Tensor | None = None
     max_len: int = 0
 
     def select(self, tensor: torch.Tensor) -> torch.Tensor:
         """A (B, T, ...) tensor in the layout the model computes in (real tokens only for varlen)."""
-        return tensor[self.real] if self.kind == "varlen" else tensor
+        if self.kind != "varlen":
+            return tensor
+        return tensor.reshape(-1, *tensor.shape[2:]).index_select(0, self.index.to(tensor.device))
 
 
 def document_attention(segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -187,9 +193,11 @@ def document_attention(segment_ids: torch.Tensor, position_ids: torch.Tensor | N
     unique negative one); `position_ids` (B, T) restart at 0 at each document (varlen needs them)."""
     if kind == "varlen":  # index arithmetic on the host (the batch is built there), then one copy each
         real = segment_ids >= 0
-        starts = torch.nonzero(position_ids[real] == 0).flatten()  # each document starts at position 0
-        cu = torch.cat([starts, starts.new_tensor([int(real.sum())])]).to(torch.int32)
-        return Attention(kind, real=real.to(device), cu_seqlens=cu.to(device), max_len=int((cu[1:] - cu[:-1]).max()))
+        index = torch.nonzero(real.flatten()).flatten()
+        starts = torch.nonzero(position_ids.flatten()[index] == 0).flatten()  # each document starts at 0
+        cu = torch.cat([starts, starts.new_tensor([len(index)])]).to(torch.int32)
+        return Attention(kind, real=real.to(device), index=index.to(device), cu_seqlens=cu.to(device),
+                         max_len=int((cu[1:] - cu[:-1]).max()))
     segment_ids = segment_ids.to(device)
     if kind == "sdpa":
         return Attention(kind, mask=(segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1))
@@ -202,6 +210,14 @@ def document_attention(segment_ids: torch.Tensor, position_ids: torch.Tensor | N
         B, T = segment_ids.shape
         return Attention(kind, block_mask=create_block_mask(same_document, B, None, T, T, device=str(device)))
     raise ValueError(f"unknown attention kind '{kind}' (expected sdpa, flex or varlen)")
+
+
+def masked_positions(labels: torch.Tensor, real: torch.Tensor | None, device: torch.device | str) -> torch.Tensor:
+    """Flat indices of the masked positions (label != -100) in the layout the model computes in,
+    found on the host: `labels` and `real` (the (B, T) real-token mask when padding is removed,
+    varlen; None otherwise) are host tensors."""
+    flat = labels.reshape(-1) if real is None else labels[real]
+    return torch.nonzero(flat != -100).flatten().to(device, non_blocking=True)
 
 
 def segment_attention_mask(segment_ids: torch.Tensor) -> Attention:

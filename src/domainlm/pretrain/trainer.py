@@ -39,7 +39,7 @@ from domainlm.pretrain.data import (
     word_start_table,
 )
 from domainlm.pretrain.electra import Electra
-from domainlm.pretrain.model import Encoder, EncoderConfig, document_attention
+from domainlm.pretrain.model import Encoder, EncoderConfig, document_attention, masked_positions
 from domainlm.pretrain.plan import DataPlan
 
 
@@ -93,10 +93,10 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, attn, labels, real, sampler) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids, position_ids, attn, labels, real, sampler, masked=None) -> dict[str, torch.Tensor]:
         if isinstance(self.model, Electra):
             return self.model.losses(input_ids, position_ids, attn, labels, real, sampler)
-        return {"mlm": self.model.mlm_loss(input_ids, position_ids, attn, labels, reduction="sum")}
+        return {"mlm": self.model.mlm_loss(input_ids, position_ids, attn, labels, reduction="sum", masked=masked)}
 
 
 def resolve_attention(kind: str, device: torch.device, dropout: float) -> str:
@@ -198,7 +198,25 @@ class Trainer:
             len(self.word_start), self.generator, mode=self.config.masking, span_mean=self.config.span_mean,
             preferred=preferred, preferred_rate=self.config.lexicon_rate,
         )
+        if self.device.type == "cuda":  # page-locked, so that the copies to the GPU do not wait for it
+            batch = {key: value.pin_memory() for key, value in batch.items()}
         return batch
+
+    def batches(self, start: int, stop: int):
+        """(step, batch) for steps start..stop-1. On a GPU the next batch is gathered and masked on
+        a CPU thread while the current step computes (on a CPU the thread would compete for the
+        same cores)."""
+        if not self.prefetch:
+            for step in range(start, stop):
+                yield step, self.batch(step)
+            return
+        with ThreadPoolExecutor(1) as pool:
+            upcoming = pool.submit(self.batch, start)
+            for step in range(start, stop):
+                batch = upcoming.result()
+                if step + 1 < stop:
+                    upcoming = pool.submit(self.batch, step + 1)
+                yield step, batch
 
     # ------------------------------------------------------------------------------- step
     def train_step(self, step: int, batch: dict[str, torch.Tensor] | None = None) -> float:
@@ -211,29 +229,35 @@ class Trainer:
         micro = self.config.micro_batch_size or len(mine)
         chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
         self.model.train()
-        sums = torch.zeros(2, dtype=torch.float64)
+        # Losses are summed on the device; the step waits for it once, for losses and gradient norm.
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
         for index, rows in enumerate(chunks):
-            part = {k: v[rows] for k, v in batch.items()}
+            whole = len(rows) == len(batch["input_ids"])
+            part = batch if whole else {k: v[rows] for k, v in batch.items()}
             attn = document_attention(part["segment_ids"], part["position_ids"], self.attention, self.device)
+            masked = masked_positions(part["labels"], part["real"] if attn.kind == "varlen" else None, self.device)
             to = {"device": self.device, "non_blocking": True}
             last = index == len(chunks) - 1
             defer_sync = self.objective.no_sync() if hasattr(self.objective, "no_sync") and not last else nullcontext()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"), defer_sync:
                 losses = self.objective(part["masked_ids"].to(**to), part["position_ids"].to(**to), attn,
-                                        part["labels"].to(**to), part["real"].to(**to), self.sampler)
+                                        part["labels"].to(**to), part["real"].to(**to), self.sampler, masked)
                 loss = sum(weights[k] * v / totals[k] for k, v in losses.items()) * self.world
                 loss.backward()
             for slot, key in enumerate(("mlm", "rtd")):
                 if key in losses:
-                    sums[slot] += float(losses[key].detach())
+                    sums[slot] += losses[key].detach().double()
         if self.world > 1:
             dist.all_reduce(sums)
-        parts = {key: float(sums[slot]) / totals[key] for slot, key in enumerate(("mlm", "rtd"))}
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a distributed tensor
+            grad_norm = grad_norm.full_tensor()
+        *summed, grad_norm = torch.cat([sums, grad_norm.reshape(1).to(sums)]).tolist()
+        parts = {key: summed[slot] / totals[key] for slot, key in enumerate(("mlm", "rtd"))}
         if not isinstance(self.model, Electra):
             parts.pop("rtd")
         value = sum(weights[k] * v for k, v in parts.items())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        if math.isfinite(value) and math.isfinite(float(grad_norm)):
+        if math.isfinite(value) and math.isfinite(grad_norm):
             self.optimizer.step()
         else:  # skip the update: the weights stay as they were, the step is reported
             self.skipped_steps.append(step)
@@ -250,15 +274,11 @@ class Trainer:
         total = self.config.max_steps
         progress = tqdm(total=total, initial=self.step, desc="pretrain", unit=" steps", mininterval=1.0,
                         disable=self.rank != 0)
-        # On a GPU, the next batch is gathered and masked on the CPU while this step computes.
-        prefetch = ThreadPoolExecutor(1) if self.prefetch else None
-        upcoming = prefetch.submit(self.batch, self.step) if prefetch and self.step < total else None
+        batches = self.batches(self.step, total)
         while self.step < total:
             started = time.perf_counter()
             self.learning_rates.append(self.scheduler.get_last_lr()[0])
-            batch = upcoming.result() if upcoming else None
-            if prefetch and self.step + 1 < total:
-                upcoming = prefetch.submit(self.batch, self.step + 1)
+            _, batch = next(batches)
             loss = self.train_step(self.step, batch)
             self.elapsed += time.perf_counter() - started
             self.losses.append(loss)
@@ -271,8 +291,7 @@ class Trainer:
                 print(f"pretrain: step {self.step - 1}: non-finite loss ({loss}), update skipped")
                 if self.bad_in_a_row >= self.config.max_bad_steps:
                     progress.close()
-                    if prefetch:
-                        prefetch.shutdown(cancel_futures=True)
+                    batches.close()
                     raise TrainingDiverged(
                         f"{self.bad_in_a_row} steps in a row ended with a non-finite loss (last at step "
                         f"{self.step - 1}); stopped. Lower pretrain.lr; the last good checkpoint is in "
@@ -284,8 +303,6 @@ class Trainer:
             if self.step % self.config.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
         progress.close()
-        if prefetch:
-            prefetch.shutdown()
 
     # ------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
