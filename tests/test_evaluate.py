@@ -1,89 +1,297 @@
+"""The evaluation suite: task readers on small fixtures, every task type end to end on a tiny model,
+TF-IDF on every type, the learning-rate grid, self-training, and broken model directories."""
+
+import json
+import random
+
 import pytest
 
-from domainlm.config import EvaluateConfig, TaskConfig
+from domainlm.config import EvaluateConfig, RunConfig, TaskConfig
+from domainlm.corpus.readers import InputError
 from domainlm.evaluate.baselines import tfidf_predict
-from domainlm.evaluate.metrics import classification_metrics, token_metrics
-from domainlm.evaluate.tasks import Task, load_task, read_conll
+from domainlm.evaluate.metrics import task_metrics
+from domainlm.evaluate.readers import read_conll
+from domainlm.evaluate.tasks import load_task, mark_entities
+
+WORDS = "protein kinase binds receptor cell gene tumor patient therapy dose enzyme inhibitor pathway".split()
 
 
-def test_classification_metrics_by_hand():
-    gold = ["a", "a", "b", "c"]
-    predicted = ["a", "b", "b", "b"]
-    m = classification_metrics(gold, predicted)
-    assert m["accuracy"] == pytest.approx(0.5)
-    assert m["micro_f1"] == pytest.approx(0.5)
-    # per class F1: a = 2*1*0.5/1.5 = 2/3, b = 2*(1/3)*1/(4/3) = 0.5, c = 0
-    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0) / 3)
+def _sentence(rng: random.Random, n: int = 8) -> list[str]:
+    return [rng.choice(WORDS) for _ in range(n)]
 
 
-def test_entity_f1_by_hand():
-    gold = [["B-D", "I-D", "O", "B-D"], ["O", "B-C"]]
-    predicted = [["B-D", "I-D", "O", "O"], ["O", "B-D"]]
-    # gold entities: D(0-1), D(3), C(1); predicted: D(0-1), D(1 of sentence 2) -> 1 correct
-    m = token_metrics(gold, predicted)
-    assert m["entity_precision"] == pytest.approx(1 / 2)
-    assert m["entity_recall"] == pytest.approx(1 / 3)
-    assert m["entity_f1"] == pytest.approx(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3))
+def write_task_files(folder) -> dict[str, dict]:
+    """One small task of every type (train 32 / dev 12 / test 12), as recipe task entries."""
+    rng = random.Random(0)
+    entries = {}
+
+    def jsonl(name, make):
+        for split, n in (("train", 32), ("dev", 12), ("test", 12)):
+            with open(folder / f"{name}-{split}.jsonl", "w") as handle:
+                for _ in range(n):
+                    handle.write(json.dumps(make()) + "\n")
+        return {s: str(folder / f"{name}-{s}.jsonl") for s in ("train", "dev", "test")}
+
+    def cls():
+        words = _sentence(rng)
+        return {"text": " ".join(words), "label": "onc" if "tumor" in words else "other"}
+
+    def multi():
+        words = _sentence(rng)
+        return {"text": " ".join(words), "label": [t for t in ("tumor", "gene") if t in words]}
+
+    def pair():
+        a, b = _sentence(rng, 4), _sentence(rng, 4)
+        return {"text": " ".join(a), "text_pair": " ".join(b), "label": "same" if a[0] == b[0] else "diff"}
+
+    def regression():
+        words = _sentence(rng)
+        return {"text": " ".join(words), "label": words.count("tumor") / 4}
+
+    def relation():
+        words = _sentence(rng)
+        words[1], words[5] = f"<< {words[1]} >>", f"[[ {words[5]} ]]"
+        return {"text": " ".join(words), "label": "binds" if "binds" in words else "none"}
+
+    def choice():
+        options = rng.sample(WORDS, 3)
+        return {"question": f"which is {options[1]}", "options": options, "answer": 1}
+
+    def qa():
+        words = _sentence(rng)
+        return {"q": "is there a tumor", "ctx": [" ".join(words[:4]), " ".join(words[4:])],
+                "decision": "yes" if "tumor" in words else "no"}
+
+    entries["classification"] = {"type": "classification", **jsonl("cls", cls)}
+    entries["multi-label"] = {"type": "multi-label", **jsonl("multi", multi)}
+    entries["pair-classification"] = {"type": "pair-classification", **jsonl("pair", pair)}
+    entries["regression"] = {"type": "regression", **jsonl("reg", regression)}
+    entries["relation"] = {"type": "relation", "entity_markers": ["<<", ">>", "[[", "]]"], **jsonl("rel", relation)}
+    entries["multiple-choice"] = {"type": "multiple-choice", "fields": {"text": "question", "choices": "options",
+                                                                       "label": "answer"}, **jsonl("mc", choice)}
+    entries["yes-no-qa"] = {"type": "yes-no-qa", "fields": {"text": "q", "text_pair": "ctx", "label": "decision"},
+                            **jsonl("qa", qa)}
+    for split, n in (("train", 32), ("dev", 12), ("test", 12)):
+        with open(folder / f"ner-{split}.tsv", "w") as handle:
+            for _ in range(n):
+                for word in _sentence(rng, rng.randint(4, 30)):
+                    handle.write(f"{word}\tPOS\tCHUNK\t{'B-CHEM' if word in ('inhibitor', 'enzyme') else 'O'}\n")
+                handle.write("\n")
+    entries["token-classification"] = {"type": "token-classification", "format": "conll", "tagging": "io",
+                                       **{s: str(folder / f"ner-{s}.tsv") for s in ("train", "dev", "test")}}
+    return {kind: {"name": kind, **entry} for kind, entry in entries.items()}
 
 
-def test_read_conll(tmp_path):
-    path = tmp_path / "x.tsv"
-    path.write_text("Aspirin\tB-CHEM\nworks\tO\n\n\nIt\tO\nhelps\tO\n")
-    assert read_conll(str(path)) == [(["Aspirin", "works"], ["B-CHEM", "O"]), (["It", "helps"], ["O", "O"])]
+@pytest.fixture
+def task_entries(tmp_path):
+    return write_task_files(tmp_path)
 
 
-def test_tasks_load_and_subsample_deterministically(tiny_recipe):
-    config = TaskConfig(**tiny_recipe["tasks"][0], max_train_examples=10)
-    a, b = load_task(config, seed=3), load_task(config, seed=3)
-    assert a.train == b.train and len(a.train) == 10
-    assert a.labels == ["onc", "other"] and a.metric == "micro_f1"
-    ner = load_task(TaskConfig(**tiny_recipe["tasks"][1]))
-    assert ner.labels == ["B-CHEM", "O"] and ner.metric == "entity_f1"
-
-
-def test_tfidf_baseline_learns_separable_tasks():
-    texts = [("red apple fruit", "fruit"), ("green pear fruit", "fruit"), ("blue car engine", "car"),
-             ("fast car wheel", "car")] * 5
-    task = Task("t", "classification", texts, texts[:4], texts[:4], ["car", "fruit"])
-    _, test = tfidf_predict(task, seed=0)
-    assert test == [label for _, label in texts[:4]]
-    sentences = [(["take", "aspirin", "daily"], ["O", "B-CHEM", "O"]), (["no", "ibuprofen", "today"], ["O", "B-CHEM", "O"])] * 5
-    ner = Task("n", "token-classification", sentences, sentences[:2], sentences[:2], ["B-CHEM", "O"])
-    _, tags = tfidf_predict(ner, seed=0)
-    assert tags == [t for _, t in sentences[:2]]
-
-
-@pytest.mark.slow
-def test_finetune_both_task_types_on_a_tiny_model(tiny_recipe, tmp_path):
-    """A tiny random BERT fine-tunes on both task types and its predictions have the right shape."""
+@pytest.fixture
+def tiny_model(tmp_path):
+    """A 1-layer random BERT with a WordPiece vocabulary over the fixture words."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from conftest import synthetic_texts
     from domainlm.config import TokenizerConfig
-    from domainlm.evaluate.finetune import finetune
     from domainlm.tokenizer import save_for_transformers, train_wordpiece
 
-    model_dir = tmp_path / "model"
-    tokenizer = train_wordpiece(synthetic_texts(200), TokenizerConfig(vocab_size=150, min_frequency=1))
-    save_for_transformers(tokenizer, model_dir)
+    folder = tmp_path / "model"
+    texts = [" ".join(_sentence(random.Random(i))) for i in range(200)] + ["same diff onc other which is there a"]
+    tokenizer = train_wordpiece(texts, TokenizerConfig(vocab_size=150, min_frequency=1))
+    save_for_transformers(tokenizer, folder)
     BertForMaskedLM(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
-                               num_attention_heads=2, intermediate_size=64)).save_pretrained(model_dir)
-    config = EvaluateConfig(epochs=2, batch_size=8, max_length=16, lr=1e-3)
-    for task_config in tiny_recipe["tasks"]:
-        task = load_task(TaskConfig(**task_config))
-        result = finetune(model_dir, pretrained=False, task=task, seed=0, config=config)
-        assert len(result["predictions"]) == len(task.test)
-        assert len(result["dev_scores"]) == 2 and 1 <= result["best_epoch"] <= 2
-        assert 0.0 <= result["metrics"][task.metric] <= 1.0
-        if task.type == "token-classification":
-            assert [len(p) for p in result["predictions"]] == [len(w) for w, _ in task.test]
-            assert result["truncated"]["test"] > 0  # max_length 16 cuts the longer sentences
+                               num_attention_heads=2, intermediate_size=64,
+                               max_position_embeddings=64)).save_pretrained(folder)
+    return folder
 
 
-def test_summarize_mean_and_std_over_seeds():
-    from domainlm.evaluate.metrics import summarize
+# ---------------------------------------------------------------------------------- readers
+def test_conll_reader_takes_2_or_4_columns(tmp_path):
+    two, four = tmp_path / "two.tsv", tmp_path / "four.txt"
+    two.write_text("Aspirin\tB-CHEM\nworks\tO\n\n\nIt\tO\n")
+    four.write_text("-DOCSTART- -X- -X- O\n\nAspirin NN B-NP B-CHEM\nworks VB B-VP O\n")
+    assert [(r["tokens"], r["tags"]) for r in read_conll(str(two))] == [(["Aspirin", "works"], ["B-CHEM", "O"]),
+                                                                        (["It"], ["O"])]
+    assert [(r["tokens"], r["tags"]) for r in read_conll(str(four))] == [(["Aspirin", "works"], ["B-CHEM", "O"])]
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("Aspirin\tB-CHEM\nlonely\n")
+    with pytest.raises(InputError, match=r"bad.tsv:2"):
+        read_conll(str(bad))
 
-    rows = [{"model": "m", "task": "t", "seed": s, "metric": "f1", "value": v} for s, v in enumerate([0.5, 0.7, 0.9])]
-    rows.append({"model": "m", "task": "t", "seed": 0, "metric": "other", "value": 0.0})
-    (entry,) = summarize(rows, [{"name": "t", "metric": "f1"}])
-    assert entry["n"] == 3 and entry["mean"] == pytest.approx(0.7) and entry["std"] == pytest.approx(0.2)
+
+def test_tsv_with_comments_csv_with_header_and_json_object_with_id_filter(tmp_path):
+    tsv = tmp_path / "roles.txt"
+    tsv.write_text("###123\nbackground\tFirst sentence .\noutcome\tSecond one .\n###456\nother\tThird .\n")
+    task = TaskConfig(name="roles", type="classification", format="tsv", columns=["label", "text"],
+                      comment_prefix="###", train=str(tsv), dev=str(tsv), test=str(tsv))
+    loaded = load_task(task)
+    assert [x["label"] for x in loaded.train] == ["background", "outcome", "other"]
+    assert loaded.train[2]["text"] == "Third ."
+
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text('premise,hypothesis,score\n"a, b",c,0.5\nd,e,1\n')
+    reg = load_task(TaskConfig(name="sts", type="regression", format="csv", train=str(csv_file), dev=str(csv_file),
+                               test=str(csv_file), fields={"text": "premise", "text_pair": "hypothesis",
+                                                           "label": "score"}))
+    assert reg.train[0] == {"text": "a, b", "text_pair": "c", "label": 0.5}
+
+    records = tmp_path / "qa.json"
+    records.write_text(json.dumps({str(i): {"Q": f"q{i}", "C": ["x", "y"], "A": "yes" if i % 2 else "no"}
+                                   for i in range(30)}))
+    test_ids = tmp_path / "test_ids.json"
+    test_ids.write_text(json.dumps({str(i): "?" for i in range(10)}))
+    qa = load_task(TaskConfig(name="qa", type="yes-no-qa", format="json", fields={"text": "Q", "text_pair": "C",
+                                                                                   "label": "A"},
+                              train={"path": str(records), "exclude_ids": str(test_ids)},
+                              test={"path": str(records), "ids": str(test_ids)}, dev_size=5))
+    assert (len(qa.train), len(qa.dev), len(qa.test)) == (15, 5, 10)  # dev held out of train, seeded
+    assert qa.test[0] == {"text": "q0", "text_pair": "x y", "label": "no"}
+    assert any("split_seed 0" in note for note in qa.notes)
+    again = load_task(TaskConfig(**{**qa_config_dump(qa, records, test_ids)}))
+    assert again.dev == qa.dev
+
+
+def qa_config_dump(qa, records, test_ids) -> dict:
+    return {"name": "qa", "type": "yes-no-qa", "format": "json", "fields": {"text": "Q", "text_pair": "C", "label": "A"},
+            "train": {"path": str(records), "exclude_ids": str(test_ids)},
+            "test": {"path": str(records), "ids": str(test_ids)}, "dev_size": 5}
+
+
+def test_hf_dataset_reader_maps_class_label_names(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner": datasets.Sequence(datasets.ClassLabel(names=["O", "B-X", "I-X"]))})
+    data = datasets.Dataset.from_dict({"tokens": [["a", "b"], ["c"]], "ner": [[1, 2], [0]]}, features=features)
+    datasets.DatasetDict({"train": data, "test": data}).save_to_disk(str(tmp_path / "hf"))
+    task = load_task(TaskConfig(name="hf", type="token-classification", format="hf", fields={"tags": "ner"},
+                                train={"path": str(tmp_path / "hf"), "split": "train"},
+                                test={"path": str(tmp_path / "hf"), "split": "test"}, dev_size=1))
+    assert task.test[0] == {"tokens": ["a", "b"], "tags": ["B-X", "I-X"]}
+
+
+def test_missing_field_names_the_file_line_and_role(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"text": "a", "label": "b"}\n{"txt": "a", "label": "b"}\n')
+    with pytest.raises(InputError, match=r"x.jsonl:2: missing field 'text' \(the task's `text`\)"):
+        load_task(TaskConfig(name="x", type="classification", train=str(path), dev=str(path), test=str(path)))
+
+
+def test_entity_markers_marked_or_replaced():
+    text = "<< aspirin >> inhibits [[ COX-2 ]] strongly"
+    markers = ["<<", ">>", "[[", "]]"]
+    assert mark_entities(text, markers, "mark") == "[E1] aspirin [/E1] inhibits [E2] COX-2 [/E2] strongly"
+    assert mark_entities(text, markers, "replace") == "[E1] inhibits [E2] strongly"
+    assert mark_entities(text, markers, "text") == text
+
+
+# ------------------------------------------------------------------------------ every type
+def test_every_task_type_fine_tunes_and_scores_on_a_tiny_model(task_entries, tiny_model):
+    from domainlm.evaluate.finetune import finetune
+
+    config = EvaluateConfig(epochs=2, patience=1, batch_size=8, max_length=16, lr=1e-3)
+    for kind, entry in task_entries.items():
+        task = load_task(TaskConfig(**entry))
+        result = finetune(tiny_model, pretrained=True, task=task, seed=0, lr=1e-3, config=config)
+        predictions = result["predictions"]
+        assert len(predictions) == len(task.test), kind
+        assert 1 <= result["best_epoch"] <= len(result["dev_scores"]) <= 2, kind
+        assert task.metric in result["metrics"], kind
+        if kind == "token-classification":
+            assert [len(p) for p in predictions] == [len(x["tokens"]) for x in task.test]
+            assert result["truncated"]["train"] > 0  # 30-word sentences need windows at max_length 16
+        elif kind == "multiple-choice":
+            assert set(predictions) <= {"0", "1", "2"}
+        elif kind == "regression":
+            assert all(isinstance(p, float) for p in predictions)
+        elif kind == "multi-label":
+            assert all(set(p) <= set(task.labels) for p in predictions)
+        else:
+            assert set(predictions) <= set(task.labels)
+        dev_predictions, test_predictions = tfidf_predict(task, seed=0)
+        assert len(test_predictions) == len(task.test) and len(dev_predictions) == len(task.dev)
+        assert task.metric in task_metrics(task.type, task.gold("test"), test_predictions, task.labels)
+
+
+def test_long_sentences_are_predicted_through_windows(task_entries, tiny_model):
+    """Every word of a sentence longer than max_length gets a prediction from some window."""
+    from domainlm.evaluate.finetune import encode, load_tokenizer
+
+    task = load_task(TaskConfig(**task_entries["token-classification"]))
+    tokenizer = load_tokenizer(tiny_model, task)
+    data = encode(tokenizer, task, task.test, max_length=10)
+    for i, x in enumerate(task.test):
+        owned = sorted(it["words"][q] for it in data.items if it["example"] == i for q in it["owned"])
+        assert owned == list(range(len(x["tokens"])))  # each word owned by exactly one window
+    assert all(len(it["input_ids"]) <= 10 for it in data.items)
+
+
+def test_tfidf_learns_a_separable_task(task_entries):
+    task = load_task(TaskConfig(**task_entries["classification"]))
+    _, test = tfidf_predict(task, seed=0)
+    assert task_metrics(task.type, task.gold("test"), test)["accuracy"] >= 0.9
+
+
+# ---------------------------------------------------------------------------- the stage
+def _run_config(tmp_path, task_entries, models, kinds=("classification",), **evaluate) -> RunConfig:
+    corpus = tmp_path / "unlabeled.txt"
+    corpus.write_text("\n".join(" ".join(_sentence(random.Random(i))) for i in range(60)) + "\n")
+    return RunConfig(name="t", run_dir=str(tmp_path / "run"), corpus={"sources": [{"path": str(corpus)}]},
+                     tasks=[task_entries[k] for k in kinds],
+                     evaluate={"seeds": [0, 1], "epochs": 1, "batch_size": 8, "max_length": 16, "models": models,
+                               **evaluate})
+
+
+def test_grid_selects_by_dev_and_broken_models_do_not_stop_the_others(tmp_path, task_entries, tiny_model):
+    from domainlm.artifacts import read_json
+    from domainlm.evaluate import run
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{not json")
+    unsupported = tmp_path / "vit"
+    unsupported.mkdir()
+    (unsupported / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((tiny_model / "config.json").read_text())
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (no_weights / name).write_text((tiny_model / name).read_text())
+    models = [{"name": "tiny", "kind": "hf", "path": str(tiny_model)},
+              {"name": "corrupt", "kind": "hf", "path": str(corrupt)},
+              {"name": "vit", "kind": "hf", "path": str(unsupported)},
+              {"name": "no-weights", "kind": "hf", "path": str(no_weights)},
+              {"name": "tfidf", "kind": "tfidf"}]
+    config = _run_config(tmp_path, task_entries, models, lr=[1e-3, 1e-5])
+    out = tmp_path / "evaluate"
+    run(config, out)
+    failures = {f["model"]: f["error"] for f in read_json(out / "failures.json")["failed"]}
+    assert set(failures) == {"corrupt", "vit", "no-weights"}
+    assert "config.json" in failures["corrupt"] and str(corrupt) in failures["corrupt"]
+    assert "'vit' has no SequenceClassification head" in failures["vit"]
+    assert "weights cannot be loaded" in failures["no-weights"]
+    selection = read_json(out / "selection.json")
+    grid = selection["tiny"]["classification"]["grid"]
+    assert set(grid) == {"0.001", "1e-05"}
+    assert selection["tiny"]["classification"]["lr"] == float(max(grid, key=grid.get))
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["model"] for r in rows} == {"tiny", "tfidf"}
+    assert sorted({r["seed"] for r in rows if r["model"] == "tiny"}) == [0, 1]
+    assert read_json(out / "gold" / "classification.json") == [x["label"] for x in
+                                                               load_task(TaskConfig(**task_entries["classification"])).test]
+
+
+def test_self_training_row(tmp_path, task_entries, tiny_model):
+    from domainlm.artifacts import read_json
+    from domainlm.evaluate import run
+
+    models = [{"name": "tiny", "kind": "hf", "path": str(tiny_model)},
+              {"name": "tiny-st", "kind": "self-training", "teacher": "tiny", "unlabeled": str(tmp_path / "unlabeled.txt"),
+               "max_unlabeled": 40, "confidence": 0.0}]
+    config = _run_config(tmp_path, task_entries, models, kinds=("classification", "pair-classification"), lr=1e-3)
+    out = tmp_path / "evaluate"
+    run(config, out)
+    result = read_json(out / "runs" / "tiny-st" / "classification" / "lr-0.001" / "seed-0.json")
+    assert result["unlabeled"] == 40 and result["pseudo_labeled"] == 40  # confidence 0 keeps every label
+    assert "teacher_metrics" in result
+    skipped = read_json(out / "failures.json")["skipped"]
+    assert [(s["model"], s["task"]) for s in skipped] == [("tiny-st", "pair-classification")]

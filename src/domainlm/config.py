@@ -372,37 +372,107 @@ class PretrainConfig(Section):
 
 
 # ----------------------------------------------------------------------------------------- tasks
+TASK_TYPES = ("classification", "multi-label", "pair-classification", "regression", "token-classification",
+              "relation", "multiple-choice", "yes-no-qa")
+
+
+class SplitConfig(Section):
+    """One split of a task: a file (or HF dataset folder), optionally only some of its records."""
+
+    path: str
+    ids: str | None = None
+    """Keep only records whose `id` field is listed in this file (a JSON list, the keys of a JSON
+    object, or one id per line)."""
+    exclude_ids: str | None = None
+    """Drop records whose `id` is listed in this file (same forms)."""
+    split: str | None = None
+    """For `hf` datasets saved with `save_to_disk` as a DatasetDict: which split."""
+
+
 class TaskConfig(Section):
     name: str
-    type: Literal["classification", "token-classification"]
-    format: Literal["jsonl", "conll", "python-docs"] = "jsonl"
-    """jsonl: one object per line with text and label fields. conll: `token<TAB>tag` lines,
-    blank line between sentences (IOB2 tags). python-docs: a task built from Python's own
-    documentation (see `domainlm.demo`)."""
-    train: str = ""
-    dev: str = ""
-    test: str = ""
-    text_field: str = "text"
-    label_field: str = "label"
+    type: Literal[TASK_TYPES]
+    """classification (text -> label), multi-label (text -> labels), pair-classification (text,
+    text_pair -> label), regression (text[, text_pair] -> number), token-classification (tokens ->
+    tags), relation (text with two marked entities -> label), multiple-choice (text + choices ->
+    index of the right choice), yes-no-qa (question, context -> yes / no / maybe)."""
+    format: Literal["jsonl", "json", "csv", "tsv", "conll", "hf", "python-docs"] = "jsonl"
+    """jsonl: one object per line. json: a list of objects, or an object of id -> object (the id
+    becomes field `id`). csv / tsv: rows with a header line, or named by `columns`. conll: one token
+    per line, columns separated by tabs or spaces, a blank line between sentences (2 columns
+    `token tag` or 4 columns CoNLL-2003 style: tokens from `fields.tokens`, tags from `fields.tags`,
+    by default the first and the last column). hf: a dataset saved with `datasets.save_to_disk`.
+    python-docs: a task built from Python's own documentation (see `domainlm.demo`)."""
+    train: str | SplitConfig = ""
+    dev: str | SplitConfig | None = None
+    """Missing: `dev_size` of train is held out as dev (a seeded, logged split)."""
+    test: str | SplitConfig | None = None
+    """Missing: `test_size` of train is held out as test (a seeded, logged split)."""
+    fields: dict[str, str | int | list[str]] = Field(default_factory=dict)
+    """Where each role is found in a record: text, text_pair, label, tokens, tags, choices, id
+    (field names; column numbers for headerless csv/tsv/conll; for `choices` a list-valued field or
+    a list of fields). Defaults: text -> "text", label -> "label", tokens -> column 0, tags -> the
+    last column. A list-valued text field is joined with spaces."""
+    columns: list[str] | None = None
+    """Column names of a csv / tsv file without a header line."""
+    comment_prefix: str | None = None
+    """Lines starting with this are skipped (csv / tsv / conll), e.g. "###" or "-DOCSTART-"."""
+    label_separator: str | None = None
+    """multi-label: labels given as one string joined by this separator."""
+    tagging: Literal["io", "bio", "bioes"] = "bio"
+    """Tagging scheme the token-classification model is trained with (gold tags may be in any of
+    IO / BIO / BIOES; predictions are scored as entities against the gold entities)."""
+    entity_markers: list[str] | None = Field(default=None, min_length=4, max_length=4)
+    """relation: the four strings around entity 1 and entity 2 in the text (start, end, start,
+    end), e.g. ["<<", ">>", "[[", "]]"]."""
+    entity_mode: Literal["text", "mark", "replace"] = "mark"
+    """relation: `mark` puts [E1] ... [/E1] and [E2] ... [/E2] tokens around the entities; `replace`
+    replaces each entity mention by a [E1] / [E2] placeholder; `text` leaves the markers as text."""
+    metric: str | None = None
+    """Headline metric (default by type: entity_f1, micro_f1, pearson or accuracy)."""
+    dev_size: float = Field(default=0.1, gt=0)
+    """Held-out share (< 1) or count (>= 1) of train used as dev when `dev` is missing."""
+    test_size: float = Field(default=0.2, gt=0)
+    """Held-out share (< 1) or count (>= 1) of train used as test when `test` is missing."""
+    split_seed: int = 0
+    """Seed of the held-out splits (logged with the task)."""
+    max_length: int | None = Field(default=None, ge=8)
+    """Longest input in tokens for this task (default: evaluate.max_length)."""
     max_train_examples: int | None = Field(default=None, ge=1)
     """Subsample the training split (seeded, the same for every model)."""
     max_eval_examples: int | None = Field(default=None, ge=1)
     """Subsample dev and test (seeded, the same for every model)."""
 
+    @field_validator("train", "dev", "test", mode="before")
+    @classmethod
+    def _split(cls, value):
+        return {"path": value} if isinstance(value, str) and value else value
+
+    def split_config(self, split: str) -> SplitConfig | None:
+        value = getattr(self, split)
+        return value or None
+
     @model_validator(mode="after")
-    def _check_files(self) -> TaskConfig:
+    def _check(self) -> TaskConfig:
         if self.format == "python-docs":
             if self.name not in ("docstring-module", "docstring-params"):
                 raise ValueError(
                     f"python-docs task name must be 'docstring-module' or 'docstring-params', got '{self.name}'"
                 )
             return self
+        if not self.train:
+            raise ValueError(f"task '{self.name}' needs a `train` file")
         for split in ("train", "dev", "test"):
-            value = getattr(self, split)
-            if not value:
-                raise ValueError(f"task '{self.name}' needs a `{split}` file")
-            if not Path(value).exists():
-                raise ValueError(f"task '{self.name}' {split} file not found: {value}")
+            spec = self.split_config(split)
+            if spec is None:
+                continue
+            for what in ("path", "ids", "exclude_ids"):
+                value = getattr(spec, what)
+                if value and not Path(value).exists():
+                    raise ValueError(f"task '{self.name}' {split} {what} not found: {value}")
+        if self.type == "relation" and self.entity_mode != "text" and not self.entity_markers:
+            raise ValueError(f"task '{self.name}' (relation): give `entity_markers` (the 4 strings around the "
+                             f"two entities) or set entity_mode: text")
         return self
 
 
@@ -410,13 +480,24 @@ class TaskConfig(Section):
 class ModelEntry(Section):
     name: str
     """Row label in the results."""
-    kind: Literal["domain", "random-init", "hf", "tfidf"]
+    kind: Literal["domain", "random-init", "hf", "tfidf", "self-training"]
     """domain: the model this run pretrained. random-init: the same architecture and tokenizer,
     untrained. hf: a local Hugging Face model directory (`path`). tfidf: TF-IDF (or word-window
-    features for token tasks) + logistic regression."""
+    features for token tasks) + logistic regression. self-training: `teacher` (another entry)
+    fine-tuned on the gold labels labels `unlabeled` in-domain text; a fresh copy of the teacher's
+    model trains on those pseudo-labels, then fine-tunes on the gold labels."""
     path: str | None = None
     optional: bool = False
     """If the path is a `pkg://` path whose package is missing, skip this model with a note."""
+    teacher: str | None = None
+    """self-training: the name of the model entry to start from (domain, random-init or hf)."""
+    unlabeled: str = "corpus"
+    """self-training: unlabeled text, one document per line (txt/.gz), or `corpus` (this run's
+    curated corpus)."""
+    max_unlabeled: int = Field(default=2000, ge=1)
+    confidence: float = Field(default=0.9, ge=0, le=1)
+    """self-training: keep pseudo-labels whose predicted probability is at least this (token
+    tasks: the lowest over the sentence's words)."""
 
     @model_validator(mode="after")
     def _check_path(self) -> ModelEntry:
@@ -431,6 +512,8 @@ class ModelEntry(Section):
                 raise ValueError(str(err)) from None
             if not exists:
                 raise ValueError(f"model '{self.name}' directory not found: {self.path}")
+        if self.kind == "self-training" and not self.teacher:
+            raise ValueError(f"model '{self.name}' (kind self-training) needs a `teacher` (another model's name)")
         return self
 
 
@@ -444,13 +527,43 @@ class EvaluateConfig(Section):
     )
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     epochs: int = Field(default=3, ge=1)
-    lr: float = Field(default=1e-4, gt=0)
+    """Most epochs per run; the epoch with the best dev score is tested (early stopping)."""
+    patience: int | None = Field(default=2, ge=1)
+    """Stop a run after this many epochs without a better dev score (None: run every epoch)."""
+    lr: float | list[float] = 1e-4
+    """A learning rate, or a grid: each is run with every seed, and the one with the best mean dev
+    score is reported (the same grid and seeds for every model)."""
     batch_size: int = Field(default=32, ge=1)
     max_length: int = Field(default=128, ge=8)
     """Longest input in tokens; longer inputs are truncated."""
     warmup_fraction: float = Field(default=0.1, ge=0, le=1)
     weight_decay: float = Field(default=0.01, ge=0)
     threads: int | None = Field(default=None, ge=1)
+    general_corpus: str | None = None
+    """General-domain text (txt/.gz, one document per line) for the domain-distance score."""
+    general_tokenizer: str | None = None
+    """The general vocabulary for the domain-distance score (default: tokenizer.reference)."""
+    bootstrap_samples: int = Field(default=1000, ge=100)
+
+    @property
+    def learning_rates(self) -> list[float]:
+        return self.lr if isinstance(self.lr, list) else [self.lr]
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, value):
+        if any(v <= 0 for v in (value if isinstance(value, list) else [value])) or value == []:
+            raise ValueError(f"learning rates must be > 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _teachers(self) -> EvaluateConfig:
+        names = {m.name: m for m in self.models}
+        for m in self.models:
+            if m.kind == "self-training" and (m.teacher not in names or names[m.teacher].kind in ("tfidf", "self-training")):
+                raise ValueError(f"model '{m.name}': teacher '{m.teacher}' must name a domain, random-init or hf "
+                                 f"model of evaluate.models")
+        return self
 
     @field_validator("models")
     @classmethod
@@ -465,7 +578,9 @@ class EvaluateConfig(Section):
 class ReportConfig(Section):
     title: str = ""
     reference_model: str = "random-init"
-    """The model every other row is compared with in the verdict."""
+    """The model every other row is compared with (bootstrap intervals, verdict)."""
+    domain_model: str = "domain"
+    """The model whose gain the verdict and the domain-distance correlation are about."""
 
 
 # -------------------------------------------------------------------------------------------- run

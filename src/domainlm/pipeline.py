@@ -71,7 +71,8 @@ def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
         settings = {"corpus": dump["corpus"], "python": platform.python_version()}
         settings["corpus"].pop("workers")  # how fast, not what is computed
         if config.corpus.decontamination.enabled:
-            settings["tasks"] = [{k: t[k] for k in ("name", "format", "dev", "test", "text_field")} for t in dump["tasks"]]
+            settings["tasks"] = [{k: v for k, v in t.items() if k not in ("max_train_examples", "metric", "max_length")}
+                                 for t in dump["tasks"]]
     elif stage == "tokenizer":
         # max_position goes into the saved tokenizer's model_max_length.
         settings = {"tokenizer": dump["tokenizer"], "max_position": config.model.max_position}

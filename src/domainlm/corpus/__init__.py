@@ -180,7 +180,7 @@ def task_eval_texts(config: RunConfig) -> dict[str, list[str]]:
     texts = {}
     for task in config.tasks:
         loaded = load_task(task.model_copy(update={"max_eval_examples": None}))
-        texts[task.name] = [x if isinstance(x, str) else " ".join(x) for x, _ in loaded.dev + loaded.test]
+        texts[task.name] = loaded.texts(("dev", "test"))
     return texts
 
 

@@ -1,16 +1,23 @@
-"""Evaluate stage: every model on every task over every seed.
+"""Evaluate stage: every model on every task, over a learning-rate grid and every seed.
 
 Models: the domain model this run pretrained, the same architecture randomly initialised, any
-local Hugging Face directory named in the recipe, and TF-IDF + logistic regression. Each
-(model, task, seed) result is saved as soon as it is done (`runs/<model>/<task>/seed-N.json`, with
-the test predictions for significance tests), so a killed evaluation resumes where it stopped. A
-model that fails (a corrupt or unsupported directory) is recorded in `failures.json` and the others
-go on. `results.jsonl` holds one row per (model, task, seed, metric).
+local Hugging Face directory named in the recipe, TF-IDF + a linear model, and self-training rows
+(a teacher's pseudo-labels on unlabeled in-domain text train a student before the gold labels).
+Each (model, task, lr, seed) result is saved when it is done
+(`runs/<model>/<task>/lr-<lr>/seed-N.json`, with the test predictions for the bootstrap), so a
+killed evaluation resumes where it stopped. Per (model, task) the learning rate with the best mean
+dev score is selected (`selection.json`); `results.jsonl` holds its rows (model, task, seed,
+metric, value). A model that fails (a corrupt or unsupported directory) is recorded in
+`failures.json` with the reason and the others go on. Before any training, each task's distance
+from general text is measured (`distance.json`) and its test gold labels saved (`gold/`).
 """
 
 from __future__ import annotations
 
 import json
+import random
+import re
+import statistics
 import traceback
 from pathlib import Path
 from typing import Any
@@ -20,9 +27,18 @@ from tqdm.auto import tqdm
 
 from domainlm.artifacts import atomic_write_json, atomic_write_text, read_json
 from domainlm.config import ModelEntry, RunConfig, resolve_path
+from domainlm.corpus.readers import open_text
 from domainlm.evaluate.baselines import tfidf_predict
 from domainlm.evaluate.metrics import summarize, task_metrics
 from domainlm.evaluate.tasks import Task, load_task
+
+SELF_TRAINING_TYPES = ("classification", "multi-label", "token-classification")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_WORDS = re.compile(r"\w+|[^\w\s]")
+
+
+class Unsupported(ValueError):
+    """A model kind that does not apply to a task type (reported, not a failure of the model)."""
 
 
 def model_location(entry: ModelEntry, run_dir: Path) -> tuple[Path, bool]:
@@ -32,23 +48,102 @@ def model_location(entry: ModelEntry, run_dir: Path) -> tuple[Path, bool]:
     return resolve_path(entry.path), True  # kind "hf"
 
 
-def evaluate_one(entry: ModelEntry, task: Task, seed: int, config: RunConfig) -> dict[str, Any]:
+def unlabeled_examples(entry: ModelEntry, task: Task, config: RunConfig, seed: int) -> list[dict]:
+    """Unlabeled in-domain inputs in the task's shape: texts, or sentences split into words."""
+    if entry.unlabeled == "corpus":
+        from domainlm.corpus import iter_corpus_texts
+
+        texts = iter_corpus_texts(config.directory / "corpus")
+    else:
+        texts = (line.strip() for line in open_text(entry.unlabeled) if line.strip())
+    pool = []
+    for text in texts:
+        pool += _SENTENCE.split(text) if task.type == "token-classification" else [text]
+        if len(pool) >= 20 * entry.max_unlabeled:
+            break
+    chosen = random.Random(seed).sample(pool, min(entry.max_unlabeled, len(pool)))
+    if task.type == "token-classification":
+        return [{"tokens": w[:128], "tags": ["O"] * len(w[:128])} for w in (_WORDS.findall(s) for s in chosen) if w]
+    return [{"text": t, "label": [] if task.type == "multi-label" else ""} for t in chosen]
+
+
+def self_train(entry: ModelEntry, teacher: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig) -> dict:
+    """Teacher fine-tuned on gold -> pseudo-labels on unlabeled text (kept when confident) ->
+    a fresh student trains one epoch on them, then fine-tunes on gold."""
+    from domainlm.evaluate.finetune import encode, finetune, predict
+
+    if task.type not in SELF_TRAINING_TYPES:
+        raise Unsupported(f"self-training needs single-text tasks ({', '.join(SELF_TRAINING_TYPES)}), "
+                          f"not {task.type}")
+    path, pretrained = model_location(teacher, config.directory)
+    first = finetune(path, pretrained, task, seed, lr, config.evaluate, keep_model=True)
+    model, tokenizer = first.pop("model"), first.pop("tokenizer")
+    examples = unlabeled_examples(entry, task, config, seed)
+    data = encode(tokenizer, task, examples, task.max_length or config.evaluate.max_length)
+    device = next(model.parameters()).device
+    labels, confidence = predict(model, data, task, examples, config.evaluate.batch_size,
+                                 tokenizer.pad_token_id or 0, device)
+    key = "tags" if task.type == "token-classification" else "label"
+    pseudo = [x | {key: y} for x, y, c in zip(examples, labels, confidence, strict=True) if c >= entry.confidence]
+    del model
+    result = finetune(path, pretrained, task, seed, lr, config.evaluate, pseudo=pseudo or None)
+    result.update(teacher_metrics=first["metrics"], unlabeled=len(examples), pseudo_labeled=len(pseudo))
+    return result
+
+
+def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig) -> dict[str, Any]:
     if entry.kind == "tfidf":
-        _, test_predictions = tfidf_predict(task, seed)
-        gold = [target for _, target in task.test]  # a label, or a tag sequence
-        return {"metrics": task_metrics(task.type, gold, test_predictions), "predictions": test_predictions}
+        dev_predictions, test_predictions = tfidf_predict(task, seed)
+        return {"metrics": task_metrics(task.type, task.gold("test"), test_predictions, task.labels),
+                "dev_score": task_metrics(task.type, task.gold("dev"), dev_predictions, task.labels)[task.metric],
+                "predictions": test_predictions}
+    if entry.kind == "self-training":
+        teacher = next(m for m in config.evaluate.models if m.name == entry.teacher)
+        return self_train(entry, teacher, task, seed, lr, config)
     from domainlm.evaluate.finetune import finetune
 
     path, pretrained = model_location(entry, config.directory)
-    return finetune(path, pretrained, task, seed, config.evaluate)
+    return finetune(path, pretrained, task, seed, lr, config.evaluate)
+
+
+def task_distances(config: RunConfig, tasks: list[Task]) -> dict[str, Any]:
+    """Each task's distance from general text, measured before any training."""
+    from domainlm.evaluate.distance import domain_distance
+    from domainlm.tokenizer import load_tokenizer
+
+    name = config.evaluate.general_tokenizer or config.tokenizer.reference
+    if not name:
+        return {"note": "no general tokenizer (evaluate.general_tokenizer or tokenizer.reference)"}
+    try:
+        tokenizer = load_tokenizer(name)
+    except FileNotFoundError as err:
+        return {"note": f"general tokenizer unavailable: {err}"}
+    general = None
+    if config.evaluate.general_corpus:
+        with open_text(config.evaluate.general_corpus) as handle:
+            general = [line.strip() for _, line in zip(range(20_000), handle, strict=False) if line.strip()]
+    return {"general_tokenizer": name, "general_corpus": config.evaluate.general_corpus,
+            "tasks": {t.name: domain_distance(t.texts(), tokenizer, general) for t in tasks}}
+
+
+def _select(runs: dict[float, list[dict]]) -> tuple[float, dict[str, float]]:
+    """The learning rate with the best mean dev score, and every rate's mean."""
+    means = {lr: statistics.mean(r["dev_score"] for r in results) for lr, results in runs.items() if results}
+    return max(means, key=lambda lr: (means[lr], -lr)), means
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if config.evaluate.threads:
         torch.set_num_threads(config.evaluate.threads)
     tasks = [load_task(t, seed=config.seed) for t in config.tasks]
-    rows, failures, skipped = [], [], []
-    models = []
+    atomic_write_json(out / "tasks.json", [
+        {"name": t.name, "type": t.type, "metric": t.metric, "labels": t.labels, "notes": t.notes,
+         "sizes": {"train": len(t.train), "dev": len(t.dev), "test": len(t.test)}} for t in tasks])
+    for t in tasks:
+        atomic_write_json(out / "gold" / f"{t.name}.json", t.gold("test"))
+    if not (out / "distance.json").exists():
+        atomic_write_json(out / "distance.json", task_distances(config, tasks))
+    failures, skipped, models = [], [], []
     for entry in config.evaluate.models:
         try:
             if entry.kind == "hf" and not resolve_path(entry.path).exists():
@@ -57,18 +152,25 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         except FileNotFoundError as err:
             skipped.append({"model": entry.name, "reason": str(err)})
             print(f"evaluate: skipping {entry.name}: {err}")
-    jobs = [(m, t, s) for m in models for t in tasks for s in config.evaluate.seeds]
-    broken: dict[str, str] = {}
-    for entry, task, seed in tqdm(jobs, desc="evaluate", unit=" runs"):
-        target = out / "runs" / entry.name / task.name / f"seed-{seed}.json"
-        if entry.name in broken:
+    grid = config.evaluate.learning_rates
+    jobs = [(m, t, lr, s) for m in models for t in tasks for lr in ([0.0] if m.kind == "tfidf" else grid)
+            for s in config.evaluate.seeds]
+    broken: dict = {}  # model name, or (model, task) for a kind that does not apply, -> reason
+    done: dict[tuple[str, str], dict[float, list[dict]]] = {}
+    for entry, task, lr, seed in tqdm(jobs, desc="evaluate", unit=" runs"):
+        if entry.name in broken or (entry.name, task.name) in broken:
             continue
+        target = out / "runs" / entry.name / task.name / f"lr-{lr:g}" / f"seed-{seed}.json"
         if target.exists():
             result = read_json(target)
         else:
             try:
-                result = evaluate_one(entry, task, seed, config)
-            except Exception as err:  # one broken model must not stop the others
+                result = evaluate_one(entry, task, seed, lr, config)
+            except Unsupported as err:
+                broken[(entry.name, task.name)] = str(err)
+                skipped.append({"model": entry.name, "task": task.name, "reason": str(err)})
+                continue
+            except Exception as err:  # noqa: BLE001 - one broken model must not stop the others
                 broken[entry.name] = f"{type(err).__name__}: {err}"
                 failures.append({"model": entry.name, "task": task.name, "error": broken[entry.name],
                                  "traceback": traceback.format_exc(limit=3)})
@@ -76,14 +178,28 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
                 continue
             result.update(model=entry.name, kind=entry.kind, task=task.name, seed=seed)
             atomic_write_json(target, result)
-        for metric, value in result["metrics"].items():
-            rows.append({"model": entry.name, "task": task.name, "seed": seed, "metric": metric, "value": value})
+        done.setdefault((entry.name, task.name), {}).setdefault(lr, []).append(result)
+    rows, selection = [], {}
+    for (model, task_name), runs in done.items():
+        if model in broken:
+            continue
+        lr, means = _select(runs)
+        selection.setdefault(model, {})[task_name] = {"lr": lr, "dev": means[lr], "grid": {f"{k:g}": v for k, v in means.items()},
+                                                      "seeds": [r["seed"] for r in runs[lr]]}
+        for r in runs[lr]:
+            rows += [{"model": model, "task": task_name, "seed": r["seed"], "metric": metric, "value": value}
+                     for metric, value in r["metrics"].items()]
+    atomic_write_json(out / "selection.json", selection)
     atomic_write_text(out / "results.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_json(out / "failures.json", {"failed": failures, "skipped": skipped})
-    atomic_write_json(out / "tasks.json", [
-        {"name": t.name, "type": t.type, "metric": t.metric, "labels": t.labels,
-         "sizes": {"train": len(t.train), "dev": len(t.dev), "test": len(t.test)}} for t in tasks])
     for s in summarize(rows, [{"name": t.name, "metric": t.metric} for t in tasks]):
         print(f"evaluate: {s['task']:<24} {s['model']:<20} {s['metric']} "
               f"{100 * s['mean']:6.2f} ± {100 * s['std']:5.2f} (n={s['n']})")
     return {"rows": len(rows), "failed": len(failures), "skipped": len(skipped)}
+
+
+def run_predictions(out: Path, model: str, task: str) -> list[list]:
+    """The selected learning rate's test predictions of one (model, task), one list per seed."""
+    chosen = read_json(out / "selection.json")[model][task]
+    folder = out / "runs" / model / task / f"lr-{chosen['lr']:g}"
+    return [read_json(folder / f"seed-{seed}.json")["predictions"] for seed in chosen["seeds"]]

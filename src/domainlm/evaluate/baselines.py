@@ -1,14 +1,23 @@
-"""The classic baseline: TF-IDF (classification) or word-window features (token classification)
-with logistic regression. It needs no pretraining and shows how much a task's labels can be read
-off its surface words."""
+"""The classic baseline: TF-IDF features with a linear model, for every task type. It needs no
+pretraining and shows how much of a task can be read off its surface words.
+
+- text tasks: word 1-2-gram TF-IDF of the text (a pair's two texts get separate vocabularies),
+  logistic regression (one-vs-rest for multi-label; ridge for regression);
+- token tasks: the word, its affixes and shape, and the words around it;
+- multiple choice: a logistic regression scores each (text, choice) pair; the best choice wins.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+from scipy.sparse import hstack
 from sklearn.feature_extraction import DictVectorizer
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.preprocessing import MultiLabelBinarizer
 
+from domainlm.evaluate.metrics import to_scheme
 from domainlm.evaluate.tasks import Task
 
 
@@ -26,23 +35,80 @@ def _word_features(words: list[str], i: int) -> dict[str, float]:
     return features
 
 
-def tfidf_predict(task: Task, seed: int) -> tuple[list, list]:
-    """Fit on train, predict dev and test. Returns (dev predictions, test predictions)."""
-    classifier = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
-    if task.type == "classification":
-        model = make_pipeline(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1), classifier)
-        model.fit([t for t, _ in task.train], [y for _, y in task.train])
-        return tuple(list(model.predict([t for t, _ in split])) for split in (task.dev, task.test))
-    model = make_pipeline(DictVectorizer(), classifier)
-    model.fit([_word_features(w, i) for w, _ in task.train for i in range(len(w))],
-              [tag for _, tags in task.train for tag in tags])
+class _TextFeatures:
+    """TF-IDF of the text, and of the second text when the task has one."""
 
-    def predict(split: list) -> list[list[str]]:
-        flat = list(model.predict([_word_features(w, i) for w, _ in split for i in range(len(w))]))
+    def __init__(self, paired: bool):
+        self.parts = [TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))] + \
+            ([TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))] if paired else [])
+
+    def fit_transform(self, columns: list[list[str]]):
+        return hstack([v.fit_transform(c) for v, c in zip(self.parts, columns, strict=False)]).tocsr()
+
+    def transform(self, columns: list[list[str]]):
+        return hstack([v.transform(c) for v, c in zip(self.parts, columns, strict=False)]).tocsr()
+
+
+def _columns(examples: list[dict]) -> list[list[str]]:
+    return [[x["text"] for x in examples]] + ([[x["text_pair"] for x in examples]] if "text_pair" in examples[0] else [])
+
+
+def _tokens(task: Task, seed: int) -> tuple[list, list]:
+    model = DictVectorizer()
+    classifier = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
+    features = [_word_features(x["tokens"], i) for x in task.train for i in range(len(x["tokens"]))]
+    classifier.fit(model.fit_transform(features), [t for x in task.train for t in to_scheme(x["tags"], task.tagging)])
+
+    def predict(split: list[dict]) -> list[list[str]]:
+        flat = list(classifier.predict(model.transform(
+            [_word_features(x["tokens"], i) for x in split for i in range(len(x["tokens"]))])))
         out, start = [], 0
-        for words, _ in split:
-            out.append(flat[start : start + len(words)])
-            start += len(words)
+        for x in split:
+            out.append([str(t) for t in flat[start : start + len(x["tokens"])]])
+            start += len(x["tokens"])
         return out
 
     return predict(task.dev), predict(task.test)
+
+
+def _choices(task: Task, seed: int) -> tuple[list, list]:
+    features = _TextFeatures(paired=True)
+
+    def pairs(split):
+        return [[x["text"] for x in split for _ in x["choices"]], [c for x in split for c in x["choices"]]]
+
+    targets = [int(k == int(x["label"])) for x in task.train for k in range(len(x["choices"]))]
+    classifier = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
+    classifier.fit(features.fit_transform(pairs(task.train)), targets)
+
+    def predict(split: list[dict]) -> list[str]:
+        scores = classifier.predict_proba(features.transform(pairs(split)))[:, 1]
+        out, start = [], 0
+        for x in split:
+            out.append(str(int(np.argmax(scores[start : start + len(x["choices"])]))))
+            start += len(x["choices"])
+        return out
+
+    return predict(task.dev), predict(task.test)
+
+
+def tfidf_predict(task: Task, seed: int) -> tuple[list, list]:
+    """Fit on train, predict dev and test. Returns (dev predictions, test predictions)."""
+    if task.type == "token-classification":
+        return _tokens(task, seed)
+    if task.type == "multiple-choice":
+        return _choices(task, seed)
+    features = _TextFeatures(paired="text_pair" in task.train[0])
+    X = features.fit_transform(_columns(task.train))
+    if task.type == "regression":
+        model = Ridge(alpha=1.0).fit(X, [x["label"] for x in task.train])
+        return tuple([float(v) for v in model.predict(features.transform(_columns(s)))] for s in (task.dev, task.test))
+    if task.type == "multi-label":
+        binarizer = MultiLabelBinarizer(classes=task.labels)
+        model = OneVsRestClassifier(LogisticRegression(max_iter=2000, C=10.0, random_state=seed))
+        model.fit(X, binarizer.fit_transform([x["label"] for x in task.train]))
+        return tuple([sorted(row) for row in binarizer.inverse_transform(model.predict(features.transform(_columns(s))))]
+                     for s in (task.dev, task.test))
+    model = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
+    model.fit(X, [x["label"] for x in task.train])
+    return tuple([str(v) for v in model.predict(features.transform(_columns(s)))] for s in (task.dev, task.test))

@@ -1,13 +1,20 @@
 """One fine-tuning loop for every neural model and task type (the heads differ, the loop does not).
 
-Each (model, task, seed) run: load the encoder (pretrained weights, or the same architecture
-randomly initialised) with a task head, train for `epochs` with AdamW and linear warmup/decay,
-score the dev split after every epoch, and test the epoch that scored best on dev.
+A run (model, task, learning rate, seed): load the encoder with the task's head (pretrained
+weights from safetensors, or the same architecture randomly initialised), train with AdamW and
+linear warmup/decay for at most `epochs`, score dev after every epoch, stop after `patience`
+epochs without improvement, and test the epoch that scored best on dev.
+
+Heads: sequence classification (single-label, multi-label with sigmoid outputs, regression with
+one output), token classification (the first sub-word of each word is scored; inputs longer than
+`max_length` are cut into overlapping windows, each word predicted from the window where it sits
+most centrally), multiple choice (one score per (text, choice) pair).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -17,17 +24,22 @@ import numpy as np
 import torch
 
 from domainlm.config import EvaluateConfig
-from domainlm.evaluate.metrics import task_metrics
+from domainlm.evaluate.metrics import task_metrics, to_scheme
 from domainlm.evaluate.tasks import Task
 from domainlm.pretrain.trainer import lr_schedule, parameter_groups
 
 
+class ModelError(RuntimeError):
+    """A model directory that cannot be evaluated (missing, corrupt, or an unsupported architecture)."""
+
+
 @dataclass
 class Encoded:
-    input_ids: list[list[int]]
-    labels: list  # int per example, or list[int] per token (-100 where not scored)
-    word_index: list[list[int | None]] | None  # token -> word, for token classification
-    truncated: int  # examples that lost text to max_length
+    items: list[dict]
+    """One per input: input_ids (a list, or a list per choice), token_type_ids (or None), label,
+    example (its index); token tasks add `words` (the word of each position, None elsewhere) and
+    `owned` (positions whose prediction counts)."""
+    truncated: int  # examples that lost text to max_length (token tasks: were split into windows)
 
 
 def quiet_transformers() -> None:
@@ -43,42 +55,164 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_model(path: Path, task: Task, pretrained: bool):
-    """A `transformers` model with the task's head. `pretrained=False` keeps only the architecture
-    (config) and initialises every weight afresh from the current torch seed."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+def _auto_class(task: Task):
+    import transformers
 
-    auto = AutoModelForTokenClassification if task.type == "token-classification" else AutoModelForSequenceClassification
+    if task.type == "token-classification":
+        return transformers.AutoModelForTokenClassification
+    if task.type == "multiple-choice":
+        return transformers.AutoModelForMultipleChoice
+    return transformers.AutoModelForSequenceClassification
+
+
+def head_config(task: Task) -> dict:
+    if task.type == "regression":
+        return {"num_labels": 1, "problem_type": "regression"}
+    if task.type == "multiple-choice":
+        return {}
     labels = {"num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)),
               "label2id": {label: i for i, label in enumerate(task.labels)}}
-    if pretrained:
-        return auto.from_pretrained(str(path), **labels)
-    return auto.from_config(AutoConfig.from_pretrained(str(path), **labels))
+    if task.type == "multi-label":
+        labels["problem_type"] = "multi_label_classification"
+    elif task.type != "token-classification":
+        labels["problem_type"] = "single_label_classification"
+    return labels
 
 
-def encode(tokenizer, task: Task, examples: list, max_length: int) -> Encoded:
+def model_config(path: Path, task: Task):
+    """The directory's transformers config with the task's head settings; `ModelError` naming the
+    directory and the cause when it is missing, corrupt or of an architecture with no such head."""
+    from transformers import AutoConfig
+
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ModelError(f"{path}: not a model directory (no config.json)")
+    try:
+        json.loads(config_file.read_text(encoding="utf-8"))
+        config = AutoConfig.from_pretrained(str(path), **head_config(task))
+    except (ValueError, KeyError, OSError) as err:
+        raise ModelError(f"{path}: config.json cannot be read as a transformers config ({err})") from None
+    auto = _auto_class(task)
+    if type(config) not in auto._model_mapping:
+        raise ModelError(f"{path}: architecture '{config.model_type}' has no {auto.__name__.removeprefix('AutoModelFor')}"
+                         f" head in transformers (supported encoders: BERT, RoBERTa, ELECTRA, ModernBERT, MiniLM, ...)")
+    return config
+
+
+def load_model(path: Path, task: Task, pretrained: bool, vocab_size: int | None = None):
+    """The encoder with the task's head (`model_config` checks the directory first).
+    `pretrained=False` keeps only the architecture and initialises every weight afresh."""
+    config = model_config(path, task)
+    auto = _auto_class(task)
+    try:
+        if pretrained:
+            model = auto.from_pretrained(str(path), config=config, use_safetensors=True)  # never pickles
+        else:
+            model = auto.from_config(config)
+    except Exception as err:  # noqa: BLE001 - whatever breaks loading, the message names the directory
+        raise ModelError(f"{path}: weights cannot be loaded ({type(err).__name__}: {str(err)[:300]})") from None
+    if vocab_size and vocab_size > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(vocab_size)  # relation markers added to the tokenizer
+    return model
+
+
+def load_tokenizer(path: Path, task: Task):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as err:  # noqa: BLE001
+        raise ModelError(f"{path}: tokenizer cannot be loaded ({type(err).__name__}: {str(err)[:300]})") from None
+    if task.extra_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": task.extra_tokens})
+    return tokenizer
+
+
+# ------------------------------------------------------------------------------------ encoding
+def _windows(n: int, width: int) -> list[tuple[int, int]]:
+    """Overlapping [start, end) windows of `width` covering n positions (stride width // 2)."""
+    if n <= width:
+        return [(0, n)]
+    stride = max(1, width // 2)
+    starts = list(range(0, n - width, stride)) + [n - width]
+    return [(s, s + width) for s in starts]
+
+
+def encode_tokens(tokenizer, task: Task, examples: list[dict], max_length: int) -> Encoded:
     label_id = {label: i for i, label in enumerate(task.labels)}
-    if task.type == "classification":
-        full = tokenizer([text for text, _ in examples], truncation=False)["input_ids"]
-        ids = [x[: max_length - 1] + [x[-1]] if len(x) > max_length else x for x in full]  # keep [SEP]
-        labels = [label_id.get(label, -100) for _, label in examples]
-        return Encoded(ids, labels, None, sum(len(x) > max_length for x in full))
-    batch = tokenizer([words for words, _ in examples], is_split_into_words=True, truncation=True,
-                      max_length=max_length)
-    ids, labels, word_index, truncated = [], [], [], 0
-    for i, (words, tags) in enumerate(examples):
-        words_of_tokens = batch.word_ids(i)
-        previous, token_labels = None, []
-        for w in words_of_tokens:
-            # Score each word once, on its first sub-word token.
-            token_labels.append(label_id.get(tags[w], label_id["O"]) if w is not None and w != previous else -100)
-            previous = w
-        seen = {w for w in words_of_tokens if w is not None}
-        truncated += len(seen) < len(words)
-        ids.append(batch["input_ids"][i])
-        labels.append(token_labels)
-        word_index.append(words_of_tokens)
-    return Encoded(ids, labels, word_index, truncated)
+    batch = tokenizer([x["tokens"] for x in examples], is_split_into_words=True, add_special_tokens=False)
+    before, after = special_frame(tokenizer)
+    items, split = [], 0
+    for i, x in enumerate(examples):
+        ids, words = batch["input_ids"][i], batch.word_ids(i)
+        tags = to_scheme(x["tags"], task.tagging)
+        firsts = [p for p, w in enumerate(words) if w is not None and (p == 0 or words[p - 1] != w)]
+        spans = _windows(len(ids), max_length - 2)
+        split += len(spans) > 1
+        # Each word's first piece is owned by the window where it sits farthest from an edge.
+        owner = {p: max(range(len(spans)), key=lambda k: min(p - spans[k][0], spans[k][1] - 1 - p))
+                 for p in firsts}
+        for k, (start, end) in enumerate(spans):
+            full, lead = before + ids[start:end] + after, len(before)
+            position_words = [None] * len(full)
+            labels = [-100] * len(full)
+            owned = []
+            for p in range(start, end):
+                if p in owner:
+                    q = lead + p - start
+                    position_words[q] = words[p]
+                    labels[q] = label_id.get(tags[words[p]], label_id["O"])
+                    if owner[p] == k:
+                        owned.append(q)
+            items.append({"input_ids": full, "token_type_ids": None, "label": labels, "example": i,
+                          "words": position_words, "owned": owned})
+    return Encoded(items, split)
+
+
+def special_frame(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens a tokenizer puts before and after one text ([CLS] / [SEP], <s> / </s>)."""
+    plain = tokenizer("domain", add_special_tokens=False)["input_ids"]
+    framed = tokenizer("domain")["input_ids"]
+    for lead in range(len(framed) - len(plain) + 1):
+        if framed[lead : lead + len(plain)] == plain:
+            return framed[:lead], framed[lead + len(plain) :]
+    raise ModelError(f"tokenizer {type(tokenizer).__name__} does not keep the text between its special tokens")
+
+
+def encode(tokenizer, task: Task, examples: list[dict], max_length: int) -> Encoded:
+    if task.type == "token-classification":
+        return encode_tokens(tokenizer, task, examples, max_length)
+    label_id = {label: i for i, label in enumerate(task.labels)}
+    if task.type == "multiple-choice":
+        firsts = [x["text"] for x in examples for _ in x["choices"]]
+        seconds = [c for x in examples for c in x["choices"]]
+    else:
+        firsts = [x["text"] for x in examples]
+        seconds = [x["text_pair"] for x in examples] if "text_pair" in examples[0] else None
+    full = tokenizer(firsts, seconds, truncation=False)["input_ids"]
+    # A pair is cut from its longer side first (the context, for question + context).
+    cut = tokenizer(firsts, seconds, truncation="longest_first" if seconds else True, max_length=max_length)
+    types = cut.get("token_type_ids")
+    too_long = [len(a) > max_length for a in full]
+    items, truncated, row = [], 0, 0
+    for i, x in enumerate(examples):
+        width = len(x["choices"]) if task.type == "multiple-choice" else 1
+        rows = range(row, row + width)
+        row += width
+        truncated += any(too_long[r] for r in rows)
+        if task.type == "multiple-choice":
+            label = int(x["label"])
+            ids, type_ids = [cut["input_ids"][r] for r in rows], [types[r] for r in rows] if types else None
+        else:
+            ids, type_ids = cut["input_ids"][rows[0]], types[rows[0]] if types else None
+            if task.type == "regression":
+                label = float(x["label"])
+            elif task.type == "multi-label":
+                label = [float(name in x["label"]) for name in task.labels]
+            else:
+                label = label_id.get(x["label"], -100)  # a class unseen in train cannot be learnt
+        items.append({"input_ids": ids, "token_type_ids": type_ids, "label": label, "example": i})
+    return Encoded(items, truncated)
 
 
 def batches(lengths: list[int], batch_size: int, rng: random.Random | None = None) -> list[list[int]]:
@@ -98,90 +232,142 @@ def batches(lengths: list[int], batch_size: int, rng: random.Random | None = Non
     return out
 
 
-def collate(data: Encoded, indices: list[int], pad_id: int, token_task: bool) -> dict[str, torch.Tensor]:
-    width = max(len(data.input_ids[i]) for i in indices)
-    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(indices), width), dtype=torch.long)
-    labels = torch.full((len(indices), width), -100, dtype=torch.long) if token_task else torch.zeros(len(indices), dtype=torch.long)
-    for row, i in enumerate(indices):
-        n = len(data.input_ids[i])
-        ids[row, :n] = torch.tensor(data.input_ids[i])
-        attention[row, :n] = 1
-        if token_task:
-            labels[row, :n] = torch.tensor(data.labels[i])
-        else:
-            labels[row] = data.labels[i]
-    return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+def _length(item: dict) -> int:
+    ids = item["input_ids"]
+    return max(len(x) for x in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+
+def collate(items: list[dict], task: Task, pad_id: int) -> dict[str, torch.Tensor]:
+    """Padded tensors; multiple choice as (batch, choices, length)."""
+    choice = task.type == "multiple-choice"
+    sequences = [s for it in items for s in (it["input_ids"] if choice else [it["input_ids"]])]
+    type_rows = [s for it in items for s in (it["token_type_ids"] if choice else [it["token_type_ids"]])] \
+        if items[0]["token_type_ids"] is not None else None
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    types = torch.zeros((len(sequences), width), dtype=torch.long) if type_rows else None
+    for r, s in enumerate(sequences):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+        if types is not None:
+            types[r, : len(s)] = torch.tensor(type_rows[r])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    if choice:
+        batch = {k: v.view(len(items), -1, width) for k, v in batch.items()}
+    if task.type == "token-classification":
+        labels = torch.full((len(items), width), -100, dtype=torch.long)
+        for r, it in enumerate(items):
+            labels[r, : len(it["label"])] = torch.tensor(it["label"])
+    elif task.type in ("regression", "multi-label"):
+        labels = torch.tensor([it["label"] for it in items], dtype=torch.float)
+    else:
+        labels = torch.tensor([it["label"] for it in items], dtype=torch.long)
+    batch["labels"] = labels
+    return batch
 
 
 @torch.no_grad()
-def predict(model, data: Encoded, task: Task, examples: list, batch_size: int, pad_id: int, device) -> list:
-    """Predicted labels (classification) or tag sequences, one per example, in input order."""
+def predict(model, data: Encoded, task: Task, examples: list[dict], batch_size: int, pad_id: int,
+            device) -> tuple[list, list[float]]:
+    """(predictions, confidences), one per example in input order: a label, a list of labels
+    (multi-label), a number (regression), a choice index, or the word tags (token tasks, in the
+    task's tagging scheme). Confidence: the predicted class's probability (token tasks: the
+    lowest over the words; regression: 1)."""
     model.eval()
-    token_task = task.type == "token-classification"
     out: list = [None] * len(examples)
-    for indices in batches([len(x) for x in data.input_ids], batch_size * 2):
-        batch = collate(data, indices, pad_id, token_task)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-        best = logits.argmax(-1).cpu()
-        for row, i in enumerate(indices):
-            if not token_task:
-                out[i] = task.labels[int(best[row])]
-                continue
-            words = examples[i][0]
-            tags = ["O"] * len(words)  # words cut off by max_length are predicted O
-            previous = None
-            for position, w in enumerate(data.word_index[i]):
-                if w is not None and w != previous:
-                    tags[w] = task.labels[int(best[row, position])]
-                previous = w
-            out[i] = tags
-    return out
+    confidence = [1.0] * len(examples)
+    if task.type == "token-classification":
+        for i, x in enumerate(examples):
+            out[i] = ["O"] * len(x["tokens"])  # words no window reaches stay O
+    for indices in batches([_length(it) for it in data.items], batch_size * 2):
+        items = [data.items[i] for i in indices]
+        batch = {k: v.to(device) for k, v in collate(items, task, pad_id).items() if k != "labels"}
+        logits = model(**batch).logits.float().cpu()
+        for row, it in enumerate(items):
+            i = it["example"]
+            if task.type == "token-classification":
+                probs = logits[row].softmax(-1)
+                for q in it["owned"]:
+                    best = int(probs[q].argmax())
+                    out[i][it["words"][q]] = task.labels[best]
+                    confidence[i] = min(confidence[i], float(probs[q, best]))
+            elif task.type == "regression":
+                out[i] = float(logits[row, 0])
+            elif task.type == "multi-label":
+                probs = logits[row].sigmoid()
+                out[i] = [task.labels[k] for k in range(len(task.labels)) if probs[k] > 0.5]
+                confidence[i] = float(torch.where(probs > 0.5, probs, 1 - probs).min())
+            else:
+                probs = logits[row].softmax(-1)
+                best = int(probs.argmax())
+                out[i] = str(best) if task.type == "multiple-choice" else task.labels[best]
+                confidence[i] = float(probs[best])
+    return out, confidence
 
 
-def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, config: EvaluateConfig) -> dict:
-    """Fine-tune one model on one task with one seed; return metrics and test predictions."""
-    from transformers import AutoTokenizer
+def _train_epoch(model, data: Encoded, task: Task, pad_id: int, device, optimizer, scheduler, batch_size: int,
+                 rng: random.Random) -> None:
+    model.train()
+    for indices in batches([_length(it) for it in data.items], batch_size, rng):
+        batch = {k: v.to(device) for k, v in collate([data.items[i] for i in indices], task, pad_id).items()}
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
 
+
+def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: float, config: EvaluateConfig,
+             pseudo: list[dict] | None = None, keep_model: bool = False) -> dict:
+    """Fine-tune one model on one task with one seed and learning rate; return metrics, test
+    predictions and the dev curve. `pseudo`: pseudo-labelled examples trained on for one epoch
+    first (self-training's student). `keep_model`: also return the model and tokenizer."""
     quiet_transformers()
     started = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    model_config(model_path, task)  # a broken or unsupported directory fails here, by name
+    tokenizer = load_tokenizer(model_path, task)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train, dev, test = (encode(tokenizer, task, split, config.max_length) for split in (task.train, task.dev, task.test))
+    max_length = task.max_length or config.max_length
+    train, dev, test = (encode(tokenizer, task, getattr(task, s), max_length) for s in ("train", "dev", "test"))
     seed_everything(seed)
-    model = load_model(model_path, task, pretrained).to(device)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, fused=True)
+    model = load_model(model_path, task, pretrained, len(tokenizer)).to(device)
     rng = random.Random(seed)
-    steps_per_epoch = -(-len(train.input_ids) // config.batch_size)
-    total = steps_per_epoch * config.epochs
+    if pseudo:
+        warm = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
+        _train_epoch(model, encode(tokenizer, task, pseudo, max_length), task, pad_id, device, warm, None,
+                     config.batch_size, rng)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
+    total = -(-len(train.items) // config.batch_size) * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_schedule("linear", int(config.warmup_fraction * total), total))
-    token_task = task.type == "token-classification"
-    best_score, best_state, best_epoch, dev_scores = -1.0, None, 0, []
+    best_score, best_state, best_epoch, dev_scores = -float("inf"), None, 0, []
     for epoch in range(config.epochs):
-        model.train()
-        for indices in batches([len(x) for x in train.input_ids], config.batch_size, rng):
-            batch = {k: v.to(device) for k, v in collate(train, indices, pad_id, token_task).items()}
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        dev_predictions = predict(model, dev, task, task.dev, config.batch_size, pad_id, device)
-        score = task_metrics(task.type, [target for _, target in task.dev], dev_predictions)[task.metric]
+        _train_epoch(model, train, task, pad_id, device, optimizer, scheduler, config.batch_size, rng)
+        predictions, _ = predict(model, dev, task, task.dev, config.batch_size, pad_id, device)
+        score = task_metrics(task.type, task.gold("dev"), predictions, task.labels)[task.metric]
         dev_scores.append(score)
         if score > best_score:
             best_score, best_epoch = score, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
+        elif config.patience and epoch + 1 - best_epoch >= config.patience:
+            break  # early stopping: no better dev score for `patience` epochs
     model.load_state_dict(best_state)
-    test_predictions = predict(model, test, task, task.test, config.batch_size, pad_id, device)
-    return {
-        "metrics": task_metrics(task.type, [target for _, target in task.test], test_predictions),
+    test_predictions, _ = predict(model, test, task, task.test, config.batch_size, pad_id, device)
+    result = {
+        "metrics": task_metrics(task.type, task.gold("test"), test_predictions, task.labels),
+        "dev_score": best_score,
         "dev_scores": dev_scores,
         "best_epoch": best_epoch,
+        "lr": lr,
         "predictions": test_predictions,
         "truncated": {"train": train.truncated, "dev": dev.truncated, "test": test.truncated},
         "seconds": round(time.time() - started, 2),
     }
+    if keep_model:
+        result["model"], result["tokenizer"] = model, tokenizer
+    return result
