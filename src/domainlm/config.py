@@ -452,6 +452,11 @@ class TaskConfig(Section):
         value = getattr(self, split)
         return value or None
 
+    def files(self, splits=("train", "dev", "test")) -> list[str]:
+        """Every file the given splits read (data and id lists); a held-out split reads train."""
+        specs = [self.split_config(s) or self.split_config("train") for s in splits if self.format != "python-docs"]
+        return list(dict.fromkeys(p for spec in specs for p in (spec.path, spec.ids, spec.exclude_ids) if p))
+
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
         if self.format == "python-docs":

@@ -46,10 +46,12 @@ def _input_files(config: RunConfig, stage: str) -> list[str]:
     if stage == "corpus":
         files = [s.path for s in config.corpus.sources if s.path and s.format != "hf-hub"]
         if config.corpus.decontamination.enabled:  # the tasks' dev/test text is what it protects
-            files += [getattr(t, split) for t in config.tasks for split in ("dev", "test") if getattr(t, split)]
+            files += [path for t in config.tasks for path in t.files(("dev", "test"))]
         return files
     if stage == "evaluate":
-        files = [getattr(t, split) for t in config.tasks for split in ("train", "dev", "test") if getattr(t, split)]
+        files = [path for t in config.tasks for path in t.files()]
+        files += [p for p in [config.evaluate.general_corpus] + [m.unlabeled for m in config.evaluate.models
+                                                                   if m.kind == "self-training"] if p and p != "corpus"]
         models = [m.path for m in config.evaluate.models if m.kind == "hf" and m.path]
         return files + [path for path in models if _exists(path)]
     if stage == "pretrain":
