@@ -17,6 +17,7 @@ from domainlm.artifacts import atomic_write_bytes, atomic_write_json, atomic_wri
 from domainlm.config import RunConfig
 from domainlm.evaluate.metrics import summarize
 from domainlm.pipeline import STAGES as PIPELINE_STAGES
+from domainlm.report.comparison import bootstrap_rows, distance_vs_gain, suite_scores, verdict
 
 STAGES = PIPELINE_STAGES[:-1]  # every stage before this one
 
@@ -28,45 +29,14 @@ def load_artifacts(run_dir: Path) -> dict[str, Any]:
         "rows": rows,
         "tasks": read_json(evaluate / "tasks.json"),
         "failures": read_json(evaluate / "failures.json"),
+        "selection": read_json(evaluate / "selection.json"),
+        "distance": read_json(evaluate / "distance.json"),
         "corpus": read_json(run_dir / "corpus" / "stats.json"),
         "tokenizer": read_json(run_dir / "tokenizer" / "fit.json"),
         "pretrain": read_json(run_dir / "pretrain" / "summary.json"),
         "history": read_json(run_dir / "pretrain" / "history.json"),
         "timings": {s: read_json(run_dir / s / "manifest.json")["timings"]["seconds"] for s in STAGES},
     }
-
-
-def gains_over(summary: list[dict], tasks: list[dict], model: str, other: str) -> list[tuple[str, float]]:
-    """(task, points by which `model` beats `other`) for the tasks where both have results."""
-    gains = []
-    for task in tasks:
-        by_model = {s["model"]: s for s in summary if s["task"] == task["name"]}
-        if model in by_model and other in by_model:
-            gains.append((task["name"], 100 * (by_model[model]["mean"] - by_model[other]["mean"])))
-    return gains
-
-
-def verdict(summary: list[dict], tasks: list[dict], reference: str, compute_seconds: float, device: str) -> str:
-    """One paragraph: did the domain model beat the reference (and every other model), where,
-    by how much, at what pretraining cost."""
-    gains = gains_over(summary, tasks, "domain", reference)
-    if not gains:
-        return f"No task has results for both the domain model and the reference model '{reference}'."
-    wins = sum(g > 0 for _, g in gains)
-    average = sum(g for _, g in gains) / len(gains)
-    per_task = "; ".join(f"{name} {gain:+.1f}" for name, gain in gains)
-    text = (f"The domain-pretrained model is ahead of **{reference}** on **{wins} of {len(gains)}** tasks, "
-            f"by **{average:+.1f} points** on average ({per_task}; headline metric, mean over seeds), "
-            f"at a pretraining cost of {compute_seconds / 3600:.3f} {device.upper()}-hours ({compute_seconds:.0f} s).")
-    for other in dict.fromkeys(s["model"] for s in summary):
-        if other in ("domain", reference):
-            continue
-        others = gains_over(summary, tasks, "domain", other)
-        if others:
-            mean = sum(g for _, g in others) / len(others)
-            text += (f" Against {other} it is ahead on {sum(g > 0 for _, g in others)} of {len(others)} "
-                     f"({mean:+.1f} points on average).")
-    return text + " Differences smaller than the seeds' standard deviations are not evidence either way."
 
 
 # ------------------------------------------------------------------------------------------ plots
@@ -91,17 +61,38 @@ def save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_results(summary: list[dict], tasks: list[dict], path: Path) -> None:
+def plot_results(summary: list[dict], tasks: list[dict], path: Path, highlight: str = "domain") -> None:
+    """One panel per task: each model's test score, mean over seeds with a ± std error bar."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    columns = min(4, len(tasks))
+    rows = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(tasks) :]:
+        ax.axis("off")
+    for ax, task in zip(axes.flat, tasks, strict=False):
         entries = [s for s in summary if s["task"] == task["name"]]
         names = [s["model"] for s in entries]
         ax.bar(names, [100 * s["mean"] for s in entries], yerr=[100 * s["std"] for s in entries], capsize=4,
-               color=["#2b6cb0" if n == "domain" else "#a0aec0" for n in names])
+               color=["#2b6cb0" if n == highlight else "#a0aec0" for n in names])
         ax.set_title(task["name"])
         ax.set_ylabel(f"{task['metric']} (test, %)")
         ax.tick_params(axis="x", rotation=30)
+    save_figure(fig, path)
+
+
+def plot_distance(rows: list[dict], path: Path, model: str, reference: str) -> None:
+    """Gain of `model` over `reference` against each distance measure, one point per task."""
+    plt = pyplot()
+    measures = [k for k in ("fertility", "js_divergence") if any(r[k] is not None for r in rows)]
+    fig, axes = plt.subplots(1, max(1, len(measures)), figsize=(4.5 * max(1, len(measures)), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], measures, strict=False):
+        points = [r for r in rows if r[key] is not None and r["gain"] is not None]
+        ax.scatter([r[key] for r in points], [r["gain"] for r in points], color="#2b6cb0")
+        for r in points:
+            ax.annotate(r["task"], (r[key], r["gain"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0, color="#a0aec0", linewidth=0.8)
+        ax.set_xlabel({"fertility": "general-vocabulary fertility", "js_divergence": "unigram JS divergence"}[key])
+        ax.set_ylabel(f"{model} - {reference} (points)")
     save_figure(fig, path)
 
 
@@ -145,10 +136,29 @@ def html_table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def build_sections(config: RunConfig, art: dict, summary: list[dict]) -> list[tuple[str, str, list, list]]:
+def _points(value: float | None, signed: bool = False) -> str:
+    return "" if value is None else (f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}")
+
+
+def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> list[tuple[str, str, list, list]]:
     """(title, text, table header, table rows) for each report section."""
-    results = [[s["task"], s["model"], s["metric"], f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}", s["n"]]
+    selection = art["selection"]
+    results = [[s["task"], s["model"], s["metric"], f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}", s["n"],
+                f"{selection.get(s['model'], {}).get(s['task'], {}).get('lr', ''):g}"
+                if selection.get(s["model"], {}).get(s["task"], {}).get("lr") else "-"]
                for s in summary]
+    reference = config.report.reference_model
+    interval_rows = [[r["task"], r["model"], _points(r["difference"], True),
+                      f"[{_points(r['low'], True)}, {_points(r['high'], True)}]", f"{r['p_value']:.3f}"]
+                     for r in numbers["intervals"]]
+    suite_rows = [[model, _points(score)] for model, score in numbers["suite"].items()]
+    distance = numbers["distance"]
+    distance_rows = [[r["task"], "" if r["fertility"] is None else f"{r['fertility']:.3f}",
+                      "" if r["split_share"] is None else f"{100 * r['split_share']:.1f}%",
+                      "" if r["js_divergence"] is None else f"{r['js_divergence']:.3f}",
+                      "" if r["gain"] is None else f"{r['gain']:+.1f}"] for r in distance["rows"]]
+    distance_rows.append(["rank correlation with the gain (Spearman)"] + [
+        "" if v is None else f"{v:+.2f}" for v in distance["rank_correlation"].values()] + [""])
     corpus = art["corpus"]
     corpus_rows = [[step, counts["in"], counts["out"], ", ".join(f"{r} {n}" for r, n in counts["dropped"].items())]
                    for step, counts in corpus.get("steps", {}).items()]
@@ -168,16 +178,31 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict]) -> list[tu
                 ["real tokens / s", f"{pre['real_tokens_per_s']:.0f}"], ["device", pre["device"]],
                 ["export max abs logit diff vs transformers", f"{pre['export_max_abs_logit_diff']:.1e}"]]
     task_rows = [[t["name"], t["type"], t["metric"], len(t["labels"]), t["sizes"]["train"], t["sizes"]["dev"],
-                  t["sizes"]["test"]] for t in art["tasks"]]
+                  t["sizes"]["test"], "; ".join(t.get("notes", []))] for t in art["tasks"]]
     failures = art["failures"]
     failure_rows = [[f["model"], f.get("task", ""), f.get("error", f.get("reason", ""))]
                     for f in failures["failed"] + failures["skipped"]]
     timing_rows = [[stage, f"{seconds:.1f}"] for stage, seconds in art["timings"].items()]
+    grid = config.evaluate.learning_rates
+    model, general = config.report.domain_model, art["distance"].get("general_tokenizer", "the general vocabulary")
     sections = [
-        ("Results", f"Test-set headline metric, mean ± std over seeds {config.evaluate.seeds}; the dev split "
-                    "chose the epoch. ![results](results.png)",
-         ["task", "model", "metric", "test (%)", "seeds"], results),
-        ("Tasks", "", ["task", "type", "metric", "labels", "train", "dev", "test"], task_rows),
+        ("Results", f"Test-set headline metric, mean ± std over seeds {config.evaluate.seeds}. For each model and "
+                    f"task the learning rate with the best mean dev score among {grid} was kept, and each run "
+                    f"tested its best dev epoch (at most {config.evaluate.epochs}, early stopping after "
+                    f"{config.evaluate.patience} without improvement). ![results](results.png)",
+         ["task", "model", "metric", "test (%)", "seeds", "lr"], results),
+        (f"Against {reference}", f"Difference in points of the headline metric (mean over each model's seeds) and "
+                                 f"its paired-bootstrap 95% interval over test examples "
+                                 f"({config.evaluate.bootstrap_samples} resamples); p is two-sided.",
+         ["task", "model", "difference", "95% interval", "p"], interval_rows),
+        ("Suite score", "BLURB-style: the headline metrics averaged within each task type, then across types.",
+         ["model", "suite score"], suite_rows),
+        ("Domain distance", f"Measured before any training: how many pieces {general} cuts each word of the task "
+                            f"text into (fertility), the share of words it splits, and the Jensen-Shannon divergence "
+                            f"of the task's word distribution from general text; next to the measured gain of "
+                            f"{model} over {reference}. ![distance](distance.png)",
+         ["task", "fertility", "words split", "JS divergence", f"gain of {model} (points)"], distance_rows),
+        ("Tasks", "", ["task", "type", "metric", "labels", "train", "dev", "test", "notes"], task_rows),
         ("Corpus", corpus_text, ["step", "in", "out", "dropped"], corpus_rows),
         ("What the corpus steps removed (examples)", "", ["reason", "document", "text"], example_rows),
         ("Tokenizer fit", "On the held-out corpus documents; lower fertility means fewer pieces per word. "
@@ -228,18 +253,30 @@ def _inline_html(text: str, images: dict[str, Path] | None = None) -> str:
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     art = load_artifacts(config.directory)
     summary = summarize(art["rows"], art["tasks"])
-    images = {name: out / name for name in ("results.png", "loss.png", "tokenizer_fit.png")}
-    plot_results(summary, art["tasks"], images["results.png"])
+    model, reference = config.report.domain_model, config.report.reference_model
+    numbers = {
+        "intervals": bootstrap_rows(config.directory / "evaluate", art["tasks"], summary, reference,
+                                    config.evaluate.bootstrap_samples, config.seed),
+        "suite": suite_scores(summary, art["tasks"]),
+        "distance": distance_vs_gain(art["distance"], summary, art["tasks"], model, reference),
+    }
+    pre = art["pretrain"]
+    cost = {"seconds": pre["train_seconds"], "device": pre["device"], "tokens": pre["real_tokens_seen"]}
+    images = {name: out / name for name in ("results.png", "distance.png", "loss.png", "tokenizer_fit.png")}
+    plot_results(summary, art["tasks"], images["results.png"], highlight=model)
+    plot_distance(numbers["distance"]["rows"], images["distance.png"], model, reference)
     plot_loss(art["history"], images["loss.png"])
     plot_tokenizer_fit(art["tokenizer"], images["tokenizer_fit.png"])
-    text = verdict(summary, art["tasks"], config.report.reference_model, art["pretrain"]["train_seconds"],
-                   art["pretrain"]["device"])
+    text = verdict(summary, art["tasks"], model, reference, numbers["intervals"], numbers["suite"],
+                   numbers["distance"], cost)
     title = config.report.title or f"domainlm report: {config.name}"
-    markdown, page = render(title, text, build_sections(config, art, summary), images)
+    markdown, page = render(title, text, build_sections(config, art, summary, numbers), images)
     atomic_write_text(out / "report.md", markdown + "\n")
     atomic_write_bytes(out / "report.html", page.encode())
     atomic_write_json(out / "results.json", {
         "rows": art["rows"], "summary": summary, "verdict": text, "config": config.model_dump(mode="json"),
+        "selection": art["selection"], "intervals": numbers["intervals"], "suite": numbers["suite"],
+        "distance": art["distance"] | {"versus_gain": numbers["distance"]}, "pretraining_cost": cost,
         "timings": art["timings"], "corpus": art["corpus"], "tokenizer": art["tokenizer"],
         "pretrain": art["pretrain"], "failures": art["failures"],
     })
