@@ -42,6 +42,6 @@ def test_verdict_states_wins_average_intervals_suite_and_cost():
     assert "on **2 of 3** tasks" in text and "**+3.3 points**" in text
     assert "excludes zero on 1 of 3 tasks (ner1 better)" in text
     assert "ner2 -10.0 [-20.0, +1.0]" in text
-    assert "Suite score (mean within task type, then across types): 80.0 vs 77.5" in text
+    assert "Suite score (mean within task type, then across types): 80.0 vs 75.0" in text
     assert "2.00 CPU-hours" in text and "fertility ρ = +0.50" in text and "too few tasks" in text
     assert "no comparison" in verdict(summary, TASKS, "domain", "missing", intervals, {}, {}, {})
