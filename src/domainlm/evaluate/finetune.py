@@ -334,6 +334,10 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: floa
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = task.max_length or config.max_length
     train, dev, test = (encode(tokenizer, task, getattr(task, s), max_length) for s in ("train", "dev", "test"))
+    if seed == 0 and (train.truncated or test.truncated):
+        cut = "split into windows" if task.type == "token-classification" else "truncated"
+        print(f"finetune: {task.name}: {train.truncated} train and {test.truncated} test inputs longer than "
+              f"{max_length} tokens were {cut} ({Path(model_path).name})")
     seed_everything(seed)
     model = load_model(model_path, task, pretrained, len(tokenizer)).to(device)
     rng = random.Random(seed)
