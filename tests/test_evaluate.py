@@ -128,6 +128,11 @@ def test_tsv_with_comments_csv_with_header_and_json_object_with_id_filter(tmp_pa
     assert [x["label"] for x in loaded.train] == ["background", "outcome", "other"]
     assert loaded.train[2]["text"] == "Third ."
 
+    broken = tmp_path / "broken.txt"
+    broken.write_text("###1\nbackground\tFine .\n###2\nno tab here\n")
+    with pytest.raises(InputError, match=r"broken.txt:5: expected 2 columns \(label, text\), got 1"):
+        load_task(TaskConfig(**{**task.model_dump(), "train": str(broken)}))
+
     csv_file = tmp_path / "pairs.csv"
     csv_file.write_text('premise,hypothesis,score\n"a, b",c,0.5\nd,e,1\n')
     reg = load_task(TaskConfig(name="sts", type="regression", format="csv", train=str(csv_file), dev=str(csv_file),

@@ -67,14 +67,19 @@ def read_conll(path: str, token_column: int = 0, tag_column: int = -1,
 
 def read_table(path: str, delimiter: str, columns: list[str] | None, comment_prefix: str | None) -> list[dict]:
     """CSV / TSV rows as dicts: keyed by the header line, or by `columns` when given."""
-    records = []
+    records, numbers = [], []
+
+    def lines(handle):  # blank and comment lines skipped; `numbers` maps what is read to file lines
+        for number, line in enumerate(handle, start=1):
+            if line.strip() and not (comment_prefix and line.startswith(comment_prefix)):
+                numbers.append(number)
+                yield line
+
     with open_text(path) as handle:
-        lines = ((n, line) for n, line in enumerate(handle, start=1)
-                 if line.strip() and not (comment_prefix and line.startswith(comment_prefix)))
-        numbered = list(lines)
-        rows = csv.reader((line for _, line in numbered), delimiter=delimiter)
+        reader = csv.reader(lines(handle), delimiter=delimiter)
         header = columns
-        for (number, _), row in zip(numbered, rows, strict=False):
+        for row in reader:
+            number = numbers[reader.line_num - 1]  # where the row ends (a quoted field may span lines)
             if header is None:
                 header = row
                 continue
