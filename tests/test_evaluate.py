@@ -130,7 +130,7 @@ def test_tsv_with_comments_csv_with_header_and_json_object_with_id_filter(tmp_pa
 
     broken = tmp_path / "broken.txt"
     broken.write_text("###1\nbackground\tFine .\n###2\nno tab here\n")
-    with pytest.raises(InputError, match=r"broken.txt:5: expected 2 columns \(label, text\), got 1"):
+    with pytest.raises(InputError, match=r"broken.txt:4: expected 2 columns \(label, text\), got 1"):
         load_task(TaskConfig(**{**task.model_dump(), "train": str(broken)}))
 
     csv_file = tmp_path / "pairs.csv"
