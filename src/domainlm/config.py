@@ -496,6 +496,8 @@ class ModelEntry(Section):
     """If the path is a `pkg://` path whose package is missing, skip this model with a note."""
     teacher: str | None = None
     """self-training: the name of the model entry to start from (domain, random-init or hf)."""
+    arm: str | None = None
+    """In an experiment: `domain` / `random-init` take this arm's pretrained model / architecture."""
     unlabeled: str = "corpus"
     """self-training: unlabeled text, one document per line (txt/.gz), or `corpus` (this run's
     curated corpus)."""
@@ -589,6 +591,37 @@ class ReportConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- run
+# ------------------------------------------------------------------------------------ experiment
+class ArmConfig(Section):
+    """One pretraining arm of an experiment: the recipe's corpus / tokenizer / model / pretrain
+    sections with these keys replaced (nested mappings are merged, lists replaced)."""
+
+    name: str
+    corpus: dict[str, Any] = Field(default_factory=dict)
+    tokenizer: dict[str, Any] = Field(default_factory=dict)
+    model: dict[str, Any] = Field(default_factory=dict)
+    pretrain: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExperimentConfig(Section):
+    """Several pretraining arms at equal compute; evaluate then compares their models (named by
+    `arm:` in evaluate.models) with any other models of the recipe."""
+
+    arms: list[ArmConfig] = Field(min_length=1)
+    budget_tokens: int = Field(ge=1)
+    """Pretraining budget of the whole experiment in row positions (steps x batch_size x
+    seq_len), split equally between the arms: each arm gets the same number of steps of the same
+    shape. Real (non-padding) tokens per arm are recorded beside it."""
+
+    @field_validator("arms")
+    @classmethod
+    def _unique(cls, arms: list[ArmConfig]) -> list[ArmConfig]:
+        names = [a.name for a in arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+        return arms
+
+
 class RunConfig(Section):
     name: str
     """Names the run; its artifacts go to `runs/<name>/` unless `run_dir` says otherwise."""
@@ -601,6 +634,8 @@ class RunConfig(Section):
     tasks: list[TaskConfig] = Field(default_factory=list)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    experiment: ExperimentConfig | None = None
+    """Pretraining arms sharing one budget (see `domainlm.experiment`); the pretrain stage runs them."""
 
     @property
     def directory(self) -> Path:
@@ -613,6 +648,15 @@ class RunConfig(Section):
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
         return tasks
+
+    @model_validator(mode="after")
+    def _arms_named(self) -> RunConfig:
+        arms = {a.name for a in self.experiment.arms} if self.experiment else set()
+        for m in self.evaluate.models:
+            if m.arm and m.arm not in arms:
+                raise ValueError(f"evaluate.models '{m.name}': arm '{m.arm}' is not one of experiment.arms "
+                                 f"{sorted(arms) or '(no experiment)'}")
+        return self
 
 
 # ------------------------------------------------------------------------------------ load / save

@@ -55,6 +55,11 @@ def _input_files(config: RunConfig, stage: str) -> list[str]:
         models = [m.path for m in config.evaluate.models if m.kind == "hf" and m.path]
         return files + [path for path in models if _exists(path)]
     if stage == "pretrain":
+        if config.experiment:  # every arm's corpus files and checkpoints
+            from domainlm.experiment import arm_config
+
+            arms = [arm_config(config, arm) for arm in config.experiment.arms]
+            return list(dict.fromkeys(p for c in arms for p in _input_files(c, "corpus") + _input_files(c, "pretrain")))
         return [p for p in (config.model.init_from, config.pretrain.lexicon) if p]
     return []
 
@@ -80,6 +85,9 @@ def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
         settings = {"tokenizer": dump["tokenizer"], "max_position": config.model.max_position}
     elif stage == "pretrain":
         settings = {"model": dump["model"], "pretrain": dump["pretrain"], "seed": config.seed}
+        if config.experiment:  # the arms run from the whole recipe (their own corpus and tokenizer too)
+            settings.update(experiment=dump["experiment"], corpus=dump["corpus"], tokenizer=dump["tokenizer"],
+                            tasks=dump["tasks"])
         settings["pretrain"].pop("threads")  # how fast, not what is computed
     elif stage == "evaluate":
         settings = {"evaluate": dump["evaluate"], "tasks": dump["tasks"], "python": platform.python_version()}

@@ -44,7 +44,8 @@ class Unsupported(ValueError):
 def model_location(entry: ModelEntry, run_dir: Path) -> tuple[Path, bool]:
     """(directory, use pretrained weights) for a neural model entry."""
     if entry.kind in ("domain", "random-init"):
-        return run_dir / "pretrain" / "export", entry.kind == "domain"
+        base = run_dir / "arms" / entry.arm if entry.arm else run_dir  # an experiment's arm, or this run
+        return base / "pretrain" / "export", entry.kind == "domain"
     return resolve_path(entry.path), True  # kind "hf"
 
 
@@ -145,6 +146,12 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         atomic_write_json(out / "distance.json", task_distances(config, tasks))
     failures, skipped, models = [], [], []
     for entry in config.evaluate.models:
+        if entry.arm and not model_location(entry, config.directory)[0].exists():
+            from domainlm.experiment import arm_failure
+
+            failures.append({"model": entry.name, "task": "", "error": arm_failure(config, entry.arm)})
+            print(f"evaluate: {entry.name}: {failures[-1]['error']}")
+            continue
         try:
             if entry.kind == "hf" and not resolve_path(entry.path).exists():
                 raise FileNotFoundError(f"model directory not found: {entry.path}")

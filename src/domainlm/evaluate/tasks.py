@@ -109,7 +109,10 @@ def load_task(config: TaskConfig, seed: int = 0) -> Task:
     notes = []
     for split, size in (("test", config.test_size), ("dev", config.dev_size)):
         if splits[split] is None:
-            splits["train"], splits[split] = _held_out(splits["train"], size, config.split_seed)
+            try:
+                splits["train"], splits[split] = _held_out(splits["train"], size, config.split_seed)
+            except InputError as err:
+                raise InputError(f"task '{config.name}': no {split} file, and {split}_size {size:g}: {err}") from None
             notes.append(f"{split}: {len(splits[split])} examples held out of train (split_seed {config.split_seed})")
             print(f"task {config.name}: {notes[-1]}")
     for split, examples in splits.items():

@@ -130,6 +130,10 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
+    if config.experiment:  # several arms, each its own small run (see domainlm.experiment)
+        from domainlm import experiment
+
+        return experiment.run(config, out)
     if config.pretrain.threads:
         torch.set_num_threads(config.pretrain.threads)
     main_process = rank() == 0  # under torchrun, rank 0 writes; the others wait at the barriers

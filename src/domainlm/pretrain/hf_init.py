@@ -103,7 +103,10 @@ def load_hf_encoder(path: Path, dropout: float | None = None) -> tuple[Encoder, 
     the checkpoint weights ignored.
     """
     path = Path(path)
-    hf = json.loads((path / "config.json").read_text())
+    try:
+        hf = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint directory (config.json: {err})") from None
     config = _encoder_config(path, hf, dropout)
     weights, ignored = _bert_names(_read_safetensors(path), hf["model_type"])
     decoder = weights.pop("cls.predictions.decoder.weight", None)

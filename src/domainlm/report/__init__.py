@@ -96,15 +96,23 @@ def plot_distance(rows: list[dict], path: Path, model: str, reference: str) -> N
     save_figure(fig, path)
 
 
+def _smooth(losses: list[float]) -> tuple[list[float], int]:
+    window = max(1, len(losses) // 50)
+    return [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))], window
+
+
 def plot_loss(history: dict, path: Path) -> None:
     plt = pyplot()
-    losses = history["loss"]
-    window = max(1, len(losses) // 50)
-    smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
-              for i in range(len(losses))]
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.plot(range(1, len(losses) + 1), losses, color="#cbd5e0", linewidth=0.8, label="per step")
-    ax.plot(range(1, len(losses) + 1), smooth, color="#2b6cb0", label=f"mean of {window}")
+    if "arms" in history:  # an experiment: one smoothed curve per arm
+        for arm, losses in history["arms"].items():
+            ax.plot(range(1, len(losses) + 1), _smooth(losses)[0], label=arm)
+    else:
+        losses = history["loss"]
+        smooth, window = _smooth(losses)
+        ax.plot(range(1, len(losses) + 1), losses, color="#cbd5e0", linewidth=0.8, label="per step")
+        ax.plot(range(1, len(losses) + 1), smooth, color="#2b6cb0", label=f"mean of {window}")
     ax.set_xlabel("step")
     ax.set_ylabel("MLM loss")
     ax.set_title("Pretraining loss")
@@ -173,10 +181,22 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
     fit_rows = [[name, fit[name]["vocab_size"], f"{fit[name]['fertility']:.3f}", f"{100 * fit[name]['split_share']:.1f}%",
                  ", ".join(fit[name]["most_split"][:8])] for name in ("domain", "reference") if fit.get(name)]
     pre = art["pretrain"]
-    pre_rows = [["steps", pre["steps"]], ["parameters", f"{pre['parameters']:,}"],
-                ["real tokens seen", f"{pre['real_tokens_seen']:,}"], ["final loss", f"{pre['final_loss']:.3f}"],
-                ["real tokens / s", f"{pre['real_tokens_per_s']:.0f}"], ["device", pre["device"]],
-                ["export max abs logit diff vs transformers", f"{pre['export_max_abs_logit_diff']:.1e}"]]
+    if "arms" in pre:  # an experiment: one row per arm
+        pre_header = ["arm", "status", "steps", "row positions", "real tokens", "parameters", "final loss",
+                      "train s", "wall s (all its stages)", "tokens / s"]
+        pre_rows = [[r["arm"], r["status"] if r["status"] == "done" else f"failed: {r['reason'][:200]}"]
+                    + ([r["steps"], f"{r['positions']:,}", f"{r['real_tokens']:,}", f"{r['parameters']:,}",
+                        f"{r['final_loss']:.3f}", f"{r['train_seconds']:.0f}", f"{r['wall_seconds']:.0f}",
+                        f"{r['real_tokens_per_s']:.0f}"] if r["status"] == "done" else [""] * 8)
+                    for r in pre["arms"]]
+        pre_text = (f"Every arm pretrained for the same steps of the same shape: {pre['budget_tokens']:,} row "
+                    f"positions split equally. ![loss](loss.png)")
+    else:
+        pre_header, pre_text = ["", ""], "![loss](loss.png)"
+        pre_rows = [["steps", pre["steps"]], ["parameters", f"{pre['parameters']:,}"],
+                    ["real tokens seen", f"{pre['real_tokens_seen']:,}"], ["final loss", f"{pre['final_loss']:.3f}"],
+                    ["real tokens / s", f"{pre['real_tokens_per_s']:.0f}"], ["device", pre["device"]],
+                    ["export max abs logit diff vs transformers", f"{pre['export_max_abs_logit_diff']:.1e}"]]
     task_rows = [[t["name"], t["type"], t["metric"], len(t["labels"]), t["sizes"]["train"], t["sizes"]["dev"],
                   t["sizes"]["test"], "; ".join(t.get("notes", []))] for t in art["tasks"]]
     failures = art["failures"]
@@ -208,7 +228,7 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
         ("Tokenizer fit", "On the held-out corpus documents; lower fertility means fewer pieces per word. "
                           "![tokenizer fit](tokenizer_fit.png)",
          ["vocabulary", "size", "fertility", "words split", "most often split"], fit_rows),
-        ("Pretraining", "![loss](loss.png)", ["", ""], pre_rows),
+        ("Pretraining", pre_text, pre_header, pre_rows),
         ("Stage timings", "Seconds each stage took when it last ran.", ["stage", "seconds"], timing_rows),
     ]
     if failure_rows:
@@ -262,6 +282,10 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     }
     pre = art["pretrain"]
     cost = {"seconds": pre["train_seconds"], "device": pre["device"], "tokens": pre["real_tokens_seen"]}
+    entry = next((m for m in config.evaluate.models if m.name == model), None)
+    arm = next((r for r in pre.get("arms", []) if entry and r["arm"] == entry.arm and r["status"] == "done"), None)
+    if arm:  # in an experiment, the cost of the compared model's own arm
+        cost = {"seconds": arm["train_seconds"], "device": arm["device"], "tokens": arm["real_tokens"]}
     images = {name: out / name for name in ("results.png", "distance.png", "loss.png", "tokenizer_fit.png")}
     plot_results(summary, art["tasks"], images["results.png"], highlight=model)
     plot_distance(numbers["distance"]["rows"], images["distance.png"], model, reference)
