@@ -24,6 +24,15 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
+def unique_names(items: list, what: str) -> list:
+    """`items` (with a `name`) unchanged, or a ValueError naming the repeated names."""
+    names = [item.name for item in items]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique, repeated: {repeated}")
+    return items
+
+
 def resolve_path(value: str) -> Path:
     """Resolve `pkg://package/sub/path` (inside an installed Python package) or a plain path."""
     if value.startswith("pkg://"):
@@ -474,7 +483,8 @@ class TaskConfig(Section):
             for what in ("path", "ids", "exclude_ids"):
                 value = getattr(spec, what)
                 if value and not Path(value).exists():
-                    raise ValueError(f"task '{self.name}' {split} {what} not found: {value}")
+                    label = "file" if what == "path" else f"{what} file"
+                    raise ValueError(f"task '{self.name}' {split} {label} not found: {value}")
         if self.type == "relation" and self.entity_mode != "text" and not self.entity_markers:
             raise ValueError(f"task '{self.name}' (relation): give `entity_markers` (the 4 strings around the "
                              f"two entities) or set entity_mode: text")
@@ -575,11 +585,7 @@ class EvaluateConfig(Section):
     @field_validator("models")
     @classmethod
     def _unique_names(cls, models: list[ModelEntry]) -> list[ModelEntry]:
-        names = [m.name for m in models]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"model names must be unique, repeated: {duplicates}")
-        return models
+        return unique_names(models, "model")
 
 
 class ReportConfig(Section):
@@ -616,10 +622,7 @@ class ExperimentConfig(Section):
     @field_validator("arms")
     @classmethod
     def _unique(cls, arms: list[ArmConfig]) -> list[ArmConfig]:
-        names = [a.name for a in arms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"arm names must be unique, got {names}")
-        return arms
+        return unique_names(arms, "arm")
 
 
 class RunConfig(Section):
@@ -644,10 +647,7 @@ class RunConfig(Section):
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
-        names = [t.name for t in tasks]
-        if len(set(names)) != len(names):
-            raise ValueError(f"task names must be unique, got {names}")
-        return tasks
+        return unique_names(tasks, "task")
 
     @model_validator(mode="after")
     def _arms_named(self) -> RunConfig:
