@@ -205,8 +205,13 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     return {"rows": len(rows), "failed": len(failures), "skipped": len(skipped)}
 
 
-def run_predictions(out: Path, model: str, task: str) -> list[list]:
-    """The selected learning rate's test predictions of one (model, task), one list per seed."""
+def selected_runs(out: Path, model: str, task: str) -> list[dict]:
+    """The saved runs (one per seed) of the learning rate selected for one (model, task)."""
     chosen = read_json(out / "selection.json")[model][task]
     folder = out / "runs" / model / task / f"lr-{chosen['lr']:g}"
-    return [read_json(folder / f"seed-{seed}.json")["predictions"] for seed in chosen["seeds"]]
+    return [read_json(folder / f"seed-{seed}.json") for seed in chosen["seeds"]]
+
+
+def run_predictions(out: Path, model: str, task: str) -> list[list]:
+    """The selected learning rate's test predictions of one (model, task), one list per seed."""
+    return [r["predictions"] for r in selected_runs(out, model, task)]

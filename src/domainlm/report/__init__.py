@@ -15,6 +15,7 @@ from typing import Any
 
 from domainlm.artifacts import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from domainlm.config import RunConfig
+from domainlm.evaluate import selected_runs
 from domainlm.evaluate.metrics import summarize
 from domainlm.pipeline import STAGES as PIPELINE_STAGES
 from domainlm.report.comparison import bootstrap_rows, distance_vs_gain, suite_scores, verdict
@@ -153,7 +154,8 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
     selection = art["selection"]
     results = [[s["task"], s["model"], s["metric"], f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}", s["n"],
                 f"{selection.get(s['model'], {}).get(s['task'], {}).get('lr', ''):g}"
-                if selection.get(s["model"], {}).get(s["task"], {}).get("lr") else "-"]
+                if selection.get(s["model"], {}).get(s["task"], {}).get("lr") else "-",
+                numbers["truncated"].get((s["model"], s["task"]), "")]
                for s in summary]
     reference = config.report.reference_model
     interval_rows = [[r["task"], r["model"], _points(r["difference"], True),
@@ -210,7 +212,8 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
                     f"task the learning rate with the best mean dev score among {grid} was kept, and each run "
                     f"tested its best dev epoch (at most {config.evaluate.epochs}, early stopping after "
                     f"{config.evaluate.patience} without improvement). ![results](results.png)",
-         ["task", "model", "metric", "test (%)", "seeds", "lr"], results),
+         ["task", "model", "metric", "test (%)", "seeds", "lr", "test inputs cut (truncated / windowed)"],
+         results),
         (f"Against {reference}", f"Difference in points of the headline metric (mean over each model's seeds) and "
                                  f"its paired-bootstrap 95% interval over test examples "
                                  f"({config.evaluate.bootstrap_samples} resamples); p is two-sided.",
@@ -279,6 +282,9 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
                                     config.evaluate.bootstrap_samples, config.seed),
         "suite": suite_scores(summary, art["tasks"]),
         "distance": distance_vs_gain(art["distance"], summary, art["tasks"], model, reference),
+        "truncated": {(m, t): runs[0].get("truncated", {}).get("test", "")
+                      for m, tasks in art["selection"].items() for t in tasks
+                      for runs in [selected_runs(config.directory / "evaluate", m, t)]},
     }
     pre = art["pretrain"]
     cost = {"seconds": pre["train_seconds"], "device": pre["device"], "tokens": pre["real_tokens_seen"]}
