@@ -331,3 +331,25 @@ def test_other_encoder_families_fine_tune(family, task_entries, tiny_model, tmp_
         task = load_task(TaskConfig(**task_entries[kind]))
         result = finetune(folder, pretrained=True, task=task, seed=0, lr=1e-3, config=config)
         assert len(result["predictions"]) == len(task.test)
+
+
+def test_parallel_workers_give_the_same_runs(tmp_path, task_entries, tiny_model):
+    from domainlm.artifacts import read_json
+    from domainlm.evaluate import run
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{not json")
+    models = [{"name": "tiny", "kind": "hf", "path": str(tiny_model)}, {"name": "corrupt", "kind": "hf", "path": str(corrupt)},
+              {"name": "tfidf", "kind": "tfidf"}]
+    outputs = {}
+    for workers in (1, 2):
+        config = _run_config(tmp_path, task_entries, models, lr=1e-3, workers=workers, threads=1)
+        out = tmp_path / f"evaluate-{workers}"
+        run(config, out)
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        failed = [(f["model"], f["task"]) for f in read_json(out / "failures.json")["failed"]]
+        predictions = read_json(out / "runs" / "tiny" / "classification" / "lr-0.001" / "seed-1.json")["predictions"]
+        outputs[workers] = ({(r["model"], r["seed"], r["metric"]) for r in rows}, failed, predictions)
+    assert outputs[1] == outputs[2]
+    assert outputs[2][1] == [("corrupt", "classification")]

@@ -556,6 +556,8 @@ class EvaluateConfig(Section):
     warmup_fraction: float = Field(default=0.1, ge=0, le=1)
     weight_decay: float = Field(default=0.01, ge=0)
     threads: int | None = Field(default=None, ge=1)
+    workers: int = Field(default=1, ge=1)
+    """Fine-tuning runs at once, each in its own process (for a GPU or a many-core CPU)."""
     general_corpus: str | None = None
     """General-domain text (txt/.gz, one document per line) for the domain-distance score."""
     general_tokenizer: str | None = None

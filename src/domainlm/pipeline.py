@@ -92,6 +92,7 @@ def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
     elif stage == "evaluate":
         settings = {"evaluate": dump["evaluate"], "tasks": dump["tasks"], "python": platform.python_version()}
         settings["evaluate"].pop("threads")
+        settings["evaluate"].pop("workers")
     else:
         settings = {"report": dump["report"]}
     return settings

@@ -133,6 +133,56 @@ def _select(runs: dict[float, list[dict]]) -> tuple[float, dict[str, float]]:
     return max(means, key=lambda lr: (means[lr], -lr)), means
 
 
+def run_file(out: Path, model: str, task: str, lr: float, seed: int) -> Path:
+    return out / "runs" / model / task / f"lr-{lr:g}" / f"seed-{seed}.json"
+
+
+def run_job(entry: ModelEntry, task: Task, lr: float, seed: int, config: RunConfig, target: Path) -> tuple:
+    """One (model, task, lr, seed) run, saved to `target`; ("done" | "unsupported" | "failed",
+    reason, traceback)."""
+    if config.evaluate.threads:
+        torch.set_num_threads(config.evaluate.threads)
+    try:
+        result = evaluate_one(entry, task, seed, lr, config)
+    except Unsupported as err:
+        return "unsupported", str(err), ""
+    except Exception as err:  # noqa: BLE001 - one broken model must not stop the others
+        return "failed", f"{type(err).__name__}: {err}", traceback.format_exc(limit=3)
+    result.update(model=entry.name, kind=entry.kind, task=task.name, seed=seed)
+    atomic_write_json(target, result)
+    return "done", "", ""
+
+
+def compute(jobs: list[tuple], config: RunConfig, out: Path) -> dict[tuple, tuple]:
+    """Run the jobs whose result file is missing: in this process (a model that fails is not tried
+    on further tasks), or on `evaluate.workers` processes at once (small models leave a GPU, or a
+    many-core CPU, mostly idle one run at a time). Returns each run's outcome."""
+    todo = [(e, t, lr, s, run_file(out, e.name, t.name, lr, s)) for e, t, lr, s in jobs]
+    todo = [job for job in todo if not job[-1].exists()]
+    outcomes: dict[tuple, tuple] = {}
+    if config.evaluate.workers > 1 and len(todo) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(config.evaluate.workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, *job[:4], config, job[4]): job for job in todo}
+            for future in tqdm(futures, desc="evaluate", unit=" runs"):
+                e, t, lr, s, _ = futures[future]
+                outcomes[(e.name, t.name, lr, s)] = future.result()
+    else:
+        broken: set = set()
+        for e, t, lr, s, target in tqdm(todo, desc="evaluate", unit=" runs"):
+            if e.name in broken or (e.name, t.name) in broken:
+                continue
+            outcome = outcomes[(e.name, t.name, lr, s)] = run_job(e, t, lr, s, config, target)
+            if outcome[0] != "done":
+                broken.add(e.name if outcome[0] == "failed" else (e.name, t.name))
+    for (model, task, _, _), (status, reason, _) in outcomes.items():
+        if status == "failed":
+            print(f"evaluate: {model} failed on {task}: {reason}")
+    return outcomes
+
+
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if config.evaluate.threads:
         torch.set_num_threads(config.evaluate.threads)
@@ -162,30 +212,21 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     grid = config.evaluate.learning_rates
     jobs = [(m, t, lr, s) for m in models for t in tasks for lr in ([0.0] if m.kind == "tfidf" else grid)
             for s in config.evaluate.seeds]
+    outcomes = compute(jobs, config, out)
     broken: dict = {}  # model name, or (model, task) for a kind that does not apply, -> reason
     done: dict[tuple[str, str], dict[float, list[dict]]] = {}
-    for entry, task, lr, seed in tqdm(jobs, desc="evaluate", unit=" runs"):
-        if entry.name in broken or (entry.name, task.name) in broken:
-            continue
-        target = out / "runs" / entry.name / task.name / f"lr-{lr:g}" / f"seed-{seed}.json"
+    for entry, task, lr, seed in jobs:
+        target = run_file(out, entry.name, task.name, lr, seed)
         if target.exists():
-            result = read_json(target)
-        else:
-            try:
-                result = evaluate_one(entry, task, seed, lr, config)
-            except Unsupported as err:
-                broken[(entry.name, task.name)] = str(err)
-                skipped.append({"model": entry.name, "task": task.name, "reason": str(err)})
-                continue
-            except Exception as err:  # noqa: BLE001 - one broken model must not stop the others
-                broken[entry.name] = f"{type(err).__name__}: {err}"
-                failures.append({"model": entry.name, "task": task.name, "error": broken[entry.name],
-                                 "traceback": traceback.format_exc(limit=3)})
-                print(f"evaluate: {entry.name} failed on {task.name}: {broken[entry.name]}")
-                continue
-            result.update(model=entry.name, kind=entry.kind, task=task.name, seed=seed)
-            atomic_write_json(target, result)
-        done.setdefault((entry.name, task.name), {}).setdefault(lr, []).append(result)
+            done.setdefault((entry.name, task.name), {}).setdefault(lr, []).append(read_json(target))
+            continue
+        status, reason, trace = outcomes.get((entry.name, task.name, lr, seed), ("not run", "", ""))
+        if status == "unsupported" and (entry.name, task.name) not in broken:
+            broken[(entry.name, task.name)] = reason
+            skipped.append({"model": entry.name, "task": task.name, "reason": reason})
+        elif status == "failed" and entry.name not in broken:
+            broken[entry.name] = reason
+            failures.append({"model": entry.name, "task": task.name, "error": reason, "traceback": trace})
     rows, selection = [], {}
     for (model, task_name), runs in done.items():
         if model in broken:
