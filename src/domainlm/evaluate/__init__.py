@@ -56,7 +56,9 @@ def unlabeled_examples(entry: ModelEntry, task: Task, config: RunConfig, seed: i
 
         texts = iter_corpus_texts(config.directory / "corpus")
     else:
-        texts = (line.strip() for line in open_text(entry.unlabeled) if line.strip())
+        with open_text(entry.unlabeled) as handle:
+            texts = [line.strip() for _, line in zip(range(20 * entry.max_unlabeled), handle, strict=False)
+                     if line.strip()]
     pool = []
     for text in texts:
         pool += _SENTENCE.split(text) if task.type == "token-classification" else [text]
