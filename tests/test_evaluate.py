@@ -113,6 +113,9 @@ def test_conll_reader_takes_2_or_4_columns(tmp_path):
     assert [(r["tokens"], r["tags"]) for r in read_conll(str(two))] == [(["Aspirin", "works"], ["B-CHEM", "O"]),
                                                                         (["It"], ["O"])]
     assert [(r["tokens"], r["tags"]) for r in read_conll(str(four))] == [(["Aspirin", "works"], ["B-CHEM", "O"])]
+    chunks = load_task(TaskConfig(name="chunks", type="token-classification", format="conll", fields={"tags": 2},
+                                  train=str(four), dev=str(four), test=str(four)))
+    assert chunks.train == [{"tokens": ["Aspirin", "works"], "tags": ["B-NP", "B-VP"]}]
     bad = tmp_path / "bad.tsv"
     bad.write_text("Aspirin\tB-CHEM\nlonely\n")
     with pytest.raises(InputError, match=r"bad.tsv:2"):

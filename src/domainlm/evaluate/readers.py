@@ -176,9 +176,10 @@ def example(record: dict, task: TaskConfig) -> dict[str, Any]:
     fields = DEFAULT_FIELDS | task.fields
     kind = task.type
     if kind == "token-classification":
-        tokens, tags = _get(record, fields["tokens"], "tokens"), _get(record, fields["tags"], "tags")
-        if task.format == "conll":
+        if task.format == "conll":  # the reader already took the columns that `fields` names
             tokens, tags = record["tokens"], record["tags"]
+        else:
+            tokens, tags = _get(record, fields["tokens"], "tokens"), _get(record, fields["tags"], "tags")
         if len(tokens) != len(tags):
             raise InputError(f"{record.get('_where', '?')}: {len(tokens)} tokens but {len(tags)} tags")
         return {"tokens": [str(t) for t in tokens], "tags": [str(t) for t in tags]}
