@@ -97,8 +97,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         atomic_write_json(out / "arms.json", records)
     done = [r for r in records if r["status"] == "done"]
     histories = {r["arm"]: read_json(arm_dir(config, r["arm"]) / "pretrain" / "history.json") for r in done}
-    atomic_write_json(out / "history.json", {"arms": {arm: h["loss"] for arm, h in histories.items()},
-                                             "loss": next(iter(histories.values()), {}).get("loss", [])})
+    atomic_write_json(out / "history.json", {"arms": {arm: h["loss"] for arm, h in histories.items()}})
     seconds = sum(r["train_seconds"] for r in done)
     atomic_write_json(out / "summary.json", {
         "arms": records, "steps": sum(r["steps"] for r in done), "train_seconds": seconds,

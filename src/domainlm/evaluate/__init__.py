@@ -186,8 +186,6 @@ def compute(jobs: list[tuple], config: RunConfig, out: Path) -> dict[tuple, tupl
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
-    if config.evaluate.threads:
-        torch.set_num_threads(config.evaluate.threads)
     tasks = [load_task(t, seed=config.seed) for t in config.tasks]
     atomic_write_json(out / "tasks.json", [
         {"name": t.name, "type": t.type, "metric": t.metric, "labels": t.labels, "notes": t.notes,
