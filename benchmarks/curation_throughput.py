@@ -147,9 +147,9 @@ def run_domainlm(path: Path, tests: list[str], out: Path) -> dict:
     from domainlm.config import CorpusConfig
     from domainlm.corpus import curate
 
-    config = CorpusConfig(sources=[{"path": str(path)}], workers=1, keep_dropped=True, heldout_fraction=0.0)
+    config = CorpusConfig(sources=[{"path": str(path)}], keep_dropped=True, heldout_fraction=0.0)
     started = time.perf_counter()
-    stats = curate(config, out, {"bench": tests})
+    stats = curate(config, out, {"bench": tests}, workers=1)
     seconds = time.perf_counter() - started
     peak = peak_memory_mib()  # before reading the results back
     dropped = []

@@ -1,7 +1,7 @@
 import hashlib
 import os
 
-from domainlm.artifacts import atomic_write_text, file_digest
+from domainlm.io import atomic_write_text, file_digest
 
 
 def test_file_digest_is_sha256_and_follows_changes(tmp_path):

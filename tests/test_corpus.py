@@ -9,9 +9,8 @@ import pytest
 
 from conftest import synthetic_texts
 from domainlm.config import CorpusConfig
-from domainlm.corpus import curate, iter_corpus_texts
+from domainlm.corpus import curate
 from domainlm.corpus.filters import normalize_text
-from domainlm.corpus.readers import InputError, read_jsonl
 
 
 def _prose(count: int, seed: int) -> list[str]:
@@ -28,8 +27,17 @@ SENTENCES = _prose(400, seed=11)
 
 
 def _config(path, **overrides) -> CorpusConfig:
-    return CorpusConfig(**{"sources": [{"path": str(path)}], "min_words": 3, "heldout_fraction": 0.0,
-                           "workers": 1, **overrides})
+    return CorpusConfig(**{"sources": [{"path": str(path)}], "min_words": 3, "heldout_fraction": 0.0, **overrides})
+
+
+def _curate(config: CorpusConfig, out, eval_texts=None, workers: int = 1, executor: str = "local") -> dict:
+    return curate(config, out, eval_texts, workers=workers, executor=executor)
+
+
+def iter_corpus_texts(folder):
+    """The kept texts of a curated corpus folder, shard by shard."""
+    return [json.loads(line)["text"] for path in sorted(folder.glob("train-*.jsonl"))
+            for line in path.read_text().splitlines()]
 
 
 def _check_accounting(stats: dict) -> None:
@@ -57,8 +65,8 @@ def test_every_document_is_accounted_for(tmp_path):
         handle.write("{not json\n")
         handle.write(json.dumps({"other": "no body field"}) + "\n")
     config = CorpusConfig(sources=[{"path": str(txt)}, {"path": str(jsonl), "text_field": "body"}],
-                          min_words=3, heldout_fraction=0.0, workers=1)
-    stats = curate(config, tmp_path / "out")
+                          min_words=3, heldout_fraction=0.0)
+    stats = _curate(config, tmp_path / "out")
     assert stats["read"] == 11
     assert stats["kept"] == 4
     assert stats["dropped"] == {"empty": 2, "too_short": 1, "duplicate": 2, "invalid_json": 1, "missing_text": 1}
@@ -70,17 +78,10 @@ def test_every_document_is_accounted_for(tmp_path):
     assert stats["examples"]["invalid_json"][0]["id"].endswith(":5")  # names the file and line
 
 
-def test_bad_json_names_file_and_line(tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"text": "fine"}\n{"text": broken\n')
-    with pytest.raises(InputError, match=r"bad.jsonl:2: not valid JSON"):
-        list(read_jsonl(str(path), "text"))
-
-
 def test_invalid_utf8_is_replaced_counted_not_fatal(tmp_path):
     path = tmp_path / "bytes.txt"
     path.write_bytes(b"valid words here and more\ninvalid \xff\xfe bytes in this line\n")
-    stats = curate(_config(path), tmp_path / "out")
+    stats = _curate(_config(path), tmp_path / "out")
     assert stats["kept"] == 2 and stats["invalid_bytes"] == 2
     assert any("\ufffd" in t for t in iter_corpus_texts(tmp_path / "out"))
 
@@ -91,7 +92,7 @@ def test_near_duplicates_leave_one_per_cluster_and_exact_copies_go(tmp_path):
     near = " ".join(["changed" if i == 40 else w for i, w in enumerate(words)])  # one word of ~100
     lines = [base, near, base, *SENTENCES[10:40]]
     (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
-    stats = curate(_config(tmp_path / "c.txt", keep_dropped=True), tmp_path / "out")
+    stats = _curate(_config(tmp_path / "c.txt", keep_dropped=True), tmp_path / "out")
     assert stats["dropped"].get("duplicate") == 1 and stats["dropped"].get("near_duplicate") == 1
     kept = list(iter_corpus_texts(tmp_path / "out"))
     assert base in kept and near not in kept  # the first in corpus order is the one kept
@@ -107,7 +108,7 @@ def test_decontamination_removes_documents_quoting_task_text(tmp_path):
     leak = SENTENCES[0] + " " + " ".join(test_text.split()[5:20]) + " " + SENTENCES[1]  # 15 words quoted
     short_overlap = SENTENCES[2] + " " + " ".join(test_text.split()[5:15])  # 10 words: below 13
     (tmp_path / "c.txt").write_text("\n".join([leak, short_overlap, SENTENCES[3]]) + "\n")
-    stats = curate(_config(tmp_path / "c.txt"), tmp_path / "out", {"ner": [test_text], "cls": ["unrelated words"]})
+    stats = _curate(_config(tmp_path / "c.txt"), tmp_path / "out", {"ner": [test_text], "cls": ["unrelated words"]})
     assert stats["dropped"] == {"contaminated:ner": 1}
     assert stats["steps"]["decontaminate"]["dropped"] == {"contaminated:ner": 1}
 
@@ -116,9 +117,9 @@ def test_a_killed_run_resumes_without_redoing_finished_units(tmp_path):
     corpus = tmp_path / "big.txt"
     corpus.write_text("\n".join(_prose(3000, seed=5)) + "\n")
     config = _config(corpus, unit_bytes=8192)  # ~30 units
-    expected = curate(config, tmp_path / "straight")
+    expected = _curate(config, tmp_path / "straight")
     script = ("import sys, json; from domainlm.config import CorpusConfig; from domainlm.corpus import curate; "
-              "curate(CorpusConfig.model_validate_json(sys.argv[1]), __import__('pathlib').Path(sys.argv[2]))")
+              "curate(CorpusConfig.model_validate_json(sys.argv[1]), __import__('pathlib').Path(sys.argv[2]), workers=1)")
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-c", script, config.model_dump_json(), str(out)])
     deadline = time.time() + 60
@@ -128,7 +129,7 @@ def test_a_killed_run_resumes_without_redoing_finished_units(tmp_path):
     process.wait()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "work").glob("*/stats.json")}
     assert 5 <= len(finished) < 30 and not (out / "stats.json").exists()
-    resumed = curate(config, out)
+    resumed = _curate(config, out)
     assert {k: resumed[k] for k in ("read", "kept", "dropped", "steps")} == \
         {k: expected[k] for k in ("read", "kept", "dropped", "steps")}
     assert list(iter_corpus_texts(out)) == list(iter_corpus_texts(tmp_path / "straight"))
@@ -139,8 +140,8 @@ def test_a_killed_run_resumes_without_redoing_finished_units(tmp_path):
 def test_process_pool_gives_the_single_process_result(tmp_path):
     corpus = tmp_path / "big.txt"
     corpus.write_text("\n".join(_prose(2000, seed=6)) + "\n")
-    one = curate(_config(corpus, unit_bytes=16384), tmp_path / "one")
-    two = curate(_config(corpus, unit_bytes=16384, workers=2), tmp_path / "two")
+    one = _curate(_config(corpus, unit_bytes=16384), tmp_path / "one")
+    two = _curate(_config(corpus, unit_bytes=16384), tmp_path / "two", workers=2)
     assert {k: one[k] for k in ("read", "kept", "dropped")} == {k: two[k] for k in ("read", "kept", "dropped")}
     assert list(iter_corpus_texts(tmp_path / "one")) == list(iter_corpus_texts(tmp_path / "two"))
 
@@ -150,10 +151,10 @@ def test_ray_executor_gives_the_local_result(tmp_path):
     ray = pytest.importorskip("ray")  # optional: not a dependency; this runs where ray is installed
     corpus = tmp_path / "big.txt"
     corpus.write_text("\n".join(_prose(1000, seed=7)) + "\n")
-    local = curate(_config(corpus, unit_bytes=16384), tmp_path / "local")
+    local = _curate(_config(corpus, unit_bytes=16384), tmp_path / "local")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = curate(_config(corpus, unit_bytes=16384, executor="ray"), tmp_path / "ray")
+        remote = _curate(_config(corpus, unit_bytes=16384), tmp_path / "ray", executor="ray")
     finally:
         ray.shutdown()
     assert {k: local[k] for k in ("read", "kept", "dropped")} == {k: remote[k] for k in ("read", "kept", "dropped")}

@@ -4,11 +4,11 @@ from domainlm import demo
 def test_demo_tasks_are_built_and_split_cleanly():
     train, test = demo.module_task("train"), demo.module_task("test")
     assert len(train) > 1000 and len(test) > 100
-    assert {label for _, label in train} == set(demo.MODULE_LABELS)
+    assert {x["label"] for x in train} == set(demo.MODULE_LABELS)
     # Package names are masked out of the text, so the label cannot be read off it.
-    assert not any(label in text.lower().split() for text, label in test)
+    assert not any(x["label"] in x["text"].lower().split() for x in test)
     params = demo.params_task("dev")
-    assert params and all(len(w) == len(t) and "B-PARAM" in t for w, t in params)
+    assert params and all(len(x["tokens"]) == len(x["tags"]) and "B-PARAM" in x["tags"] for x in params)
 
 
 def test_demo_corpus_excludes_task_dev_and_test_docstrings():

@@ -7,11 +7,11 @@ import random
 import pytest
 
 from domainlm.config import EvaluateConfig, RunConfig, TaskConfig
-from domainlm.corpus.readers import InputError
+from domainlm.errors import InputError
 from domainlm.evaluate.baselines import tfidf_predict
-from domainlm.evaluate.metrics import task_metrics
-from domainlm.evaluate.readers import read_conll
-from domainlm.evaluate.tasks import load_task, mark_entities
+from domainlm.tasks.load import load_task, mark_entities
+from domainlm.tasks.metrics import task_metrics
+from domainlm.tasks.readers import read_conll
 
 WORDS = "protein kinase binds receptor cell gene tumor patient therapy dose enzyme inhibitor pathway".split()
 
@@ -222,10 +222,10 @@ def test_every_task_type_fine_tunes_and_scores_on_a_tiny_model(task_entries, tin
 
 def test_long_sentences_are_predicted_through_windows(task_entries, tiny_model):
     """Every word of a sentence longer than max_length gets a prediction from some window."""
-    from domainlm.evaluate.finetune import encode, load_tokenizer
+    from domainlm.evaluate.finetune import encode, task_tokenizer
 
     task = load_task(TaskConfig(**task_entries["token-classification"]))
-    tokenizer = load_tokenizer(tiny_model, task)
+    tokenizer = task_tokenizer(tiny_model, task)
     data = encode(tokenizer, task, task.test, max_length=10)
     for i, x in enumerate(task.test):
         owned = sorted(it["words"][q] for it in data.items if it["example"] == i for q in it["owned"])
@@ -240,18 +240,19 @@ def test_tfidf_learns_a_separable_task(task_entries):
 
 
 # ---------------------------------------------------------------------------- the stage
-def _run_config(tmp_path, task_entries, models, kinds=("classification",), **evaluate) -> RunConfig:
+def _run_config(tmp_path, task_entries, models, kinds=("classification",), run="run", resources=None,
+                **evaluate) -> RunConfig:
     corpus = tmp_path / "unlabeled.txt"
     corpus.write_text("\n".join(" ".join(_sentence(random.Random(i))) for i in range(60)) + "\n")
-    return RunConfig(name="t", run_dir=str(tmp_path / "run"), corpus={"sources": [{"path": str(corpus)}]},
-                     tasks=[task_entries[k] for k in kinds],
+    return RunConfig(name="t", run_dir=str(tmp_path / run), corpus={"sources": [{"path": str(corpus)}]},
+                     tasks=[task_entries[k] for k in kinds], resources=resources or {},
                      evaluate={"seeds": [0, 1], "epochs": 1, "batch_size": 8, "max_length": 16, "models": models,
                                **evaluate})
 
 
 def test_grid_selects_by_dev_and_broken_models_do_not_stop_the_others(tmp_path, task_entries, tiny_model):
-    from domainlm.artifacts import read_json
     from domainlm.evaluate import run
+    from domainlm.io import read_json
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -270,7 +271,7 @@ def test_grid_selects_by_dev_and_broken_models_do_not_stop_the_others(tmp_path, 
               {"name": "no-weights", "kind": "hf", "path": str(no_weights)},
               {"name": "tfidf", "kind": "tfidf"}]
     config = _run_config(tmp_path, task_entries, models, lr=[1e-3, 1e-5])
-    out = tmp_path / "evaluate"
+    out = config.directory / "evaluate"
     run(config, out)
     failures = {f["model"]: f["error"] for f in read_json(out / "failures.json")["failed"]}
     assert set(failures) == {"corrupt", "vit", "no-weights"}
@@ -289,14 +290,14 @@ def test_grid_selects_by_dev_and_broken_models_do_not_stop_the_others(tmp_path, 
 
 
 def test_self_training_row(tmp_path, task_entries, tiny_model):
-    from domainlm.artifacts import read_json
     from domainlm.evaluate import run
+    from domainlm.io import read_json
 
     models = [{"name": "tiny", "kind": "hf", "path": str(tiny_model)},
               {"name": "tiny-st", "kind": "self-training", "teacher": "tiny", "unlabeled": str(tmp_path / "unlabeled.txt"),
                "max_unlabeled": 40, "confidence": 0.0}]
     config = _run_config(tmp_path, task_entries, models, kinds=("classification", "pair-classification"), lr=1e-3)
-    out = tmp_path / "evaluate"
+    out = config.directory / "evaluate"
     run(config, out)
     result = read_json(out / "runs" / "tiny-st" / "classification" / "lr-0.001" / "seed-0.json")
     assert result["unlabeled"] == 40 and result["pseudo_labeled"] == 40  # confidence 0 keeps every label
@@ -337,8 +338,8 @@ def test_other_encoder_families_fine_tune(family, task_entries, tiny_model, tmp_
 
 
 def test_parallel_workers_give_the_same_runs(tmp_path, task_entries, tiny_model):
-    from domainlm.artifacts import read_json
     from domainlm.evaluate import run
+    from domainlm.io import read_json
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
@@ -347,8 +348,9 @@ def test_parallel_workers_give_the_same_runs(tmp_path, task_entries, tiny_model)
               {"name": "tfidf", "kind": "tfidf"}]
     outputs = {}
     for workers in (1, 2):
-        config = _run_config(tmp_path, task_entries, models, lr=1e-3, workers=workers, threads=1)
-        out = tmp_path / f"evaluate-{workers}"
+        config = _run_config(tmp_path, task_entries, models, lr=1e-3, run=f"run-{workers}",
+                             resources={"evaluate_workers": workers, "evaluate_threads": 1})
+        out = config.directory / "evaluate"
         run(config, out)
         rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
         failed = [(f["model"], f["task"]) for f in read_json(out / "failures.json")["failed"]]

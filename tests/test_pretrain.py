@@ -160,7 +160,7 @@ def test_export_loads_in_stock_transformers_and_matches(tokenizer, tmp_path):
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "one-cycle", "wsd"])
 def test_lr_schedules(kind):
-    from domainlm.pretrain.trainer import lr_schedule
+    from domainlm.optim import lr_schedule
 
     factor = lr_schedule(kind, warmup_steps=10, total_steps=100, decay_fraction=0.2)
     values = [factor(s) for s in range(100)]
@@ -247,7 +247,7 @@ def test_a_nan_step_is_skipped_and_reported(data, tokenizer, tmp_path, monkeypat
 
 
 def test_repeated_nan_steps_stop_the_run(data, tokenizer, tmp_path, monkeypatch):
-    from domainlm.pretrain.trainer import TrainingDiverged
+    from domainlm.errors import TrainingDiverged
 
     trainer = _trainer(tokenizer, data, tmp_path, steps=6)
     _poison(trainer, {1, 2, 3, 4, 5}, monkeypatch)

@@ -6,8 +6,8 @@ from scipy.spatial.distance import jensenshannon
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from domainlm.evaluate.distance import domain_distance, unigram_divergence
-from domainlm.evaluate.metrics import task_metrics
-from domainlm.evaluate.stats import paired_bootstrap, rank_correlation, suite_score
+from domainlm.report.stats import paired_bootstrap, rank_correlation, suite_score
+from domainlm.tasks.metrics import task_metrics
 
 
 def simulated_predictions(rng, gold, accuracy, seeds):

@@ -104,17 +104,19 @@ def corpus_documents() -> Iterator[dict]:
             yield {"id": f"topics.{name}.{i}", "text": paragraph}
 
 
-def module_task(split: str) -> list[tuple[str, str]]:
-    """(docstring with package names masked, package) pairs of one split."""
+def module_task(split: str) -> list[dict[str, str]]:
+    """Classification examples of one split: {"text": docstring with package names masked,
+    "label": its package}."""
     return [
-        (_NAME_MASK.sub("[module]", doc.text), doc.package)
+        {"text": _NAME_MASK.sub("[module]", doc.text), "label": doc.package}
         for doc in stdlib_docstrings()
         if doc.package in MODULE_LABELS and split_of(doc.qualname) == split
     ]
 
 
-def params_task(split: str, max_words: int = 96) -> list[tuple[list[str], list[str]]]:
-    """(words, IOB2 tags) pairs: B-PARAM on words that name a parameter of the function."""
+def params_task(split: str, max_words: int = 96) -> list[dict[str, list[str]]]:
+    """Token-classification examples of one split: {"tokens": words, "tags": IOB2 tags}, B-PARAM
+    on words that name a parameter of the function."""
     examples = []
     for doc in stdlib_docstrings():
         if not doc.params or split_of(doc.qualname) != split:
@@ -122,5 +124,9 @@ def params_task(split: str, max_words: int = 96) -> list[tuple[list[str], list[s
         words = _WORD.findall(doc.text)[:max_words]
         tags = ["B-PARAM" if w in doc.params else "O" for w in words]
         if "B-PARAM" in tags:
-            examples.append((words, tags))
+            examples.append({"tokens": words, "tags": tags})
     return examples
+
+
+# The demo's tasks by name (`format: python-docs` in a recipe): each gives a split's examples.
+TASKS = {"docstring-module": module_task, "docstring-params": params_task}

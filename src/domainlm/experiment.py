@@ -2,25 +2,31 @@
 
 A recipe with an `experiment` section declares arms — each the recipe's corpus / tokenizer / model
 / pretrain sections with some keys replaced (another corpus, a general vocabulary, `init_from` a
-general checkpoint, `extend_vocab`, ...). The pretrain stage runs every arm as its own small run
-(`runs/<name>/arms/<arm>/`, with its own stage cache, so a re-run skips finished arms) for the
-same number of steps of the same shape: `budget_tokens` split equally. An arm that fails is
+general checkpoint, `extend_vocab`, ...). Each arm is a run of its own (`runs/<name>/arms/<arm>/`,
+its corpus, tokenizer and pretrain stages cached like any run's, so a re-run skips finished arms)
+for the same number of steps of the same shape: `budget_tokens` split equally. An arm that fails is
 recorded with its reason and the others go on. `evaluate.models` then names arms
 (`{kind: domain, arm: <name>}`), next to general checkpoints, random-init and TF-IDF.
+
+The experiment sits above the pipeline: it runs the pipeline for each arm, records the arms in
+`runs/<name>/experiment/` (arms.json, summary.json, history.json), then runs this run's own
+corpus, tokenizer, evaluate and report stages. The pipeline and the stages know nothing of it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-import time
 import traceback
-from pathlib import Path
 from typing import Any
 
-from domainlm.artifacts import atomic_write_json, read_json
 from domainlm.config import ArmConfig, RunConfig, config_from_dict
+from domainlm.io import atomic_write_json, read_json
+from domainlm.layout import RunLayout
+from domainlm.pipeline import run_all, run_stage
 
 ARM_STAGES = ("corpus", "tokenizer", "pretrain")
+log = logging.getLogger(__name__)
 
 
 def merge(base: dict, changes: dict) -> dict:
@@ -45,63 +51,63 @@ def arm_config(config: RunConfig, arm: ArmConfig) -> RunConfig:
     pretrain = data["pretrain"]
     pretrain["max_steps"] = arm_steps(config, pretrain)
     pretrain["checkpoint_every"] = min(pretrain["checkpoint_every"], pretrain["max_steps"])
-    data.update(name=f"{config.name}-{arm.name}", run_dir=str(arm_dir(config, arm.name)))
+    data.update(name=f"{config.name}-{arm.name}", run_dir=str(RunLayout(config.directory).arm(arm.name).root))
     return config_from_dict(data, origin=f"experiment arm '{arm.name}'")
 
 
-def arm_dir(config: RunConfig, arm: str) -> Path:
-    return config.directory / "arms" / arm
-
-
-def arm_failure(config: RunConfig, arm: str) -> str:
-    """Why an arm has no model: its recorded failure, or that it has not run."""
-    arms = config.directory / "pretrain" / "arms.json"
-    for record in read_json(arms) if arms.exists() else []:
-        if record["arm"] == arm and record["status"] == "failed":
-            return f"arm '{arm}' failed: {record['reason']}"
-    return f"arm '{arm}' has no exported model (not run yet?)"
-
-
 def run_arm(config: RunConfig, arm: ArmConfig) -> dict[str, Any]:
-    from domainlm.pipeline import run_stage
-
+    """Pretrain one arm (its corpus, tokenizer and pretrain stages); its budget and cost."""
     settings = arm_config(config, arm)
-    started = time.time()
-    for stage in ARM_STAGES:
-        run_stage(settings, stage)
-    folder = settings.directory
-    summary = read_json(folder / "pretrain" / "summary.json")
-    seconds = {s: read_json(folder / s / "manifest.json")["timings"]["seconds"] for s in ARM_STAGES}
+    run_all(settings, stages=ARM_STAGES)
+    run_dir = RunLayout(settings.directory)
+    summary = read_json(run_dir.pretrain_summary)
+    seconds = {s: run_dir.stage_seconds(s) for s in ARM_STAGES}
     p = settings.pretrain
     return {"steps": p.max_steps, "positions": p.max_steps * p.batch_size * p.seq_len,
             "real_tokens": summary["real_tokens_seen"], "final_loss": summary["final_loss"],
             "train_seconds": summary["train_seconds"], "stage_seconds": seconds, "device": summary["device"],
             "parameters": summary["parameters"], "real_tokens_per_s": summary["real_tokens_per_s"],
             "export_max_abs_logit_diff": summary["export_max_abs_logit_diff"], "init": summary.get("init"),
-            "wall_seconds": round(time.time() - started, 2)}
+            "wall_seconds": round(sum(seconds.values()), 2)}
 
 
-def run(config: RunConfig, out: Path) -> dict[str, Any]:
+def run_arms(config: RunConfig) -> dict[str, Any]:
     """Every arm in turn; `arms.json` records each one's budget, cost and status. `summary.json`
-    and `history.json` hold the totals and every arm's loss curve (what the report reads)."""
+    and `history.json` hold the totals and every arm's loss curve (what the report reads). What
+    they hold depends only on the arms' stage folders, so a re-run that skips every arm rewrites
+    them unchanged."""
+    run_dir = RunLayout(config.directory)
     records = []
-    for arm in config.experiment.arms:
-        print(f"experiment: arm {arm.name} ({len(records) + 1} of {len(config.experiment.arms)})")
+    for number, arm in enumerate(config.experiment.arms, start=1):
+        log.info("experiment: arm %s (%d of %d)", arm.name, number, len(config.experiment.arms))
         try:
             record = {"arm": arm.name, "status": "done"} | run_arm(config, arm)
         except Exception as err:  # noqa: BLE001 - one failing arm must not stop the others
             record = {"arm": arm.name, "status": "failed", "reason": f"{type(err).__name__}: {err}",
                       "traceback": traceback.format_exc(limit=4)}
-            print(f"experiment: arm {arm.name} failed: {record['reason']}")
+            log.warning("experiment: arm %s failed: %s", arm.name, record["reason"])
         records.append(record)
-        atomic_write_json(out / "arms.json", records)
+        atomic_write_json(run_dir.arms, records)
     done = [r for r in records if r["status"] == "done"]
-    histories = {r["arm"]: read_json(arm_dir(config, r["arm"]) / "pretrain" / "history.json") for r in done}
-    atomic_write_json(out / "history.json", {"arms": {arm: h["loss"] for arm, h in histories.items()}})
-    seconds = sum(r["train_seconds"] for r in done)
-    atomic_write_json(out / "summary.json", {
-        "arms": records, "steps": sum(r["steps"] for r in done), "train_seconds": seconds,
+    histories = {r["arm"]: read_json(run_dir.arm(r["arm"]).pretrain_history) for r in done}
+    atomic_write_json(run_dir.experiment_history, {"arms": {arm: h["loss"] for arm, h in histories.items()}})
+    atomic_write_json(run_dir.experiment_summary, {
+        "arms": records, "steps": sum(r["steps"] for r in done), "train_seconds": sum(r["train_seconds"] for r in done),
         "real_tokens_seen": sum(r["real_tokens"] for r in done),
         "device": done[0]["device"] if done else "none", "budget_tokens": config.experiment.budget_tokens,
     })
     return {"arms": len(records), "failed": len(records) - len(done)}
+
+
+def run(config: RunConfig, verb: str = "run", force: bool = False) -> list[str]:
+    """A recipe with arms. `run`: this run's corpus and tokenizer, every arm, then evaluate and
+    report; `pretrain`: the arms alone; any other stage: that stage of this run. Returns the
+    stages of this run that ran (`pretrain` for the arms)."""
+    if verb == "pretrain":
+        run_arms(config)
+        return ["pretrain"]
+    if verb != "run":
+        return [verb] if run_stage(config, verb, force=force) else []
+    ran = run_all(config, force, stages=("corpus", "tokenizer"))
+    run_arms(config)
+    return ran + ["pretrain"] + run_all(config, force, stages=("evaluate", "report"))

@@ -28,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import platform
 import shutil
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -36,9 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from domainlm.artifacts import atomic_directory, atomic_write_json, read_json
 from domainlm.config import CorpusConfig, RunConfig, SourceConfig
 from domainlm.corpus.dedup import (
     ContaminationIndex,
@@ -51,9 +51,13 @@ from domainlm.corpus.dedup import (
 from domainlm.corpus.filters import normalize_text
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 from domainlm.corpus.readers import Unit, plan_units, read_unit
+from domainlm.io import PendingFile, atomic_directory, atomic_write_json, read_json
+from domainlm.progress import progress_bar
+from domainlm.tasks.load import task_eval_texts
 
 STEPS = ("read", "quality", "decontaminate", "exact_dedup", "near_dedup")
 EXAMPLES_PER_REASON = 3
+log = logging.getLogger(__name__)
 
 
 def heldout(text: str, fraction: float) -> bool:
@@ -173,17 +177,6 @@ def _process(args) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- the stage
-def task_eval_texts(config: RunConfig) -> dict[str, list[str]]:
-    """The full dev and test text of every task in the run (what decontamination protects)."""
-    from domainlm.evaluate.tasks import load_task
-
-    texts = {}
-    for task in config.tasks:
-        loaded = load_task(task.model_copy(update={"max_eval_examples": None}))
-        texts[task.name] = loaded.texts(("dev", "test"))
-    return texts
-
-
 def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None):
     """The per-unit jobs still to do (arguments of `process_unit`) and every unit's folder, in
     corpus order. A unit whose folder holds stats.json is finished and not planned again."""
@@ -203,13 +196,16 @@ def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] 
     return jobs, unit_dirs
 
 
-def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None,
+           workers: int | None = None, executor: str = "local") -> dict[str, Any]:
     """Run every step over the configured sources into `out`, resuming finished units. Steps 1-4
-    run on a local process pool (`workers`); see docs/curation.md for the same on Ray or Slurm."""
+    run on a local process pool of `workers` (default: every core) or, with `executor="ray"`, on
+    Ray; see docs/curation.md for Slurm."""
     jobs, unit_dirs = plan_jobs(config, out, eval_texts)
-    workers = max(1, min(config.workers or os.cpu_count() or 1, len(jobs)))
-    progress = tqdm(total=len(unit_dirs), initial=len(unit_dirs) - len(jobs), desc="corpus units", mininterval=1.0)
-    if config.executor == "ray" and jobs:
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    progress = progress_bar(total=len(unit_dirs), initial=len(unit_dirs) - len(jobs), desc="corpus units",
+                            unit=" units")
+    if executor == "ray" and jobs:
         run_on_ray(jobs, progress)
     elif workers == 1:
         for job in jobs:
@@ -242,9 +238,25 @@ def run_on_ray(jobs: list[tuple], progress) -> None:
 def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]]) -> dict[str, Any]:
     """Steps 5-7 over the finished units: dedup across the corpus, split, write shards and stats."""
     unit_stats = [read_json(folder / "stats.json") for folder, _ in unit_dirs]
+    removed = duplicates(config, unit_dirs, unit_stats)
+    stats = merge_unit_stats(unit_stats)
+    stats["shards"] = write_outputs(config, out, unit_dirs, unit_stats, removed, stats)
+    stats["steps"] = step_table(stats["read"], stats["steps"])
+    stats["dropped"] = {r: n for counts in stats["steps"].values() for r, n in counts["dropped"].items()}
+    if stats["read"] != stats["kept"] + sum(stats["dropped"].values()):  # the accounting invariant
+        raise AssertionError(f"corpus accounting broken: read {stats['read']}, kept {stats['kept']}, "
+                             f"dropped {stats['dropped']}")
+    atomic_write_json(out / "stats.json", stats)
+    return stats
+
+
+def duplicates(config: CorpusConfig, unit_dirs: list[tuple[Path, SourceConfig]],
+               unit_stats: list[dict]) -> dict[int, str]:
+    """Survivors of steps 1-4 that dedup removes: global survivor index -> `duplicate` (an exact
+    copy of an earlier document) or `near_duplicate` (a MinHash LSH cluster's non-first member)."""
     exact = np.concatenate([read_rows(folder / "exact.bin", np.uint64, 2) for folder, _ in unit_dirs])
     total = len(exact)
-    removed: dict[int, str] = {}  # global survivor index -> reason
+    removed: dict[int, str] = {}
     if config.dedup.exact and total:
         _, first = np.unique(exact.view(np.dtype((np.void, 16))).ravel(), return_index=True)
         unique = np.zeros(total, dtype=bool)
@@ -252,7 +264,7 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
         removed.update({int(i): "duplicate" for i in np.flatnonzero(~unique)})
     if config.dedup.near and total:
         # One band's keys (8 bytes per document) are in memory at a time; signatures are read from
-        # the units' memory maps for the few documents that share a bucket.
+        # the units' files for the few documents that share a bucket.
         survivors = np.ones(total, dtype=bool)
         survivors[list(removed)] = False
         candidates = np.flatnonzero(survivors)
@@ -271,7 +283,11 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
 
         clusters = near_duplicates(columns, signature_of, config.dedup.threshold)
         removed.update({int(candidates[i]): "near_duplicate" for i in clusters})
+    return removed
 
+
+def merge_unit_stats(unit_stats: list[dict]) -> dict[str, Any]:
+    """The corpus-wide counts of steps 1-4 (reads, per-step drops, PII, invalid bytes, examples)."""
     stats: dict[str, Any] = {"read": 0, "kept": 0, "heldout": 0, "dropped": {}, "steps": {}, "sources": {},
                              "pii": {}, "invalid_bytes": 0, "line_removals": 0, "examples": {}}
     for unit in unit_stats:
@@ -279,34 +295,49 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
         stats["invalid_bytes"] += unit["invalid_bytes"]
         stats["line_removals"] += unit["line_removals"]
         for kind, count in unit["pii"].items():
-            stats["pii"][kind] = stats["pii"].get(kind, 0) + count
+            _add(stats["pii"], kind, count)
         for step, counts in unit["steps"].items():
             for reason, count in counts.items():
                 _add(stats["steps"].setdefault(step, {}), reason, count)
         for reason, examples in unit["examples"].items():
             stats["examples"].setdefault(reason, []).extend(examples[: EXAMPLES_PER_REASON - len(
                 stats["examples"].get(reason, []))])
+    return stats
 
-    # Outputs are streamed (memory stays flat however large the corpus): each file is written to a
-    # temporary name and renamed when complete.
-    shard_paths: list[str] = []
-    shard = {"handle": None, "count": 0}
 
-    def write_kept(line: str) -> None:
-        if shard["handle"] is None:
-            shard["handle"] = _PendingFile(out / f"train-{len(shard_paths):05d}.jsonl")
-        shard["handle"].write(line)
-        shard["count"] += 1
-        if shard["count"] >= config.shard_docs:
-            close_shard()
+class ShardWriter:
+    """Kept documents into `train-NNNNN.jsonl` shards of `shard_docs` lines, each written under a
+    temporary name and renamed when complete."""
 
-    def close_shard() -> None:
-        if shard["handle"] is not None:
-            shard_paths.append(shard["handle"].close())
-            shard.update(handle=None, count=0)
+    def __init__(self, out: Path, shard_docs: int):
+        self.out, self.shard_docs = out, shard_docs
+        self.paths: list[str] = []
+        self.current: PendingFile | None = None
+        self.count = 0
 
-    held_out = _PendingFile(out / "heldout.jsonl")
-    dropped_file = _PendingFile(out / "dropped.jsonl") if config.keep_dropped else None
+    def write(self, line: str) -> None:
+        if self.current is None:
+            self.current = PendingFile(self.out / f"train-{len(self.paths):05d}.jsonl")
+        self.current.write(line)
+        self.count += 1
+        if self.count >= self.shard_docs:
+            self.close()
+
+    def close(self) -> list[str]:
+        if self.current is not None:
+            self.paths.append(self.current.close())
+            self.current, self.count = None, 0
+        return self.paths
+
+
+def write_outputs(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]],
+                  unit_stats: list[dict], removed: dict[int, str], stats: dict[str, Any]) -> list[str]:
+    """Stream every unit's survivors to the train shards or the held-out set (dedup's removals to
+    `dropped.jsonl` with `keep_dropped`), counting into `stats`. Memory stays flat however large the
+    corpus. Returns the shard file names."""
+    shards = ShardWriter(out, config.shard_docs)
+    held_out = PendingFile(out / "heldout.jsonl")
+    dropped_file = PendingFile(out / "dropped.jsonl") if config.keep_dropped else None
     if dropped_file:
         for folder, _ in unit_dirs:  # the per-unit drops (read, quality, decontaminate) first
             with open(folder / "dropped.jsonl", encoding="utf-8") as handle:
@@ -320,55 +351,34 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
             for line in handle:
                 reason = removed.get(position)
                 position += 1
-                doc = json.loads(line)
                 if reason:
-                    step = "exact_dedup" if reason == "duplicate" else "near_dedup"
-                    _add(stats["steps"].setdefault(step, {}), reason, 1)
-                    examples = stats["examples"].setdefault(reason, [])
-                    if len(examples) < EXAMPLES_PER_REASON:
-                        examples.append({"id": doc["id"], "text": doc["text"][:300]})
-                    if dropped_file:
-                        dropped_file.write(json.dumps({**doc, "reason": reason}, ensure_ascii=False) + "\n")
+                    _count_dedup_drop(stats, reason, json.loads(line), dropped_file)
                     continue
                 stats["kept"] += 1
                 per_source["kept"] += 1
-                if heldout(doc["text"], config.heldout_fraction):
+                if heldout(json.loads(line)["text"], config.heldout_fraction):
                     stats["heldout"] += 1
                     held_out.write(line)
                 else:
-                    write_kept(line)
-    close_shard()
+                    shards.write(line)
     held_out.close()
     if dropped_file:
         dropped_file.close()
-    stats["shards"] = shard_paths
-    stats["steps"] = step_table(stats["read"], stats["steps"])
-    stats["dropped"] = {r: n for counts in stats["steps"].values() for r, n in counts["dropped"].items()}
-    if stats["read"] != stats["kept"] + sum(stats["dropped"].values()):  # the accounting invariant
-        raise AssertionError(f"corpus accounting broken: read {stats['read']}, kept {stats['kept']}, "
-                             f"dropped {stats['dropped']}")
-    atomic_write_json(out / "stats.json", stats)
-    return stats
+    return shards.close()
+
+
+def _count_dedup_drop(stats: dict[str, Any], reason: str, doc: dict, dropped_file: PendingFile | None) -> None:
+    step = "exact_dedup" if reason == "duplicate" else "near_dedup"
+    _add(stats["steps"].setdefault(step, {}), reason, 1)
+    examples = stats["examples"].setdefault(reason, [])
+    if len(examples) < EXAMPLES_PER_REASON:
+        examples.append({"id": doc["id"], "text": doc["text"][:300]})
+    if dropped_file:
+        dropped_file.write(json.dumps({**doc, "reason": reason}, ensure_ascii=False) + "\n")
 
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:
     counts[key] = counts.get(key, 0) + n
-
-
-class _PendingFile:
-    """A text file written under a temporary name and renamed into place by `close()`."""
-
-    def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
-        self.handle = open(self.tmp, "w", encoding="utf-8")
-
-    def write(self, text: str) -> None:
-        self.handle.write(text)
-
-    def close(self) -> str:
-        self.handle.close()
-        os.replace(self.tmp, self.path)
-        return self.path.name
 
 
 def step_table(read: int, drops: dict[str, dict[str, int]]) -> dict[str, dict[str, Any]]:
@@ -381,24 +391,34 @@ def step_table(read: int, drops: dict[str, dict[str, int]]) -> dict[str, dict[st
     return table
 
 
-def iter_corpus_documents(corpus_dir: Path, split: str = "train"):
-    """Yield the documents (`{"id", "text", "source"}`) of a curated corpus (`train` shards or the
-    `heldout` set)."""
-    files = sorted(corpus_dir.glob("train-*.jsonl")) if split == "train" else [corpus_dir / "heldout.jsonl"]
-    for path in files:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                yield json.loads(line)
+def needs(config: RunConfig) -> tuple[str, ...]:
+    return ()  # the first stage: it reads only the configured sources (and the tasks' dev/test text)
 
 
-def iter_corpus_texts(corpus_dir: Path, split: str = "train"):
-    """Yield the texts of a curated corpus."""
-    return (doc["text"] for doc in iter_corpus_documents(corpus_dir, split))
+def inputs(config: RunConfig) -> list[str]:
+    """The files the stage reads: the sources, and with decontamination the tasks' files (their
+    dev/test text is what it protects)."""
+    files = [s.path for s in config.corpus.sources if s.path and s.format != "hf-hub"]
+    if config.corpus.decontamination.enabled:
+        files += [path for t in config.tasks for path in t.files(("dev", "test"))]
+    return files
+
+
+def settings(config: RunConfig) -> dict[str, Any]:
+    """What the stage computes from: the corpus section, the Python version (Unicode tables), and
+    with decontamination the tasks' data mapping."""
+    dump = config.model_dump(mode="json")
+    out = {"corpus": dump["corpus"], "python": platform.python_version()}
+    if config.corpus.decontamination.enabled:
+        out["tasks"] = [{k: v for k, v in t.items() if k not in ("max_train_examples", "metric", "max_length")}
+                        for t in dump["tasks"]]
+    return out
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
-    eval_texts = task_eval_texts(config) if config.corpus.decontamination.enabled else {}
-    stats = curate(config.corpus, out, eval_texts)
+    eval_texts = task_eval_texts(config.tasks) if config.corpus.decontamination.enabled else {}
+    stats = curate(config.corpus, out, eval_texts, config.resources.corpus_workers, config.resources.corpus_executor)
     dropped = ", ".join(f"{k}={v}" for k, v in sorted(stats["dropped"].items())) or "none"
-    print(f"corpus: read {stats['read']}, kept {stats['kept']} ({stats['heldout']} held out), dropped {dropped}")
+    log.info("corpus: read %d, kept %d (%d held out), dropped %s", stats["read"], stats["kept"], stats["heldout"],
+             dropped)
     return {k: stats[k] for k in ("read", "kept", "heldout", "dropped")}

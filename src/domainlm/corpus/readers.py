@@ -14,7 +14,6 @@ pandas and `datasets` index), `folder/sub/a.txt` (txt-files). `name` is the file
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
 import os
@@ -28,15 +27,13 @@ from typing import IO, Any
 from urllib.parse import urlparse
 
 from domainlm.config import SourceConfig
+from domainlm.errors import InputError
+from domainlm.io import decode_utf8, open_binary
 
 CHUNK = 1 << 24  # bytes read at a time when counting or skipping (bounds memory)
 HF_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _MISSING = object()
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class InputError(ValueError):
-    """Input that cannot be read; the message names the file (and line, where there is one)."""
 
 
 @dataclass(frozen=True)
@@ -59,43 +56,16 @@ class Unit:
 
 
 # ------------------------------------------------------------------------------- files and bytes
-def _open_binary(path: str | Path) -> IO[bytes]:
-    """Open a file for buffered binary reading, decompressing `.gz` and `.zst` as a stream."""
-    path = str(path)
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".zst"):
-        import zstandard
-
-        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
-        return io.BufferedReader(reader)
-    return open(path, "rb")
-
-
-def open_text(path: str | Path) -> IO[str]:
-    """Open a text file, decompressing `.gz`/`.zst`; invalid UTF-8 bytes become U+FFFD."""
-    return io.TextIOWrapper(_open_binary(path), encoding="utf-8", errors="replace")
-
-
-def _decode(raw: bytes) -> tuple[str, int]:
-    """UTF-8 text and the number of U+FFFD that replacing invalid bytes introduced."""
-    try:
-        return raw.decode("utf-8"), 0  # the common case, and a genuine U+FFFD counts 0
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        return text, text.count("\ufffd") - raw.count("\ufffd".encode())
-
-
 def _clean(text: str) -> tuple[str, int]:
     """Text decoded with `surrogateescape` (csv, JSON) or holding lone-surrogate JSON escapes cannot
-    be written as UTF-8: turn those into U+FFFD, as `_decode` does, and count them."""
+    be written as UTF-8: turn those into U+FFFD, as `decode_utf8` does, and count them."""
     try:
         text.encode("utf-8")
         return text, 0
     except UnicodeEncodeError:
         pass
     try:
-        return _decode(text.encode("utf-8", errors="surrogateescape"))
+        return decode_utf8(text.encode("utf-8", errors="surrogateescape"))
     except UnicodeEncodeError:  # a JSON escape such as "\ud800" that was never a byte
         return _SURROGATE.subn("\ufffd", text)
 
@@ -117,7 +87,7 @@ def _skip_line(handle: IO[bytes]) -> None:
 
 def _numbered_lines(unit: Unit) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, line without its line ending) of every line starting in the unit."""
-    with _open_binary(unit.path) as handle:
+    with open_binary(unit.path) as handle:
         number = 1
         if unit.start > 0:
             newlines = unit.newlines_before
@@ -142,7 +112,7 @@ def _numbered_lines(unit: Unit) -> Iterator[tuple[int, bytes]]:
 def _document(doc_id: str, value: Any, field: str, name: str) -> dict:
     """A document from one record's text value, or a `missing_text` skip."""
     if isinstance(value, bytes):  # a binary column holding text
-        text, invalid = _decode(value)
+        text, invalid = decode_utf8(value)
     elif isinstance(value, str):
         text, invalid = _clean(value)
     else:
@@ -174,13 +144,13 @@ def _is_json_list(path: str) -> bool:
     """Whether a file is `.json` holding one top-level list rather than JSON lines."""
     if not _bare_name(path).endswith(".json"):
         return False
-    with _open_binary(path) as handle:
+    with open_binary(path) as handle:
         return handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
 
 
 def _read_json_list(unit: Unit, field: str, label: str, name: str) -> Iterator[dict]:
     # The whole file is parsed at once: keep list files to what fits in memory (use JSON lines).
-    with _open_binary(unit.path) as handle:
+    with open_binary(unit.path) as handle:
         text = handle.read().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     try:
         items = json.loads(text)
@@ -197,7 +167,7 @@ def _read_json_list(unit: Unit, field: str, label: str, name: str) -> Iterator[d
 
 def _read_csv(unit: Unit, field: str, label: str, name: str) -> Iterator[dict]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default 128 KiB is too small for documents
-    with io.TextIOWrapper(_open_binary(unit.path), encoding="utf-8-sig", errors="surrogateescape",
+    with io.TextIOWrapper(open_binary(unit.path), encoding="utf-8-sig", errors="surrogateescape",
                           newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
@@ -347,7 +317,7 @@ def read_unit(unit: Unit, source: SourceConfig) -> Iterator[dict]:
     file_name = Path(unit.path).name
     if fmt == "txt":
         for number, raw in _numbered_lines(unit):
-            text, invalid = _decode(raw)  # a blank line is an empty document: every line counts
+            text, invalid = decode_utf8(raw)  # a blank line is an empty document: every line counts
             yield {"id": f"{file_name}:{number}", "text": text, "source": name, "invalid_bytes": invalid}
     elif fmt == "jsonl" and _is_json_list(unit.path):
         yield from _read_json_list(unit, field, file_name, name)
@@ -358,8 +328,8 @@ def read_unit(unit: Unit, source: SourceConfig) -> Iterator[dict]:
                                    field, name)
     elif fmt == "txt-files":
         for relative in unit.files:
-            with _open_binary(Path(unit.path) / relative) as handle:
-                text, invalid = _decode(handle.read())  # the file is the document
+            with open_binary(Path(unit.path) / relative) as handle:
+                text, invalid = decode_utf8(handle.read())  # the file is the document
             yield {"id": f"{file_name}/{relative}", "text": text, "source": name, "invalid_bytes": invalid}
     elif fmt == "csv":
         yield from _read_csv(unit, field, file_name, name)
@@ -374,49 +344,3 @@ def read_unit(unit: Unit, source: SourceConfig) -> Iterator[dict]:
             yield {"id": doc["id"], "text": doc["text"], "source": name, "invalid_bytes": 0}
     else:
         raise InputError(f"{source.path}: unknown format '{fmt}'")
-
-
-def _strict(records: Iterator[dict], source: SourceConfig) -> Iterator[dict]:
-    """Documents only; the first skip raises InputError naming the file and line."""
-    for record in records:
-        if "skip" in record:
-            # Ids start with the file's base name: put its folder back for a path a user can open.
-            where = Path(source.path).parent / record["id"] if source.path else record["id"]
-            raise InputError(f"{where}: {record['detail']}")
-        yield record
-
-
-def read_documents(source: SourceConfig) -> Iterator[dict]:
-    """Every document of one source in order, at most `source.max_docs`; raises InputError on the
-    first record that cannot give a document (the pipeline uses `read_unit` to count those instead)."""
-    count = 0
-    for unit in plan_units([source], unit_bytes=2**62):  # one unit per file: no planning pass
-        for doc in _strict(read_unit(unit, source), source):
-            if source.max_docs is not None and count >= source.max_docs:
-                return
-            count += 1
-            yield doc
-
-
-def read_jsonl(path: str, text_field: str) -> Iterator[tuple[str, str]]:
-    """(id, text) of each JSON object in a JSON-lines (or `.json` list) file; raises InputError on
-    a malformed line or a missing text field."""
-    source = SourceConfig.model_construct(path=str(path), format="jsonl", text_field=text_field)
-    for doc in _strict(read_unit(Unit(0, str(path)), source), source):
-        yield doc["id"], doc["text"]
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a malformed line raises InputError naming the
-    file and line (the strict reader for task data)."""
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-            yield number, record

@@ -17,8 +17,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from domainlm.evaluate.metrics import to_scheme
-from domainlm.evaluate.tasks import Task
+from domainlm.tasks.load import Task
+from domainlm.tasks.tagging import to_scheme
 
 
 def _word_features(words: list[str], i: int) -> dict[str, float]:
@@ -92,23 +92,43 @@ def _choices(task: Task, seed: int) -> tuple[list, list]:
     return predict(task.dev), predict(task.test)
 
 
+def _text_model(task: Task, fit, predict) -> tuple[list, list]:
+    """TF-IDF of the text (and of its pair); `fit(X, train examples)` returns a model that
+    `predict(model, X)` maps to one prediction per example."""
+    features = _TextFeatures(paired="text_pair" in task.train[0])
+    model = fit(features.fit_transform(_columns(task.train)), task.train)
+    return tuple(predict(model, features.transform(_columns(split))) for split in (task.dev, task.test))
+
+
+def _labels(task: Task, seed: int) -> tuple[list, list]:
+    def fit(X, train):
+        return LogisticRegression(max_iter=2000, C=10.0, random_state=seed).fit(X, [x["label"] for x in train])
+
+    return _text_model(task, fit, lambda model, X: [str(v) for v in model.predict(X)])
+
+
+def _label_sets(task: Task, seed: int) -> tuple[list, list]:
+    binarizer = MultiLabelBinarizer(classes=task.labels)
+
+    def fit(X, train):
+        model = OneVsRestClassifier(LogisticRegression(max_iter=2000, C=10.0, random_state=seed))
+        return model.fit(X, binarizer.fit_transform([x["label"] for x in train]))
+
+    return _text_model(task, fit, lambda model, X: [sorted(row) for row in binarizer.inverse_transform(model.predict(X))])
+
+
+def _numbers(task: Task, seed: int) -> tuple[list, list]:
+    def fit(X, train):
+        return Ridge(alpha=1.0).fit(X, [x["label"] for x in train])
+
+    return _text_model(task, fit, lambda model, X: [float(v) for v in model.predict(X)])
+
+
+# Per target: the baseline model (logistic regression; one-vs-rest for label sets; ridge for numbers;
+# word-window features for tags; a pair scorer for choices).
+_MODELS = {"class": _labels, "classes": _label_sets, "number": _numbers, "tags": _tokens, "choice": _choices}
+
+
 def tfidf_predict(task: Task, seed: int) -> tuple[list, list]:
     """Fit on train, predict dev and test. Returns (dev predictions, test predictions)."""
-    if task.type == "token-classification":
-        return _tokens(task, seed)
-    if task.type == "multiple-choice":
-        return _choices(task, seed)
-    features = _TextFeatures(paired="text_pair" in task.train[0])
-    X = features.fit_transform(_columns(task.train))
-    if task.type == "regression":
-        model = Ridge(alpha=1.0).fit(X, [x["label"] for x in task.train])
-        return tuple([float(v) for v in model.predict(features.transform(_columns(s)))] for s in (task.dev, task.test))
-    if task.type == "multi-label":
-        binarizer = MultiLabelBinarizer(classes=task.labels)
-        model = OneVsRestClassifier(LogisticRegression(max_iter=2000, C=10.0, random_state=seed))
-        model.fit(X, binarizer.fit_transform([x["label"] for x in task.train]))
-        return tuple([sorted(row) for row in binarizer.inverse_transform(model.predict(features.transform(_columns(s))))]
-                     for s in (task.dev, task.test))
-    model = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
-    model.fit(X, [x["label"] for x in task.train])
-    return tuple([str(v) for v in model.predict(features.transform(_columns(s)))] for s in (task.dev, task.test))
+    return _MODELS[task.target](task, seed)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from domainlm.tokenizer import vocabulary_fit
+from domainlm.vocabulary import vocabulary_fit
 
 _WORD = re.compile(r"\w+")
 

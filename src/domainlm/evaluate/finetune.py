@@ -15,22 +15,24 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from domainlm.config import EvaluateConfig
-from domainlm.evaluate.metrics import task_metrics, to_scheme
-from domainlm.evaluate.tasks import Task
-from domainlm.pretrain.trainer import lr_schedule, parameter_groups
+from domainlm.errors import ModelError
+from domainlm.optim import lr_schedule, parameter_groups, seed_everything
+from domainlm.progress import Curves
+from domainlm.tasks.load import Task
+from domainlm.tasks.metrics import task_metrics
+from domainlm.tasks.tagging import to_scheme
+from domainlm.tasks.types import AUTO_CLASSES, PROBLEM_TYPES
 
-
-class ModelError(RuntimeError):
-    """A model directory that cannot be evaluated (missing, corrupt, or an unsupported architecture)."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,34 +51,21 @@ def quiet_transformers() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _auto_class(task: Task):
     import transformers
 
-    if task.type == "token-classification":
-        return transformers.AutoModelForTokenClassification
-    if task.type == "multiple-choice":
-        return transformers.AutoModelForMultipleChoice
-    return transformers.AutoModelForSequenceClassification
+    return getattr(transformers, AUTO_CLASSES[task.target])
 
 
 def head_config(task: Task) -> dict:
-    if task.type == "regression":
-        return {"num_labels": 1, "problem_type": "regression"}
-    if task.type == "multiple-choice":
-        return {}
-    labels = {"num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)),
-              "label2id": {label: i for i, label in enumerate(task.labels)}}
-    if task.type == "multi-label":
-        labels["problem_type"] = "multi_label_classification"
-    elif task.type != "token-classification":
-        labels["problem_type"] = "single_label_classification"
-    return labels
+    """The head's settings for transformers' config: how many outputs, their names, which loss."""
+    config = {"problem_type": PROBLEM_TYPES[task.target]} if task.target in PROBLEM_TYPES else {}
+    if task.target == "number":
+        config["num_labels"] = 1
+    elif task.target != "choice":  # multiple choice scores each (text, choice) pair with one output
+        config |= {"num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)),
+                   "label2id": {label: i for i, label in enumerate(task.labels)}}
+    return config
 
 
 def model_config(path: Path, task: Task):
@@ -116,7 +105,8 @@ def load_model(path: Path, task: Task, pretrained: bool, vocab_size: int | None 
     return model
 
 
-def load_tokenizer(path: Path, task: Task):
+def task_tokenizer(path: Path, task: Task):
+    """The model directory's transformers tokenizer, with the task's extra tokens (relation markers)."""
     from transformers import AutoTokenizer
 
     try:
@@ -179,39 +169,46 @@ def special_frame(tokenizer) -> tuple[list[int], list[int]]:
     raise ModelError(f"tokenizer {type(tokenizer).__name__} does not keep the text between its special tokens")
 
 
+# Per target (tags are encoded per word, in encode_tokens): one example's training label from the
+# example, the class -> index map and the class names; and the label tensor's dtype.
+_LABELS = {
+    "class": (lambda x, index, names: index.get(x["label"], -100), torch.long),  # unseen in train: not learnt
+    "choice": (lambda x, index, names: int(x["label"]), torch.long),
+    "classes": (lambda x, index, names: [float(name in x["label"]) for name in names], torch.float),
+    "number": (lambda x, index, names: float(x["label"]), torch.float),
+}
+
+
 def encode(tokenizer, task: Task, examples: list[dict], max_length: int) -> Encoded:
-    if task.type == "token-classification":
+    """Token ids (and token types) of each example, cut to `max_length`, with its training label:
+    a pair is cut from its longer side first (the context, for question + context); each choice
+    of a multiple-choice example is a (text, choice) pair; token tasks go through `encode_tokens`."""
+    if task.target == "tags":
         return encode_tokens(tokenizer, task, examples, max_length)
     label_id = {label: i for i, label in enumerate(task.labels)}
-    if task.type == "multiple-choice":
+    choice = task.target == "choice"
+    if choice:
         firsts = [x["text"] for x in examples for _ in x["choices"]]
         seconds = [c for x in examples for c in x["choices"]]
     else:
         firsts = [x["text"] for x in examples]
         seconds = [x["text_pair"] for x in examples] if "text_pair" in examples[0] else None
     full = tokenizer(firsts, seconds, truncation=False)["input_ids"]
-    # A pair is cut from its longer side first (the context, for question + context).
     cut = tokenizer(firsts, seconds, truncation="longest_first" if seconds else True, max_length=max_length)
     types = cut.get("token_type_ids")
     too_long = [len(a) > max_length for a in full]
+    encode_label = _LABELS[task.target][0]
     items, truncated, row = [], 0, 0
     for i, x in enumerate(examples):
-        width = len(x["choices"]) if task.type == "multiple-choice" else 1
-        rows = range(row, row + width)
-        row += width
+        rows = range(row, row + (len(x["choices"]) if choice else 1))
+        row = rows.stop
         truncated += any(too_long[r] for r in rows)
-        if task.type == "multiple-choice":
-            label = int(x["label"])
+        if choice:
             ids, type_ids = [cut["input_ids"][r] for r in rows], [types[r] for r in rows] if types else None
         else:
             ids, type_ids = cut["input_ids"][rows[0]], types[rows[0]] if types else None
-            if task.type == "regression":
-                label = float(x["label"])
-            elif task.type == "multi-label":
-                label = [float(name in x["label"]) for name in task.labels]
-            else:
-                label = label_id.get(x["label"], -100)  # a class unseen in train cannot be learnt
-        items.append({"input_ids": ids, "token_type_ids": type_ids, "label": label, "example": i})
+        items.append({"input_ids": ids, "token_type_ids": type_ids, "label": encode_label(x, label_id, task.labels),
+                      "example": i})
     return Encoded(items, truncated)
 
 
@@ -239,7 +236,7 @@ def _length(item: dict) -> int:
 
 def collate(items: list[dict], task: Task, pad_id: int) -> dict[str, torch.Tensor]:
     """Padded tensors; multiple choice as (batch, choices, length)."""
-    choice = task.type == "multiple-choice"
+    choice = task.target == "choice"
     sequences = [s for it in items for s in (it["input_ids"] if choice else [it["input_ids"]])]
     type_rows = [s for it in items for s in (it["token_type_ids"] if choice else [it["token_type_ids"]])] \
         if items[0]["token_type_ids"] is not None else None
@@ -257,16 +254,36 @@ def collate(items: list[dict], task: Task, pad_id: int) -> dict[str, torch.Tenso
         batch["token_type_ids"] = types
     if choice:
         batch = {k: v.view(len(items), -1, width) for k, v in batch.items()}
-    if task.type == "token-classification":
+    if task.target == "tags":
         labels = torch.full((len(items), width), -100, dtype=torch.long)
         for r, it in enumerate(items):
             labels[r, : len(it["label"])] = torch.tensor(it["label"])
-    elif task.type in ("regression", "multi-label"):
-        labels = torch.tensor([it["label"] for it in items], dtype=torch.float)
     else:
-        labels = torch.tensor([it["label"] for it in items], dtype=torch.long)
+        labels = torch.tensor([it["label"] for it in items], dtype=_LABELS[task.target][1])
     batch["labels"] = labels
     return batch
+
+
+def _decode_class(row: torch.Tensor, names: list[str]) -> tuple[str, float]:
+    probs = row.softmax(-1)
+    best = int(probs.argmax())
+    return names[best], float(probs[best])
+
+
+def _decode_choice(row: torch.Tensor, names: list[str]) -> tuple[str, float]:
+    probs = row.softmax(-1)  # one score per choice
+    best = int(probs.argmax())
+    return str(best), float(probs[best])
+
+
+def _decode_classes(row: torch.Tensor, names: list[str]) -> tuple[list[str], float]:
+    probs = row.sigmoid()  # each class on its own; confidence: the least certain decision
+    return [names[k] for k in range(len(names)) if probs[k] > 0.5], float(torch.where(probs > 0.5, probs, 1 - probs).min())
+
+
+# Per target (tags are decoded per word, in predict): one example's output row -> (prediction, confidence).
+_DECODERS = {"class": _decode_class, "choice": _decode_choice, "classes": _decode_classes,
+             "number": lambda row, names: (float(row[0]), 1.0)}
 
 
 @torch.no_grad()
@@ -277,67 +294,90 @@ def predict(model, data: Encoded, task: Task, examples: list[dict], batch_size: 
     task's tagging scheme). Confidence: the predicted class's probability (token tasks: the
     lowest over the words; regression: 1)."""
     model.eval()
-    out: list = [None] * len(examples)
+    tags = task.target == "tags"
+    # Token tasks: every word starts as O (a word no window reaches stays O).
+    out: list = [["O"] * len(x["tokens"]) for x in examples] if tags else [None] * len(examples)
     confidence = [1.0] * len(examples)
-    if task.type == "token-classification":
-        for i, x in enumerate(examples):
-            out[i] = ["O"] * len(x["tokens"])  # words no window reaches stay O
     for indices in batches([_length(it) for it in data.items], batch_size * 2):
         items = [data.items[i] for i in indices]
         batch = {k: v.to(device) for k, v in collate(items, task, pad_id).items() if k != "labels"}
         logits = model(**batch).logits.float().cpu()
         for row, it in enumerate(items):
             i = it["example"]
-            if task.type == "token-classification":
-                probs = logits[row].softmax(-1)
-                for q in it["owned"]:
-                    best = int(probs[q].argmax())
-                    out[i][it["words"][q]] = task.labels[best]
-                    confidence[i] = min(confidence[i], float(probs[q, best]))
-            elif task.type == "regression":
-                out[i] = float(logits[row, 0])
-            elif task.type == "multi-label":
-                probs = logits[row].sigmoid()
-                out[i] = [task.labels[k] for k in range(len(task.labels)) if probs[k] > 0.5]
-                confidence[i] = float(torch.where(probs > 0.5, probs, 1 - probs).min())
-            else:
-                probs = logits[row].softmax(-1)
-                best = int(probs.argmax())
-                out[i] = str(best) if task.type == "multiple-choice" else task.labels[best]
-                confidence[i] = float(probs[best])
+            if not tags:
+                out[i], confidence[i] = _DECODERS[task.target](logits[row], task.labels)
+                continue
+            probs = logits[row].softmax(-1)
+            for q in it["owned"]:
+                best = int(probs[q].argmax())
+                out[i][it["words"][q]] = task.labels[best]
+                confidence[i] = min(confidence[i], float(probs[q, best]))
     return out, confidence
 
 
 def _train_epoch(model, data: Encoded, task: Task, pad_id: int, device, optimizer, scheduler, batch_size: int,
-                 rng: random.Random) -> None:
+                 rng: random.Random) -> float:
+    """One pass over `data` in length-bucketed batches; the mean training loss."""
     model.train()
+    total, steps = torch.zeros((), device=device), 0
     for indices in batches([_length(it) for it in data.items], batch_size, rng):
         batch = {k: v.to(device) for k, v in collate([data.items[i] for i in indices], task, pad_id).items()}
-        model(**batch).loss.backward()
+        loss = model(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        total += loss.detach()
+        steps += 1
+    return float(total) / max(steps, 1)  # one wait for the device per epoch
+
+
+def _fit(model, train: Encoded, dev: Encoded, task: Task, pad_id: int, device, lr: float, config: EvaluateConfig,
+         rng: random.Random, curves: Curves) -> tuple[float, int, list[float]]:
+    """AdamW with linear warmup and decay for at most `epochs`, scoring dev after each; stops after
+    `patience` epochs without a better dev score and leaves the best epoch's weights in `model`.
+    Returns (best dev score, best epoch, dev score of every epoch run)."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
+    total = -(-len(train.items) // config.batch_size) * config.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule("linear", int(config.warmup_fraction * total), total))
+    best_score, best_state, best_epoch, dev_scores = -float("inf"), None, 0, []
+    for epoch in range(config.epochs):
+        loss = _train_epoch(model, train, task, pad_id, device, optimizer, scheduler, config.batch_size, rng)
+        predictions, _ = predict(model, dev, task, task.dev, config.batch_size, pad_id, device)
+        score = task_metrics(task.type, task.gold("dev"), predictions, task.labels)[task.metric]
+        dev_scores.append(score)
+        curves.add(epoch + 1, **{"finetune/train_loss": loss, "finetune/lr": scheduler.get_last_lr()[0],
+                                 f"finetune/dev_{task.metric}": score})
+        if score > best_score:
+            best_score, best_epoch = score, epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+        elif config.patience and epoch + 1 - best_epoch >= config.patience:
+            break  # early stopping: no better dev score for `patience` epochs
+    model.load_state_dict(best_state)
+    return best_score, best_epoch, dev_scores
 
 
 def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: float, config: EvaluateConfig,
-             pseudo: list[dict] | None = None, keep_model: bool = False) -> dict:
+             pseudo: list[dict] | None = None, keep_model: bool = False, log_dir: Path | None = None) -> dict:
     """Fine-tune one model on one task with one seed and learning rate; return metrics, test
     predictions and the dev curve. `pseudo`: pseudo-labelled examples trained on for one epoch
-    first (self-training's student). `keep_model`: also return the model and tokenizer."""
+    first (self-training's student). `keep_model`: also return the model and tokenizer.
+    `log_dir`: where the per-epoch curves go as TensorBoard files (when installed)."""
     quiet_transformers()
     started = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_config(model_path, task)  # a broken or unsupported directory fails here, by name
-    tokenizer = load_tokenizer(model_path, task)
+    tokenizer = task_tokenizer(model_path, task)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = task.max_length or config.max_length
     train, dev, test = (encode(tokenizer, task, getattr(task, s), max_length) for s in ("train", "dev", "test"))
     if seed == 0 and (train.truncated or test.truncated):
-        cut = "split into windows" if task.type == "token-classification" else "truncated"
-        print(f"finetune: {task.name}: {train.truncated} train and {test.truncated} test inputs longer than "
-              f"{max_length} tokens were {cut} ({Path(model_path).name})")
+        cut = "split into windows" if task.target == "tags" else "truncated"
+        log.info("finetune: %s: %d train and %d test inputs longer than %d tokens were %s (%s)", task.name,
+                 train.truncated, test.truncated, max_length, cut, Path(model_path).name)
     seed_everything(seed)
     model = load_model(model_path, task, pretrained, len(tokenizer)).to(device)
     rng = random.Random(seed)
@@ -345,22 +385,9 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: floa
         warm = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
         _train_epoch(model, encode(tokenizer, task, pseudo, max_length), task, pad_id, device, warm, None,
                      config.batch_size, rng)
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
-    total = -(-len(train.items) // config.batch_size) * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule("linear", int(config.warmup_fraction * total), total))
-    best_score, best_state, best_epoch, dev_scores = -float("inf"), None, 0, []
-    for epoch in range(config.epochs):
-        _train_epoch(model, train, task, pad_id, device, optimizer, scheduler, config.batch_size, rng)
-        predictions, _ = predict(model, dev, task, task.dev, config.batch_size, pad_id, device)
-        score = task_metrics(task.type, task.gold("dev"), predictions, task.labels)[task.metric]
-        dev_scores.append(score)
-        if score > best_score:
-            best_score, best_epoch = score, epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
-        elif config.patience and epoch + 1 - best_epoch >= config.patience:
-            break  # early stopping: no better dev score for `patience` epochs
-    model.load_state_dict(best_state)
+    curves = Curves(log_dir, enabled=log_dir is not None)
+    best_score, best_epoch, dev_scores = _fit(model, train, dev, task, pad_id, device, lr, config, rng, curves)
+    curves.close()
     test_predictions, _ = predict(model, test, task, task.test, config.batch_size, pad_id, device)
     result = {
         "metrics": task_metrics(task.type, task.gold("test"), test_predictions, task.labels),

@@ -11,6 +11,7 @@ Artifacts in `runs/<name>/pretrain/`:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -19,17 +20,20 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from domainlm.artifacts import atomic_directory, atomic_write_json, read_json
 from domainlm.config import RunConfig, resolve_path
-from domainlm.corpus import iter_corpus_documents, iter_corpus_texts
-from domainlm.pipeline import barrier, rank
+from domainlm.distributed import barrier, rank
+from domainlm.errors import ConfigError
+from domainlm.io import atomic_directory, atomic_write_json
+from domainlm.layout import RunLayout
 from domainlm.pretrain.data import TokenShards, write_token_shards
 from domainlm.pretrain.electra import Electra, to_hf_electra
 from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask, to_hf_masked_lm
 from domainlm.pretrain.trainer import Trainer
-from domainlm.tokenizer import load_tokenizer
+from domainlm.progress import Curves
+from domainlm.vocabulary import BERT_SPECIAL_TOKENS, read_tokenizer
 
-BERT_SPECIALS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]", "unk": "[UNK]"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+log = logging.getLogger(__name__)
 
 
 def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> EncoderConfig:
@@ -40,36 +44,31 @@ def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> EncoderCo
     )
 
 
-def prepare_data(config: RunConfig, tokenizer: Tokenizer, specials: dict[str, str], out: Path) -> TokenShards:
+def prepare_data(run_dir: RunLayout, tokenizer: Tokenizer, specials: dict[str, str]) -> TokenShards:
     """Tokenise the corpus once into token shards; reuse them on resume."""
-    folder = out / "data"
+    folder = run_dir.token_shards
     if not (folder / "meta.json").exists():
-        docs = ((d["text"], d.get("source", "corpus")) for d in iter_corpus_documents(config.directory / "corpus"))
+        docs = ((d["text"], d.get("source", "corpus")) for d in run_dir.corpus_documents())
         write_token_shards(tokenizer, docs, folder, specials=specials)
     return TokenShards.load(folder)
 
 
-def initial_model(config: RunConfig, out: Path, write: bool = True) -> tuple[Encoder | None, Path, dict[str, str], dict[str, Any]]:
+def initial_model(config: RunConfig, write: bool = True) -> tuple[Encoder | None, Path, dict[str, str], dict[str, Any]]:
     """With `model.init_from`: the checkpoint as our encoder (vocabulary extended if asked) and the
     tokenizer folder it uses. Otherwise (None, the domain tokenizer, BERT special tokens, {})."""
-    domain_tokenizer_dir = config.directory / "tokenizer"
+    run_dir = RunLayout(config.directory)
     if not config.model.init_from:
-        return None, domain_tokenizer_dir, BERT_SPECIALS, {}
-    from domainlm.pretrain.hf_init import (
-        extend_vocabulary,
-        load_hf_encoder,
-        save_tokenizer_dir,
-        special_tokens,
-    )
+        return None, run_dir.tokenizer, BERT_SPECIAL_TOKENS, {}
+    from domainlm.pretrain.hf_init import extend_vocabulary, load_hf_encoder, save_tokenizer_dir
+    from domainlm.vocabulary import special_tokens
 
     source = resolve_path(config.model.init_from)
     model, info = load_hf_encoder(source)
     specials = special_tokens(source)
-    tokenizer_dir = out / "tokenizer"
+    tokenizer_dir = run_dir.pretrain_tokenizer
     if config.model.extend_vocab:
-        texts = iter_corpus_texts(config.directory / "corpus")
-        model, tokenizer, added = extend_vocabulary(model, load_tokenizer(source), load_tokenizer(domain_tokenizer_dir),
-                                                    texts, config.model.extend_vocab)
+        model, tokenizer, added = extend_vocabulary(model, read_tokenizer(source), read_tokenizer(run_dir.tokenizer),
+                                                    run_dir.corpus_texts(), config.model.extend_vocab)
         info["added_tokens"] = len(added)
         info["added_examples"] = added[:30]
         if write:
@@ -77,10 +76,15 @@ def initial_model(config: RunConfig, out: Path, write: bool = True) -> tuple[Enc
                 save_tokenizer_dir(tokenizer, tmp, like=source)
     elif write:
         with atomic_directory(tokenizer_dir) as tmp:
-            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-                if (source / name).exists():
-                    shutil.copy(source / name, tmp / name)
+            copy_tokenizer_files(source, tmp)
     return model, tokenizer_dir, specials, info
+
+
+def copy_tokenizer_files(source: Path, folder: Path) -> None:
+    """Copy the tokenizer files a transformers model directory has into `folder`."""
+    for name in TOKENIZER_FILES:
+        if (source / name).exists():
+            shutil.copy(source / name, folder / name)
 
 
 def export_model(model: Encoder | Electra, tokenizer_dir: Path, out: Path, config: EncoderConfig | None = None) -> float:
@@ -93,9 +97,7 @@ def export_model(model: Encoder | Electra, tokenizer_dir: Path, out: Path, confi
     hf = to_hf_electra(model, config) if isinstance(model, Electra) else to_hf_masked_lm(model, config)
     with atomic_directory(out) as tmp:
         hf.save_pretrained(str(tmp), safe_serialization=True)
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-            if (tokenizer_dir / name).exists():
-                shutil.copy(tokenizer_dir / name, tmp / name)
+        copy_tokenizer_files(tokenizer_dir, tmp)
     loader = AutoModelForPreTraining if isinstance(model, Electra) else AutoModelForMaskedLM
     return output_difference(model, loader.from_pretrained(str(out)))
 
@@ -129,56 +131,72 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
             module.attn_dropout = p
 
 
-def run(config: RunConfig, out: Path) -> dict[str, Any]:
-    if config.experiment:  # several arms, each its own small run (see domainlm.experiment)
-        from domainlm import experiment
+def needs(config: RunConfig) -> tuple[str, ...]:
+    return ("corpus", "tokenizer")
 
-        return experiment.run(config, out)
-    if config.pretrain.threads:
-        torch.set_num_threads(config.pretrain.threads)
-    main_process = rank() == 0  # under torchrun, rank 0 writes; the others wait at the barriers
-    model, tokenizer_dir, specials, init_info = initial_model(config, out, write=main_process)
-    barrier()
-    if model is not None and config.pretrain.objective == "electra":
-        raise ValueError("model.init_from continues masked-language-model pretraining; "
-                         "pretrain.objective electra starts from scratch")
-    tokenizer = load_tokenizer(tokenizer_dir)
-    if main_process:
-        prepare_data(config, tokenizer, specials, out)
-    barrier()
-    data = prepare_data(config, tokenizer, specials, out)
+
+def inputs(config: RunConfig) -> list[str]:
+    """The checkpoint continued pretraining starts from, and the masking lexicon."""
+    return [p for p in (config.model.init_from, config.pretrain.lexicon) if p]
+
+
+def settings(config: RunConfig) -> dict[str, Any]:
+    return {"model": config.model.model_dump(mode="json"), "pretrain": config.pretrain.model_dump(mode="json"),
+            "seed": config.seed}
+
+
+def training_configs(config: RunConfig, model: Encoder | None, tokenizer: Tokenizer,
+                     specials: dict[str, str]) -> tuple[EncoderConfig, EncoderConfig]:
+    """(the exported model's config, the config it trains with): they differ only in dropout, when
+    `pretrain.dropout` is set (a continued checkpoint's dropout layers are set to it too)."""
     if model is None:
         model_config = encoder_config(config, tokenizer.get_vocab_size(), tokenizer.token_to_id(specials["pad"]))
     else:
         model_config = model.config  # the checkpoint's architecture (and its dropout, kept for export)
     train_config = model_config
-    if config.pretrain.dropout is not None:  # pretraining-only dropout; the export keeps model_config's
+    if config.pretrain.dropout is not None:
         train_config = dataclasses.replace(model_config, dropout=config.pretrain.dropout)
         if model is not None:
             set_dropout(model, config.pretrain.dropout)
             model.config = train_config
-    corpus_sources = read_json(config.directory / "corpus" / "stats.json").get("sources", {})
-    weights = {name: source.get("weight", 1.0) for name, source in corpus_sources.items()}
-    trainer = Trainer(train_config, config.pretrain, data, tokenizer, out / "checkpoints", seed=config.seed,
-                      model=model, mask_token=specials["mask"], source_weights=weights)
+    return model_config, train_config
+
+
+def run(config: RunConfig, out: Path) -> dict[str, Any]:
+    """Train (resuming from the newest checkpoint), export, and check the export against the model."""
+    if config.resources.pretrain_threads:
+        torch.set_num_threads(config.resources.pretrain_threads)
+    run_dir, main_process = RunLayout(config.directory), rank() == 0  # under torchrun, rank 0 writes
+    model, tokenizer_dir, specials, init_info = initial_model(config, write=main_process)
+    barrier()
+    if model is not None and config.pretrain.objective == "electra":
+        raise ConfigError("model.init_from continues masked-language-model pretraining; "
+                          "pretrain.objective electra starts from scratch")
+    tokenizer = read_tokenizer(tokenizer_dir)
+    if main_process:
+        prepare_data(run_dir, tokenizer, specials)
+    barrier()
+    data = prepare_data(run_dir, tokenizer, specials)
+    model_config, train_config = training_configs(config, model, tokenizer, specials)
+    curves = Curves(out / "tensorboard", enabled=main_process)
+    trainer = Trainer(train_config, config.pretrain, data, tokenizer, run_dir.checkpoints, seed=config.seed,
+                      model=model, mask_token=specials["mask"], source_weights=run_dir.corpus_source_weights(),
+                      curves=curves)
     trainer.resume_if_possible()
     started = time.time()
     trainer.train()
+    curves.close()
     final_model = trainer.unsharded_model()  # a collective under FSDP: every rank takes part
     if not main_process:
         return trainer.summary()
-    atomic_write_json(out / "history.json", trainer.history())
-    difference = export_model(final_model, tokenizer_dir, out / "export", config=model_config)
+    atomic_write_json(run_dir.pretrain_history, trainer.history())
+    difference = export_model(final_model, tokenizer_dir, run_dir.export, config=model_config)
     if difference > 1e-4:
         raise RuntimeError(f"exported model disagrees with the training model: max |Δ| = {difference:.2e}")
     summary = trainer.summary()
     summary.update(export_max_abs_logit_diff=difference, train_seconds=round(time.time() - started, 2),
                    parameters=sum(p.numel() for p in final_model.parameters()), init=init_info)
-    atomic_write_json(out / "summary.json", summary)
-    print(f"pretrain: {summary['steps']} steps, final loss {summary['final_loss']:.3f}, "
-          f"{summary['real_tokens_per_s']:.0f} real tokens/s, export max |Δ| {difference:.1e}")
+    atomic_write_json(run_dir.pretrain_summary, summary)
+    log.info("pretrain: %d steps, final loss %.3f, %.0f real tokens/s, export max |Δ| %.1e", summary["steps"],
+             summary["final_loss"], summary["real_tokens_per_s"], difference)
     return summary
-
-
-def load_summary(pretrain_dir: Path) -> dict[str, Any]:
-    return read_json(pretrain_dir / "summary.json")

@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import Tokenizer
-from tqdm.auto import tqdm
 
-PAD_SEGMENT = -1
+from domainlm.errors import ConfigError, InputError
+from domainlm.io import atomic_directory, atomic_write_json
+from domainlm.progress import progress_bar
+from domainlm.vocabulary import BERT_SPECIAL_TOKENS, untruncated
 
 
 # ---------------------------------------------------------------------------------- token shards
@@ -56,7 +58,7 @@ class TokenShards:
 
     def source_index(self, name: str) -> int:
         if name not in self.source_names:
-            raise ValueError(f"unknown corpus source '{name}' (the corpus has: {', '.join(self.source_names)})")
+            raise ConfigError(f"unknown corpus source '{name}' (the corpus has: {', '.join(self.source_names)})")
         return self.source_names.index(name)
 
     def pack(self, seq_len: int, source: int | None = None) -> Packing:
@@ -97,18 +99,14 @@ def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], fo
     """Tokenise `(text, source)` pairs into `folder` (written atomically), streaming: memory holds
     one batch of documents plus 10 bytes of index per document. `specials` names the cls, sep and
     pad tokens (default BERT's)."""
-    from domainlm.artifacts import atomic_directory, atomic_write_json
-
-    specials = specials or {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]"}
-    tokenizer = Tokenizer.from_str(tokenizer.to_str())  # a copy without truncation or padding
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
+    specials = specials or BERT_SPECIAL_TOKENS
+    tokenizer = untruncated(tokenizer)
 
     dtype = np.uint16 if tokenizer.get_vocab_size() <= np.iinfo(np.uint16).max + 1 else np.int32
     lengths: list[int] = []
     sources: list[int] = []
     names: dict[str, int] = {}
-    progress = tqdm(desc="tokenize", unit=" docs", mininterval=1.0)
+    progress = progress_bar(desc="tokenize", unit=" docs")
     with atomic_directory(folder) as tmp, open(tmp / "tokens.bin", "wb") as out:
         batch: list[tuple[str, str]] = []
 
@@ -136,7 +134,7 @@ def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], fo
                                               "source_names": list(names), "special": special})
     progress.close()
     if not lengths or offsets[-1] == 0:
-        raise ValueError("the corpus is empty: nothing to pretrain on")
+        raise InputError("the corpus is empty: nothing to pretrain on")
     return TokenShards.load(folder)
 
 

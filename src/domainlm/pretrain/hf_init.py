@@ -21,7 +21,9 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
 
+from domainlm.errors import ModelError
 from domainlm.pretrain.model import _HF_LAYER_NAMES, _HF_NAMES, Encoder, EncoderConfig
+from domainlm.vocabulary import save_tokenizer, special_tokens, untruncated
 
 SUPPORTED = ("bert", "electra", "roberta")
 # Each family's names for the MLM head -> BertForMaskedLM's. Other non-encoder weights (pooler,
@@ -43,7 +45,7 @@ _HEAD_KEPT = {name for ours, name in _HF_NAMES.items() if ours.startswith("head"
 def _encoder_config(path: Path, hf: dict, dropout: float | None) -> EncoderConfig:
     family = hf.get("model_type")
     if family not in SUPPORTED:
-        raise ValueError(f"{path}: model_type {family!r} is not supported; supported: {', '.join(SUPPORTED)}")
+        raise ModelError(f"{path}: model_type {family!r} is not supported; supported: {', '.join(SUPPORTED)}")
     problems = []
     if hf.get("hidden_act", "gelu") != "gelu":
         problems.append(f"hidden_act {hf['hidden_act']!r} (ours is exact GELU)")
@@ -53,7 +55,7 @@ def _encoder_config(path: Path, hf: dict, dropout: float | None) -> EncoderConfi
         problems.append(f"embedding_size {hf['embedding_size']} != hidden_size {hf['hidden_size']} "
                         "(our Encoder has no embedding projection)")
     if problems:
-        raise ValueError(f"{path}: cannot load into our Encoder: {'; '.join(problems)}")
+        raise ModelError(f"{path}: cannot load into our Encoder: {'; '.join(problems)}")
     pad = hf.get("pad_token_id")
     pad = (1 if family == "roberta" else 0) if pad is None else pad
     return EncoderConfig(
@@ -74,7 +76,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         shards = set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"].values())
         return {k: v for shard in sorted(shards) for k, v in load_file(path / shard).items()}
     found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5"))
-    raise FileNotFoundError(f"{path}: no model.safetensors (found {found or 'no weights'}); safetensors is required "
+    raise ModelError(f"{path}: no model.safetensors (found {found or 'no weights'}); safetensors is required "
                             "because pickled weights can run code on load. Convert the checkpoint first.")
 
 
@@ -106,13 +108,13 @@ def load_hf_encoder(path: Path, dropout: float | None = None) -> tuple[Encoder, 
     try:
         hf = json.loads((path / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint directory (config.json: {err})") from None
+        raise ModelError(f"{path}: not a readable checkpoint directory (config.json: {err})") from None
     config = _encoder_config(path, hf, dropout)
     weights, ignored = _bert_names(_read_safetensors(path), hf["model_type"])
     decoder = weights.pop("cls.predictions.decoder.weight", None)
     embeddings = weights.get("bert.embeddings.word_embeddings.weight")
     if decoder is not None and embeddings is not None and not torch.equal(decoder, embeddings):
-        raise ValueError(f"{path}: the MLM decoder is not tied to the word embeddings; our Encoder always ties them")
+        raise ModelError(f"{path}: the MLM decoder is not tied to the word embeddings; our Encoder always ties them")
 
     ours = {ours: weights[theirs] for ours, theirs in _HF_NAMES.items() if theirs in weights}
     for i in range(config.num_layers):
@@ -130,30 +132,10 @@ def load_hf_encoder(path: Path, dropout: float | None = None) -> tuple[Encoder, 
     created = [part for part, prefix in _HEAD_PARTS.items() if any(k.startswith(prefix) for k in missing)]
     missing_encoder = [k for k in missing if not k.startswith(("head_dense.", "head_norm.", "head_bias"))]
     if missing_encoder or unexpected:
-        raise ValueError(f"{path}: weights do not fit {config}: missing {missing_encoder}, unexpected {unexpected}")
+        raise ModelError(f"{path}: weights do not fit {config}: missing {missing_encoder}, unexpected {unexpected}")
     info = {"model_type": hf["model_type"], "architectures": hf.get("architectures", []),
             "head_created": created, "head_loaded": [p for p in _HEAD_PARTS if p not in created], "ignored": ignored}
     return model, info
-
-
-_BERT_SPECIALS = {"cls": "[CLS]", "sep": "[SEP]", "pad": "[PAD]", "mask": "[MASK]", "unk": "[UNK]"}
-_ROBERTA_SPECIALS = {"cls": "<s>", "sep": "</s>", "pad": "<pad>", "mask": "<mask>", "unk": "<unk>"}
-
-
-def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
-    """The cls / sep / pad / mask / unk token strings of a Hugging Face tokenizer directory: from
-    special_tokens_map.json and tokenizer_config.json, else BERT's or RoBERTa's, whichever the
-    vocabulary holds."""
-    tokenizer_dir = Path(tokenizer_dir)
-    declared: dict[str, str] = {}
-    for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        if (tokenizer_dir / name).exists():
-            for key, value in json.loads((tokenizer_dir / name).read_text()).items():
-                if key.endswith("_token") and key[:-6] in _BERT_SPECIALS and value:
-                    declared[key[:-6]] = value["content"] if isinstance(value, dict) else value
-    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab()
-    defaults = _ROBERTA_SPECIALS if "<s>" in vocab and "[CLS]" not in vocab else _BERT_SPECIALS
-    return {role: declared.get(role, default) for role, default in defaults.items()}
 
 
 def _wordpiece(token: str, vocab: dict[str, int], prefix: str, unk: str) -> list[str]:
@@ -185,16 +167,14 @@ def extend_vocabulary(model: Encoder, old_tokenizer: Tokenizer, domain_tokenizer
     old_json, domain_json = json.loads(old_tokenizer.to_str()), json.loads(domain_tokenizer.to_str())
     for name, data in (("old", old_json), ("domain", domain_json)):
         if data["model"]["type"] != "WordPiece":
-            raise ValueError(f"extend_vocabulary needs WordPiece tokenizers; the {name} one is {data['model']['type']}")
+            raise ModelError(f"extend_vocabulary needs WordPiece tokenizers; the {name} one is {data['model']['type']}")
     vocab = old_json["model"]["vocab"]
     prefix, unk = old_json["model"]["continuing_subword_prefix"], old_json["model"]["unk_token"]
     size = old_tokenizer.get_vocab_size(with_added_tokens=True)
     if size != model.config.vocab_size:
         raise ValueError(f"old tokenizer has {size} tokens but the model {model.config.vocab_size} rows")
 
-    domain = Tokenizer.from_str(domain_tokenizer.to_str())  # a copy: saved tokenizers may truncate
-    domain.no_truncation()
-    domain.no_padding()
+    domain = untruncated(domain_tokenizer)
     emitted: Counter[str] = Counter()
     texts = iter(texts)
     while batch := list(itertools.islice(texts, 1000)):  # streamed: the corpus need not fit in memory
@@ -230,11 +210,6 @@ def extend_vocabulary(model: Encoder, old_tokenizer: Tokenizer, domain_tokenizer
 def save_tokenizer_dir(tokenizer: Tokenizer, out_dir: Path, like: Path) -> None:
     """Write `tokenizer` as a transformers tokenizer directory with the special tokens and
     model_max_length of the tokenizer directory `like`."""
-    from transformers import PreTrainedTokenizerFast
-
     settings_file = Path(like) / "tokenizer_config.json"
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
-    specials = {f"{role}_token": token for role, token in special_tokens(like).items()}
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=settings.get("model_max_length", 512),
-                                   **specials)
-    fast.save_pretrained(str(out_dir))
+    save_tokenizer(tokenizer, out_dir, special_tokens(like), settings.get("model_max_length", 512))

@@ -7,7 +7,7 @@ export (`to_hf_state_dict`) is a renaming plus a split of the fused QKV projecti
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -58,9 +58,6 @@ class EncoderConfig:
             hidden_act="gelu", type_vocab_size=self.type_vocab_size,
             architectures=["RobertaForMaskedLM" if self.family == "roberta" else "BertForMaskedLM"],
         )
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class Block(nn.Module):

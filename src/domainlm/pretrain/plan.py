@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 
 from domainlm.config import PretrainConfig
+from domainlm.errors import ConfigError
 from domainlm.pretrain.data import Packing, TokenShards, epoch_order
 
 
@@ -51,7 +52,7 @@ class DataPlan:
                                 for name in shards.source_names])
             unknown = set(config.mixture) - set(shards.source_names)
             if unknown:
-                raise ValueError(f"pretrain.mixture names unknown sources {sorted(unknown)}; "
+                raise ConfigError(f"pretrain.mixture names unknown sources {sorted(unknown)}; "
                                  f"the corpus has: {', '.join(shards.source_names)}")
             if not config.mixture:  # natural proportions (by tokens), times the corpus weights
                 weights = np.array([np.diff(shards.offsets)[shards.sources == k].sum() * source_weights.get(name, 1.0)

@@ -14,6 +14,7 @@ would (DDP, or FSDP for models that do not fit one device).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -27,10 +28,11 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer
-from tqdm.auto import tqdm
 
-from domainlm.artifacts import atomic_directory, atomic_write_json, read_json
 from domainlm.config import PretrainConfig
+from domainlm.errors import ConfigError, TrainingDiverged
+from domainlm.io import atomic_directory, atomic_write_json, read_json
+from domainlm.optim import lr_schedule, parameter_groups
 from domainlm.pretrain.data import (
     TokenShards,
     lexicon_sequences,
@@ -41,49 +43,9 @@ from domainlm.pretrain.data import (
 from domainlm.pretrain.electra import Electra
 from domainlm.pretrain.model import Encoder, EncoderConfig, document_attention, masked_positions
 from domainlm.pretrain.plan import DataPlan
+from domainlm.progress import Curves, progress_bar
 
-
-def lr_schedule(kind: str, warmup_steps: int, total_steps: int, decay_fraction: float = 0.2):
-    """LR multiplier for step `step` (0-based), for `torch.optim.lr_scheduler.LambdaLR`.
-
-    - linear: linear warmup 0 -> 1, then linear decay to 0 at `total_steps` (BERT).
-    - cosine: linear warmup, then half a cosine down to 0.
-    - one-cycle: warmup from 1/25 of the peak, then a cosine down to 1/10,000 of it (torch's OneCycleLR).
-    - wsd: warmup, stable at the peak, then linear decay to 0 over the last `decay_fraction` of the
-      steps (warmup-stable-decay: a run can be extended before the decay starts).
-    """
-    if kind not in ("linear", "cosine", "one-cycle", "wsd"):
-        raise ValueError(f"unknown schedule '{kind}' (expected linear, cosine, one-cycle or wsd)")
-    warmup_steps = max(1, warmup_steps)
-    decay_start = max(warmup_steps, int(round(total_steps * (1 - decay_fraction))))
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            start = 1 / 25 if kind == "one-cycle" else 0.0
-            return start + (1 - start) * (step + 1) / warmup_steps
-        if kind == "wsd":
-            if step < decay_start:
-                return 1.0
-            return max(0.0, (total_steps - step) / max(1, total_steps - decay_start))
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        if kind == "linear":
-            return 1.0 - progress
-        floor = 1e-4 if kind == "one-cycle" else 0.0
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only; none on biases and LayerNorm (as BERT)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive steps produced a non-finite loss."""
-
+log = logging.getLogger(__name__)
 
 
 class Objective(torch.nn.Module):
@@ -105,24 +67,46 @@ def resolve_attention(kind: str, device: torch.device, dropout: float) -> str:
     if kind == "auto":
         return "varlen" if device.type == "cuda" and dropout == 0 else "sdpa"
     if kind in ("flex", "varlen") and device.type != "cuda":
-        raise ValueError(f"pretrain.attention: {kind} needs a CUDA GPU (its CPU kernels have no backward); use sdpa")
+        raise ConfigError(f"pretrain.attention: {kind} needs a CUDA GPU (its CPU kernels have no backward); use sdpa")
     return kind
 
 
+def training_device(tf32: bool) -> torch.device:
+    """This rank's GPU (TF32 matmuls allowed if `tf32`), or the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    if tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def optimizer_and_schedule(model: torch.nn.Module, config: PretrainConfig):
+    """AdamW (betas 0.9 / 0.98, eps 1e-6, as RoBERTa) and its learning-rate schedule."""
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
+        fused=True,  # one kernel for all parameters, on CPU too: ~10x faster steps than the default loop
+    )
+    warmup = max(1, math.ceil(config.warmup_fraction * config.max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(config.schedule, warmup, config.max_steps, config.decay_fraction))
+    return optimizer, scheduler
+
+
 class Trainer:
+    """Pretrains one model on token shards: `train()` runs `train_step` per step, checkpoints and
+    resumes; the model, optimizer, scheduler, RNG and data position are all in a checkpoint.
+    `curves`: where loss, learning rate, tokens/s and gradient norm go every `log_every` steps."""
+
     def __init__(self, model_config: EncoderConfig, config: PretrainConfig, data: TokenShards,
                  tokenizer: Tokenizer, checkpoint_dir: Path, seed: int = 0, model: torch.nn.Module | None = None,
-                 mask_token: str = "[MASK]", source_weights: dict[str, float] | None = None):
+                 mask_token: str = "[MASK]", source_weights: dict[str, float] | None = None,
+                 curves: Curves | None = None):
         self.config, self.data, self.checkpoint_dir, self.seed = config, data, checkpoint_dir, seed
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        if torch.cuda.is_available():
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(self.device)
-            if config.tf32:
-                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        else:
-            self.device = torch.device("cpu")
-        torch.manual_seed(seed)
+        self.device = training_device(config.tf32)
+        torch.manual_seed(seed)  # the model's initialisation draws from the global generator
         if model is None:
             model = Electra(model_config, config.generator_fraction) if config.objective == "electra" \
                 else Encoder(model_config)
@@ -131,24 +115,12 @@ class Trainer:
         if config.compile:
             self.compile_blocks()
         self.objective = self._distribute(Objective(self.model))
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
-            fused=True,  # one kernel for all parameters, on CPU too: ~10x faster steps than the default loop
-        )
-        warmup = max(1, math.ceil(config.warmup_fraction * config.max_steps))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_schedule(config.schedule, warmup, config.max_steps, config.decay_fraction))
+        self.optimizer, self.scheduler = optimizer_and_schedule(self.model, config)
         self.plan = DataPlan(data, config, seed, source_weights)
         self.generator = torch.Generator().manual_seed(seed + 1)  # masking draws (CPU, same on every rank)
         self.sampler = torch.Generator(device=self.device).manual_seed(seed + 2)  # ELECTRA's sampling
-        self.word_start = word_start_table(tokenizer)
-        specials = {tokenizer.token_to_id(t) for t in _special_names(tokenizer)} | set(data.special.values())
-        self.special_ids = torch.tensor(sorted(specials))
-        self.mask_id = tokenizer.token_to_id(mask_token)
-        self.lexicon = None
-        if config.lexicon:
-            words = Path(config.lexicon).read_text(encoding="utf-8").splitlines()
-            self.lexicon = lexicon_sequences(tokenizer, words)
+        self._set_masking(tokenizer, mask_token)
+        self.curves = curves
         self.step = 0
         self.losses: list[float] = []
         self.parts: dict[str, list[float]] = {}  # per-objective losses (ELECTRA: mlm and rtd)
@@ -158,8 +130,20 @@ class Trainer:
         self.positions = 0  # row positions, padding included (sdpa / flex compute on them)
         self.skipped_steps: list[int] = []  # steps whose loss or gradient was NaN/inf
         self.bad_in_a_row = 0
+        self.grad_norm = math.nan  # of the last step
         self._masking_states: dict[int, torch.Tensor] = {}
         self.prefetch = self.device.type == "cuda"  # on a CPU the thread would compete for the same cores
+
+    def _set_masking(self, tokenizer: Tokenizer, mask_token: str) -> None:
+        """What masking needs from the vocabulary: word starts, special ids, the mask id, the lexicon."""
+        self.word_start = word_start_table(tokenizer)
+        specials = {tokenizer.token_to_id(t) for t in _special_names(tokenizer)} | set(self.data.special.values())
+        self.special_ids = torch.tensor(sorted(specials))
+        self.mask_id = tokenizer.token_to_id(mask_token)
+        self.lexicon = None
+        if self.config.lexicon:
+            words = Path(self.config.lexicon).read_text(encoding="utf-8").splitlines()
+            self.lexicon = lexicon_sequences(tokenizer, words)
 
     def compile_blocks(self) -> None:
         """torch.compile each transformer layer (the loss's data-dependent indexing stays eager)."""
@@ -168,7 +152,7 @@ class Trainer:
                 if module.__class__.__name__ == "Block":
                     module.compile(dynamic=self.attention == "varlen" or None)
         except Exception as err:  # noqa: BLE001 - compilation support varies by platform; eager still works
-            print(f"pretrain: torch.compile unavailable ({err}); running eager")
+            log.warning("pretrain: torch.compile unavailable (%s); running eager", err)
 
     def _distribute(self, objective: torch.nn.Module) -> torch.nn.Module:
         if self.world == 1:
@@ -220,6 +204,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- step
     def train_step(self, step: int, batch: dict[str, torch.Tensor] | None = None) -> float:
+        """One optimizer step on the global batch of `step` (gathered and masked here when not
+        given). Returns the loss; a non-finite loss or gradient skips the update."""
         batch = self.batch(step) if batch is None else batch
         # Normalise by the global batch's counts: micro-batches and ranks then add up to the
         # gradient of the whole batch (DDP/FSDP average over ranks, hence the factor `world`).
@@ -234,30 +220,40 @@ class Trainer:
         for index, rows in enumerate(chunks):
             whole = len(rows) == len(batch["input_ids"])
             part = batch if whole else {k: v[rows] for k, v in batch.items()}
-            attn = document_attention(part["segment_ids"], part["position_ids"], self.attention, self.device)
-            masked = masked_positions(part["labels"], part["real"] if attn.kind == "varlen" else None, self.device)
-            to = {"device": self.device, "non_blocking": True}
-            last = index == len(chunks) - 1
-            defer_sync = self.objective.no_sync() if hasattr(self.objective, "no_sync") and not last else nullcontext()
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"), defer_sync:
-                losses = self.objective(part["masked_ids"].to(**to), part["position_ids"].to(**to), attn,
-                                        part["labels"].to(**to), part["real"].to(**to), self.sampler, masked)
-                loss = sum(weights[k] * v / totals[k] for k, v in losses.items()) * self.world
-                loss.backward()
-            for slot, key in enumerate(("mlm", "rtd")):
-                if key in losses:
-                    sums[slot] += losses[key].detach().double()
+            self._backward(part, totals, weights, sums, last=index == len(chunks) - 1)
+        return self._update(step, batch, sums, totals, weights)
+
+    def _backward(self, part: dict[str, torch.Tensor], totals: dict[str, int], weights: dict[str, float],
+                  sums: torch.Tensor, last: bool) -> None:
+        """Forward and backward of one micro-batch; its summed losses are added to `sums` (mlm, rtd)."""
+        attn = document_attention(part["segment_ids"], part["position_ids"], self.attention, self.device)
+        masked = masked_positions(part["labels"], part["real"] if attn.kind == "varlen" else None, self.device)
+        to = {"device": self.device, "non_blocking": True}
+        defer_sync = self.objective.no_sync() if hasattr(self.objective, "no_sync") and not last else nullcontext()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"), defer_sync:
+            losses = self.objective(part["masked_ids"].to(**to), part["position_ids"].to(**to), attn,
+                                    part["labels"].to(**to), part["real"].to(**to), self.sampler, masked)
+            loss = sum(weights[k] * v / totals[k] for k, v in losses.items()) * self.world
+            loss.backward()
+        for slot, key in enumerate(("mlm", "rtd")):
+            if key in losses:
+                sums[slot] += losses[key].detach().double()
+
+    def _update(self, step: int, batch: dict[str, torch.Tensor], sums: torch.Tensor, totals: dict[str, int],
+                weights: dict[str, float]) -> float:
+        """Clip, step the optimizer (unless the loss or gradient is not finite) and the schedule,
+        count the tokens; the step's loss."""
         if self.world > 1:
             dist.all_reduce(sums)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a distributed tensor
             grad_norm = grad_norm.full_tensor()
-        *summed, grad_norm = torch.cat([sums, grad_norm.reshape(1).to(sums)]).tolist()
+        *summed, self.grad_norm = torch.cat([sums, grad_norm.reshape(1).to(sums)]).tolist()
         parts = {key: summed[slot] / totals[key] for slot, key in enumerate(("mlm", "rtd"))}
         if not isinstance(self.model, Electra):
             parts.pop("rtd")
         value = sum(weights[k] * v for k, v in parts.items())
-        if math.isfinite(value) and math.isfinite(grad_norm):
+        if math.isfinite(value) and math.isfinite(self.grad_norm):
             self.optimizer.step()
         else:  # skip the update: the weights stay as they were, the step is reported
             self.skipped_steps.append(step)
@@ -271,9 +267,9 @@ class Trainer:
         return value
 
     def train(self) -> None:
+        """Steps from the current one to `max_steps`, a checkpoint every `checkpoint_every`."""
         total = self.config.max_steps
-        progress = tqdm(total=total, initial=self.step, desc="pretrain", unit=" steps", mininterval=1.0,
-                        disable=self.rank != 0)
+        progress = progress_bar(total=total, initial=self.step, desc="pretrain", unit=" steps", disable=self.rank != 0)
         batches = self.batches(self.step, total)
         while self.step < total:
             started = time.perf_counter()
@@ -284,25 +280,40 @@ class Trainer:
             self.losses.append(loss)
             self.step += 1
             progress.update()
-            if math.isfinite(loss):
-                self.bad_in_a_row = 0
-            else:  # the update was skipped, so the weights (and any checkpoint) stay sound
-                self.bad_in_a_row += 1
-                print(f"pretrain: step {self.step - 1}: non-finite loss ({loss}), update skipped")
-                if self.bad_in_a_row >= self.config.max_bad_steps:
-                    progress.close()
-                    batches.close()
-                    raise TrainingDiverged(
-                        f"{self.bad_in_a_row} steps in a row ended with a non-finite loss (last at step "
-                        f"{self.step - 1}); stopped. Lower pretrain.lr; the last good checkpoint is in "
-                        f"{self.checkpoint_dir}.")
+            try:
+                self._check_finite(loss)
+            except TrainingDiverged:
+                progress.close()
+                batches.close()
+                raise
             if self.step % self.config.log_every == 0 or self.step == total:
-                recent = [x for x in self.losses[-self.config.log_every :] if math.isfinite(x)] or [math.nan]
-                progress.set_postfix(loss=f"{sum(recent) / len(recent):.3f}",
-                                     tok_s=f"{self.real_tokens / max(self.elapsed, 1e-9):.0f}")
+                self._log(progress)
             if self.step % self.config.checkpoint_every == 0 or self.step == total:
                 self.save_checkpoint()
         progress.close()
+
+    def _check_finite(self, loss: float) -> None:
+        """Count steps in a row whose loss was not finite; TrainingDiverged after `max_bad_steps`."""
+        if math.isfinite(loss):
+            self.bad_in_a_row = 0
+            return
+        self.bad_in_a_row += 1  # the update was skipped, so the weights (and any checkpoint) stay sound
+        log.warning("pretrain: step %d: non-finite loss (%s), update skipped", self.step - 1, loss)
+        if self.bad_in_a_row >= self.config.max_bad_steps:
+            raise TrainingDiverged(
+                f"{self.bad_in_a_row} steps in a row ended with a non-finite loss (last at step "
+                f"{self.step - 1}); stopped. Lower pretrain.lr; the last good checkpoint is in "
+                f"{self.checkpoint_dir}.")
+
+    def _log(self, progress) -> None:
+        """The recent loss and tokens/s on the progress bar, and every curve to TensorBoard."""
+        recent = [x for x in self.losses[-self.config.log_every :] if math.isfinite(x)] or [math.nan]
+        loss, tokens_per_s = sum(recent) / len(recent), self.real_tokens / max(self.elapsed, 1e-9)
+        progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
+        if self.curves is not None:
+            self.curves.add(self.step, **{"pretrain/loss": loss, "pretrain/lr": self.learning_rates[-1],
+                                          "pretrain/real_tokens_per_s": tokens_per_s,
+                                          "pretrain/grad_norm": self.grad_norm})
 
     # ------------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -385,7 +396,7 @@ class Trainer:
         self.elapsed, self.real_tokens, self.positions = state["elapsed"], state["real_tokens"], state["positions"]
         self.skipped_steps = state.get("skipped_steps", [])
         if self.rank == 0:
-            print(f"pretrain: resumed from {folder.name}")
+            log.info("pretrain: resumed from %s", folder.name)
         return True
 
     # ------------------------------------------------------------------------------ report

@@ -4,12 +4,11 @@ domain pretraining lines up with each task's distance from general text."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from domainlm.artifacts import read_json
-from domainlm.evaluate import run_predictions
-from domainlm.evaluate.stats import paired_bootstrap, rank_correlation, suite_score
+from domainlm.io import read_json
+from domainlm.layout import RunLayout
+from domainlm.report.stats import paired_bootstrap, rank_correlation, suite_score
 
 DISTANCES = ("fertility", "split_share", "js_divergence")
 
@@ -18,7 +17,7 @@ def _means(summary: list[dict]) -> dict[tuple[str, str], float]:
     return {(s["model"], s["task"]): s["mean"] for s in summary}
 
 
-def bootstrap_rows(evaluate_dir: Path, tasks: list[dict], summary: list[dict], reference: str,
+def bootstrap_rows(run_dir: RunLayout, tasks: list[dict], summary: list[dict], reference: str,
                    samples: int = 1000, seed: int = 0) -> list[dict]:
     """Every model against `reference` on every task both have: the difference of the headline
     metric (mean over seeds) with its paired bootstrap 95% interval and p-value."""
@@ -26,12 +25,12 @@ def bootstrap_rows(evaluate_dir: Path, tasks: list[dict], summary: list[dict], r
     for task in tasks:
         if (reference, task["name"]) not in means:
             continue
-        gold = read_json(evaluate_dir / "gold" / f"{task['name']}.json")
-        theirs = run_predictions(evaluate_dir, reference, task["name"])
+        gold = read_json(run_dir.gold(task["name"]))
+        theirs = run_dir.predictions(reference, task["name"])
         for model in dict.fromkeys(s["model"] for s in summary):
             if model == reference or (model, task["name"]) not in means:
                 continue
-            ours = run_predictions(evaluate_dir, model, task["name"])
+            ours = run_dir.predictions(model, task["name"])
             result = paired_bootstrap(task["type"], gold, ours, theirs, task["metric"], labels=task["labels"] or None,
                                       samples=samples, seed=seed)
             rows.append({"task": task["name"], "model": model, "reference": reference, "metric": task["metric"]}

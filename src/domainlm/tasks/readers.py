@@ -11,28 +11,15 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 from typing import Any
 
 from domainlm.config import SplitConfig, TaskConfig
-from domainlm.corpus.readers import InputError, iter_jsonl, open_text
+from domainlm.errors import InputError
+from domainlm.io import iter_jsonl, open_text, read_ids
+from domainlm.tasks.types import TASK_TYPES
 
 DEFAULT_FIELDS = {"text": "text", "text_pair": "text_pair", "label": "label", "tokens": "tokens", "tags": "tags",
                   "choices": "choices", "id": "id"}
-
-
-def read_ids(path: str) -> set[str]:
-    """Ids from a JSON list, the keys of a JSON object, or one id per line."""
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        return {line.strip() for line in text.splitlines() if line.strip()}
-    if isinstance(data, dict):
-        return {str(k) for k in data}
-    if isinstance(data, list):
-        return {str(k) for k in data}
-    raise InputError(f"{path}: expected a JSON list or object of ids, got {type(data).__name__}")
 
 
 def read_conll(path: str, token_column: int = 0, tag_column: int = -1,
@@ -171,11 +158,40 @@ def _text(value) -> str:
     return " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
+def _multi_label(label, record: dict, fields: dict, task: TaskConfig) -> dict[str, Any]:
+    if isinstance(label, str):
+        label = label.split(task.label_separator) if task.label_separator else [label]
+    return {"label": sorted({str(v).strip() for v in label if str(v).strip()})}
+
+
+def _number(label, record: dict, fields: dict, task: TaskConfig) -> dict[str, Any]:
+    try:
+        return {"label": float(label)}
+    except (TypeError, ValueError):
+        raise InputError(f"{record.get('_where', '?')}: regression label {label!r} is not a number") from None
+
+
+def _choice(label, record: dict, fields: dict, task: TaskConfig) -> dict[str, Any]:
+    spec = fields["choices"]
+    choices = [_text(_get(record, f, "choices")) for f in spec] if isinstance(spec, list) \
+        else [_text(c) for c in _get(record, spec, "choices")]
+    return {"choices": choices, "label": _choice_index(label, choices, record)}
+
+
+# Per target (except tags): a record's label value -> the example's gold roles.
+_GOLD = {
+    "class": lambda label, record, fields, task: {"label": str(label).strip()},
+    "classes": _multi_label,
+    "number": _number,
+    "choice": _choice,
+}
+
+
 def example(record: dict, task: TaskConfig) -> dict[str, Any]:
     """The roles of one record the task type needs, e.g. {"text", "label"} for classification."""
     fields = DEFAULT_FIELDS | task.fields
-    kind = task.type
-    if kind == "token-classification":
+    kind = TASK_TYPES[task.type]
+    if kind.target == "tags":
         if task.format == "conll":  # the reader already took the columns that `fields` names
             tokens, tags = record["tokens"], record["tags"]
         else:
@@ -185,26 +201,9 @@ def example(record: dict, task: TaskConfig) -> dict[str, Any]:
         return {"tokens": [str(t) for t in tokens], "tags": [str(t) for t in tags]}
     out = {"text": _text(_get(record, fields["text"], "text"))}
     label = _get(record, fields["label"], "label")
-    if kind in ("pair-classification", "yes-no-qa") or (kind == "regression" and fields["text_pair"] in record):
+    if kind.text_pair == "yes" or (kind.text_pair == "optional" and fields["text_pair"] in record):
         out["text_pair"] = _text(_get(record, fields["text_pair"], "text_pair"))
-    if kind == "multi-label":
-        if isinstance(label, str):
-            label = label.split(task.label_separator) if task.label_separator else [label]
-        out["label"] = sorted({str(v).strip() for v in label if str(v).strip()})
-    elif kind == "regression":
-        try:
-            out["label"] = float(label)
-        except (TypeError, ValueError):
-            raise InputError(f"{record.get('_where', '?')}: regression label {label!r} is not a number") from None
-    elif kind == "multiple-choice":
-        spec = fields["choices"]
-        choices = [_text(_get(record, f, "choices")) for f in spec] if isinstance(spec, list) \
-            else [_text(c) for c in _get(record, spec, "choices")]
-        out["choices"] = choices
-        out["label"] = _choice_index(label, choices, record)
-    else:
-        out["label"] = str(label).strip()
-    return out
+    return out | _GOLD[kind.target](label, record, fields, task)
 
 
 def _choice_index(label, choices: list[str], record: dict) -> str:

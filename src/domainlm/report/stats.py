@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from domainlm.evaluate.metrics import example_stats, metrics_from_stats
+from domainlm.tasks.metrics import example_stats, metrics_from_stats
 
 _BOOTSTRAP_CELLS = 2**22  # resample weights (samples × examples) held at a time: 32 MiB of float64
 

@@ -1,5 +1,5 @@
-"""Tasks: train / dev / test examples of one type, read by the generic readers and the recipe's
-mapping (no task-specific code).
+"""A task's train / dev / test examples, read by the generic readers and the recipe's mapping (no
+task-specific code), with its classes and what was done to its data.
 
 An example is a dict of the roles its type needs: {"text", "label"} (classification, relation),
 plus "text_pair" (pair-classification, yes-no-qa, regression over pairs), {"text", "label": [..]}
@@ -9,14 +9,19 @@ plus "text_pair" (pair-classification, yes-no-qa, regression over pairs), {"text
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from dataclasses import dataclass, field
 
+from domainlm import demo
 from domainlm.config import TaskConfig
-from domainlm.corpus.readers import InputError
-from domainlm.evaluate.metrics import HEADLINE, to_scheme
-from domainlm.evaluate.readers import example, read_split
+from domainlm.errors import InputError
+from domainlm.tasks.readers import example, read_split
+from domainlm.tasks.tagging import to_scheme
+from domainlm.tasks.types import TASK_TYPES
+
+log = logging.getLogger(__name__)
 
 ENTITY_TOKENS = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
 
@@ -39,10 +44,16 @@ class Task:
     """Tokens the model's tokenizer must learn (relation markers)."""
 
     def __post_init__(self):
-        self.metric = self.metric or HEADLINE[self.type]
+        self.metric = self.metric or TASK_TYPES[self.type].headline
+
+    @property
+    def target(self) -> str:
+        """What one example's gold is: class, classes, number, tags or choice (`tasks.types`)."""
+        return TASK_TYPES[self.type].target
 
     def gold(self, split: str) -> list:
-        return [x["tags"] if self.type == "token-classification" else x["label"] for x in getattr(self, split)]
+        """The gold value of each example of `split` (tags for token tasks, else the label)."""
+        return [x["tags"] if self.target == "tags" else x["label"] for x in getattr(self, split)]
 
     def texts(self, splits=("train", "dev", "test")) -> list[str]:
         """Plain text of the examples (for decontamination and the domain-distance score)."""
@@ -88,13 +99,9 @@ def _subsample(examples: list, limit: int | None, seed: int) -> list:
 
 
 def _read(config: TaskConfig) -> dict[str, list[dict] | None]:
+    """Each split's examples as configured (None for a split to be held out of train)."""
     if config.format == "python-docs":
-        from domainlm import demo
-
-        read = demo.module_task if config.name == "docstring-module" else demo.params_task
-        if config.type == "token-classification":
-            return {s: [{"tokens": w, "tags": t} for w, t in read(s)] for s in ("train", "dev", "test")}
-        return {s: [{"text": x, "label": y} for x, y in read(s)] for s in ("train", "dev", "test")}
+        return {split: demo.TASKS[config.name](split) for split in ("train", "dev", "test")}
     splits = {}
     for split in ("train", "dev", "test"):
         spec = config.split_config(split)
@@ -102,10 +109,18 @@ def _read(config: TaskConfig) -> dict[str, list[dict] | None]:
     return splits
 
 
-def load_task(config: TaskConfig, seed: int = 0) -> Task:
-    """Read a task's splits (held-out dev / test carved from train when missing; subsampled as
-    configured, the same for every model)."""
-    splits = _read(config)
+# Per target: the training examples and tagging scheme -> the task's classes (the head's outputs).
+_CLASSES = {
+    "class": lambda train, scheme: sorted({x["label"] for x in train}),
+    "classes": lambda train, scheme: sorted({label for x in train for label in x["label"]}),
+    "number": lambda train, scheme: [],
+    "tags": lambda train, scheme: sorted({t for x in train for t in to_scheme(x["tags"], scheme)} | {"O"}),
+    "choice": lambda train, scheme: [str(i) for i in range(max(len(x["choices"]) for x in train))],
+}
+
+
+def _complete_splits(config: TaskConfig, splits: dict[str, list[dict] | None]) -> list[str]:
+    """Hold dev / test out of train where they have no file (in place); the notes saying so."""
     notes = []
     for split, size in (("test", config.test_size), ("dev", config.dev_size)):
         if splits[split] is None:
@@ -114,31 +129,38 @@ def load_task(config: TaskConfig, seed: int = 0) -> Task:
             except InputError as err:
                 raise InputError(f"task '{config.name}': no {split} file, and {split}_size {size:g}: {err}") from None
             notes.append(f"{split}: {len(splits[split])} examples held out of train (split_seed {config.split_seed})")
-            print(f"task {config.name}: {notes[-1]}")
+            log.info("task %s: %s", config.name, notes[-1])
     for split, examples in splits.items():
         if not examples:
             raise InputError(f"task '{config.name}': the {split} split is empty")
-    if config.type == "relation":
+    return notes
+
+
+def load_task(config: TaskConfig, seed: int = 0) -> Task:
+    """Read a task's splits (held-out dev / test carved from train when missing; subsampled as
+    configured, the same for every model)."""
+    kind = TASK_TYPES[config.type]
+    splits = _read(config)
+    notes = _complete_splits(config, splits)
+    if kind.entity_markers:
         for examples in splits.values():
             for x in examples:
                 x["text"] = mark_entities(x["text"], config.entity_markers or [], config.entity_mode)
-    train = _subsample(splits["train"], config.max_train_examples, seed)
-    dev = _subsample(splits["dev"], config.max_eval_examples, seed)
-    test = _subsample(splits["test"], config.max_eval_examples, seed)
-    for split, kept, full in (("train", train, splits["train"]), ("dev", dev, splits["dev"]), ("test", test, splits["test"])):
-        if len(kept) < len(full):
-            notes.append(f"{split}: {len(kept)} of {len(full)} examples (seed {seed})")
-    if config.type == "token-classification":
-        labels = sorted({t for x in splits["train"] for t in to_scheme(x["tags"], config.tagging)} | {"O"})
-    elif config.type == "multi-label":
-        labels = sorted({label for x in splits["train"] for label in x["label"]})
-    elif config.type == "regression":
-        labels = []
-    elif config.type == "multiple-choice":
-        labels = [str(i) for i in range(max(len(x["choices"]) for x in splits["train"]))]
-    else:
-        labels = sorted({x["label"] for x in splits["train"]})
+    limits = {"train": config.max_train_examples, "dev": config.max_eval_examples, "test": config.max_eval_examples}
+    kept = {split: _subsample(splits[split], limit, seed) for split, limit in limits.items()}
+    notes += [f"{split}: {len(kept[split])} of {len(splits[split])} examples (seed {seed})"
+              for split in limits if len(kept[split]) < len(splits[split])]
+    labels = _CLASSES[kind.target](splits["train"], config.tagging)
     extra = {"mark": ENTITY_TOKENS, "replace": ENTITY_TOKENS[::2]}.get(config.entity_mode, []) \
-        if config.type == "relation" else []
-    return Task(config.name, config.type, train, dev, test, labels, metric=config.metric or "",
+        if kind.entity_markers else []
+    return Task(config.name, config.type, kept["train"], kept["dev"], kept["test"], labels, metric=config.metric or "",
                 tagging=config.tagging, max_length=config.max_length, notes=notes, extra_tokens=extra)
+
+
+def task_eval_texts(configs: list[TaskConfig]) -> dict[str, list[str]]:
+    """The full dev and test text of every task (what decontamination protects), by task name."""
+    texts = {}
+    for config in configs:
+        loaded = load_task(config.model_copy(update={"max_eval_examples": None}))
+        texts[config.name] = loaded.texts(("dev", "test"))
+    return texts

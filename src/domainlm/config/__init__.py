@@ -1,0 +1,175 @@
+"""One validated schema for a run, split by section: corpus, tokenizer, model, pretrain, tasks,
+evaluate, report, experiment, resources.
+
+Recipes are YAML files in `recipes/`. `load_config` reads one, applies `--set key=value`
+overrides and validates the result; any unknown key, wrong type or missing input file raises
+`ConfigError` naming the key (or path) and what was expected. Relative paths are relative to the
+directory the command runs in. Every field carries a docstring (`docs/recipes.md` lists them).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from domainlm.config.base import Section, existing_file, resolve_path, unique_names
+from domainlm.config.corpus import (
+    CorpusConfig,
+    DecontaminationConfig,
+    DedupConfig,
+    QualityConfig,
+    SourceConfig,
+)
+from domainlm.config.evaluate import EvaluateConfig, ModelEntry, ReportConfig
+from domainlm.config.experiment import ArmConfig, ExperimentConfig
+from domainlm.config.model import PRESETS, ModelConfig
+from domainlm.config.pretrain import PretrainConfig
+from domainlm.config.resources import LEGACY_KEYS, ResourcesConfig
+from domainlm.config.tasks import SplitConfig, TaskConfig
+from domainlm.config.tokenizer import TokenizerConfig
+from domainlm.errors import ConfigError
+
+__all__ = [
+    "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig", "EvaluateConfig",
+    "ExperimentConfig", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
+    "ResourcesConfig", "RunConfig", "Section", "SourceConfig", "SplitConfig", "TaskConfig", "TokenizerConfig",
+    "apply_override", "config_from_dict", "existing_file", "load_config", "resolve_path", "unique_names",
+]
+log = logging.getLogger(__name__)
+
+
+class RunConfig(Section):
+    name: str
+    """Names the run; its artifacts go to `runs/<name>/` unless `run_dir` says otherwise."""
+    run_dir: str | None = None
+    """Where the run's stage folders live (default `runs/<name>`)."""
+    seed: int = 0
+    """Seed of pretraining (initialisation, data order, masking) and of task subsampling."""
+    corpus: CorpusConfig
+    """The domain text and how it is curated."""
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    """The domain vocabulary."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """The encoder's size, or the checkpoint to continue from."""
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    """How the encoder is pretrained."""
+    tasks: list[TaskConfig] = Field(default_factory=list)
+    """The labeled tasks the models are compared on."""
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    """Which models are compared, and how each is fine-tuned."""
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    """What the report compares against."""
+    experiment: ExperimentConfig | None = None
+    """Pretraining arms sharing one budget (see `domainlm.experiment`): each arm is pretrained as
+    its own run, in place of this run's pretrain stage."""
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    """Processes and threads: how fast, never what is computed (no stage reruns when it changes)."""
+
+    @property
+    def directory(self) -> Path:
+        """The run folder."""
+        return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
+        return unique_names(tasks, "task")
+
+    @model_validator(mode="after")
+    def _arms_named(self) -> RunConfig:
+        arms = {a.name for a in self.experiment.arms} if self.experiment else set()
+        for m in self.evaluate.models:
+            if m.arm and m.arm not in arms:
+                raise ValueError(f"evaluate.models '{m.name}': arm '{m.arm}' is not one of experiment.arms "
+                                 f"{sorted(arms) or '(no experiment)'}")
+        return self
+
+
+# ------------------------------------------------------------------------------------ load / save
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` override in place; list items are addressed by index
+    (`tasks.0.max_train_examples=100`). The value is parsed as YAML (`3`, `1e-4`, `true`, `[0,1]`)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value, got '{assignment}'")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: Any = data
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: '{where}' is not an index into a list of {len(node)}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"--set {key}: '{where}' is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: '{last}' is not an index into a list of {len(node)}")
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        parent = schema
+        for part in error["loc"][:-1]:
+            field = parent.model_fields.get(str(part)) if isinstance(part, str) else None
+            annotation = getattr(field, "annotation", None) if field else None
+            inner = getattr(annotation, "__args__", (annotation,))[0] if annotation else None
+            parent = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else parent
+        allowed = ", ".join(parent.model_fields)
+        return f"unknown key '{key}' (expected one of: {allowed})"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in ("missing",):
+        return f"missing key '{key}'"
+    if key:
+        return f"key '{key}': {message} (got {error.get('input')!r})"
+    return message
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe, apply `key=value` overrides, validate; raise ConfigError on problems."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return config_from_dict(data, origin=str(path))
+
+
+def moved_legacy_keys(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    """`data` with speed settings from their old places (`corpus.workers`, `pretrain.threads`, ...)
+    moved into `resources` (a copy; the caller's dict is left as it was)."""
+    data = dict(data)
+    for (section, key), new in LEGACY_KEYS.items():
+        if isinstance(data.get(section), dict) and key in data[section]:
+            data[section] = dict(data[section])
+            data["resources"] = dict(data.get("resources") or {})
+            data["resources"].setdefault(new, data[section].pop(key))
+            log.warning("%s: `%s.%s` is now `resources.%s` (read as that)", origin, section, key, new)
+    return data
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "config") -> RunConfig:
+    """Validate a recipe's mapping; ConfigError naming each problem's key and what was expected."""
+    try:
+        return RunConfig.model_validate(moved_legacy_keys(data, origin))
+    except ValidationError as err:
+        problems = [_describe(e, RunConfig) for e in err.errors()]
+        raise ConfigError(f"{origin}: " + "; ".join(problems)) from None

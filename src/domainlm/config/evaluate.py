@@ -1,0 +1,123 @@
+"""The `evaluate:` and `report:` sections: which models are compared on the tasks, how they are fine-tuned, and
+what the report compares against."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from domainlm.config.base import Section, resolve_path, unique_names
+
+
+class ModelEntry(Section):
+    name: str
+    """Row label in the results."""
+    kind: Literal["domain", "random-init", "hf", "tfidf", "self-training"]
+    """domain: the model this run pretrained. random-init: the same architecture and tokenizer,
+    untrained. hf: a local Hugging Face model directory (`path`). tfidf: TF-IDF (or word-window
+    features for token tasks) + logistic regression. self-training: `teacher` (another entry)
+    fine-tuned on the gold labels labels `unlabeled` in-domain text; a fresh copy of the teacher's
+    model trains on those pseudo-labels, then fine-tunes on the gold labels."""
+    path: str | None = None
+    """hf: the model directory (`pkg://package/sub/path` for one inside an installed package)."""
+    optional: bool = False
+    """If the path is a `pkg://` path whose package is missing, skip this model with a note."""
+    teacher: str | None = None
+    """self-training: the name of the model entry to start from (domain, random-init or hf)."""
+    arm: str | None = None
+    """In an experiment: `domain` / `random-init` take this arm's pretrained model / architecture."""
+    unlabeled: str = "corpus"
+    """self-training: unlabeled text, one document per line (txt/.gz), or `corpus` (this run's
+    curated corpus)."""
+    max_unlabeled: int = Field(default=2000, ge=1)
+    """self-training: at most this many unlabeled inputs are pseudo-labelled (a seeded sample)."""
+    confidence: float = Field(default=0.9, ge=0, le=1)
+    """self-training: keep pseudo-labels whose predicted probability is at least this (token
+    tasks: the lowest over the sentence's words)."""
+
+    @model_validator(mode="after")
+    def _check_path(self) -> ModelEntry:
+        if self.kind == "hf":
+            if not self.path:
+                raise ValueError(f"model '{self.name}' (kind hf) needs a `path`")
+            try:
+                exists = resolve_path(self.path).exists()
+            except FileNotFoundError as err:
+                if self.optional:
+                    return self
+                raise ValueError(str(err)) from None
+            if not exists:
+                raise ValueError(f"model '{self.name}' directory not found: {self.path}")
+        if self.kind == "self-training" and not self.teacher:
+            raise ValueError(f"model '{self.name}' (kind self-training) needs a `teacher` (another model's name)")
+        return self
+
+
+class EvaluateConfig(Section):
+    models: list[ModelEntry] = Field(
+        default_factory=lambda: [
+            ModelEntry(name="domain", kind="domain"),
+            ModelEntry(name="random-init", kind="random-init"),
+            ModelEntry(name="tfidf", kind="tfidf"),
+        ]
+    )
+    """The rows of the comparison (default: the domain model, random init and TF-IDF)."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    """Fine-tuning seeds (head initialisation, batch order); every model runs with each."""
+    epochs: int = Field(default=3, ge=1)
+    """Most epochs per run; the epoch with the best dev score is tested (early stopping)."""
+    patience: int | None = Field(default=2, ge=1)
+    """Stop a run after this many epochs without a better dev score (None: run every epoch)."""
+    lr: float | list[float] = 1e-4
+    """A learning rate, or a grid: each is run with every seed, and the one with the best mean dev
+    score is reported (the same grid and seeds for every model)."""
+    batch_size: int = Field(default=32, ge=1)
+    """Examples per fine-tuning step."""
+    max_length: int = Field(default=128, ge=8)
+    """Longest input in tokens; longer inputs are truncated."""
+    warmup_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Linear warmup over this share of the fine-tuning steps, then linear decay to zero."""
+    weight_decay: float = Field(default=0.01, ge=0)
+    """AdamW weight decay on weight matrices."""
+    general_corpus: str | None = None
+    """General-domain text (txt/.gz, one document per line) for the domain-distance score."""
+    general_tokenizer: str | None = None
+    """The general vocabulary for the domain-distance score (default: tokenizer.reference)."""
+    bootstrap_samples: int = Field(default=1000, ge=100)
+    """Resamples of the test set in the paired bootstrap (the report's intervals)."""
+
+    @property
+    def learning_rates(self) -> list[float]:
+        """The grid: `lr` as a list."""
+        return self.lr if isinstance(self.lr, list) else [self.lr]
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, value):
+        if any(v <= 0 for v in (value if isinstance(value, list) else [value])) or value == []:
+            raise ValueError(f"learning rates must be > 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _teachers(self) -> EvaluateConfig:
+        names = {m.name: m for m in self.models}
+        for m in self.models:
+            if m.kind == "self-training" and (m.teacher not in names or names[m.teacher].kind in ("tfidf", "self-training")):
+                raise ValueError(f"model '{m.name}': teacher '{m.teacher}' must name a domain, random-init or hf "
+                                 f"model of evaluate.models")
+        return self
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelEntry]) -> list[ModelEntry]:
+        return unique_names(models, "model")
+
+
+class ReportConfig(Section):
+    title: str = ""
+    """The report's heading (default: `domainlm report: <run name>`)."""
+    reference_model: str = "random-init"
+    """The model every other row is compared with (bootstrap intervals, verdict)."""
+    domain_model: str = "domain"
+    """The model whose gain the verdict and the domain-distance correlation are about."""

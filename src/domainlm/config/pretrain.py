@@ -1,0 +1,103 @@
+"""The `pretrain:` section: objective, masking, schedule, data mixture and curricula, attention, checkpoints."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from domainlm.config.base import Section, existing_file
+
+
+class PretrainConfig(Section):
+    max_steps: int = Field(default=1000, ge=1)
+    """Optimizer steps."""
+    batch_size: int = Field(default=32, ge=1)
+    """Sequences per optimizer step."""
+    micro_batch_size: int | None = Field(default=None, ge=1)
+    """Sequences per forward/backward pass; smaller than batch_size means gradient accumulation
+    (same gradient, less memory)."""
+    seq_len: int = Field(default=128, ge=16)
+    """Packed sequence length in tokens (documents packed, attention kept within each document)."""
+    lr: float = Field(default=5e-4, gt=0)
+    """Peak learning rate of AdamW (betas 0.9, 0.98; eps 1e-6, as RoBERTa)."""
+    warmup_fraction: float = Field(default=0.06, ge=0, le=1)
+    """Linear warmup over this share of the steps."""
+    schedule: Literal["linear", "cosine", "one-cycle", "wsd"] = "linear"
+    """After warmup: linear decay to zero (BERT), cosine, one-cycle, or warmup-stable-decay."""
+    decay_fraction: float = Field(default=0.2, gt=0, le=1)
+    """wsd: the final share of the steps over which the learning rate decays to zero."""
+    weight_decay: float = Field(default=0.01, ge=0)
+    """AdamW weight decay, on weight matrices only (not biases or LayerNorm)."""
+    grad_clip: float = Field(default=1.0, gt=0)
+    """Gradients are clipped to this global L2 norm."""
+    mask_rate: float = Field(default=0.15, gt=0, lt=1)
+    """Share of words (tokens for `masking: token`) masked; 15% is BERT's, higher suits short budgets."""
+    masking: Literal["whole-word", "token", "span"] = "whole-word"
+    """whole-word: all pieces of a chosen word together (PubMedBERT). token: pieces independently
+    (original BERT). span: runs of whole words with geometric lengths (SpanBERT)."""
+    span_mean: float = Field(default=3.0, ge=1.0, le=10.0)
+    """span masking: mean span length in words (geometric, at most 10 words)."""
+    dropout: float | None = Field(default=None, ge=0.0, lt=1.0)
+    """Dropout while pretraining (default: `model.dropout`, which fine-tuning uses). 0 learns
+    faster on short budgets (Cramming); the exported model keeps `model.dropout`."""
+    objective: Literal["mlm", "electra"] = "mlm"
+    """mlm: masked language modelling. electra: replaced-token detection (a small generator fills
+    the masks, the model learns which tokens were replaced; the discriminator is exported)."""
+    generator_fraction: float = Field(default=0.25, gt=0, le=1)
+    """electra: generator width (hidden, heads, intermediate) as a share of the model's."""
+    rtd_weight: float = Field(default=50.0, gt=0)
+    """electra: weight of the replaced-token-detection loss against the generator's MLM loss."""
+    lexicon: str | None = None
+    """Lexicon-guided masking: a file with one word (or phrase) per line that whole-word masking
+    chooses preferentially, at `lexicon_rate`, keeping the overall rate at `mask_rate`."""
+    lexicon_rate: float = Field(default=0.5, gt=0, le=1)
+    """Share of the lexicon's words masked (at most what `mask_rate` allows per row)."""
+    mixture: dict[str, float] = Field(default_factory=dict)
+    """Corpus source name -> sampling weight (default: all documents in natural proportion)."""
+    upsample_source: str | None = None
+    """Up-sample this corpus source over the last `upsample_fraction` of the steps."""
+    upsample_factor: float = Field(default=3.0, ge=1)
+    """The up-sampled source's weight is multiplied by this..."""
+    upsample_fraction: float = Field(default=0.15, gt=0, le=1)
+    """...over this final share of the steps."""
+    batch_size_start: int | None = Field(default=None, ge=1)
+    """Batch-size warmup: start with this many sequences per step..."""
+    batch_warmup_fraction: float = Field(default=0.0, ge=0, le=1)
+    """...growing linearly to `batch_size` over this share of the steps."""
+    short_seq_len: int | None = Field(default=None, ge=16)
+    """Sequence-length curriculum: the first `short_seq_fraction` of the steps use rows of this
+    length (with proportionally more rows per step)."""
+    short_seq_fraction: float = Field(default=0.0, ge=0, lt=1)
+    """Share of the steps that use `short_seq_len` rows (0: no curriculum)."""
+    attention: Literal["auto", "sdpa", "flex", "varlen"] = "auto"
+    """Document-aware attention: sdpa (boolean same-document mask; works everywhere, fastest on
+    CPU), flex (FlexAttention block mask; GPU), varlen (padding removed, flash varlen kernel;
+    GPU). auto: varlen on CUDA when available, else sdpa."""
+    compile: bool = False
+    """torch.compile the model (skipped with a note where it is unavailable)."""
+    tf32: bool = True
+    """Allow TF32 matmuls on GPUs that have them."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: replicate the model (ddp) or shard it (fsdp)."""
+    max_bad_steps: int = Field(default=3, ge=1)
+    """Stop after this many consecutive steps with a NaN/inf loss (each such step is skipped)."""
+    checkpoint_every: int = Field(default=200, ge=1)
+    """Save a checkpoint (weights, optimizer, RNG, data position) every this many steps; a killed
+    run resumes from the newest."""
+    keep_checkpoints: int = Field(default=2, ge=1)
+    """How many of the newest checkpoints are kept."""
+    log_every: int = Field(default=10, ge=1)
+    """Steps between progress updates (loss, tokens/s) and TensorBoard points."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PretrainConfig:
+        if self.short_seq_len and self.short_seq_len >= self.seq_len:
+            raise ValueError(f"short_seq_len ({self.short_seq_len}) must be below seq_len ({self.seq_len})")
+        if self.batch_size_start and self.batch_size_start > self.batch_size:
+            raise ValueError(f"batch_size_start ({self.batch_size_start}) exceeds batch_size ({self.batch_size})")
+        if self.lexicon:
+            existing_file(self.lexicon)
+        if any(w < 0 for w in self.mixture.values()) or (self.mixture and not sum(self.mixture.values())):
+            raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {self.mixture}")
+        return self

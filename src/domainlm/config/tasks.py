@@ -1,0 +1,120 @@
+"""The `tasks:` list: where each task's files are and how their records map to the roles of its type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from domainlm.config.base import Section
+from domainlm.demo import TASKS as DEMO_TASKS
+from domainlm.tasks.types import TASK_TYPES
+
+
+class SplitConfig(Section):
+    """One split of a task: a file (or HF dataset folder), optionally only some of its records."""
+
+    path: str
+    ids: str | None = None
+    """Keep only records whose `id` field is listed in this file (a JSON list, the keys of a JSON
+    object, or one id per line)."""
+    exclude_ids: str | None = None
+    """Drop records whose `id` is listed in this file (same forms)."""
+    split: str | None = None
+    """For `hf` datasets saved with `save_to_disk` as a DatasetDict: which split."""
+
+
+class TaskConfig(Section):
+    name: str
+    """Names the task in results and the report (unique in the recipe)."""
+    type: Literal[tuple(TASK_TYPES)]
+    """classification (text -> label), multi-label (text -> labels), pair-classification (text,
+    text_pair -> label), regression (text[, text_pair] -> number), token-classification (tokens ->
+    tags), relation (text with two marked entities -> label), multiple-choice (text + choices ->
+    index of the right choice), yes-no-qa (question, context -> yes / no / maybe); the table in
+    `domainlm.tasks.types`."""
+    format: Literal["jsonl", "json", "csv", "tsv", "conll", "hf", "python-docs"] = "jsonl"
+    """jsonl: one object per line. json: a list of objects, or an object of id -> object (the id
+    becomes field `id`). csv / tsv: rows with a header line, or named by `columns`. conll: one token
+    per line, columns separated by tabs or spaces, a blank line between sentences (2 columns
+    `token tag` or 4 columns CoNLL-2003 style: tokens from `fields.tokens`, tags from `fields.tags`,
+    by default the first and the last column). hf: a dataset saved with `datasets.save_to_disk`.
+    python-docs: a task built from Python's own documentation (see `domainlm.demo`)."""
+    train: str | SplitConfig = ""
+    """The training split: a path, or `{path, ids, exclude_ids, split}`."""
+    dev: str | SplitConfig | None = None
+    """Missing: `dev_size` of train is held out as dev (a seeded, logged split)."""
+    test: str | SplitConfig | None = None
+    """Missing: `test_size` of train is held out as test (a seeded, logged split)."""
+    fields: dict[str, str | int | list[str]] = Field(default_factory=dict)
+    """Where each role is found in a record: text, text_pair, label, tokens, tags, choices, id
+    (field names; column numbers for headerless csv/tsv/conll; for `choices` a list-valued field or
+    a list of fields). Defaults: text -> "text", label -> "label", tokens -> column 0, tags -> the
+    last column. A list-valued text field is joined with spaces."""
+    columns: list[str] | None = None
+    """Column names of a csv / tsv file without a header line."""
+    comment_prefix: str | None = None
+    """Lines starting with this are skipped (csv / tsv / conll), e.g. "###" or "-DOCSTART-"."""
+    label_separator: str | None = None
+    """multi-label: labels given as one string joined by this separator."""
+    tagging: Literal["io", "bio", "bioes"] = "bio"
+    """Tagging scheme the token-classification model is trained with (gold tags may be in any of
+    IO / BIO / BIOES; predictions are scored as entities against the gold entities)."""
+    entity_markers: list[str] | None = Field(default=None, min_length=4, max_length=4)
+    """relation: the four strings around entity 1 and entity 2 in the text (start, end, start,
+    end), e.g. ["<<", ">>", "[[", "]]"]."""
+    entity_mode: Literal["text", "mark", "replace"] = "mark"
+    """relation: `mark` puts [E1] ... [/E1] and [E2] ... [/E2] tokens around the entities; `replace`
+    replaces each entity mention by a [E1] / [E2] placeholder; `text` leaves the markers as text."""
+    metric: str | None = None
+    """Headline metric (default by type: entity_f1, micro_f1, pearson or accuracy)."""
+    dev_size: float = Field(default=0.1, gt=0)
+    """Held-out share (< 1) or count (>= 1) of train used as dev when `dev` is missing."""
+    test_size: float = Field(default=0.2, gt=0)
+    """Held-out share (< 1) or count (>= 1) of train used as test when `test` is missing."""
+    split_seed: int = 0
+    """Seed of the held-out splits (logged with the task)."""
+    max_length: int | None = Field(default=None, ge=8)
+    """Longest input in tokens for this task (default: evaluate.max_length)."""
+    max_train_examples: int | None = Field(default=None, ge=1)
+    """Subsample the training split (seeded, the same for every model)."""
+    max_eval_examples: int | None = Field(default=None, ge=1)
+    """Subsample dev and test (seeded, the same for every model)."""
+
+    @field_validator("train", "dev", "test", mode="before")
+    @classmethod
+    def _split(cls, value):
+        return {"path": value} if isinstance(value, str) and value else value
+
+    def split_config(self, split: str) -> SplitConfig | None:
+        """The configured file of `split` (train, dev or test), or None when it is held out of train."""
+        value = getattr(self, split)
+        return value or None
+
+    def files(self, splits=("train", "dev", "test")) -> list[str]:
+        """Every file the given splits read (data and id lists); a held-out split reads train."""
+        specs = [self.split_config(s) or self.split_config("train") for s in splits if self.format != "python-docs"]
+        return list(dict.fromkeys(p for spec in specs for p in (spec.path, spec.ids, spec.exclude_ids) if p))
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        if self.format == "python-docs":
+            if self.name not in DEMO_TASKS:
+                raise ValueError(f"python-docs task name must be one of {', '.join(DEMO_TASKS)}, got '{self.name}'")
+            return self
+        if not self.train:
+            raise ValueError(f"task '{self.name}' needs a `train` file")
+        for split in ("train", "dev", "test"):
+            spec = self.split_config(split)
+            if spec is None:
+                continue
+            for what in ("path", "ids", "exclude_ids"):
+                value = getattr(spec, what)
+                if value and not Path(value).exists():
+                    label = "file" if what == "path" else f"{what} file"
+                    raise ValueError(f"task '{self.name}' {split} {label} not found: {value}")
+        if TASK_TYPES[self.type].entity_markers and self.entity_mode != "text" and not self.entity_markers:
+            raise ValueError(f"task '{self.name}' (relation): give `entity_markers` (the 4 strings around the "
+                             f"two entities) or set entity_mode: text")
+        return self

@@ -1,0 +1,49 @@
+"""The process group under `torchrun`: which rank this process is, and waiting for the others.
+
+Outside torchrun (or before the group is initialised) this is one process of rank 0 and the
+barrier does nothing, so the same code runs on a laptop and on eight GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by `torchrun` (WORLD_SIZE > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_process_group() -> None:
+    """Join the group torchrun set up: NCCL on GPUs, gloo on CPUs."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
+def _initialised():
+    """torch.distributed when a process group is up; never imports torch (a process that has not
+    loaded it has no group)."""
+    dist = sys.modules.get("torch.distributed")
+    return dist if dist is not None and dist.is_available() and dist.is_initialized() else None
+
+
+def rank() -> int:
+    """This process's rank (0 outside a process group)."""
+    dist = _initialised()
+    return dist.get_rank() if dist else 0
+
+
+def world_size() -> int:
+    """The number of processes (1 outside a process group)."""
+    dist = _initialised()
+    return dist.get_world_size() if dist else 1
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing to wait for outside a process group)."""
+    dist = _initialised()
+    if dist:
+        dist.barrier()

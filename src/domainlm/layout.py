@@ -1,0 +1,185 @@
+"""The run folder as a contract: where every artifact lives, and how to read it.
+
+A run lives in one folder (`runs/<name>/`), one sub-folder per stage, each finished by a
+`manifest.json`. A stage writes only into its own folder and reads what other stages wrote only
+through this module, never through their code, so the paths below are the whole interface
+between stages:
+
+    corpus/      train-NNNNN.jsonl shards, heldout.jsonl, stats.json, dropped.jsonl, work/
+    tokenizer/   tokenizer.json (+ transformers files), fit.json
+    pretrain/    data/ (token shards), checkpoints/, history.json, summary.json, tensorboard/,
+                 tokenizer/ (continued pretraining), export/ (a Hugging Face model directory)
+    arms/<arm>/  an experiment's arm: a run folder of its own (corpus, tokenizer, pretrain)
+    experiment/  arms.json (each arm's status, cost, failure), summary.json, history.json
+    evaluate/    tasks.json, gold/<task>.json, distance.json, selection.json, results.jsonl,
+                 failures.json, runs/<model>/<task>/lr-<lr>/seed-<n>.json, tensorboard/
+    report/      report.md, report.html, results.json, *.png
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from domainlm.io import read_json, read_jsonl
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    # ------------------------------------------------------------------------------ any stage
+    def stage(self, name: str) -> Path:
+        return self.root / name
+
+    def manifest(self, stage: str) -> Path:
+        """The completion marker of a stage (resolved config, input hashes, timings, counts)."""
+        return self.root / stage / "manifest.json"
+
+    def in_progress(self, stage: str) -> Path:
+        """Present while a stage runs: the fingerprint it is working for (resume only if unchanged)."""
+        return self.root / stage / "in_progress.json"
+
+    def stage_seconds(self, stage: str) -> float:
+        return read_json(self.manifest(stage))["timings"]["seconds"]
+
+    # --------------------------------------------------------------------------------- corpus
+    @property
+    def corpus_stats(self) -> Path:
+        """`read`, `kept`, `dropped` per reason, per step and per source (see the corpus stage)."""
+        return self.root / "corpus" / "stats.json"
+
+    def corpus_documents(self, split: str = "train") -> Iterator[dict]:
+        """The curated documents (`{"id", "text", "source"}`): the `train` shards, or the `heldout` set."""
+        corpus = self.root / "corpus"
+        files = sorted(corpus.glob("train-*.jsonl")) if split == "train" else [corpus / "heldout.jsonl"]
+        for path in files:
+            with open(path, encoding="utf-8") as handle:
+                for line in handle:
+                    yield json.loads(line)
+
+    def corpus_texts(self, split: str = "train") -> Iterator[str]:
+        return (doc["text"] for doc in self.corpus_documents(split))
+
+    def corpus_source_weights(self) -> dict[str, float]:
+        """Each corpus source's `weight x repeat`, by source name."""
+        sources = read_json(self.corpus_stats).get("sources", {})
+        return {name: source.get("weight", 1.0) for name, source in sources.items()}
+
+    # ------------------------------------------------------------------------------ tokenizer
+    @property
+    def tokenizer(self) -> Path:
+        """The domain tokenizer: a transformers tokenizer directory (tokenizer.json inside)."""
+        return self.root / "tokenizer"
+
+    @property
+    def tokenizer_fit(self) -> Path:
+        return self.root / "tokenizer" / "fit.json"
+
+    # ------------------------------------------------------------------------------- pretrain
+    @property
+    def export(self) -> Path:
+        """The pretrained model as a Hugging Face directory (weights, config, tokenizer)."""
+        return self.root / "pretrain" / "export"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "pretrain" / "checkpoints"
+
+    @property
+    def token_shards(self) -> Path:
+        return self.root / "pretrain" / "data"
+
+    @property
+    def pretrain_tokenizer(self) -> Path:
+        """The tokenizer continued pretraining uses (the checkpoint's, maybe extended)."""
+        return self.root / "pretrain" / "tokenizer"
+
+    @property
+    def pretrain_summary(self) -> Path:
+        return self.root / "pretrain" / "summary.json"
+
+    @property
+    def pretrain_history(self) -> Path:
+        return self.root / "pretrain" / "history.json"
+
+    # ----------------------------------------------------------------------------- experiment
+    def arm(self, name: str) -> RunLayout:
+        """The run folder of an experiment's arm."""
+        return RunLayout(self.root / "arms" / name)
+
+    @property
+    def arms(self) -> Path:
+        """Each arm's status, budget and cost, or why it failed."""
+        return self.root / "experiment" / "arms.json"
+
+    @property
+    def experiment_summary(self) -> Path:
+        return self.root / "experiment" / "summary.json"
+
+    @property
+    def experiment_history(self) -> Path:
+        return self.root / "experiment" / "history.json"
+
+    def arm_failure(self, arm: str) -> str:
+        """Why an arm has no model: its recorded failure, or that it has not run."""
+        for record in read_json(self.arms) if self.arms.exists() else []:
+            if record["arm"] == arm and record["status"] == "failed":
+                return f"arm '{arm}' failed: {record['reason']}"
+        return f"arm '{arm}' has no exported model (not run yet?)"
+
+    # ------------------------------------------------------------------------------- evaluate
+    @property
+    def task_summaries(self) -> Path:
+        """Each task's type, metric, classes, split sizes and notes."""
+        return self.root / "evaluate" / "tasks.json"
+
+    def gold(self, task: str) -> Path:
+        """The test split's gold values of a task (what predictions are scored against)."""
+        return self.root / "evaluate" / "gold" / f"{task}.json"
+
+    @property
+    def distance(self) -> Path:
+        return self.root / "evaluate" / "distance.json"
+
+    @property
+    def selection(self) -> Path:
+        """Per model and task: the learning rate chosen on dev, and the seeds run with it."""
+        return self.root / "evaluate" / "selection.json"
+
+    @property
+    def results(self) -> Path:
+        """One JSON row per (model, task, seed, metric) of the selected learning rate."""
+        return self.root / "evaluate" / "results.jsonl"
+
+    @property
+    def failures(self) -> Path:
+        return self.root / "evaluate" / "failures.json"
+
+    def run_file(self, model: str, task: str, lr: float, seed: int) -> Path:
+        """One fine-tuning run's metrics, dev curve and test predictions."""
+        return self.root / "evaluate" / "runs" / model / task / f"lr-{lr:g}" / f"seed-{seed}.json"
+
+    def curves(self, model: str, task: str, lr: float, seed: int) -> Path:
+        """TensorBoard event files of one fine-tuning run (written when tensorboard is installed)."""
+        return self.root / "evaluate" / "tensorboard" / model / task / f"lr-{lr:g}" / f"seed-{seed}"
+
+    def selected_runs(self, model: str, task: str) -> list[dict[str, Any]]:
+        """The saved runs (one per seed) of the learning rate selected for one (model, task)."""
+        chosen = read_json(self.selection)[model][task]
+        return [read_json(self.run_file(model, task, chosen["lr"], seed)) for seed in chosen["seeds"]]
+
+    def predictions(self, model: str, task: str) -> list[list]:
+        """The selected learning rate's test predictions of one (model, task), one list per seed."""
+        return [run["predictions"] for run in self.selected_runs(model, task)]
+
+    def result_rows(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.results)
+
+    # --------------------------------------------------------------------------------- report
+    @property
+    def report(self) -> Path:
+        return self.root / "report"

@@ -1,0 +1,97 @@
+"""The report's figures, drawn with matplotlib on its file-only backend and saved as PNG (atomically)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from domainlm.io import atomic_write_bytes
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    plt = pyplot()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_results(summary: list[dict], tasks: list[dict], path: Path, highlight: str = "domain") -> None:
+    """One panel per task: each model's test score, mean over seeds with a ± std error bar."""
+    plt = pyplot()
+    columns = min(4, len(tasks))
+    rows = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(tasks) :]:
+        ax.axis("off")
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        entries = [s for s in summary if s["task"] == task["name"]]
+        names = [s["model"] for s in entries]
+        ax.bar(names, [100 * s["mean"] for s in entries], yerr=[100 * s["std"] for s in entries], capsize=4,
+               color=["#2b6cb0" if n == highlight else "#a0aec0" for n in names])
+        ax.set_title(task["name"])
+        ax.set_ylabel(f"{task['metric']} (test, %)")
+        ax.tick_params(axis="x", rotation=30)
+    save_figure(fig, path)
+
+
+def plot_distance(rows: list[dict], path: Path, model: str, reference: str) -> None:
+    """Gain of `model` over `reference` against each distance measure, one point per task."""
+    plt = pyplot()
+    measures = [k for k in ("fertility", "js_divergence") if any(r[k] is not None for r in rows)]
+    fig, axes = plt.subplots(1, max(1, len(measures)), figsize=(4.5 * max(1, len(measures)), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], measures, strict=False):
+        points = [r for r in rows if r[key] is not None and r["gain"] is not None]
+        ax.scatter([r[key] for r in points], [r["gain"] for r in points], color="#2b6cb0")
+        for r in points:
+            ax.annotate(r["task"], (r[key], r["gain"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0, color="#a0aec0", linewidth=0.8)
+        ax.set_xlabel({"fertility": "general-vocabulary fertility", "js_divergence": "unigram JS divergence"}[key])
+        ax.set_ylabel(f"{model} - {reference} (points)")
+    save_figure(fig, path)
+
+
+def _smooth(losses: list[float]) -> tuple[list[float], int]:
+    window = max(1, len(losses) // 50)
+    return [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+            for i in range(len(losses))], window
+
+
+def plot_loss(history: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if "arms" in history:  # an experiment: one smoothed curve per arm
+        for arm, losses in history["arms"].items():
+            ax.plot(range(1, len(losses) + 1), _smooth(losses)[0], label=arm)
+    else:
+        losses = history["loss"]
+        smooth, window = _smooth(losses)
+        ax.plot(range(1, len(losses) + 1), losses, color="#cbd5e0", linewidth=0.8, label="per step")
+        ax.plot(range(1, len(losses) + 1), smooth, color="#2b6cb0", label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MLM loss")
+    ax.set_title("Pretraining loss")
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_tokenizer_fit(fit: dict, path: Path) -> None:
+    plt = pyplot()
+    names = ["domain"] + (["reference"] if fit.get("reference") else [])
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    for ax, key, label in ((axes[0], "fertility", "sub-words per word"), (axes[1], "split_share", "share of words split")):
+        ax.bar(names, [fit[n][key] for n in names], color=["#2b6cb0", "#a0aec0"][: len(names)])
+        ax.set_title(label)
+    fig.suptitle("Vocabulary fit on held-out domain text")
+    save_figure(fig, path)

@@ -1,0 +1,134 @@
+"""The report's sections, each (title, text, table header, table rows), built from the saved
+artifacts (`load_artifacts`) and the numbers computed from them (`report.comparison`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domainlm.config import RunConfig
+
+Section = tuple[str, str, list[str], list[list[Any]]]
+
+
+def _points(value: float | None, signed: bool = False) -> str:
+    return "" if value is None else (f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}")
+
+
+def results_section(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> Section:
+    selection = art["selection"]
+
+    def lr(s: dict) -> str:
+        chosen = selection.get(s["model"], {}).get(s["task"], {}).get("lr")
+        return f"{chosen:g}" if chosen else "-"
+
+    rows = [[s["task"], s["model"], s["metric"], f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}", s["n"], lr(s),
+             numbers["truncated"].get((s["model"], s["task"]), "")] for s in summary]
+    e = config.evaluate
+    text = (f"Test-set headline metric, mean ± std over seeds {e.seeds}. For each model and task the learning rate "
+            f"with the best mean dev score among {e.learning_rates} was kept, and each run tested its best dev epoch "
+            f"(at most {e.epochs}, early stopping after {e.patience} without improvement). ![results](results.png)")
+    return ("Results", text, ["task", "model", "metric", "test (%)", "seeds", "lr",
+                              "test inputs cut (truncated / windowed)"], rows)
+
+
+def intervals_section(config: RunConfig, numbers: dict) -> Section:
+    rows = [[r["task"], r["model"], _points(r["difference"], True),
+             f"[{_points(r['low'], True)}, {_points(r['high'], True)}]", f"{r['p_value']:.3f}"]
+            for r in numbers["intervals"]]
+    text = (f"Difference in points of the headline metric (mean over each model's seeds) and its paired-bootstrap "
+            f"95% interval over test examples ({config.evaluate.bootstrap_samples} resamples); p is two-sided.")
+    return (f"Against {config.report.reference_model}", text, ["task", "model", "difference", "95% interval", "p"],
+            rows)
+
+
+def suite_section(numbers: dict) -> Section:
+    return ("Suite score", "BLURB-style: the headline metrics averaged within each task type, then across types.",
+            ["model", "suite score"], [[model, _points(score)] for model, score in numbers["suite"].items()])
+
+
+def distance_section(config: RunConfig, art: dict, numbers: dict) -> Section:
+    distance = numbers["distance"]
+    rows = [[r["task"], "" if r["fertility"] is None else f"{r['fertility']:.3f}",
+             "" if r["split_share"] is None else f"{100 * r['split_share']:.1f}%",
+             "" if r["js_divergence"] is None else f"{r['js_divergence']:.3f}",
+             "" if r["gain"] is None else f"{r['gain']:+.1f}"] for r in distance["rows"]]
+    rows.append(["rank correlation with the gain (Spearman)"] + [
+        "" if v is None else f"{v:+.2f}" for v in distance["rank_correlation"].values()] + [""])
+    model, reference = config.report.domain_model, config.report.reference_model
+    general = art["distance"].get("general_tokenizer", "the general vocabulary")
+    text = (f"Measured before any training: how many pieces {general} cuts each word of the task text into "
+            f"(fertility), the share of words it splits, and the Jensen-Shannon divergence of the task's word "
+            f"distribution from general text; next to the measured gain of {model} over {reference}. "
+            f"![distance](distance.png)")
+    return ("Domain distance", text, ["task", "fertility", "words split", "JS divergence",
+                                      f"gain of {model} (points)"], rows)
+
+
+def tasks_section(art: dict) -> Section:
+    rows = [[t["name"], t["type"], t["metric"], len(t["labels"]), t["sizes"]["train"], t["sizes"]["dev"],
+             t["sizes"]["test"], "; ".join(t.get("notes", []))] for t in art["tasks"]]
+    return ("Tasks", "", ["task", "type", "metric", "labels", "train", "dev", "test", "notes"], rows)
+
+
+def corpus_sections(corpus: dict) -> list[Section]:
+    """The per-step accounting, and a few examples of what each step removed."""
+    rows = [[step, counts["in"], counts["out"], ", ".join(f"{r} {n}" for r, n in counts["dropped"].items())]
+            for step, counts in corpus.get("steps", {}).items()]
+    rows += [["kept", corpus["read"], corpus["kept"], f"{corpus['heldout']} held out for tokenizer fit"]]
+    pii = ", ".join(f"{kind} {n}" for kind, n in corpus.get("pii", {}).items() if n) or "none"
+    text = (f"Every document read is either kept or dropped with a reason; each step's input = output + "
+            f"dropped. PII masked: {pii}; invalid UTF-8 characters replaced: {corpus.get('invalid_bytes', 0)}; "
+            f"boilerplate lines removed: {corpus.get('line_removals', 0)}.")
+    examples = [[reason, e["id"], e["text"][:160].replace("\n", " ")]
+                for reason, found in sorted(corpus.get("examples", {}).items()) for e in found]
+    return [("Corpus", text, ["step", "in", "out", "dropped"], rows),
+            ("What the corpus steps removed (examples)", "", ["reason", "document", "text"], examples)]
+
+
+def tokenizer_section(fit: dict) -> Section:
+    rows = [[name, fit[name]["vocab_size"], f"{fit[name]['fertility']:.3f}", f"{100 * fit[name]['split_share']:.1f}%",
+             ", ".join(fit[name]["most_split"][:8])] for name in ("domain", "reference") if fit.get(name)]
+    return ("Tokenizer fit", "On the held-out corpus documents; lower fertility means fewer pieces per word. "
+                             "![tokenizer fit](tokenizer_fit.png)",
+            ["vocabulary", "size", "fertility", "words split", "most often split"], rows)
+
+
+def pretraining_section(pre: dict) -> Section:
+    """One run's numbers, or an experiment's row per arm."""
+    if "arms" not in pre:
+        rows = [["steps", pre["steps"]], ["parameters", f"{pre['parameters']:,}"],
+                ["real tokens seen", f"{pre['real_tokens_seen']:,}"], ["final loss", f"{pre['final_loss']:.3f}"],
+                ["real tokens / s", f"{pre['real_tokens_per_s']:.0f}"], ["device", pre["device"]],
+                ["export max abs logit diff vs transformers", f"{pre['export_max_abs_logit_diff']:.1e}"]]
+        return ("Pretraining", "![loss](loss.png)", ["", ""], rows)
+    header = ["arm", "status", "steps", "row positions", "real tokens", "parameters", "final loss", "train s",
+              "wall s (all its stages)", "tokens / s"]
+    rows = [[r["arm"], r["status"] if r["status"] == "done" else f"failed: {r['reason'][:200]}"]
+            + ([r["steps"], f"{r['positions']:,}", f"{r['real_tokens']:,}", f"{r['parameters']:,}",
+                f"{r['final_loss']:.3f}", f"{r['train_seconds']:.0f}", f"{r['wall_seconds']:.0f}",
+                f"{r['real_tokens_per_s']:.0f}"] if r["status"] == "done" else [""] * 8)
+            for r in pre["arms"]]
+    text = (f"Every arm pretrained for the same steps of the same shape: {pre['budget_tokens']:,} row "
+            f"positions split equally. ![loss](loss.png)")
+    return ("Pretraining", text, header, rows)
+
+
+def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> list[Section]:
+    """Every section in report order (the failures section only when something failed)."""
+    timings = [[stage, f"{seconds:.1f}"] for stage, seconds in art["timings"].items()]
+    failures = [[f["model"], f.get("task", ""), f.get("error", f.get("reason", ""))]
+                for f in art["failures"]["failed"] + art["failures"]["skipped"]]
+    sections = [
+        results_section(config, art, summary, numbers),
+        intervals_section(config, numbers),
+        suite_section(numbers),
+        distance_section(config, art, numbers),
+        tasks_section(art),
+        *corpus_sections(art["corpus"]),
+        tokenizer_section(art["tokenizer"]),
+        pretraining_section(art["pretrain"]),
+        ("Stage timings", "Seconds each stage took when it last ran.", ["stage", "seconds"], timings),
+    ]
+    if failures:
+        sections.append(("Models that failed or were skipped", "", ["model", "task", "reason"], failures))
+    return sections

@@ -1,0 +1,67 @@
+"""The task types, as one table: what each reads, what it predicts, how it is scored.
+
+Everything that differs between task types is a column here; config, task loading, metrics,
+fine-tuning and the TF-IDF baseline look a type up instead of branching on its name. What a type
+predicts per example (its `target`) decides most of it:
+
+| target    | gold of one example           | transformers head                 | statistics (metrics) |
+|-----------|-------------------------------|-----------------------------------|----------------------|
+| `class`   | one label                     | sequence classification (softmax) | per-class tp/fp/fn   |
+| `classes` | a set of labels               | sequence classification (sigmoid) | per-class tp/fp/fn   |
+| `number`  | a real number                 | sequence regression (1 output)    | sums for Pearson     |
+| `tags`    | one tag per word (IO/BIO/...) | token classification              | entity tp/fp/fn      |
+| `choice`  | the index of the right choice | multiple choice                   | per-class tp/fp/fn   |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TaskType:
+    name: str
+    target: Literal["class", "classes", "number", "tags", "choice"]
+    """What one example's gold is (see the module docstring)."""
+    headline: str
+    """The default headline metric (micro F1, entity F1, Pearson, accuracy)."""
+    text_pair: Literal["no", "yes", "optional"] = "no"
+    """Whether an example has a second text (a sentence pair, a question's context)."""
+    entity_markers: bool = False
+    """Whether the text carries two marked entities (relation classification)."""
+    self_training: bool = False
+    """Whether unlabeled in-domain text can be pseudo-labelled for it (single-text tasks)."""
+    description: str = ""
+
+
+TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
+    TaskType("classification", "class", "micro_f1", self_training=True, description="text -> label"),
+    TaskType("multi-label", "classes", "micro_f1", self_training=True, description="text -> labels"),
+    TaskType("pair-classification", "class", "micro_f1", text_pair="yes", description="text, text_pair -> label"),
+    TaskType("regression", "number", "pearson", text_pair="optional", description="text[, text_pair] -> number"),
+    TaskType("token-classification", "tags", "entity_f1", self_training=True, description="tokens -> tags"),
+    TaskType("relation", "class", "micro_f1", entity_markers=True,
+             description="text with two marked entities -> label"),
+    TaskType("multiple-choice", "choice", "accuracy", description="text + choices -> index of the right choice"),
+    TaskType("yes-no-qa", "class", "accuracy", text_pair="yes", description="question, context -> yes / no / maybe"),
+)}
+
+# The transformers head class of each target (all exist for BERT, RoBERTa, ELECTRA and ModernBERT).
+AUTO_CLASSES = {
+    "class": "AutoModelForSequenceClassification",
+    "classes": "AutoModelForSequenceClassification",
+    "number": "AutoModelForSequenceClassification",
+    "tags": "AutoModelForTokenClassification",
+    "choice": "AutoModelForMultipleChoice",
+}
+# transformers' `problem_type` (which loss the head uses) of each target that has one.
+PROBLEM_TYPES = {"class": "single_label_classification", "classes": "multi_label_classification",
+                 "number": "regression"}
+
+
+def task_type(name: str) -> TaskType:
+    """The table entry of a task type; ValueError naming the known types for anything else."""
+    if name not in TASK_TYPES:
+        raise ValueError(f"unknown task type {name!r}; expected one of {', '.join(TASK_TYPES)}")
+    return TASK_TYPES[name]
