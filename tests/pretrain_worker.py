@@ -5,6 +5,7 @@ SPEC: {"tokenizer", "shards", "checkpoints", "out", "pretrain": {...}, "model": 
 """
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -22,6 +23,7 @@ from domainlm.pretrain.trainer import Trainer
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
+    logging.basicConfig(level=logging.INFO)  # "resumed from ..." goes to stderr
     if len(sys.argv) > 2:
         rank, world = int(sys.argv[2]), int(sys.argv[3])
         dist.init_process_group("gloo", init_method=f"file://{spec['rendezvous']}", rank=rank, world_size=world)

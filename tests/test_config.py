@@ -69,3 +69,37 @@ def test_optional_package_model_may_be_absent(tiny_recipe):
     tiny_recipe["evaluate"]["models"][0]["optional"] = False
     with pytest.raises(ConfigError, match="no_such_pkg_xyz"):
         config_from_dict(tiny_recipe)
+
+
+def test_every_field_of_every_section_is_documented():
+    import typing
+
+    from pydantic import BaseModel
+
+    from domainlm.config import RunConfig
+
+    missing, seen = [], set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            if not field.description:
+                missing.append(prefix + name)
+            for option in (field.annotation, *typing.get_args(field.annotation)):
+                for inner in typing.get_args(option) or (option,):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        walk(inner, f"{prefix}{name}.")
+
+    walk(RunConfig, "")
+    assert len(seen) > 10 and not missing, missing
+
+
+def test_speed_settings_in_their_old_places_still_load_as_resources():
+    from domainlm.config import config_from_dict
+
+    config = config_from_dict({"name": "x", "corpus": {"sources": [{"format": "python-docs"}], "workers": 3},
+                               "evaluate": {"workers": 2, "threads": 1}, "pretrain": {"threads": 4}})
+    assert (config.resources.corpus_workers, config.resources.evaluate_workers, config.resources.evaluate_threads,
+            config.resources.pretrain_threads) == (3, 2, 1, 4)

@@ -208,7 +208,7 @@ def test_sigkill_at_a_seeded_step_then_resume_is_bit_exact(tokenizer, shards, tm
     assert result.returncode == -9, f"killed at step {kill_at}: {result.stderr[-2000:]}"
     assert not (tmp_path / "killed" / "out.json").exists()
     resumed = _run_worker(killed, tmp_path / "killed")
-    assert resumed.returncode == 0 and "resumed from step-" in resumed.stdout, resumed.stderr[-2000:]
+    assert resumed.returncode == 0 and "resumed from step-" in resumed.stderr, resumed.stderr[-2000:]
     losses = json.loads((tmp_path / "killed" / "out.json").read_text())["losses"]
     expected = json.loads((tmp_path / "straight" / "out.json").read_text())["losses"]
     assert losses == expected, f"killed at step {kill_at}"  # bit for bit, dropout on, fp32 CPU

@@ -1,6 +1,7 @@
 """The evaluation suite: task readers on small fixtures, every task type end to end on a tiny model,
 TF-IDF on every type, the learning-rate grid, self-training, and broken model directories."""
 
+import importlib.util
 import json
 import random
 
@@ -287,6 +288,12 @@ def test_grid_selects_by_dev_and_broken_models_do_not_stop_the_others(tmp_path, 
     assert sorted({r["seed"] for r in rows if r["model"] == "tiny"}) == [0, 1]
     assert read_json(out / "gold" / "classification.json") == [x["label"] for x in
                                                                load_task(TaskConfig(**task_entries["classification"])).test]
+    if importlib.util.find_spec("tensorboard"):  # the `tensorboard` extra (installed with `dev`)
+        from test_progress import scalars
+
+        curves = scalars(out / "tensorboard" / "tiny" / "classification" / "lr-0.001" / "seed-0")
+        assert set(curves) == {"finetune/train_loss", "finetune/lr", "finetune/dev_micro_f1"}
+        assert [step for step, _ in curves["finetune/dev_micro_f1"]] == [1]  # one epoch
 
 
 def test_self_training_row(tmp_path, task_entries, tiny_model):

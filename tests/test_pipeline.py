@@ -90,6 +90,25 @@ def test_cli_stage_without_upstream_explains(tiny_recipe, tmp_path, capsys):
     assert "run `domainlm corpus`" in capsys.readouterr().err
 
 
+def test_a_user_error_in_a_stage_is_one_line_and_exit_code_2(tiny_recipe, tmp_path, capsys):
+    checkpoint = tmp_path / "gpt2"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    tiny_recipe["model"] = {"init_from": str(checkpoint), "max_position": 64}
+    tiny_recipe["corpus"]["decontamination"] = {"enabled": False}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["corpus", str(recipe)]) == 0 and main(["tokenizer", str(recipe)]) == 0
+    capsys.readouterr()
+    assert main(["pretrain", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("domainlm: error:")]
+    assert len(errors) == 1 and "'gpt2' is not supported" in errors[0] and str(checkpoint) in errors[0]
+    assert "Traceback" not in err
+    assert main(["pretrain", str(recipe), "--debug"]) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
 def test_bad_corpus_lines_are_counted_and_bad_task_files_named(tiny_recipe, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "one two three four five"}\n{"text": oops}\n')

@@ -19,6 +19,6 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 started=$(date +%s)
 timeout 560 python3 -m domainlm run recipes/biomed-question.yaml 2>&1 | grep -v "it/s\]\|steps/s\]\|runs/s\]" | tee "$OUT/run.log"
 echo "wall seconds: $(( $(date +%s) - started ))" | tee -a "$OUT/run.log"
-cp runs/biomed-question/report/report.md runs/biomed-question/report/results.json runs/biomed-question/pretrain/arms.json "$OUT/" 2>/dev/null
+cp runs/biomed-question/report/report.md runs/biomed-question/report/results.json runs/biomed-question/experiment/arms.json "$OUT/" 2>/dev/null
 cp runs/biomed-question/report/*.png "$OUT/" 2>/dev/null
 ls "$OUT"

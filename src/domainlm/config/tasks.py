@@ -16,6 +16,7 @@ class SplitConfig(Section):
     """One split of a task: a file (or HF dataset folder), optionally only some of its records."""
 
     path: str
+    """The split's file (or `hf` dataset folder)."""
     ids: str | None = None
     """Keep only records whose `id` field is listed in this file (a JSON list, the keys of a JSON
     object, or one id per line)."""

@@ -225,7 +225,7 @@ def run_on_ray(jobs: list[tuple], progress) -> None:
     try:
         import ray
     except ImportError:
-        raise ImportError("corpus.executor is 'ray' but ray is not installed: pip install 'ray[default]'") from None
+        raise ImportError("resources.corpus_executor is 'ray' but ray is not installed: pip install 'ray[default]'") from None
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))  # the cluster, or a local Ray if unset
     pending = [ray.remote(process_unit).remote(*job) for job in jobs]

@@ -232,6 +232,39 @@ def lexicon_word_starts(input_ids: torch.Tensor, word_start: torch.Tensor, seque
 MAX_SPAN_WORDS = 10
 
 
+def _lexicon_word_rates(starts: torch.Tensor, maskable: torch.Tensor, word_index: torch.Tensor,
+                        preferred: torch.Tensor, rate: float, preferred_rate: float) -> torch.Tensor:
+    """(B, words) probability of masking each word: per row, lexicon words at `preferred_rate` (at
+    most `rate`'s budget), the other words share what is left."""
+    B, T = starts.shape
+    real_words = (starts & maskable).sum(1, keepdim=True).clamp_min(1)
+    lex = preferred & starts & maskable
+    lex_rate = torch.minimum(torch.full_like(real_words, preferred_rate, dtype=torch.float),
+                             rate * real_words / lex.sum(1, keepdim=True).clamp_min(1))
+    rest_rate = ((rate * real_words - lex_rate * lex.sum(1, keepdim=True))
+                 / (real_words - lex.sum(1, keepdim=True)).clamp_min(1)).clamp(0, 1)
+    word_rate = torch.where(lex, lex_rate, rest_rate)  # valid at each word's first piece
+    # Word w's rate is the one at its first piece.
+    first_piece = torch.zeros(B, T, dtype=torch.long)
+    first_piece.scatter_(1, torch.where(starts, word_index, T - 1), torch.arange(T).expand(B, T))
+    return word_rate.gather(1, first_piece)
+
+
+def _span_words(draws: torch.Tensor, rate: float, span_mean: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, words) bool: words covered by spans that begin where `draws` < rate / span_mean, with
+    geometric lengths of mean `span_mean` (at most MAX_SPAN_WORDS), SpanBERT's masking."""
+    B, T = draws.shape
+    p = 1.0 / span_mean
+    span_begins = draws < rate * p
+    uniform = torch.rand(B, T, generator=generator).clamp_min(1e-12)
+    lengths = (torch.log(uniform) / math.log(1 - p)).floor() + 1 if p < 1 else torch.ones(B, T)
+    lengths = lengths.clamp(max=MAX_SPAN_WORDS)
+    chosen_words = torch.zeros(B, T, dtype=torch.bool)
+    for k in range(MAX_SPAN_WORDS):  # word w is covered if a span began at w - k with length > k
+        chosen_words[:, k:] |= (span_begins & (lengths > k))[:, : T - k]
+    return chosen_words
+
+
 def mask_tokens(
     input_ids: torch.Tensor,
     maskable: torch.Tensor,
@@ -263,31 +296,13 @@ def mask_tokens(
     else:
         starts = word_start[input_ids] | ~maskable  # special tokens start their own "word"
         word_index = torch.cumsum(starts.long(), dim=1) - 1  # (B, T) word number of each token
-        draws = torch.rand(B, T, generator=generator)
+        draws = torch.rand(B, T, generator=generator)  # draw w decides word w
         if mode == "whole-word" and preferred is not None:
-            # Per row: lexicon words at preferred_rate (at most `rate`'s budget), the rest share what is left.
-            real_words = (starts & maskable).sum(1, keepdim=True).clamp_min(1)
-            lex = preferred & starts & maskable
-            lex_rate = torch.minimum(torch.full_like(real_words, preferred_rate, dtype=torch.float),
-                                     rate * real_words / lex.sum(1, keepdim=True).clamp_min(1))
-            rest_rate = ((rate * real_words - lex_rate * lex.sum(1, keepdim=True))
-                         / (real_words - lex.sum(1, keepdim=True)).clamp_min(1)).clamp(0, 1)
-            word_rate = torch.where(lex, lex_rate, rest_rate)  # valid at each word's first piece
-            # Draw w decides word w: look up the rate at word w's first piece.
-            first_piece = torch.zeros(B, T, dtype=torch.long)
-            first_piece.scatter_(1, torch.where(starts, word_index, T - 1), torch.arange(T).expand(B, T))
-            chosen_words = draws < word_rate.gather(1, first_piece)
+            chosen_words = draws < _lexicon_word_rates(starts, maskable, word_index, preferred, rate, preferred_rate)
         elif mode == "whole-word":
             chosen_words = draws < rate
         elif mode == "span":
-            p = 1.0 / span_mean
-            span_begins = draws < rate * p  # (B, words)
-            uniform = torch.rand(B, T, generator=generator).clamp_min(1e-12)
-            lengths = (torch.log(uniform) / math.log(1 - p)).floor() + 1 if p < 1 else torch.ones(B, T)
-            lengths = lengths.clamp(max=MAX_SPAN_WORDS)
-            chosen_words = torch.zeros(B, T, dtype=torch.bool)
-            for k in range(MAX_SPAN_WORDS):  # word w is covered if a span began at w - k with length > k
-                chosen_words[:, k:] |= (span_begins & (lengths > k))[:, : T - k]
+            chosen_words = _span_words(draws, rate, span_mean, generator)
         else:
             raise ValueError(f"unknown masking mode '{mode}'")
         chosen = torch.gather(chosen_words, 1, word_index) & maskable
