@@ -87,6 +87,23 @@ def read_ids(path: str | Path) -> set[str]:
     raise InputError(f"{path}: expected a JSON list or object of ids, got {type(data).__name__}")
 
 
+def load_dataset_split(path: str | Path, split: str | None):
+    """A dataset saved with `datasets.save_to_disk`: the dataset itself, or one `split` of a
+    DatasetDict. Returns (dataset, the split's name or None); InputError naming the folder for
+    anything that is not such a dataset or lacks the split."""
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(f"{path}: not a dataset saved with save_to_disk ({err})") from None
+    if not isinstance(data, datasets.DatasetDict):
+        return data, None
+    if split not in data:
+        raise InputError(f"{path}: no split '{split}' (splits: {', '.join(data)}); name one as `split`")
+    return data[split], split
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

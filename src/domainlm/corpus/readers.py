@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 
 from domainlm.config import SourceConfig
 from domainlm.errors import InputError
-from domainlm.io import decode_utf8, open_binary
+from domainlm.io import decode_utf8, load_dataset_split, open_binary
 
 CHUNK = 1 << 24  # bytes read at a time when counting or skipping (bounds memory)
 HF_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -231,11 +231,8 @@ def _read_hf(source: SourceConfig, fmt: str, name: str) -> Iterator[dict]:
         data = datasets.load_dataset(source.path, split=source.split, streaming=True)
         label = f"{source.path}/{source.split}"
     else:
-        data = datasets.load_from_disk(source.path)
-        if isinstance(data, datasets.DatasetDict):
-            if source.split not in data:
-                raise InputError(f"{source.path}: no split '{source.split}' (splits: {', '.join(data)})")
-            data, label = data[source.split], f"{label}/{source.split}"
+        data, split = load_dataset_split(source.path, source.split)
+        label = f"{label}/{split}" if split else label
     columns = data.column_names
     if columns is not None and field not in columns:
         raise InputError(f"{source.path}: no column '{field}' (columns: {', '.join(columns)})")

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from tokenizers import Tokenizer
 
 from domainlm.config import PretrainConfig
+from domainlm.distributed import rank, world_size
 from domainlm.errors import ConfigError, TrainingDiverged
 from domainlm.io import atomic_directory, atomic_write_json, read_json
 from domainlm.optim import lr_schedule, parameter_groups
@@ -104,7 +105,7 @@ class Trainer:
                  mask_token: str = "[MASK]", source_weights: dict[str, float] | None = None,
                  curves: Curves | None = None):
         self.config, self.data, self.checkpoint_dir, self.seed = config, data, checkpoint_dir, seed
-        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.rank, self.world = rank(), world_size()
         self.device = training_device(config.tf32)
         torch.manual_seed(seed)  # the model's initialisation draws from the global generator
         if model is None:

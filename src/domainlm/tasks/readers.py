@@ -15,7 +15,7 @@ from typing import Any
 
 from domainlm.config import SplitConfig, TaskConfig
 from domainlm.errors import InputError
-from domainlm.io import iter_jsonl, open_text, read_ids
+from domainlm.io import iter_jsonl, load_dataset_split, open_text, read_ids
 from domainlm.tasks.types import TASK_TYPES
 
 DEFAULT_FIELDS = {"text": "text", "text_pair": "text_pair", "label": "label", "tokens": "tokens", "tags": "tags",
@@ -95,16 +95,8 @@ def read_json_records(path: str) -> list[dict]:
 
 
 def read_hf(spec: SplitConfig) -> list[dict]:
-    import datasets
-
-    try:
-        data = datasets.load_from_disk(spec.path)
-    except (FileNotFoundError, ValueError) as err:
-        raise InputError(f"{spec.path}: not a dataset saved with save_to_disk ({err})") from None
-    if isinstance(data, datasets.DatasetDict):
-        if spec.split not in data:
-            raise InputError(f"{spec.path}: a DatasetDict with splits {sorted(data)}; name one as `split`")
-        data = data[spec.split]
+    """The records of a dataset saved with `save_to_disk`, ClassLabel ids turned into their names."""
+    data, _ = load_dataset_split(spec.path, spec.split)
     names = {key: feature.names for key, feature in data.features.items() if hasattr(feature, "names")}
     sequence_names = {key: feature.feature.names for key, feature in data.features.items()
                       if hasattr(getattr(feature, "feature", None), "names")}

@@ -32,19 +32,17 @@ class TaskType:
     """Whether the text carries two marked entities (relation classification)."""
     self_training: bool = False
     """Whether unlabeled in-domain text can be pseudo-labelled for it (single-text tasks)."""
-    description: str = ""
 
 
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
-    TaskType("classification", "class", "micro_f1", self_training=True, description="text -> label"),
-    TaskType("multi-label", "classes", "micro_f1", self_training=True, description="text -> labels"),
-    TaskType("pair-classification", "class", "micro_f1", text_pair="yes", description="text, text_pair -> label"),
-    TaskType("regression", "number", "pearson", text_pair="optional", description="text[, text_pair] -> number"),
-    TaskType("token-classification", "tags", "entity_f1", self_training=True, description="tokens -> tags"),
-    TaskType("relation", "class", "micro_f1", entity_markers=True,
-             description="text with two marked entities -> label"),
-    TaskType("multiple-choice", "choice", "accuracy", description="text + choices -> index of the right choice"),
-    TaskType("yes-no-qa", "class", "accuracy", text_pair="yes", description="question, context -> yes / no / maybe"),
+    TaskType("classification", "class", "micro_f1", self_training=True),             # text -> label
+    TaskType("multi-label", "classes", "micro_f1", self_training=True),              # text -> labels
+    TaskType("pair-classification", "class", "micro_f1", text_pair="yes"),           # text, text_pair -> label
+    TaskType("regression", "number", "pearson", text_pair="optional"),               # text[, text_pair] -> number
+    TaskType("token-classification", "tags", "entity_f1", self_training=True),       # tokens -> tags
+    TaskType("relation", "class", "micro_f1", entity_markers=True),                  # marked text -> label
+    TaskType("multiple-choice", "choice", "accuracy"),                               # text + choices -> index
+    TaskType("yes-no-qa", "class", "accuracy", text_pair="yes"),                     # question, context -> answer
 )}
 
 # The transformers head class of each target (all exist for BERT, RoBERTa, ELECTRA and ModernBERT).
