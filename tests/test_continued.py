@@ -215,3 +215,51 @@ def test_extending_minilm_shortens_domain_words_and_round_trips_through_autotoke
     assert new_id >= V
     assert hf_tokenizer("Pembrolizumab")["input_ids"] == [old.token_to_id("[CLS]"), new_id, old.token_to_id("[SEP]")]
     assert special_tokens(tmp_path / "tokenizer") == special_tokens(MINILM)
+
+
+def loader_ids(folder: Path, text: str) -> dict[str, list[int]]:
+    """The ids of `text` under each transformers loader of a tokenizer directory."""
+    import transformers
+
+    slow = getattr(transformers, "BertTokenizerLegacy", None) or transformers.models.bert.BertTokenizer
+    loaders = (transformers.AutoTokenizer, transformers.BertTokenizer, transformers.PreTrainedTokenizerFast, slow)
+    return {loader.__name__: loader.from_pretrained(folder)(text)["input_ids"] for loader in loaders}
+
+
+def test_extended_vocabulary_reads_the_same_in_every_loader_and_normalises_like_the_corpus(minilm, tmp_path):
+    words = "glioblastoma pembrolizumab osimertinib fibrosis tumour patients received".split()
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(5)) for i in range(40)]
+    domain = train_wordpiece(texts, TokenizerConfig(vocab_size=200, min_frequency=1))
+    _, tokenizer, _ = extend_vocabulary(minilm, Tokenizer.from_file(str(MINILM / "tokenizer.json")), domain, texts, 4)
+    save_tokenizer_dir(tokenizer, tmp_path / "tokenizer", like=MINILM, unicode_form="NFKC")
+    saved = Tokenizer.from_file(str(tmp_path / "tokenizer" / "tokenizer.json"))
+    saved.no_padding()
+    settings = json.loads((tmp_path / "tokenizer" / "tokenizer_config.json").read_text())
+    assert settings["do_lower_case"] is True and settings["model_max_length"] == 512  # MiniLM is uncased
+    text = "Pembrolizumab and Osimertinib for Glioblastoma"
+    assert set(map(tuple, loader_ids(tmp_path / "tokenizer", text).values())) == {tuple(saved.encode(text).ids)}
+    assert saved.encode("ﬁbrosis").ids == saved.encode("fibrosis").ids  # the corpus's NFKC, as pretraining saw it
+
+
+def test_copied_checkpoint_tokenizer_files_say_what_its_tokenizer_json_does(tmp_path):
+    from domainlm.pretrain import copy_tokenizer_files
+
+    source = tmp_path / "checkpoint"
+    source.mkdir()
+    for name in ("tokenizer.json", "vocab.txt", "special_tokens_map.json"):
+        (source / name).write_bytes((MINILM / name).read_bytes())
+        (source / name).chmod(0o444)  # a read-only checkpoint (a package, a shared folder)
+    # An inconsistent checkpoint: its tokenizer.json lower-cases, its config says it does not.
+    (source / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": False}))
+    (tmp_path / "copy").mkdir()
+    copy_tokenizer_files(source, tmp_path / "copy", unicode_form="NFKC")
+    settings = json.loads((tmp_path / "copy" / "tokenizer_config.json").read_text())
+    assert settings["do_lower_case"] is True and settings["tokenizer_class"] == "PreTrainedTokenizerFast"
+    copied = Tokenizer.from_file(str(tmp_path / "copy" / "tokenizer.json"))
+    copied.no_padding()
+    text = "Glioblastoma cells express EGFR"
+    assert set(map(tuple, loader_ids(tmp_path / "copy", text).values())) == {tuple(copied.encode(text).ids)}
+    assert copied.encode("ﬁbrosis").ids == copied.encode("fibrosis").ids
+    (tmp_path / "again").mkdir()  # copying a copy adds the normal form once only
+    copy_tokenizer_files(tmp_path / "copy", tmp_path / "again", unicode_form="NFKC")
+    assert (tmp_path / "again" / "tokenizer.json").read_text() == (tmp_path / "copy" / "tokenizer.json").read_text()

@@ -159,3 +159,17 @@ def test_ray_executor_gives_the_local_result(tmp_path):
         ray.shutdown()
     assert {k: local[k] for k in ("read", "kept", "dropped")} == {k: remote[k] for k in ("read", "kept", "dropped")}
     assert list(iter_corpus_texts(tmp_path / "local")) == list(iter_corpus_texts(tmp_path / "ray"))
+
+
+def test_a_leading_byte_order_mark_is_not_part_of_the_first_document(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "a.jsonl").write_text(bom + json.dumps({"text": "the first record of the file"}) + "\n"
+                                      + json.dumps({"text": "the second record of the file"}) + "\n")
+    (tmp_path / "b.txt").write_text(bom + "the same line is written twice\nthe same line is written twice\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "c.txt").write_text(bom + "a whole file is one document here")
+    config = CorpusConfig(sources=[{"path": str(tmp_path / name)} for name in ("a.jsonl", "b.txt", "docs")],
+                          min_words=3, heldout_fraction=0.0)
+    stats = _curate(config, tmp_path / "out")
+    assert stats["dropped"] == {"duplicate": 1} and stats["kept"] == 4  # the BOM hid neither record nor copy
+    assert not any(bom in text for text in iter_corpus_texts(tmp_path / "out"))

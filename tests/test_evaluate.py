@@ -111,16 +111,17 @@ def test_conll_reader_takes_2_or_4_columns(tmp_path):
     two, four = tmp_path / "two.tsv", tmp_path / "four.txt"
     two.write_text("Aspirin\tB-CHEM\nworks\tO\n\n\nIt\tO\n")
     four.write_text("-DOCSTART- -X- -X- O\n\nAspirin NN B-NP B-CHEM\nworks VB B-VP O\n")
-    assert [(r["tokens"], r["tags"]) for r in read_conll(str(two))] == [(["Aspirin", "works"], ["B-CHEM", "O"]),
-                                                                        (["It"], ["O"])]
-    assert [(r["tokens"], r["tags"]) for r in read_conll(str(four))] == [(["Aspirin", "works"], ["B-CHEM", "O"])]
+    assert [(r["tokens"], r["tags"]) for r in read_conll(two.read_text(), str(two))] == [
+        (["Aspirin", "works"], ["B-CHEM", "O"]), (["It"], ["O"])]
+    assert [(r["tokens"], r["tags"]) for r in read_conll(four.read_text(), str(four))] == [
+        (["Aspirin", "works"], ["B-CHEM", "O"])]
     chunks = load_task(TaskConfig(name="chunks", type="token-classification", format="conll", fields={"tags": 2},
                                   train=str(four), dev=str(four), test=str(four)))
     assert chunks.train == [{"tokens": ["Aspirin", "works"], "tags": ["B-NP", "B-VP"]}]
     bad = tmp_path / "bad.tsv"
     bad.write_text("Aspirin\tB-CHEM\nlonely\n")
     with pytest.raises(InputError, match=r"bad.tsv:2"):
-        read_conll(str(bad))
+        read_conll(bad.read_text(), str(bad))
 
 
 def test_tsv_with_comments_csv_with_header_and_json_object_with_id_filter(tmp_path):

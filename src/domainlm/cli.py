@@ -2,12 +2,15 @@
 
 A recipe with `experiment:` runs through `domainlm.experiment` (its arms, then evaluate and
 report); any other through the pipeline. Every `DomainlmError` (a recipe key, an input file, a
-model directory) is printed as one line and exits with code 2; `--debug` adds the traceback.
+model directory) and every `OSError` (a full disk, a folder where a file should be, a missing
+permission) is printed as one line naming the path and cause, and exits with code 2; `--debug`
+adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -72,13 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():
             execute(args.verb, args.recipe, args.overrides, args.force)
-    except (DomainlmError, FileNotFoundError) as err:
+    except (DomainlmError, OSError) as err:  # OSError: a full disk, a folder that is a file, no permission
         if args.debug:
             traceback.print_exc()
-        message = " ".join(str(err).split())  # one line, whatever the message held
-        print(f"domainlm: error: {message}", file=sys.stderr)
+        print(f"domainlm: error: {describe(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def describe(err: Exception) -> str:
+    """One line: a DomainlmError's message, or an OSError's path and cause."""
+    if isinstance(err, OSError) and err.strerror:
+        paths = " -> ".join(str(p) for p in (err.filename, err.filename2) if p is not None)
+        name = errno.errorcode.get(err.errno or 0, "")
+        message = f"{paths}: {err.strerror}" + (f" ({name})" if name else "") if paths else f"{err.strerror} ({name})"
+    else:
+        message = str(err)
+    return " ".join(message.split())  # one line, whatever the message held
 
 
 if __name__ == "__main__":

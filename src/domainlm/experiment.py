@@ -23,7 +23,7 @@ from typing import Any
 from domainlm.config import ArmConfig, RunConfig, config_from_dict
 from domainlm.io import atomic_write_json, read_json
 from domainlm.layout import RunLayout
-from domainlm.pipeline import run_all, run_stage
+from domainlm.pipeline import run_all, run_lock, run_stage
 
 ARM_STAGES = ("corpus", "tokenizer", "pretrain")
 log = logging.getLogger(__name__)
@@ -103,11 +103,12 @@ def run(config: RunConfig, verb: str = "run", force: bool = False) -> list[str]:
     """A recipe with arms. `run`: this run's corpus and tokenizer, every arm, then evaluate and
     report; `pretrain`: the arms alone; any other stage: that stage of this run. Returns the
     stages of this run that ran (`pretrain` for the arms)."""
-    if verb == "pretrain":
+    with run_lock(config):
+        if verb == "pretrain":
+            run_arms(config)
+            return ["pretrain"]
+        if verb != "run":
+            return [verb] if run_stage(config, verb, force=force) else []
+        ran = run_all(config, force, stages=("corpus", "tokenizer"))
         run_arms(config)
-        return ["pretrain"]
-    if verb != "run":
-        return [verb] if run_stage(config, verb, force=force) else []
-    ran = run_all(config, force, stages=("corpus", "tokenizer"))
-    run_arms(config)
-    return ran + ["pretrain"] + run_all(config, force, stages=("evaluate", "report"))
+        return ran + ["pretrain"] + run_all(config, force, stages=("evaluate", "report"))

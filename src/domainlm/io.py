@@ -9,6 +9,8 @@ decide whether a stage is up to date.
 
 from __future__ import annotations
 
+import codecs
+import fcntl
 import gzip
 import hashlib
 import io
@@ -16,32 +18,124 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
 
-from domainlm.errors import InputError
+from domainlm.errors import InputError, StageError
 
 
 # ------------------------------------------------------------------------------------ reading
-def open_binary(path: str | Path) -> IO[bytes]:
-    """Open a file for buffered binary reading, decompressing `.gz` and `.zst` as a stream."""
-    path = str(path)
-    if path.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.endswith(".zst"):
+class _Gunzipped(io.RawIOBase):
+    """A gzip stream whose failures name the file: a truncated or corrupt `.gz` raises InputError
+    with the path and the cause (not a bare EOFError or zlib.error)."""
+
+    def __init__(self, path: str):
+        self.inner, self.path, self.position = gzip.open(path, "rb"), path, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        try:
+            data = self.inner.read(len(buffer))
+        except EOFError:
+            raise InputError(f"{self.path}: truncated gzip stream (the file ends before its end-of-stream "
+                             "marker; an incomplete download or copy?)") from None
+        except (OSError, zlib.error) as err:
+            raise InputError(f"{self.path}: not a valid gzip file ({err})") from None
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Decompresses every frame of a `.zst` file in turn and knows whether the last one ended:
+    zstandard's stream reader returns nothing, silently, for a file cut inside a frame."""
+
+    def __init__(self, path: str):
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
-        return io.BufferedReader(reader)
+        self.path, self.file, self.error = path, open(path, "rb"), zstandard.ZstdError
+        self.context = zstandard.ZstdDecompressor()
+        self.frame, self.pending, self.started = self.context.decompressobj(), b"", False
+        self.position = 0  # uncompressed bytes handed out
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = b""
+        while data:
+            if self.frame.eof:  # the previous frame ended: the next one starts here
+                self.frame = self.context.decompressobj()
+            try:
+                out += self.frame.decompress(data)
+            except self.error as err:
+                raise InputError(f"{self.path}: not a valid zstd file ({err})") from None
+            data = self.frame.unused_data if self.frame.eof else b""
+        return out
+
+    def readinto(self, buffer) -> int:
+        while not self.pending:
+            chunk = self.file.read(1 << 16)
+            if not chunk:
+                if self.started and not self.frame.eof:
+                    raise InputError(f"{self.path}: truncated zstd stream (the file ends inside a frame; an "
+                                     "incomplete download or copy?)")
+                return 0
+            self.started = True
+            self.pending = self._decompress(chunk)
+        size = min(len(buffer), len(self.pending))
+        buffer[:size], self.pending = self.pending[:size], self.pending[size:]
+        self.position += size
+        return size
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+def open_binary(path: str | Path) -> IO[bytes]:
+    """Open a file for buffered binary reading, decompressing `.gz` and `.zst` as a stream (a
+    truncated or corrupt one raises InputError naming the file when it is read)."""
+    path = str(path)
+    if path.endswith(".gz"):
+        return io.BufferedReader(_Gunzipped(path), buffer_size=1 << 16)
+    if path.endswith(".zst"):
+        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 16)
     return open(path, "rb")
 
 
 def open_text(path: str | Path) -> IO[str]:
-    """Open a text file, decompressing `.gz`/`.zst`; invalid UTF-8 bytes become U+FFFD."""
-    return io.TextIOWrapper(open_binary(path), encoding="utf-8", errors="replace")
+    """Open a text file, decompressing `.gz`/`.zst`; a leading byte-order mark is dropped and
+    invalid UTF-8 bytes become U+FFFD (`read_text` also counts them)."""
+    return io.TextIOWrapper(open_binary(path), encoding="utf-8-sig", errors="replace")
+
+
+def read_text(path: str | Path) -> tuple[str, int]:
+    """(the whole text of a file, .gz/.zst too; the number of characters that replacing invalid
+    UTF-8 bytes by U+FFFD introduced). A leading byte-order mark is dropped and line ends become
+    "\n", as `open_text` reads them; a UTF-16 file (its byte-order mark) raises InputError."""
+    with open_binary(path) as handle:
+        raw = handle.read()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputError(f"{path}: a UTF-16 file (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    text, invalid = decode_utf8(raw.removeprefix(codecs.BOM_UTF8))
+    return text.replace("\r\n", "\n").replace("\r", "\n"), invalid
 
 
 def decode_utf8(raw: bytes) -> tuple[str, int]:
@@ -59,10 +153,11 @@ def read_lines(path: str | Path, limit: int) -> list[str]:
         return [line.strip() for _, line in zip(range(limit), handle, strict=False) if line.strip()]
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a malformed line raises InputError naming the
-    file and line (the strict reader for task data)."""
-    with open_text(path) as handle:
+def iter_jsonl(path: str | Path, lines: Iterable[str] | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of `path`, or of its `lines` when the caller
+    has read them already (`read_text`); a malformed line raises InputError naming the file and
+    line (the strict reader for task data). A leading byte-order mark is not part of the data."""
+    with open_text(path) if lines is None else nullcontext(lines) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -76,12 +171,16 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def read_ids(path: str | Path) -> set[str]:
-    """Ids from a JSON list, the keys of a JSON object, or one id per line."""
-    text = Path(path).read_text(encoding="utf-8")
+    """Ids from a JSON list (of strings or integers), the keys of a JSON object, or one id per line
+    (.gz/.zst too, a byte-order mark dropped). InputError for any other JSON value or list item."""
+    text, _ = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        return {line.strip() for line in text.splitlines() if line.strip()}
+        return {line.strip() for line in text.split("\n") if line.strip()}
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, str | int) or isinstance(item, bool):
+            raise InputError(f"{path}: the id list holds {json.dumps(item)}; expected strings or integers")
     if isinstance(data, dict | list):
         return {str(k) for k in data}
     raise InputError(f"{path}: expected a JSON list or object of ids, got {type(data).__name__}")
@@ -114,9 +213,25 @@ def read_jsonl(path: str | Path) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------ writing
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Artifacts get the permissions a plain `open` / `mkdir` would give them (runs often live on shared
+# filesystems, read by a group); tempfile makes its files and folders private to the owner.
+FILE_MODE, FOLDER_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """`err` with `path` as its file name when it has none (a full disk fails in write/fsync)."""
+    return err if err.filename else type(err)(err.errno, err.strerror, str(path))
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, then rename, so a
-    reader (or a killed run) never sees a half-written file."""
+    reader (or a killed run) never sees a half-written file. An OSError names `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -125,8 +240,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; artifacts are meant to be read
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(err, path) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -150,6 +268,7 @@ def atomic_directory(final: str | Path):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    os.chmod(tmp, FOLDER_MODE)
     try:
         yield tmp
         if final.exists():
@@ -173,12 +292,58 @@ class PendingFile:
         self.handle = open(self.tmp, "w", encoding="utf-8")
 
     def write(self, text: str) -> None:
-        self.handle.write(text)
+        try:
+            self.handle.write(text)
+        except OSError as err:
+            raise _naming(err, self.path) from err
 
     def close(self) -> str:
-        self.handle.close()
-        os.replace(self.tmp, self.path)
+        try:
+            self.handle.close()
+            os.replace(self.tmp, self.path)
+        except OSError as err:
+            raise _naming(err, self.path) from err
         return self.path.name
+
+
+# ------------------------------------------------------------------------------------ locking
+_HELD: dict[str, int] = {}  # lock files this process holds -> nesting depth
+
+
+@contextmanager
+def exclusive_lock(path: Path):
+    """Hold an exclusive lock on the file `path` (created, holding this process's pid) while the
+    block runs, so two runs never work in one folder at once; StageError naming the other
+    process's pid if it is taken. Nested use in one process is allowed. The lock is the kernel's
+    (flock): it ends with the process, so a killed run leaves nothing to clean up."""
+    key = str(Path(path).resolve())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise StageError(f"{Path(path).parent} is in use by pid {pid} (another domainlm run): wait for it to "
+                         "finish, or use another run_dir") from None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD[key] = 1
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 # ------------------------------------------------------------------------------------ hashing
@@ -199,15 +364,15 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 
 def input_signature(path: str | Path) -> str:
-    """What identifies an input: a file's sha256; for a folder (a model directory), a hash of every
-    file's relative name, size and modification time (cheap enough to check on every run)."""
+    """What identifies an input: a file's sha256; for a folder (a model directory, a folder of
+    text files, a saved dataset), a hash of every file's relative name and sha256 (content, not
+    modification times: a copy or a `touch` changes nothing)."""
     path = Path(path)
     if path.is_file():
         return file_digest(path)
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        digest.update(f"{file.relative_to(path)}:{file_digest(file)};".encode())
     return digest.hexdigest()
 
 

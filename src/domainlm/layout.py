@@ -43,6 +43,11 @@ class RunLayout:
         """Present while a stage runs: the fingerprint it is working for (resume only if unchanged)."""
         return self.root / stage / "in_progress.json"
 
+    @property
+    def lock_file(self) -> Path:
+        """Held (flock) by the process working in this run folder; it holds that process's pid."""
+        return self.root / ".lock"
+
     def stage_seconds(self, stage: str) -> float:
         return read_json(self.manifest(stage))["timings"]["seconds"]
 

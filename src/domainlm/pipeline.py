@@ -22,6 +22,8 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import nullcontext
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -29,7 +31,7 @@ from domainlm import __version__
 from domainlm.config import RunConfig, resolve_path
 from domainlm.distributed import barrier, rank
 from domainlm.errors import StageError
-from domainlm.io import atomic_write_json, fingerprint, input_signature, read_json
+from domainlm.io import atomic_write_json, exclusive_lock, fingerprint, input_signature, read_json
 from domainlm.layout import RunLayout
 
 STAGES = ("corpus", "tokenizer", "pretrain", "evaluate", "report")
@@ -84,8 +86,31 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def run_lock(config: RunConfig):
+    """The run folder's lock, held by rank 0 (under torchrun the other ranks follow it)."""
+    return exclusive_lock(RunLayout(config.directory).lock_file) if rank() == 0 else nullcontext()
+
+
+def remove_stage_folder(folder: Path, stage: str) -> None:
+    """Delete a stage folder this pipeline wrote (it holds the stage's manifest or in-progress
+    marker, or nothing at all); StageError, deleting nothing, for anything else there."""
+    if not folder.is_dir():
+        raise StageError(f"{folder} is a file where the {stage} stage's folder goes: move it away")
+    marker, manifest = folder / "in_progress.json", folder / "manifest.json"
+    ours = marker.is_file() or (manifest.is_file() and read_json(manifest).get("stage") == stage)
+    if not ours and any(folder.iterdir()):
+        raise StageError(f"{folder} holds files domainlm did not write (no manifest.json or in_progress.json "
+                         f"of the {stage} stage): move them, or set run_dir elsewhere; nothing was deleted")
+    shutil.rmtree(folder)
+
+
 def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
     """Run one stage unless it is up to date. Returns True if it ran."""
+    with run_lock(config):
+        return _run_stage(config, stage, force)
+
+
+def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
     run_dir = RunLayout(config.directory)
     out, manifest_path, marker = run_dir.stage(stage), run_dir.manifest(stage), run_dir.in_progress(stage)
     current, record = stage_fingerprint(config, stage)
@@ -101,7 +126,7 @@ def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
     main_process = rank() == 0  # under torchrun (pretrain only), rank 0 owns the stage folder
     if main_process:
         if out.exists() and not resumable:
-            shutil.rmtree(out)
+            remove_stage_folder(out, stage)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(marker, {"fingerprint": current})
         log.info("%-9s running -> %s%s", stage, out, " (resuming)" if resumable else "")
@@ -131,4 +156,5 @@ def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
 def run_all(config: RunConfig, force: bool = False, stages: tuple[str, ...] = STAGES) -> list[str]:
     """Run `stages` (default: every one) in order; a changed stage makes everything downstream
     stale. Returns the stages that ran."""
-    return [stage for stage in stages if run_stage(config, stage, force=force)]
+    with run_lock(config):
+        return [stage for stage in stages if run_stage(config, stage, force=force)]

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from domainlm.config.base import Section, existing_file, resolve_path, unique_names
+from domainlm.config.base import Section, existing_file, path_component, resolve_path, unique_names
 from domainlm.config.corpus import (
     CorpusConfig,
     DecontaminationConfig,
@@ -74,10 +74,62 @@ class RunConfig(Section):
         """The run folder."""
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        return path_component(name, "run name")
+
     @field_validator("tasks")
     @classmethod
     def _unique_tasks(cls, tasks: list[TaskConfig]) -> list[TaskConfig]:
         return unique_names(tasks, "task")
+
+    def input_paths(self) -> list[str]:
+        """Every file or folder the recipe reads (plain or `pkg://` paths)."""
+        paths = [s.path for s in self.corpus.sources if s.path and s.format != "hf-hub"]
+        paths += [p for t in self.tasks for p in t.files()]
+        paths += [self.model.init_from, self.pretrain.lexicon, self.tokenizer.reference, self.corpus.quality.language_model,
+                  self.evaluate.general_corpus, self.evaluate.general_tokenizer]
+        paths += [m.path for m in self.evaluate.models] + [m.unlabeled for m in self.evaluate.models
+                                                            if m.kind == "self-training" and m.unlabeled != "corpus"]
+        return [p for p in paths if p]
+
+    @model_validator(mode="after")
+    def _inputs_outside_the_run(self) -> RunConfig:
+        """Stage folders are replaced when they rerun: no input may live inside the run directory."""
+        run_dir = self.directory.resolve()
+        for value in self.input_paths():
+            try:
+                path = resolve_path(value).resolve()
+            except FileNotFoundError:  # an optional pkg:// path whose package is missing
+                continue
+            if path == run_dir or run_dir in path.parents:
+                raise ValueError(f"input {value} lies inside the run directory {self.directory}, whose stage "
+                                 f"folders are replaced when a stage reruns: move it, or set `run_dir` elsewhere")
+            if path in run_dir.parents and path.is_dir():
+                raise ValueError(f"the run directory {self.directory} lies inside the input folder {value}: the run "
+                                 f"would read its own outputs; set `run_dir` elsewhere")
+        return self
+
+    @model_validator(mode="after")
+    def _rows_fit_the_position_table(self) -> RunConfig:
+        """A packed row needs a position for each of its tokens (a continued checkpoint's table is
+        checked when it is loaded)."""
+        if self.model.init_from:
+            return self
+        if self.pretrain.seq_len > self.model.max_position:
+            raise ValueError(f"pretrain.seq_len {self.pretrain.seq_len} exceeds model.max_position "
+                             f"{self.model.max_position} (the rows of the position table): set pretrain.seq_len "
+                             f"<= {self.model.max_position} or model.max_position >= {self.pretrain.seq_len}")
+        if any(m.kind in ("domain", "random-init") and not m.arm for m in self.evaluate.models):
+            lengths = {"evaluate.max_length": self.evaluate.max_length}
+            lengths |= {f"tasks.{i}.max_length": t.max_length for i, t in enumerate(self.tasks) if t.max_length}
+            for key, length in lengths.items():
+                if length > self.model.max_position:
+                    raise ValueError(f"{key} {length} exceeds model.max_position {self.model.max_position}, the "
+                                     f"longest input this run's model can take: set {key} <= "
+                                     f"{self.model.max_position}")
+        return self
 
     @model_validator(mode="after")
     def _arms_named(self) -> RunConfig:

@@ -13,8 +13,9 @@ class Section(BaseModel):
 
 
 def unique_names(items: list, what: str) -> list:
-    """`items` (with a `name`) unchanged, or a ValueError naming the repeated names."""
-    names = [item.name for item in items]
+    """`items` (with a `name`) unchanged, or a ValueError naming the repeated names (or a name that
+    cannot be a folder name: names become folders of the run directory)."""
+    names = [path_component(item.name, f"{what} name") for item in items]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(f"{what} names must be unique, repeated: {repeated}")
@@ -22,14 +23,31 @@ def unique_names(items: list, what: str) -> list:
 
 
 def resolve_path(value: str) -> Path:
-    """Resolve `pkg://package/sub/path` (inside an installed Python package) or a plain path."""
-    if value.startswith("pkg://"):
-        package, _, rest = value[len("pkg://") :].partition("/")
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"Python package '{package}' is not installed (needed for {value})")
-        return Path(list(spec.submodule_search_locations)[0]) / rest
-    return Path(value)
+    """Resolve `pkg://package/sub/path` (inside an installed Python package) or a plain path.
+
+    The package is located on `sys.path` without importing anything: only the top-level name is
+    looked up (which runs no module code), and a dotted name's further parts must be folders
+    below it. FileNotFoundError when the package is not installed."""
+    if not value.startswith("pkg://"):
+        return Path(value)
+    package, _, rest = value[len("pkg://") :].partition("/")
+    top, *inner = package.split(".")
+    spec = importlib.util.find_spec(top) if top.isidentifier() else None  # a top-level name imports nothing
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"Python package '{package}' is not installed (needed for {value})")
+    folder = Path(list(spec.submodule_search_locations)[0]).joinpath(*inner)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Python package '{package}' is not installed (needed for {value})")
+    return folder / rest
+
+
+def path_component(value: str, what: str) -> str:
+    """`value` unchanged if it can name a folder or file inside the run directory (a run, arm,
+    task or model name); a ValueError for separators, `..`, or an empty name."""
+    if not value or value in (".", "..") or "/" in value or "\\" in value or "\x00" in value:
+        raise ValueError(f"{what} {value!r} must be a plain name (it names a folder in the run directory): "
+                         "no '/', '\\', and not '.' or '..'")
+    return value
 
 
 def existing_file(value: str) -> str:

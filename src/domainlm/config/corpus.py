@@ -166,6 +166,10 @@ class DecontaminationConfig(Section):
     """Drop corpus documents that share a long n-gram with the dev/test text of any task in the run."""
     ngram: int = Field(default=13, ge=3)
     """n-gram length in words (lowercased), 13 as in GPT-3's decontamination."""
+    min_words: int = Field(default=8, ge=1)
+    """A dev/test text shorter than `ngram` words but at least this long is looked for whole (a
+    sentence of this length quoted verbatim is a leak); shorter ones cannot be checked and are
+    counted as such in stats.json and the report."""
 
 
 class CorpusConfig(Section):

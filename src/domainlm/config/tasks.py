@@ -56,12 +56,30 @@ class TaskConfig(Section):
     columns: list[str] | None = None
     """Column names of a csv / tsv file without a header line."""
     comment_prefix: str | None = None
-    """Lines starting with this are skipped (csv / tsv / conll), e.g. "###" or "-DOCSTART-"."""
+    """Lines starting with this are skipped (csv / tsv / conll), e.g. "###" or "# doc 12". In conll
+    a comment is a whole line where a sentence may start, never a line inside a sentence nor one
+    that reads as a token line (a tab, or the file's columns with a valid tag): a token `#` or
+    `#2` stays a token."""
     label_separator: str | None = None
     """multi-label: labels given as one string joined by this separator."""
+    label_names: list[str] | None = Field(default=None, min_length=1)
+    """Names of integer label or tag ids, in id order (id i is `label_names[i]`), for files and `hf`
+    datasets that give ids without names (ClassLabel names are read by themselves), e.g.
+    [O, B-Chemical, I-Chemical]. Integer tags without names are an error; integer classes without
+    names stay class names ("0", "1")."""
+    explode: list[str] | None = Field(default=None, min_length=1)
+    """Fields holding parallel lists (e.g. [sentences, labels] of an abstract, PubMed RCT style):
+    each record becomes one example per position, each listed field taking its element there (the
+    other fields are shared). Lists of unequal length are an error; held-out splits keep a record's
+    examples together."""
+    context: Literal["none", "all", "neighbours"] = "none"
+    """With `explode`: the exploded text's context, given to the model as the second text: `all`
+    the whole list joined (the abstract), `neighbours` the elements before and after it."""
     tagging: Literal["io", "bio", "bioes"] = "bio"
     """Tagging scheme the token-classification model is trained with (gold tags may be in any of
-    IO / BIO / BIOES; predictions are scored as entities against the gold entities)."""
+    IO / BIO / BIOES; predictions are scored as entities against the gold entities). A gold tag
+    that is neither `O` nor prefixed (B-, I-, E-, S-, L-, U-) is an error, except with `io`, which
+    reads a bare type (`Disease`) as IO's `I-Disease`."""
     entity_markers: list[str] | None = Field(default=None, min_length=4, max_length=4)
     """relation: the four strings around entity 1 and entity 2 in the text (start, end, start,
     end), e.g. ["<<", ">>", "[[", "]]"]."""
@@ -118,4 +136,18 @@ class TaskConfig(Section):
         if TASK_TYPES[self.type].entity_markers and self.entity_mode != "text" and not self.entity_markers:
             raise ValueError(f"task '{self.name}' (relation): give `entity_markers` (the 4 strings around the "
                              f"two entities) or set entity_mode: text")
+        self._check_explode()
         return self
+
+    def _check_explode(self) -> None:
+        """`context` needs the text field exploded, and a type whose second text it can be."""
+        if self.context == "none":
+            return
+        text = self.fields.get("text", "text")
+        if text not in (self.explode or []):
+            raise ValueError(f"task '{self.name}': context: {self.context} needs the text field {text!r} in "
+                             f"`explode` (got explode: {self.explode})")
+        if TASK_TYPES[self.type].text_pair == "yes" or TASK_TYPES[self.type].target in ("tags", "choice"):
+            raise ValueError(f"task '{self.name}': context: {self.context} gives a second text, which a "
+                             f"{self.type} task cannot take; use classification, multi-label, relation or "
+                             f"regression")

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from domainlm.config import CorpusConfig, RunConfig, SourceConfig
+from domainlm.config import CorpusConfig, RunConfig, SourceConfig, resolve_path
 from domainlm.corpus.dedup import (
     ContaminationIndex,
     band_keys,
@@ -51,7 +51,15 @@ from domainlm.corpus.dedup import (
 from domainlm.corpus.filters import normalize_text
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 from domainlm.corpus.readers import Unit, plan_units, read_unit
-from domainlm.io import PendingFile, atomic_directory, atomic_write_json, read_json
+from domainlm.errors import InputError
+from domainlm.io import (
+    PendingFile,
+    atomic_directory,
+    atomic_write_json,
+    fingerprint,
+    input_signature,
+    read_json,
+)
 from domainlm.progress import progress_bar
 from domainlm.tasks.load import task_eval_texts
 
@@ -87,11 +95,13 @@ class _UnitWriter:
         self.arrays = {name: open(folder / f"{name}.bin", "wb") for name in names}
         self.exact: list[bytes] = []
         self.signatures: list[np.ndarray] = []
+        self.wordless: list[bool] = []
 
     def add(self, doc: dict, words: np.ndarray) -> None:
         self.docs.write(json.dumps(doc, ensure_ascii=False) + "\n")
         self.exact.append(hashlib.blake2b(doc["text"].encode(), digest_size=16).digest())
         self.signatures.append(minhash(words, self.config.dedup.shingle_words, self.config.dedup.permutations))
+        self.wordless.append(not len(words))
         self.count += 1
         if len(self.exact) >= self.CHUNK:
             self.flush()
@@ -101,9 +111,14 @@ class _UnitWriter:
             signatures = np.stack(self.signatures)
             self.arrays["exact"].write(b"".join(self.exact))
             self.arrays["signatures"].write(signatures.tobytes())
-            for band, column in enumerate(band_keys(signatures, *self.bands).T):
+            keys = band_keys(signatures, *self.bands)
+            wordless = np.array(self.wordless)
+            if wordless.any():  # no words, no shingles: a Jaccard is undefined, so no LSH bucket is shared
+                exact = np.frombuffer(b"".join(self.exact), dtype=np.uint64).reshape(-1, 2)[wordless, 0]
+                keys[wordless] = exact[:, None] + np.arange(keys.shape[1], dtype=np.uint64)
+            for band, column in enumerate(keys.T):
                 self.arrays[f"band-{band:02d}"].write(column.tobytes())
-            self.exact, self.signatures = [], []
+            self.exact, self.signatures, self.wordless = [], [], []
 
     def close(self) -> None:
         self.flush()
@@ -178,11 +193,12 @@ def _process(args) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- the stage
 def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None):
-    """The per-unit jobs still to do (arguments of `process_unit`) and every unit's folder, in
-    corpus order. A unit whose folder holds stats.json is finished and not planned again."""
+    """The per-unit jobs still to do (arguments of `process_unit`), every unit's folder in corpus
+    order, and the decontamination index (None when off). A unit whose folder holds stats.json is
+    finished and not planned again."""
     index = None
     if config.decontamination.enabled and eval_texts:
-        index = ContaminationIndex(eval_texts, config.decontamination.ngram)
+        index = ContaminationIndex(eval_texts, config.decontamination.ngram, config.decontamination.min_words)
     jobs, unit_dirs = [], []
     for source_index, source in enumerate(config.sources):
         # A source with max_docs is read as one unit, so "the first max_docs" is well defined.
@@ -193,7 +209,7 @@ def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] 
             unit_dirs.append((folder, source))
             if not (folder / "stats.json").exists():
                 jobs.append((unit, source, config, index, folder, source.max_docs))
-    return jobs, unit_dirs
+    return jobs, unit_dirs, index
 
 
 def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None,
@@ -201,22 +217,21 @@ def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | N
     """Run every step over the configured sources into `out`, resuming finished units. Steps 1-4
     run on a local process pool of `workers` (default: every core) or, with `executor="ray"`, on
     Ray; see docs/curation.md for Slurm."""
-    jobs, unit_dirs = plan_jobs(config, out, eval_texts)
+    jobs, unit_dirs, index = plan_jobs(config, out, eval_texts)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    progress = progress_bar(total=len(unit_dirs), initial=len(unit_dirs) - len(jobs), desc="corpus units",
-                            unit=" units")
-    if executor == "ray" and jobs:
-        run_on_ray(jobs, progress)
-    elif workers == 1:
-        for job in jobs:
-            _process(job)
-            progress.update()
-    else:  # spawn: workers start clean (no inherited threads or locks)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for _ in pool.map(_process, jobs, chunksize=1):
+    with progress_bar(total=len(unit_dirs), initial=len(unit_dirs) - len(jobs), desc="corpus units",
+                      unit=" units") as progress:
+        if executor == "ray" and jobs:
+            run_on_ray(jobs, progress)
+        elif workers == 1:
+            for job in jobs:
+                _process(job)
                 progress.update()
-    progress.close()
-    return finish(config, out, unit_dirs)
+        else:  # spawn: workers start clean (no inherited threads or locks)
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                for _ in pool.map(_process, jobs, chunksize=1):
+                    progress.update()
+    return finish(config, out, unit_dirs, index.coverage if index else None)
 
 
 def run_on_ray(jobs: list[tuple], progress) -> None:
@@ -235,11 +250,14 @@ def run_on_ray(jobs: list[tuple], progress) -> None:
         progress.update(len(done))
 
 
-def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]]) -> dict[str, Any]:
-    """Steps 5-7 over the finished units: dedup across the corpus, split, write shards and stats."""
+def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]],
+           decontamination: dict[str, int] | None = None) -> dict[str, Any]:
+    """Steps 5-7 over the finished units: dedup across the corpus, split, write shards and stats.
+    `decontamination`: how many dev/test texts it could check (`ContaminationIndex.coverage`)."""
     unit_stats = [read_json(folder / "stats.json") for folder, _ in unit_dirs]
     removed = duplicates(config, unit_dirs, unit_stats)
     stats = merge_unit_stats(unit_stats)
+    stats["decontamination"] = decontamination
     stats["shards"] = write_outputs(config, out, unit_dirs, unit_stats, removed, stats)
     stats["steps"] = step_table(stats["read"], stats["steps"])
     stats["dropped"] = {r: n for counts in stats["steps"].values() for r, n in counts["dropped"].items()}
@@ -396,29 +414,44 @@ def needs(config: RunConfig) -> tuple[str, ...]:
 
 
 def inputs(config: RunConfig) -> list[str]:
-    """The files the stage reads: the sources, and with decontamination the tasks' files (their
-    dev/test text is what it protects)."""
-    files = [s.path for s in config.corpus.sources if s.path and s.format != "hf-hub"]
-    if config.corpus.decontamination.enabled:
-        files += [path for t in config.tasks for path in t.files(("dev", "test"))]
-    return files
+    """The source files (the tasks' dev/test text, which decontamination reads, is in `settings`)."""
+    return [s.path for s in config.corpus.sources if s.path and s.format != "hf-hub"]
+
+
+_DIGESTS: dict[str, dict[str, str]] = {}  # (task settings, file contents) -> digests, per process
+
+
+def eval_text_digests(config: RunConfig) -> dict[str, str]:
+    """Per task name, a sha256 of the dev/test texts decontamination looks for: exactly what the
+    stage reads of the tasks, so fine-tuning-only settings (tagging, subsampling, the order of the
+    tasks) never rerun it. Remembered per task settings and file contents within a process."""
+    key = fingerprint([[t.model_dump(mode="json"), [input_signature(resolve_path(p)) for p in t.files()]]
+                       for t in config.tasks])
+    if key not in _DIGESTS:
+        texts = task_eval_texts(config.tasks)
+        _DIGESTS[key] = {name: hashlib.sha256("\n".join(sorted(found)).encode()).hexdigest()
+                         for name, found in sorted(texts.items())}
+    return _DIGESTS[key]
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
     """What the stage computes from: the corpus section, the Python version (Unicode tables), and
-    with decontamination the tasks' data mapping."""
-    dump = config.model_dump(mode="json")
-    out = {"corpus": dump["corpus"], "python": platform.python_version()}
+    with decontamination the tasks' dev/test texts."""
+    out = {"corpus": config.corpus.model_dump(mode="json"), "python": platform.python_version()}
     if config.corpus.decontamination.enabled:
-        out["tasks"] = [{k: v for k, v in t.items() if k not in ("max_train_examples", "metric", "max_length")}
-                        for t in dump["tasks"]]
+        out["decontamination_texts"] = eval_text_digests(config)
     return out
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     eval_texts = task_eval_texts(config.tasks) if config.corpus.decontamination.enabled else {}
     stats = curate(config.corpus, out, eval_texts, config.resources.corpus_workers, config.resources.corpus_executor)
-    dropped = ", ".join(f"{k}={v}" for k, v in sorted(stats["dropped"].items())) or "none"
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(stats["dropped"].items())) or "none"
     log.info("corpus: read %d, kept %d (%d held out), dropped %s", stats["read"], stats["kept"], stats["heldout"],
              dropped)
+    if not stats["shards"]:  # the later stages would train a vocabulary and a model on nothing
+        sources = ", ".join(s.path or s.format for s in config.corpus.sources)
+        raise InputError(f"corpus: no documents left to train on: read {stats['read']} from {sources}, kept "
+                         f"{stats['kept']} ({stats['heldout']} held out), dropped: {dropped} "
+                         f"(every count in {out / 'stats.json'})")
     return {k: stats[k] for k in ("read", "kept", "heldout", "dropped")}

@@ -157,31 +157,46 @@ def near_duplicates(band_columns, signature_of, threshold: float) -> dict[int, i
 
 
 class ContaminationIndex:
-    """The word n-grams of evaluation texts, to find corpus documents that contain any of them."""
+    """The word n-grams of evaluation texts, to find corpus documents that contain any of them.
 
-    def __init__(self, texts_by_task: dict[str, list[str]], n: int):
+    A text of at least `n` words is looked for by its n-grams (GPT-3's decontamination); a shorter
+    one of at least `min_words` words as a whole (its one m-gram, m its length); a text shorter
+    than that cannot be told from common phrases and is only counted (`coverage`)."""
+
+    def __init__(self, texts_by_task: dict[str, list[str]], n: int, min_words: int = 8):
         self.n, self.tasks = n, list(texts_by_task)
-        hashes, owners = [], []
+        self.coverage = {"texts": 0, "ngram": n, "whole": 0, "too_short": 0, "min_words": min_words}
+        found: dict[int, tuple[list, list]] = {}  # gram length -> (hash arrays, owner arrays)
         for task_index, texts in enumerate(texts_by_task.values()):
             for text in texts:
-                grams = ngram_hashes(word_hashes(text), n)
-                hashes.append(grams)
-                owners.append(np.full(len(grams), task_index, dtype=np.int32))
-        hashes_all = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-        owners_all = np.concatenate(owners) if owners else np.zeros(0, np.int32)
-        order = np.argsort(hashes_all, kind="stable")
-        self.hashes, self.owners = hashes_all[order], owners_all[order]
+                words = word_hashes(text)
+                self.coverage["texts"] += 1
+                if len(words) < min(n, min_words):
+                    self.coverage["too_short"] += 1
+                    continue
+                length = min(n, len(words))
+                self.coverage["whole"] += length < n
+                hashes, owners = found.setdefault(length, ([], []))
+                hashes.append(ngram_hashes(words, length))
+                owners.append(np.full(len(hashes[-1]), task_index, dtype=np.int32))
+        self.grams = {}  # length -> (sorted hashes, their tasks), the full n first
+        for length in sorted(found, reverse=True):
+            hashes, owners = np.concatenate(found[length][0]), np.concatenate(found[length][1])
+            order = np.argsort(hashes, kind="stable")
+            self.grams[length] = (hashes[order], owners[order])
 
     def __len__(self) -> int:
-        return len(self.hashes)
+        return sum(len(hashes) for hashes, _ in self.grams.values())
 
     def match(self, words: np.ndarray) -> str | None:
-        """The task whose dev/test text shares an n-gram with this document, or None."""
-        if not len(self.hashes):
-            return None
-        grams = ngram_hashes(words, self.n)
-        if not len(grams):
-            return None
-        where = np.searchsorted(self.hashes, grams).clip(max=len(self.hashes) - 1)
-        hit = np.flatnonzero(self.hashes[where] == grams)
-        return self.tasks[self.owners[where[hit[0]]]] if len(hit) else None
+        """The task whose dev/test text this document contains (an n-gram of it, or all of a
+        short one), or None."""
+        for length, (hashes, owners) in self.grams.items():
+            grams = ngram_hashes(words, length)
+            if not len(grams):
+                continue
+            where = np.searchsorted(hashes, grams).clip(max=len(hashes) - 1)
+            hit = np.flatnonzero(hashes[where] == grams)
+            if len(hit):
+                return self.tasks[owners[where[hit[0]]]]
+        return None

@@ -85,8 +85,12 @@ def _skip_line(handle: IO[bytes]) -> None:
         pass
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8 byte-order mark, written by some Windows tools at the start of a file
+
+
 def _numbered_lines(unit: Unit) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, line without its line ending) of every line starting in the unit."""
+    """(1-based line number, line without its line ending) of every line starting in the unit;
+    a byte-order mark at the start of the file is not part of the first line."""
     with open_binary(unit.path) as handle:
         number = 1
         if unit.start > 0:
@@ -104,6 +108,8 @@ def _numbered_lines(unit: Unit) -> Iterator[tuple[int, bytes]]:
             if not raw:
                 break
             position += len(raw)
+            if number == 1:
+                raw = raw.removeprefix(BOM)
             yield number, raw.removesuffix(b"\n").removesuffix(b"\r")
             number += 1
 
@@ -326,7 +332,7 @@ def read_unit(unit: Unit, source: SourceConfig) -> Iterator[dict]:
     elif fmt == "txt-files":
         for relative in unit.files:
             with open_binary(Path(unit.path) / relative) as handle:
-                text, invalid = decode_utf8(handle.read())  # the file is the document
+                text, invalid = decode_utf8(handle.read().removeprefix(BOM))  # the file is the document
             yield {"id": f"{file_name}/{relative}", "text": text, "source": name, "invalid_bytes": invalid}
     elif fmt == "csv":
         yield from _read_csv(unit, field, file_name, name)

@@ -190,27 +190,26 @@ def compute(jobs: list[tuple], config: RunConfig, run_dir: RunLayout) -> dict[tu
     todo = [(e, t, lr, s, run_dir.run_file(e.name, t.name, lr, s)) for e, t, lr, s in jobs]
     todo = [job for job in todo if not job[-1].exists()]
     outcomes: dict[tuple, tuple] = {}
-    progress = progress_bar(total=len(todo), desc="evaluate", unit=" runs")
-    if config.resources.evaluate_workers > 1 and len(todo) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
+    with progress_bar(total=len(todo), desc="evaluate", unit=" runs") as progress:
+        if config.resources.evaluate_workers > 1 and len(todo) > 1:
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
 
-        with ProcessPoolExecutor(config.resources.evaluate_workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_job, *job[:4], config, job[4]): job for job in todo}
-            for future in futures:
-                e, t, lr, s, _ = futures[future]
-                outcomes[(e.name, t.name, lr, s)] = future.result()
+            with ProcessPoolExecutor(config.resources.evaluate_workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(run_job, *job[:4], config, job[4]): job for job in todo}
+                for future in futures:
+                    e, t, lr, s, _ = futures[future]
+                    outcomes[(e.name, t.name, lr, s)] = future.result()
+                    progress.update()
+        else:
+            broken: set = set()
+            for e, t, lr, s, target in todo:
                 progress.update()
-    else:
-        broken: set = set()
-        for e, t, lr, s, target in todo:
-            progress.update()
-            if e.name in broken or (e.name, t.name) in broken:
-                continue
-            outcome = outcomes[(e.name, t.name, lr, s)] = run_job(e, t, lr, s, config, target)
-            if outcome[0] != "done":
-                broken.add(e.name if outcome[0] == "failed" else (e.name, t.name))
-    progress.close()
+                if e.name in broken or (e.name, t.name) in broken:
+                    continue
+                outcome = outcomes[(e.name, t.name, lr, s)] = run_job(e, t, lr, s, config, target)
+                if outcome[0] != "done":
+                    broken.add(e.name if outcome[0] == "failed" else (e.name, t.name))
     for (model, task, _, _), (status, reason, _) in outcomes.items():
         if status == "failed":
             log.warning("evaluate: %s failed on %s: %s", model, task, reason)
@@ -279,7 +278,8 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     tasks = [load_task(t, seed=config.seed) for t in config.tasks]
     atomic_write_json(run_dir.task_summaries, [
         {"name": t.name, "type": t.type, "metric": t.metric, "labels": t.labels, "notes": t.notes,
-         "sizes": {"train": len(t.train), "dev": len(t.dev), "test": len(t.test)}} for t in tasks])
+         "sizes": {"train": len(t.train), "dev": len(t.dev), "test": len(t.test)},
+         "unseen_labels": t.unseen_labels, "invalid_utf8": t.invalid_utf8} for t in tasks])
     for t in tasks:
         atomic_write_json(run_dir.gold(t.name), t.gold("test"))
     if not run_dir.distance.exists():

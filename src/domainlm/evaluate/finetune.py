@@ -31,6 +31,7 @@ from domainlm.tasks.load import Task
 from domainlm.tasks.metrics import task_metrics
 from domainlm.tasks.tagging import to_scheme
 from domainlm.tasks.types import AUTO_CLASSES, PROBLEM_TYPES
+from domainlm.vocabulary import vocabulary_casing
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,44 @@ def task_tokenizer(path: Path, task: Task):
     if task.extra_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": task.extra_tokens})
     return tokenizer
+
+
+# A vocabulary is cased when this share of its entries with a cased letter hold an upper-case one
+# (cased biomedical vocabularies trained here: 15-23%), uncased below the second (uncased ones: 0).
+CASED_VOCABULARY, UNCASED_VOCABULARY = 0.05, 0.005
+
+
+def lowercases(tokenizer) -> bool:
+    """Whether a transformers tokenizer lower-cases text before looking it up in its vocabulary."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        return backend.normalizer is not None and backend.normalizer.normalize_str("EGFR") == "egfr"
+    return bool(getattr(tokenizer, "do_lower_case", False))  # a slow tokenizer
+
+
+def tokenizer_casing(tokenizer) -> dict:
+    """Whether a tokenizer's casing fits its vocabulary (`vocabulary.vocabulary_casing` of its
+    entries, added tokens left out). Returns {"lowercases", "cased_entries", "upper_entries",
+    "upper_share", "mismatch": None or one line saying what goes wrong}.
+
+    Two mismatches matter: text lower-cased for a cased vocabulary leaves its upper-case entries
+    unused (a cased checkpoint whose tokenizer files do not say `do_lower_case: false` is loaded
+    lower-casing by BERT's tokenizer classes), and text kept cased for an uncased vocabulary turns
+    capitalised words into [UNK] or rare pieces.
+    """
+    added = set(tokenizer.get_added_vocab())
+    casing = vocabulary_casing(token for token in tokenizer.get_vocab() if token not in added)
+    lower, share = lowercases(tokenizer), casing["upper_share"]
+    mismatch = None
+    if lower and share >= CASED_VOCABULARY:
+        mismatch = (f"the tokenizer lower-cases text, but {casing['upper_entries']} vocabulary entries ({share:.0%} of "
+                    "those with letters) are upper-case and can never be used: a cased vocabulary read as uncased "
+                    "(its tokenizer_config.json should say do_lower_case: false)")
+    elif not lower and casing["cased_entries"] and share < UNCASED_VOCABULARY:
+        mismatch = (f"the tokenizer keeps case, but {casing['upper_entries']} of its {casing['cased_entries']} "
+                    "vocabulary entries with letters are upper-case: capitalised words become [UNK] or rare pieces "
+                    "(an uncased vocabulary, or one trained on text without capitals, read as cased)")
+    return {"lowercases": lower, **casing, "mismatch": mismatch}
 
 
 # ------------------------------------------------------------------------------------ encoding
@@ -371,6 +410,9 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: floa
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model_config(model_path, task)  # a broken or unsupported directory fails here, by name
     tokenizer = task_tokenizer(model_path, task)
+    casing = tokenizer_casing(tokenizer)
+    if seed == 0 and casing["mismatch"]:
+        log.warning("finetune: %s: %s", model_path, casing["mismatch"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     max_length = task.max_length or config.max_length
     train, dev, test = (encode(tokenizer, task, getattr(task, s), max_length) for s in ("train", "dev", "test"))
@@ -397,6 +439,7 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: floa
         "lr": lr,
         "predictions": test_predictions,
         "truncated": {"train": train.truncated, "dev": dev.truncated, "test": test.truncated},
+        "tokenizer_casing": casing,
         "seconds": round(time.time() - started, 2),
     }
     if keep_model:

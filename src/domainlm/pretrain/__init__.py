@@ -23,14 +23,19 @@ from tokenizers import Tokenizer
 from domainlm.config import RunConfig, resolve_path
 from domainlm.distributed import barrier, rank
 from domainlm.errors import ConfigError
-from domainlm.io import atomic_directory, atomic_write_json
+from domainlm.io import atomic_directory, atomic_write_json, atomic_write_text
 from domainlm.layout import RunLayout
 from domainlm.pretrain.data import TokenShards, write_token_shards
 from domainlm.pretrain.electra import Electra, to_hf_electra
 from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask, to_hf_masked_lm
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
-from domainlm.vocabulary import BERT_SPECIAL_TOKENS, read_tokenizer
+from domainlm.vocabulary import (
+    BERT_SPECIAL_TOKENS,
+    read_tokenizer,
+    with_corpus_normalization,
+    write_loader_settings,
+)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 log = logging.getLogger(__name__)
@@ -80,11 +85,20 @@ def initial_model(config: RunConfig, write: bool = True) -> tuple[Encoder | None
     return model, tokenizer_dir, specials, info
 
 
-def copy_tokenizer_files(source: Path, folder: Path) -> None:
-    """Copy the tokenizer files a transformers model directory has into `folder`."""
+def copy_tokenizer_files(source: Path, folder: Path, unicode_form: str | None = None) -> None:
+    """Copy the tokenizer files a transformers model directory has into `folder`, and make every
+    transformers loader read them with tokenizer.json's ids, the ids pretraining used
+    (`vocabulary.write_loader_settings`). `unicode_form` (the corpus's `corpus.normalization`, for a
+    checkpoint's own tokenizer): the copy first normalises text that way, as the corpus was."""
     for name in TOKENIZER_FILES:
         if (source / name).exists():
-            shutil.copy(source / name, folder / name)
+            shutil.copyfile(source / name, folder / name)  # not the mode: a read-only source stays writable here
+    if not (folder / "tokenizer.json").exists():
+        return
+    if unicode_form:
+        tokenizer = with_corpus_normalization(read_tokenizer(folder), unicode_form)
+        atomic_write_text(folder / "tokenizer.json", tokenizer.to_str(pretty=True))
+    write_loader_settings(folder)
 
 
 def export_model(model: Encoder | Electra, tokenizer_dir: Path, out: Path, config: EncoderConfig | None = None) -> float:
@@ -145,6 +159,17 @@ def settings(config: RunConfig) -> dict[str, Any]:
             "seed": config.seed}
 
 
+def check_positions(checkpoint: EncoderConfig, config: RunConfig) -> None:
+    """ConfigError when a packed row is longer than the checkpoint's usable positions (its table
+    minus RoBERTa's offset), naming both and the fix, instead of an IndexError at step 0."""
+    usable = checkpoint.max_position - checkpoint.position_offset
+    if config.pretrain.seq_len > usable:
+        raise ConfigError(f"pretrain.seq_len {config.pretrain.seq_len} exceeds the {usable} positions the "
+                          f"checkpoint {config.model.init_from} can use ({checkpoint.max_position} in its table"
+                          f"{f', minus an offset of {checkpoint.position_offset}' if checkpoint.position_offset else ''}"
+                          f"): set pretrain.seq_len <= {usable}")
+
+
 def training_configs(config: RunConfig, model: Encoder | None, tokenizer: Tokenizer,
                      specials: dict[str, str]) -> tuple[EncoderConfig, EncoderConfig]:
     """(the exported model's config, the config it trains with): they differ only in dropout, when
@@ -169,6 +194,8 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     run_dir, main_process = RunLayout(config.directory), rank() == 0  # under torchrun, rank 0 writes
     model, tokenizer_dir, specials, init_info = initial_model(config, write=main_process)
     barrier()
+    if model is not None:
+        check_positions(model.config, config)
     if model is not None and config.pretrain.objective == "electra":
         raise ConfigError("model.init_from continues masked-language-model pretraining; "
                           "pretrain.objective electra starts from scratch")

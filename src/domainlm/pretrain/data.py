@@ -106,8 +106,8 @@ def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], fo
     lengths: list[int] = []
     sources: list[int] = []
     names: dict[str, int] = {}
-    progress = progress_bar(desc="tokenize", unit=" docs")
-    with atomic_directory(folder) as tmp, open(tmp / "tokens.bin", "wb") as out:
+    with progress_bar(desc="tokenize", unit=" docs") as progress, atomic_directory(folder) as tmp, \
+            open(tmp / "tokens.bin", "wb") as out:
         batch: list[tuple[str, str]] = []
 
         def flush() -> None:
@@ -132,7 +132,6 @@ def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], fo
         special = {k: tokenizer.token_to_id(specials[k]) for k in ("cls", "sep", "pad")}
         atomic_write_json(tmp / "meta.json", {"dtype": np.dtype(dtype).name, "num_tokens": int(offsets[-1]),
                                               "source_names": list(names), "special": special})
-    progress.close()
     if not lengths or offsets[-1] == 0:
         raise InputError("the corpus is empty: nothing to pretrain on")
     return TokenShards.load(folder)

@@ -23,7 +23,7 @@ from torch import nn
 
 from domainlm.errors import ModelError
 from domainlm.pretrain.model import _HF_LAYER_NAMES, _HF_NAMES, Encoder, EncoderConfig
-from domainlm.vocabulary import save_tokenizer, special_tokens, untruncated
+from domainlm.vocabulary import save_tokenizer, special_tokens, untruncated, with_corpus_normalization
 
 SUPPORTED = ("bert", "electra", "roberta")
 # Each family's names for the MLM head -> BertForMaskedLM's. Other non-encoder weights (pooler,
@@ -207,9 +207,14 @@ def extend_vocabulary(model: Encoder, old_tokenizer: Tokenizer, domain_tokenizer
     return model, tokenizer, added
 
 
-def save_tokenizer_dir(tokenizer: Tokenizer, out_dir: Path, like: Path) -> None:
+def save_tokenizer_dir(tokenizer: Tokenizer, out_dir: Path, like: Path, unicode_form: str | None = None) -> None:
     """Write `tokenizer` as a transformers tokenizer directory with the special tokens and
-    model_max_length of the tokenizer directory `like`."""
+    model_max_length of the tokenizer directory `like`; every transformers loader reads it with
+    `tokenizer`'s ids (`vocabulary.write_loader_settings`: casing flags follow what `tokenizer` does,
+    not what `like` declared). `unicode_form` (the corpus's `corpus.normalization`): the saved
+    tokenizer first normalises text that way, as the corpus continued pretraining read was."""
     settings_file = Path(like) / "tokenizer_config.json"
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+    if unicode_form:
+        tokenizer = with_corpus_normalization(tokenizer, unicode_form)
     save_tokenizer(tokenizer, out_dir, special_tokens(like), settings.get("model_max_length", 512))

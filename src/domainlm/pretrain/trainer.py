@@ -270,28 +270,26 @@ class Trainer:
     def train(self) -> None:
         """Steps from the current one to `max_steps`, a checkpoint every `checkpoint_every`."""
         total = self.config.max_steps
-        progress = progress_bar(total=total, initial=self.step, desc="pretrain", unit=" steps", disable=self.rank != 0)
         batches = self.batches(self.step, total)
-        while self.step < total:
-            started = time.perf_counter()
-            self.learning_rates.append(self.scheduler.get_last_lr()[0])
-            _, batch = next(batches)
-            loss = self.train_step(self.step, batch)
-            self.elapsed += time.perf_counter() - started
-            self.losses.append(loss)
-            self.step += 1
-            progress.update()
+        with progress_bar(total=total, initial=self.step, desc="pretrain", unit=" steps",
+                          disable=self.rank != 0) as progress:
             try:
-                self._check_finite(loss)
-            except TrainingDiverged:
-                progress.close()
-                batches.close()
-                raise
-            if self.step % self.config.log_every == 0 or self.step == total:
-                self._log(progress)
-            if self.step % self.config.checkpoint_every == 0 or self.step == total:
-                self.save_checkpoint()
-        progress.close()
+                while self.step < total:
+                    started = time.perf_counter()
+                    self.learning_rates.append(self.scheduler.get_last_lr()[0])
+                    _, batch = next(batches)
+                    loss = self.train_step(self.step, batch)
+                    self.elapsed += time.perf_counter() - started
+                    self.losses.append(loss)
+                    self.step += 1
+                    progress.update()
+                    self._check_finite(loss)
+                    if self.step % self.config.log_every == 0 or self.step == total:
+                        self._log(progress)
+                    if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                        self.save_checkpoint()
+            finally:
+                batches.close()  # stops a prefetching thread
 
     def _check_finite(self, loss: float) -> None:
         """Count steps in a row whose loss was not finite; TrainingDiverged after `max_bad_steps`."""

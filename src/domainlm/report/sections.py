@@ -65,9 +65,15 @@ def distance_section(config: RunConfig, art: dict, numbers: dict) -> Section:
 
 
 def tasks_section(art: dict) -> Section:
+    """One row per task with its notes (held-out splits, subsampling, dev/test labels never seen in
+    training, replaced invalid UTF-8), led by a warning when some task has such labels."""
     rows = [[t["name"], t["type"], t["metric"], len(t["labels"]), t["sizes"]["train"], t["sizes"]["dev"],
              t["sizes"]["test"], "; ".join(t.get("notes", []))] for t in art["tasks"]]
-    return ("Tasks", "", ["task", "type", "metric", "labels", "train", "dev", "test", "notes"], rows)
+    unseen = [f"{t['name']} {split}: " + ", ".join(f"{label} ({n})" for label, n in found.items())
+              for t in art["tasks"] for split, found in t.get("unseen_labels", {}).items()]
+    text = ("**Labels never seen in training** (the examples that carry them can never be predicted right; "
+            "counts of examples): " + "; ".join(unseen) + ".") if unseen else ""
+    return ("Tasks", text, ["task", "type", "metric", "labels", "train", "dev", "test", "notes"], rows)
 
 
 def corpus_sections(corpus: dict) -> list[Section]:
@@ -79,6 +85,10 @@ def corpus_sections(corpus: dict) -> list[Section]:
     text = (f"Every document read is either kept or dropped with a reason; each step's input = output + "
             f"dropped. PII masked: {pii}; invalid UTF-8 characters replaced: {corpus.get('invalid_bytes', 0)}; "
             f"boilerplate lines removed: {corpus.get('line_removals', 0)}.")
+    if coverage := corpus.get("decontamination"):
+        text += (f" Decontamination looked for {coverage['texts']} dev/test texts: by their {coverage['ngram']}-word "
+                 f"n-grams, {coverage['whole']} shorter ones whole; {coverage['too_short']} under "
+                 f"{coverage['min_words']} words could not be checked.")
     examples = [[reason, e["id"], e["text"][:160].replace("\n", " ")]
                 for reason, found in sorted(corpus.get("examples", {}).items()) for e in found]
     return [("Corpus", text, ["step", "in", "out", "dropped"], rows),

@@ -12,18 +12,21 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from domainlm import demo
 from domainlm.config import TaskConfig
 from domainlm.errors import InputError
-from domainlm.tasks.readers import example, read_split
-from domainlm.tasks.tagging import to_scheme
+from domainlm.tasks.mapping import example, explode
+from domainlm.tasks.readers import read_split
+from domainlm.tasks.tagging import spans, to_scheme
 from domainlm.tasks.types import TASK_TYPES
 
 log = logging.getLogger(__name__)
 
 ENTITY_TOKENS = ["[E1]", "[/E1]", "[E2]", "[/E2]"]
+SPLITS = ("train", "dev", "test")
 
 
 @dataclass
@@ -39,7 +42,13 @@ class Task:
     tagging: str = "bio"
     max_length: int | None = None
     notes: list[str] = field(default_factory=list)
-    """What was done to the data (held-out splits with their seed, subsampling)."""
+    """What was done to the data and what is odd in it (held-out splits with their seed,
+    subsampling, dev/test labels never seen in train, replaced invalid UTF-8, unmarked entities)."""
+    unseen_labels: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per dev / test split: each label (entity type, for token tasks) that no training example
+    carries, and how many of the split's examples carry it (they can never be predicted right)."""
+    invalid_utf8: int = 0
+    """Characters of the task's files that were invalid UTF-8, replaced by U+FFFD."""
     extra_tokens: list[str] = field(default_factory=list)
     """Tokens the model's tokenizer must learn (relation markers)."""
 
@@ -67,13 +76,18 @@ class Task:
         return out
 
 
+def _entity_patterns(markers: list[str]) -> list[re.Pattern]:
+    """The regular expressions of entity 1 and entity 2 (start, mention, end) of `markers`."""
+    return [re.compile(re.escape(start) + r"\s*(.*?)\s*" + re.escape(end), re.S)
+            for start, end in (markers[:2], markers[2:])]
+
+
 def mark_entities(text: str, markers: list[str], mode: str) -> str:
     """Rewrite a text whose two entities are wrapped in `markers` (start1, end1, start2, end2):
     `mark` -> [E1] mention [/E1] ... [E2] mention [/E2]; `replace` -> [E1] ... [E2]."""
     if mode == "text":
         return text
-    for (start, end), number in ((markers[:2], 1), (markers[2:], 2)):
-        pattern = re.compile(re.escape(start) + r"\s*(.*?)\s*" + re.escape(end), re.S)
+    for pattern, number in zip(_entity_patterns(markers), (1, 2), strict=True):
         if mode == "replace":
             text = pattern.sub(f"[E{number}]", text, count=1)
         else:
@@ -81,15 +95,20 @@ def mark_entities(text: str, markers: list[str], mode: str) -> str:
     return text
 
 
-def _held_out(examples: list, size: float, seed: int) -> tuple[list, list]:
-    """(rest, held out): a seeded share (< 1) or count of `examples`."""
-    count = round(size * len(examples)) if size < 1 else int(size)
-    if not 0 < count < len(examples):
-        raise InputError(f"cannot hold out {count} of {len(examples)} examples")
-    order = list(range(len(examples)))
+def has_entities(text: str, markers: list[str]) -> bool:
+    """Whether both entities of `text` are wrapped in `markers`."""
+    return all(pattern.search(text) for pattern in _entity_patterns(markers))
+
+
+def _held_out(groups: list, size: float, seed: int) -> tuple[list, list]:
+    """(rest, held out): a seeded share (< 1) or count of `groups` (the examples of one record)."""
+    count = round(size * len(groups)) if size < 1 else int(size)
+    if not 0 < count < len(groups):
+        raise InputError(f"cannot hold out {count} of {len(groups)} records")
+    order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
     held = set(order[:count])
-    return [x for i, x in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+    return [x for i, x in enumerate(groups) if i not in held], [groups[i] for i in sorted(held)]
 
 
 def _subsample(examples: list, limit: int | None, seed: int) -> list:
@@ -98,15 +117,20 @@ def _subsample(examples: list, limit: int | None, seed: int) -> list:
     return random.Random(seed).sample(examples, limit)
 
 
-def _read(config: TaskConfig) -> dict[str, list[dict] | None]:
-    """Each split's examples as configured (None for a split to be held out of train)."""
+def _read(config: TaskConfig) -> tuple[dict[str, list[list[dict]] | None], dict[str, int]]:
+    """(each split's examples as configured, grouped by the record they came from — None for a
+    split to be held out of train; the invalid UTF-8 characters replaced in each file read)."""
     if config.format == "python-docs":
-        return {split: demo.TASKS[config.name](split) for split in ("train", "dev", "test")}
-    splits = {}
-    for split in ("train", "dev", "test"):
+        return {split: [[x] for x in demo.TASKS[config.name](split)] for split in SPLITS}, {}
+    splits, invalid = {}, {}
+    for split in SPLITS:
         spec = config.split_config(split)
-        splits[split] = None if spec is None else [example(r, config) for r in read_split(config, spec)]
-    return splits
+        if spec is None:
+            splits[split] = None
+            continue
+        records, invalid[spec.path] = read_split(config, spec)
+        splits[split] = [[example(part, config) for part in explode(record, config)] for record in records]
+    return splits, invalid
 
 
 # Per target: the training examples and tagging scheme -> the task's classes (the head's outputs).
@@ -118,43 +142,104 @@ _CLASSES = {
     "choice": lambda train, scheme: [str(i) for i in range(max(len(x["choices"]) for x in train))],
 }
 
+# Per target: the labels one example carries (entity types for tags), to find those unseen in train.
+_LABELS_OF = {
+    "class": lambda x: {x["label"]},
+    "classes": lambda x: set(x["label"]),
+    "number": lambda x: set(),
+    "tags": lambda x: {entity_type for _, _, entity_type in spans(x["tags"])},
+    "choice": lambda x: set(),
+}
 
-def _complete_splits(config: TaskConfig, splits: dict[str, list[dict] | None]) -> list[str]:
-    """Hold dev / test out of train where they have no file (in place); the notes saying so."""
+
+def unseen_labels(target: str, train: list[dict], evaluated: dict[str, list[dict]]) -> dict[str, dict[str, int]]:
+    """Per split of `evaluated` (dev, test): each label no `train` example carries, with the number
+    of the split's examples that carry it; splits without such labels are left out."""
+    labels_of = _LABELS_OF[target]
+    seen = set().union(*(labels_of(x) for x in train))
+    unseen = {}
+    for split, examples in evaluated.items():
+        counts = Counter(label for x in examples for label in labels_of(x) - seen)
+        if counts:
+            unseen[split] = dict(sorted(counts.items()))
+    return unseen
+
+
+def _complete_splits(config: TaskConfig, groups: dict[str, list[list[dict]] | None]) -> tuple[dict, list[str]]:
+    """(each split's examples, dev / test held out of train by record where they have no file;
+    the notes saying so)."""
     notes = []
     for split, size in (("test", config.test_size), ("dev", config.dev_size)):
-        if splits[split] is None:
+        if groups[split] is None:
             try:
-                splits["train"], splits[split] = _held_out(splits["train"], size, config.split_seed)
+                groups["train"], groups[split] = _held_out(groups["train"], size, config.split_seed)
             except InputError as err:
                 raise InputError(f"task '{config.name}': no {split} file, and {split}_size {size:g}: {err}") from None
-            notes.append(f"{split}: {len(splits[split])} examples held out of train (split_seed {config.split_seed})")
+            count = sum(len(group) for group in groups[split])
+            notes.append(f"{split}: {count} examples held out of train (split_seed {config.split_seed})")
             log.info("task %s: %s", config.name, notes[-1])
+    splits = {split: [x for group in groups[split] for x in group] for split in SPLITS}
     for split, examples in splits.items():
         if not examples:
             raise InputError(f"task '{config.name}': the {split} split is empty")
+    return splits, notes
+
+
+def _mark(config: TaskConfig, splits: dict[str, list[dict]]) -> list[str]:
+    """Rewrite each relation example's entity markers as `entity_mode` says (in place); notes on
+    examples without both entities marked. InputError when a split has none marked."""
+    markers, notes = config.entity_markers, []
+    if not markers:  # entity_mode: text without markers: the texts stay as they are
+        return notes
+    for split, examples in splits.items():
+        unmarked = sum(not has_entities(x["text"], markers) for x in examples)
+        if unmarked == len(examples):
+            spec = config.split_config(split) or config.split_config("train")
+            raise InputError(f"task '{config.name}': no {split} example ({spec.path}) has both entities marked "
+                             f"with {' '.join(markers)}; check `entity_markers` (first text: "
+                             f"{examples[0]['text'][:80]!r})")
+        if unmarked:
+            notes.append(f"{split}: {unmarked} of {len(examples)} examples lack the entity markers "
+                         f"{' '.join(markers)}")
+        for x in examples:
+            x["text"] = mark_entities(x["text"], markers, config.entity_mode)
+    return notes
+
+
+def _findings(config: TaskConfig, unseen: dict[str, dict[str, int]], invalid: dict[str, int]) -> list[str]:
+    """Notes on what a reader of the results must know: unseen labels, replaced invalid UTF-8."""
+    what = "entity types" if TASK_TYPES[config.type].target == "tags" else "labels"
+    notes = [f"{split}: {what} never seen in train: "
+             + ", ".join(f"{label} ({n} example{'s' * (n != 1)})" for label, n in found.items())
+             for split, found in unseen.items()]
+    if sum(invalid.values()):
+        notes.append("invalid UTF-8 replaced by U+FFFD: " + ", ".join(f"{n} characters in {path}"
+                                                                       for path, n in invalid.items() if n))
+    for note in notes:
+        log.warning("task %s: %s", config.name, note)
     return notes
 
 
 def load_task(config: TaskConfig, seed: int = 0) -> Task:
     """Read a task's splits (held-out dev / test carved from train when missing; subsampled as
-    configured, the same for every model)."""
+    configured, the same for every model), with notes on what was done and what is odd."""
     kind = TASK_TYPES[config.type]
-    splits = _read(config)
-    notes = _complete_splits(config, splits)
+    groups, invalid = _read(config)
+    splits, notes = _complete_splits(config, groups)
     if kind.entity_markers:
-        for examples in splits.values():
-            for x in examples:
-                x["text"] = mark_entities(x["text"], config.entity_markers or [], config.entity_mode)
+        notes += _mark(config, splits)
     limits = {"train": config.max_train_examples, "dev": config.max_eval_examples, "test": config.max_eval_examples}
     kept = {split: _subsample(splits[split], limit, seed) for split, limit in limits.items()}
     notes += [f"{split}: {len(kept[split])} of {len(splits[split])} examples (seed {seed})"
               for split in limits if len(kept[split]) < len(splits[split])]
+    unseen = unseen_labels(kind.target, splits["train"], {"dev": kept["dev"], "test": kept["test"]})
+    notes += _findings(config, unseen, invalid)
     labels = _CLASSES[kind.target](splits["train"], config.tagging)
     extra = {"mark": ENTITY_TOKENS, "replace": ENTITY_TOKENS[::2]}.get(config.entity_mode, []) \
         if kind.entity_markers else []
     return Task(config.name, config.type, kept["train"], kept["dev"], kept["test"], labels, metric=config.metric or "",
-                tagging=config.tagging, max_length=config.max_length, notes=notes, extra_tokens=extra)
+                tagging=config.tagging, max_length=config.max_length, notes=notes, extra_tokens=extra,
+                unseen_labels=unseen, invalid_utf8=sum(invalid.values()))
 
 
 def task_eval_texts(configs: list[TaskConfig]) -> dict[str, list[str]]:

@@ -9,13 +9,30 @@ _PREFIXES = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}  # BILO
 
 
 def _parse_tag(tag: str) -> tuple[str, str]:
-    """(prefix in O/B/I/E/S, type). A bare type with no prefix ("Disease") is read as IO's "I-Disease"."""
+    """(prefix in O/B/I/E/S, type). A bare type with no prefix ("Disease") is read as IO's "I-Disease"
+    (gold files hold one only with `tagging: io`: the task readers refuse it otherwise, `tag_problem`)."""
     if tag == "O":
         return "O", ""
     head, dash, rest = tag.partition("-")
     if head in _PREFIXES:
         return _PREFIXES[head], rest if dash else ""
     return "I", tag
+
+
+def tag_problem(tag: str, bare_types: bool = False) -> str | None:
+    """What is wrong with one gold tag, or None for a valid one: `O`, a scheme prefix alone (`B`),
+    or a prefix, a dash and a type (`B-Disease`; BILOU's L-/U- too). A bare type (`Disease`) is
+    valid only with `bare_types` (IO tags written without their `I-`)."""
+    if tag == "O":
+        return None
+    if not tag or tag != tag.strip():
+        return "is empty" if not tag.strip() else "has whitespace around it"
+    head, dash, rest = tag.partition("-")
+    if head in _PREFIXES:
+        return "has no entity type after its prefix" if dash and not rest.strip() else None
+    if bare_types:
+        return None
+    return "is not O and has no scheme prefix (B-, I-, E-, S-, L-, U-)"
 
 
 def spans(tags: list[str]) -> list[tuple[int, int, str]]:
