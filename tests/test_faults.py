@@ -260,3 +260,25 @@ def test_a_folder_input_is_fingerprinted_by_content(tmp_path):
     assert input_signature(tmp_path / "docs") == before
     (tmp_path / "docs" / "a.txt").write_text("one changed")
     assert input_signature(tmp_path / "docs") != before
+
+
+def test_fine_tuning_inputs_longer_than_a_models_positions_are_refused_by_name(tiny_recipe):
+    from types import SimpleNamespace
+
+    from domainlm.errors import ModelError
+    from domainlm.evaluate.finetune import check_positions
+
+    task = SimpleNamespace(name="qa", max_length=None)
+    bert = SimpleNamespace(max_position_embeddings=128, model_type="bert", pad_token_id=0)
+    check_positions(bert, "m", 128, task)
+    with pytest.raises(ModelError, match="m: evaluate.max_length 256 exceeds the 128 positions"):
+        check_positions(bert, "m", 256, task)
+    roberta = SimpleNamespace(max_position_embeddings=514, model_type="roberta", pad_token_id=1)
+    with pytest.raises(ModelError, match="task 'qa' max_length 513 exceeds the 512 positions"):
+        check_positions(roberta, "m", 513, SimpleNamespace(name="qa", max_length=513))
+    check_positions(SimpleNamespace(model_type="x", max_position_embeddings=64, position_embedding_type="rotary"),
+                    "m", 4096, task)  # no learned table to outgrow
+
+    tiny_recipe["evaluate"]["max_length"] = 100  # this run's model has 64 positions
+    with pytest.raises(ConfigError, match="evaluate.max_length 100 exceeds model.max_position 64"):
+        config_from_dict(tiny_recipe)

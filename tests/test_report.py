@@ -45,3 +45,31 @@ def test_verdict_states_wins_average_intervals_suite_and_cost():
     assert "Suite score (mean within task type, then across types): 80.0 vs 75.0" in text
     assert "2.00 CPU-hours" in text and "fertility ρ = +0.50" in text and "too few tasks" in text
     assert "no comparison" in verdict(summary, TASKS, "domain", "missing", intervals, {}, {}, {})
+
+
+def test_tokenizer_casing_mismatches_and_unknown_words_are_shown(tmp_path):
+    import json
+
+    from domainlm.config import config_from_dict
+    from domainlm.layout import RunLayout
+    from domainlm.report import tokenizer_casing_warnings
+    from domainlm.report.sections import results_section, tokenizer_section
+
+    run_dir = RunLayout(tmp_path)
+    mismatch = "the tokenizer lower-cases text, but 812 vocabulary entries (21% of those with letters) are upper-case"
+    for model, casing in (("cased-bert", {"mismatch": mismatch}), ("ours", {"mismatch": None}), ("tfidf", None)):
+        run_dir.run_file(model, "cls", 1e-4, 0).parent.mkdir(parents=True)
+        run_dir.run_file(model, "cls", 1e-4, 0).write_text(json.dumps({"tokenizer_casing": casing}))
+    selection = {m: {"cls": {"lr": 1e-4, "seeds": [0]}} for m in ("cased-bert", "ours", "tfidf")}
+    run_dir.selection.write_text(json.dumps(selection))
+    warnings = tokenizer_casing_warnings(run_dir, selection)
+    assert warnings == {"cased-bert": mismatch}
+    config = config_from_dict({"name": "x", "corpus": {"sources": [{"format": "python-docs"}]}})
+    _, text, _, _ = results_section(config, {"selection": selection}, [], {"truncated": {}, "casing": warnings})
+    assert f"**Warning, cased-bert**: {mismatch}." in text
+
+    fit = {"domain": {"vocab_size": 100, "fertility": 1.2, "split_share": 0.25, "unknown_share": 0.05,
+                      "most_split": ["kinase"], "most_unknown": ["µg"]}}
+    _, _, header, rows = tokenizer_section(fit)
+    assert dict(zip(header, rows[0], strict=True))["unknown words"] == "5.0%"
+    assert dict(zip(header, rows[0], strict=True))["most often unknown"] == "µg"

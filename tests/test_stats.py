@@ -114,7 +114,8 @@ def small_wordpiece():
 def test_domain_distance_fertility():
     tokenizer = small_wordpiece()
     general = domain_distance(["the cat sat", "on the mat"], tokenizer, general_texts=["the cat sat on the mat"])
-    assert general == {"fertility": 1.0, "split_share": 0.0, "js_divergence": pytest.approx(0.0), "words": 6}
+    assert general == {"fertility": 1.0, "split_share": 0.0, "unknown_share": 0.0, "js_divergence": pytest.approx(0.0),
+                       "words": 6}
     # "zebra" -> z ##e ##b ##r ##a, "cat" whole, "kinase" -> 6 pieces
     domain = domain_distance(["zebra cat kinase"], tokenizer, general_texts=["the cat sat on the mat"])
     assert domain["fertility"] == pytest.approx((5 + 1 + 6) / 3)
@@ -122,3 +123,5 @@ def test_domain_distance_fertility():
     assert domain["js_divergence"] > 0.5
     assert domain_distance(["cat"] + ["zebra"] * 5, tokenizer, max_texts=1)["fertility"] == 1.0
     assert domain_distance(["cat"], tokenizer)["js_divergence"] is None
+    unknown = domain_distance(["cat Ωmega"], tokenizer)  # no piece spells Ω: the whole word is [UNK]
+    assert (unknown["unknown_share"], unknown["split_share"], unknown["fertility"]) == (0.5, 0.5, 1.0)

@@ -11,7 +11,8 @@ between stages:
                  tokenizer/ (continued pretraining), export/ (a Hugging Face model directory)
     arms/<arm>/  an experiment's arm: a run folder of its own (corpus, tokenizer, pretrain)
     experiment/  arms.json (each arm's status, cost, failure), summary.json, history.json
-    evaluate/    tasks.json, gold/<task>.json, distance.json, selection.json, results.jsonl,
+    evaluate/    tasks.json (each task's type, classes, sizes, notes, labels never seen in training,
+                 invalid UTF-8 replaced), gold/<task>.json, distance.json, selection.json, results.jsonl,
                  failures.json, runs/<model>/<task>/lr-<lr>/seed-<n>.json, tensorboard/
     report/      report.md, report.html, results.json, *.png
 """

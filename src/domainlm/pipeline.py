@@ -54,8 +54,8 @@ def stage_fingerprint(config: RunConfig, stage: str) -> tuple[str, dict[str, Any
         if not manifest.exists():
             raise StageError(f"stage '{stage}' needs '{name}' first: {manifest} does not exist "
                              f"(run `domainlm {name}` or `domainlm run`)")
-        # The upstream *output* id, not its config fingerprint: a forced rerun of a stage whose
-        # output is not bit-reproducible (WordPiece training is not) makes everything after it stale.
+        # The upstream *output* id, not its config fingerprint: a forced rerun of a stage makes
+        # everything after it stale (a rerun need not give the same bytes: pretraining on a GPU).
         upstream[name] = read_json(manifest)["output_id"]
     record = {
         "settings": module.settings(config),

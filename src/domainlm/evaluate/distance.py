@@ -60,8 +60,9 @@ def domain_distance(
     `tokenizers.Tokenizer`; `general_texts`: a sample of general-domain text for the unigram
     divergence (skipped when None). Only the first `max_texts` texts of each collection are used.
 
-    Returns {"fertility": pieces per word, "split_share": share of words split into more than one
-    piece, "js_divergence": `unigram_divergence` or None, "words": words counted}.
+    Returns {"fertility": pieces per known word, "split_share": share of words not kept as one known
+    piece, "unknown_share": share of words the general vocabulary cannot spell (its unknown token),
+    "js_divergence": `unigram_divergence` or None, "words": words counted} (`vocabulary_fit`).
     """
     sample = list(islice(texts, max_texts))
     fit = vocabulary_fit(general_tokenizer, sample)
@@ -71,6 +72,7 @@ def domain_distance(
     return {
         "fertility": fit["fertility"],
         "split_share": fit["split_share"],
+        "unknown_share": fit["unknown_share"],
         "js_divergence": divergence,
         "words": fit["words"],
     }

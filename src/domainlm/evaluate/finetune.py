@@ -89,6 +89,23 @@ def model_config(path: Path, task: Task):
     return config
 
 
+ROBERTA_NUMBERING = ("roberta", "xlm-roberta", "camembert")  # positions counted from pad_token_id + 1
+
+
+def check_positions(config, path: Path, max_length: int, task: Task) -> None:
+    """ModelError when inputs of `max_length` tokens need more positions than the model's learned
+    position table has (RoBERTa-style tables lose pad_token_id + 1 rows), naming the fix, instead of
+    an IndexError in the first batch. Rotary encoders (ModernBERT) have no table to outgrow."""
+    table = getattr(config, "max_position_embeddings", None)
+    if table is None or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return
+    usable = table - ((config.pad_token_id or 0) + 1 if config.model_type in ROBERTA_NUMBERING else 0)
+    if max_length > usable:
+        key = f"task '{task.name}' max_length" if task.max_length else "evaluate.max_length"
+        raise ModelError(f"{path}: {key} {max_length} exceeds the {usable} positions this model has: set it to "
+                         f"{usable} or less")
+
+
 def load_model(path: Path, task: Task, pretrained: bool, vocab_size: int | None = None):
     """The encoder with the task's head (`model_config` checks the directory first).
     `pretrained=False` keeps only the architecture and initialises every weight afresh."""
@@ -408,13 +425,13 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: floa
     quiet_transformers()
     started = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_config(model_path, task)  # a broken or unsupported directory fails here, by name
+    max_length = task.max_length or config.max_length
+    check_positions(model_config(model_path, task), model_path, max_length, task)  # fails here, by name
     tokenizer = task_tokenizer(model_path, task)
     casing = tokenizer_casing(tokenizer)
     if seed == 0 and casing["mismatch"]:
         log.warning("finetune: %s: %s", model_path, casing["mismatch"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    max_length = task.max_length or config.max_length
     train, dev, test = (encode(tokenizer, task, getattr(task, s), max_length) for s in ("train", "dev", "test"))
     if seed == 0 and (train.truncated or test.truncated):
         cut = "split into windows" if task.target == "tags" else "truncated"

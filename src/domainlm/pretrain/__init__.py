@@ -78,10 +78,10 @@ def initial_model(config: RunConfig, write: bool = True) -> tuple[Encoder | None
         info["added_examples"] = added[:30]
         if write:
             with atomic_directory(tokenizer_dir) as tmp:
-                save_tokenizer_dir(tokenizer, tmp, like=source)
+                save_tokenizer_dir(tokenizer, tmp, like=source, unicode_form=config.corpus.normalization)
     elif write:
         with atomic_directory(tokenizer_dir) as tmp:
-            copy_tokenizer_files(source, tmp)
+            copy_tokenizer_files(source, tmp, unicode_form=config.corpus.normalization)
     return model, tokenizer_dir, specials, info
 
 

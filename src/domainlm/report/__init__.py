@@ -124,7 +124,20 @@ def compare(config: RunConfig, art: dict[str, Any], summary: list[dict]) -> dict
         "distance": distance_vs_gain(art["distance"], summary, art["tasks"], model, reference),
         "truncated": {(m, t): run_dir.selected_runs(m, t)[0].get("truncated", {}).get("test", "")
                       for m, tasks in art["selection"].items() for t in tasks},
+        "casing": tokenizer_casing_warnings(run_dir, art["selection"]),
     }
+
+
+def tokenizer_casing_warnings(run_dir: RunLayout, selection: dict) -> dict[str, str]:
+    """Per model, what its tokenizer's casing does wrong (lower-casing a cased vocabulary, or the
+    reverse), as each fine-tuning run recorded it; models without a mismatch are left out."""
+    found = {}
+    for model, tasks in selection.items():
+        for task in tasks:
+            casing = run_dir.selected_runs(model, task)[0].get("tokenizer_casing") or {}
+            if casing.get("mismatch"):
+                found[model] = casing["mismatch"]
+    return found
 
 
 def pretraining_cost(config: RunConfig, pre: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from domainlm.io import read_json
 from domainlm.layout import RunLayout
 from domainlm.report.stats import paired_bootstrap, rank_correlation, suite_score
 
-DISTANCES = ("fertility", "split_share", "js_divergence")
+DISTANCES = ("fertility", "split_share", "unknown_share", "js_divergence")
 
 
 def _means(summary: list[dict]) -> dict[tuple[str, str], float]:

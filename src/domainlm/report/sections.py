@@ -27,6 +27,8 @@ def results_section(config: RunConfig, art: dict, summary: list[dict], numbers: 
     text = (f"Test-set headline metric, mean ± std over seeds {e.seeds}. For each model and task the learning rate "
             f"with the best mean dev score among {e.learning_rates} was kept, and each run tested its best dev epoch "
             f"(at most {e.epochs}, early stopping after {e.patience} without improvement). ![results](results.png)")
+    for model, mismatch in numbers.get("casing", {}).items():
+        text += f" **Warning, {model}**: {mismatch}."
     return ("Results", text, ["task", "model", "metric", "test (%)", "seeds", "lr",
                               "test inputs cut (truncated / windowed)"], rows)
 
@@ -48,19 +50,18 @@ def suite_section(numbers: dict) -> Section:
 
 def distance_section(config: RunConfig, art: dict, numbers: dict) -> Section:
     distance = numbers["distance"]
-    rows = [[r["task"], "" if r["fertility"] is None else f"{r['fertility']:.3f}",
-             "" if r["split_share"] is None else f"{100 * r['split_share']:.1f}%",
-             "" if r["js_divergence"] is None else f"{r['js_divergence']:.3f}",
+    rows = [[r["task"], "" if r["fertility"] is None else f"{r['fertility']:.3f}", _share(r["split_share"]),
+             _share(r["unknown_share"]), "" if r["js_divergence"] is None else f"{r['js_divergence']:.3f}",
              "" if r["gain"] is None else f"{r['gain']:+.1f}"] for r in distance["rows"]]
     rows.append(["rank correlation with the gain (Spearman)"] + [
         "" if v is None else f"{v:+.2f}" for v in distance["rank_correlation"].values()] + [""])
     model, reference = config.report.domain_model, config.report.reference_model
     general = art["distance"].get("general_tokenizer", "the general vocabulary")
     text = (f"Measured before any training: how many pieces {general} cuts each word of the task text into "
-            f"(fertility), the share of words it splits, and the Jensen-Shannon divergence of the task's word "
-            f"distribution from general text; next to the measured gain of {model} over {reference}. "
-            f"![distance](distance.png)")
-    return ("Domain distance", text, ["task", "fertility", "words split", "JS divergence",
+            f"(fertility), the share of words it splits or cannot spell at all (unknown), and the Jensen-Shannon "
+            f"divergence of the task's word distribution from general text; next to the measured gain of {model} "
+            f"over {reference}. ![distance](distance.png)")
+    return ("Domain distance", text, ["task", "fertility", "words split", "unknown words", "JS divergence",
                                       f"gain of {model} (points)"], rows)
 
 
@@ -95,12 +96,20 @@ def corpus_sections(corpus: dict) -> list[Section]:
             ("What the corpus steps removed (examples)", "", ["reason", "document", "text"], examples)]
 
 
+def _share(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
 def tokenizer_section(fit: dict) -> Section:
-    rows = [[name, fit[name]["vocab_size"], f"{fit[name]['fertility']:.3f}", f"{100 * fit[name]['split_share']:.1f}%",
-             ", ".join(fit[name]["most_split"][:8])] for name in ("domain", "reference") if fit.get(name)]
-    return ("Tokenizer fit", "On the held-out corpus documents; lower fertility means fewer pieces per word. "
+    rows = [[name, fit[name]["vocab_size"], f"{fit[name]['fertility']:.3f}", _share(fit[name]["split_share"]),
+             _share(fit[name].get("unknown_share")), ", ".join(fit[name]["most_split"][:8]),
+             ", ".join(fit[name].get("most_unknown", [])[:8])] for name in ("domain", "reference") if fit.get(name)]
+    return ("Tokenizer fit", "On the held-out corpus documents; lower fertility means fewer pieces per known word. "
+                             "An unknown word (one the vocabulary cannot spell) counts as not fitting: it is in "
+                             "'words split' and 'unknown words', not in the fertility. "
                              "![tokenizer fit](tokenizer_fit.png)",
-            ["vocabulary", "size", "fertility", "words split", "most often split"], rows)
+            ["vocabulary", "size", "fertility", "words split", "unknown words", "most often split",
+             "most often unknown"], rows)
 
 
 def pretraining_section(pre: dict) -> Section:
