@@ -274,10 +274,13 @@ def test_unpadded_varlen_layout_equals_the_masked_layout(monkeypatch):
         torch.testing.assert_close(model.mlm_loss(ids, positions, unpadded, labels),
                                    model.mlm_loss(ids, positions, masked, labels))
         from domainlm.pretrain.electra import Electra
+        from domainlm.pretrain.model import masked_targets
 
         electra = Electra(model.config, 0.5).eval()
         real = segments >= 0
-        losses = [electra.losses(ids, positions, attn, labels, real, torch.Generator().manual_seed(0))
+        noise = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0))
+        losses = [electra.losses(ids, positions, attn, real, masked_targets(labels, real if attn is unpadded else None,
+                                                                            noise))
                   for attn in (unpadded, masked)]
         for key in ("mlm", "rtd"):
             torch.testing.assert_close(losses[0][key], losses[1][key])

@@ -75,7 +75,17 @@ class PretrainConfig(Section):
     CPU), flex (FlexAttention block mask; GPU), varlen (padding removed, flash varlen kernel;
     GPU). auto: varlen on CUDA when available, else sdpa."""
     compile: bool = False
-    """torch.compile the model (skipped with a note where it is unavailable)."""
+    """torch.compile: with `static_shapes`, the whole forward, loss and backward as one graph;
+    without, each transformer layer (skipped with a note where compilation is unavailable)."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """torch.compile's mode for the whole step: `reduce-overhead` replays it as a CUDA graph on a GPU
+    (launch overhead gone; needs `static_shapes`)."""
+    static_shapes: bool = False
+    """One static-shape step: every micro-batch has the same rows x seq_len, its masked positions
+    sit in a fixed-capacity buffer (sized from `mask_rate` with headroom; the rare overflow is left
+    out of the loss and counted), and no step waits for the device (NaN/inf is found there and read
+    every `log_every` steps). With `compile` the step is one graph. Needs sdpa attention, no
+    batch-size warmup or sequence-length curriculum, and micro-batches that divide the batch."""
     tf32: bool = True
     """Allow TF32 matmuls on GPUs that have them."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
@@ -94,6 +104,12 @@ class PretrainConfig(Section):
     def _check(self) -> PretrainConfig:
         if self.short_seq_len and self.short_seq_len >= self.seq_len:
             raise ValueError(f"short_seq_len ({self.short_seq_len}) must be below seq_len ({self.seq_len})")
+        if self.static_shapes and (self.batch_size_start or self.short_seq_len):
+            raise ValueError("static_shapes keeps every step's shape: it cannot be combined with batch_size_start "
+                             "(batch-size warmup) or short_seq_len (sequence-length curriculum)")
+        if self.static_shapes and self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"static_shapes needs micro_batch_size ({self.micro_batch_size}) to divide batch_size "
+                             f"({self.batch_size}): every micro-batch has the same shape")
         if self.batch_size_start and self.batch_size_start > self.batch_size:
             raise ValueError(f"batch_size_start ({self.batch_size_start}) exceeds batch_size ({self.batch_size})")
         if self.lexicon:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainlm.pretrain.model import Attention, Encoder, EncoderConfig, to_hf_state_dict
+from domainlm.pretrain.model import Attention, Encoder, EncoderConfig, MaskedTargets, to_hf_state_dict
 
 
 def generator_config(c: EncoderConfig, fraction: float) -> EncoderConfig:
@@ -45,25 +45,36 @@ class Electra(nn.Module):
     def rtd_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.rtd_out(F.gelu(self.rtd_dense(hidden))).squeeze(-1)
 
-    def losses(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, labels: torch.Tensor,
-               real: torch.Tensor, sampler: torch.Generator) -> dict[str, torch.Tensor]:
-        """Summed losses of one (micro-)batch: `mlm` over masked positions, `rtd` over real ones.
-        input_ids: the masked input; labels: original ids at masked positions, -100 elsewhere."""
+    def losses(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attn: Attention, real: torch.Tensor,
+               targets: MaskedTargets) -> dict[str, torch.Tensor]:
+        """Summed losses of one (micro-)batch: `mlm` over the masked positions, `rtd` over the real
+        ones. input_ids, position_ids, real: (B, T), the masked input; targets: the masked
+        positions with their original ids and one uniform draw each (`masked_targets`), which
+        samples the generator's replacement (inverse CDF), so the same draws give the same tokens
+        on any device. Every shape follows the inputs' (a fixed-capacity `targets` keeps them
+        static; its padding slots change nothing)."""
         hidden = self.generator(input_ids, position_ids, attn)
-        flat_ids, flat_labels, flat_real = attn.select(input_ids), attn.select(labels), attn.select(real)
-        selected = flat_labels != -100
-        logits = self.generator.mlm_logits(hidden[selected]).float()
-        mlm = F.cross_entropy(logits, flat_labels[selected], reduction="sum")
+        logits = self.generator.mlm_logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.index))
+        logits = logits.float()  # (K, V)
+        mlm = F.cross_entropy(logits, targets.labels, reduction="sum")
+        valid = targets.labels != -100
         with torch.no_grad():  # sampling is not differentiated (ELECTRA trains the generator by MLM only)
-            sampled = torch.multinomial(logits.softmax(-1), 1, generator=sampler).squeeze(-1)
-        corrupted = flat_ids.clone()
-        corrupted[selected] = sampled
+            cumulative = logits.softmax(-1).cumsum(-1)
+            sampled = torch.searchsorted(cumulative, targets.noise.unsqueeze(-1)).squeeze(-1)
+            sampled = sampled.clamp(max=logits.shape[-1] - 1)
+        flat_ids = attn.select(input_ids).reshape(-1)
+        # Padding slots add 0: scatter_add keeps them harmless however many share index 0.
+        change = torch.where(valid, sampled - flat_ids.index_select(0, targets.index), 0)
+        corrupted = flat_ids.scatter_add(0, targets.index, change)
         if attn.kind == "varlen":  # back to (B, T): the discriminator's forward removes padding itself
             corrupted = input_ids.masked_scatter(attn.real, corrupted)
-        replaced = torch.zeros_like(flat_real, dtype=torch.float)
-        replaced[selected] = (sampled != flat_labels[selected]).float()  # sampling the original counts as original
-        scores = self.rtd_logits(self.discriminator(corrupted, position_ids, attn))
-        rtd = F.binary_cross_entropy_with_logits(scores[flat_real].float(), replaced[flat_real], reduction="sum")
+        else:
+            corrupted = corrupted.view_as(input_ids)
+        replaced = torch.zeros(flat_ids.shape, dtype=torch.float, device=flat_ids.device).scatter_add(
+            0, targets.index, (valid & (sampled != targets.labels)).float())  # sampling the original is not a replacement
+        scores = self.rtd_logits(self.discriminator(corrupted, position_ids, attn)).reshape(-1)
+        flat_real = attn.select(real).reshape(-1).float()
+        rtd = (F.binary_cross_entropy_with_logits(scores.float(), replaced, reduction="none") * flat_real).sum()
         return {"mlm": mlm, "rtd": rtd}
 
 

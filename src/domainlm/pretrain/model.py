@@ -7,6 +7,7 @@ export (`to_hf_state_dict`) is a renaming plus a split of the fused QKV projecti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -146,16 +147,17 @@ class Encoder(nn.Module):
         return F.linear(h, self.tok_embed.weight, self.head_bias)
 
     def mlm_loss(self, input_ids, position_ids, attn: Attention, labels, reduction: str = "mean",
-                 masked: torch.Tensor | None = None) -> torch.Tensor:
+                 targets: MaskedTargets | None = None) -> torch.Tensor:
         """Cross-entropy (mean, or sum) over positions whose label is not -100. The vocabulary
         projection runs only on those (masked) positions: ~15% of the work of a full head.
-        `masked`: their flat indices in the model's layout (`masked_positions`), found on the host
-        so that the GPU never waits for a data-dependent shape; found here when not given."""
+        `targets`: those positions, found on the host so that the GPU never waits for a
+        data-dependent shape (`masked_targets`; a fixed-capacity buffer keeps every shape static);
+        found here from `labels` when not given."""
         hidden = self(input_ids, position_ids, attn)
-        labels = attn.select(labels).reshape(-1)
-        masked = torch.nonzero(labels != -100).flatten() if masked is None else masked
-        logits = self.mlm_logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked))  # (n_masked, V)
-        return F.cross_entropy(logits.float(), labels.index_select(0, masked), reduction=reduction)
+        if targets is None:
+            targets = MaskedTargets.of(attn.select(labels).reshape(-1))
+        logits = self.mlm_logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.index))  # (K, V)
+        return F.cross_entropy(logits.float(), targets.labels, reduction=reduction)
 
 
 @dataclass
@@ -209,12 +211,61 @@ def document_attention(segment_ids: torch.Tensor, position_ids: torch.Tensor | N
     raise ValueError(f"unknown attention kind '{kind}' (expected sdpa, flex or varlen)")
 
 
-def masked_positions(labels: torch.Tensor, real: torch.Tensor | None, device: torch.device | str) -> torch.Tensor:
-    """Flat indices of the masked positions (label != -100) in the layout the model computes in,
-    found on the host: `labels` and `real` (the (B, T) real-token mask when padding is removed,
-    varlen; None otherwise) are host tensors."""
-    flat = labels.reshape(-1) if real is None else labels[real]
-    return torch.nonzero(flat != -100).flatten().to(device, non_blocking=True)
+@dataclass
+class MaskedTargets:
+    """The masked positions of a (micro-)batch in the layout the model computes in: `index` (K,)
+    their flat positions, `labels` (K,) the original ids, `noise` (K,) uniform draws for ELECTRA's
+    sampling (or None). With a fixed capacity K the buffers are padded (index 0, label -100, noise
+    0), so their shapes never change between steps; `overflow` counts masked positions that did not
+    fit (left out of the loss)."""
+
+    index: torch.Tensor
+    labels: torch.Tensor
+    noise: torch.Tensor | None = None
+    overflow: int = 0
+
+    @classmethod
+    def of(cls, flat_labels: torch.Tensor, flat_noise: torch.Tensor | None = None,
+           capacity: int | None = None) -> MaskedTargets:
+        """From (N,) labels (-100 where nothing is predicted) and per-position noise, in order."""
+        index = torch.nonzero(flat_labels != -100).flatten()
+        overflow = 0
+        if capacity is not None:
+            overflow = max(0, len(index) - capacity)
+            index = index[:capacity]
+        labels = flat_labels.index_select(0, index)
+        noise = None if flat_noise is None else flat_noise.index_select(0, index)
+        if capacity is not None and len(index) < capacity:
+            pad = capacity - len(index)
+            index = torch.cat([index, index.new_zeros(pad)])
+            labels = torch.cat([labels, labels.new_full((pad,), -100)])
+            noise = None if noise is None else torch.cat([noise, noise.new_zeros(pad)])
+        return cls(index, labels, noise, overflow)
+
+    def to(self, device: torch.device | str) -> MaskedTargets:
+        move = {"device": device, "non_blocking": True}
+        return MaskedTargets(self.index.to(**move), self.labels.to(**move),
+                             None if self.noise is None else self.noise.to(**move), self.overflow)
+
+
+def masked_targets(labels: torch.Tensor, real: torch.Tensor | None, noise: torch.Tensor | None = None,
+                   capacity: int | None = None) -> MaskedTargets:
+    """The masked positions (label != -100) of a host batch in the layout the model computes in:
+    `labels` (B, T), `real` the (B, T) real-token mask when padding is removed (varlen; None
+    otherwise), `noise` (B, T) ELECTRA's sampling draws (or None); `capacity` pads to a fixed size."""
+    def flat(tensor):
+        return tensor.reshape(-1) if real is None else tensor[real]
+
+    return MaskedTargets.of(flat(labels), None if noise is None else flat(noise), capacity)
+
+
+def masked_capacity(positions: int, rate: float) -> int:
+    """A fixed number of masked positions that a micro-batch of `positions` row positions almost
+    never exceeds at mask rate `rate`: the expected count plus 30% and six standard deviations
+    (binomial), rounded up to a multiple of 64 (and at most `positions`)."""
+    expected = positions * rate
+    spread = 6 * math.sqrt(positions * rate * (1 - rate))
+    return min(positions, 64 * math.ceil((1.3 * expected + spread) / 64))
 
 
 def segment_attention_mask(segment_ids: torch.Tensor) -> Attention:

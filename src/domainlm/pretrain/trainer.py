@@ -13,6 +13,7 @@ would (DDP, or FSDP for models that do not fit one device).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -42,7 +43,14 @@ from domainlm.pretrain.data import (
     word_start_table,
 )
 from domainlm.pretrain.electra import Electra
-from domainlm.pretrain.model import Encoder, EncoderConfig, document_attention, masked_positions
+from domainlm.pretrain.model import (
+    Encoder,
+    EncoderConfig,
+    MaskedTargets,
+    document_attention,
+    masked_capacity,
+    masked_targets,
+)
 from domainlm.pretrain.plan import DataPlan
 from domainlm.progress import Curves, progress_bar
 
@@ -56,19 +64,30 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, attn, labels, real, sampler, masked=None) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids, position_ids, attn, real, targets: MaskedTargets) -> dict[str, torch.Tensor]:
         if isinstance(self.model, Electra):
-            return self.model.losses(input_ids, position_ids, attn, labels, real, sampler)
-        return {"mlm": self.model.mlm_loss(input_ids, position_ids, attn, labels, reduction="sum", masked=masked)}
+            return self.model.losses(input_ids, position_ids, attn, real, targets)
+        return {"mlm": self.model.mlm_loss(input_ids, position_ids, attn, None, reduction="sum", targets=targets)}
 
 
-def resolve_attention(kind: str, device: torch.device, dropout: float) -> str:
+def static_losses(objective: torch.nn.Module, input_ids, position_ids, segment_ids, real, index, labels,
+                  noise) -> dict[str, torch.Tensor]:
+    """The objective on tensors of fixed shapes only (the same-document mask is built inside), the
+    function `torch.compile` takes whole: forward and loss here, the backward through AOTAutograd."""
+    attn = document_attention(segment_ids, kind="sdpa", device=segment_ids.device)
+    return objective(input_ids, position_ids, attn, real, MaskedTargets(index, labels, noise))
+
+
+def resolve_attention(kind: str, device: torch.device, dropout: float, static: bool = False) -> str:
     """`auto`: varlen where its flash kernel runs (CUDA, no attention-probability dropout asked
-    for), else sdpa. An explicit choice the device cannot run is an error, not a silent fallback."""
+    for, shapes free to vary), else sdpa. An explicit choice the device (or static shapes) cannot
+    run is an error, not a silent fallback."""
     if kind == "auto":
-        return "varlen" if device.type == "cuda" and dropout == 0 else "sdpa"
+        return "varlen" if device.type == "cuda" and dropout == 0 and not static else "sdpa"
     if kind in ("flex", "varlen") and device.type != "cuda":
         raise ConfigError(f"pretrain.attention: {kind} needs a CUDA GPU (its CPU kernels have no backward); use sdpa")
+    if static and kind != "sdpa":
+        raise ConfigError(f"pretrain.static_shapes needs attention sdpa (varlen's token count varies), got {kind}")
     return kind
 
 
@@ -112,14 +131,16 @@ class Trainer:
             model = Electra(model_config, config.generator_fraction) if config.objective == "electra" \
                 else Encoder(model_config)
         self.model = model.to(self.device)
-        self.attention = resolve_attention(config.attention, self.device, model_config.dropout)
-        if config.compile:
+        self.static = config.static_shapes
+        self.attention = resolve_attention(config.attention, self.device, model_config.dropout, self.static)
+        if config.compile and not self.static:
             self.compile_blocks()
         self.objective = self._distribute(Objective(self.model))
+        self.forward = self._static_forward() if self.static else None
         self.optimizer, self.scheduler = optimizer_and_schedule(self.model, config)
         self.plan = DataPlan(data, config, seed, source_weights)
-        self.generator = torch.Generator().manual_seed(seed + 1)  # masking draws (CPU, same on every rank)
-        self.sampler = torch.Generator(device=self.device).manual_seed(seed + 2)  # ELECTRA's sampling
+        # Masking and ELECTRA's sampling draws: one CPU generator, the same on every rank and device.
+        self.generator = torch.Generator().manual_seed(seed + 1)
         self._set_masking(tokenizer, mask_token)
         self.curves = curves
         self.step = 0
@@ -132,6 +153,8 @@ class Trainer:
         self.skipped_steps: list[int] = []  # steps whose loss or gradient was NaN/inf
         self.bad_in_a_row = 0
         self.grad_norm = math.nan  # of the last step
+        self.masked_overflow = 0  # masked positions a fixed-capacity buffer could not hold (static shapes)
+        self._pending: list[tuple[int, torch.Tensor]] = []  # steps whose losses are still on the device
         self._masking_states: dict[int, torch.Tensor] = {}
         self.prefetch = self.device.type == "cuda"  # on a CPU the thread would compete for the same cores
 
@@ -154,6 +177,16 @@ class Trainer:
                     module.compile(dynamic=self.attention == "varlen" or None)
         except Exception as err:  # noqa: BLE001 - compilation support varies by platform; eager still works
             log.warning("pretrain: torch.compile unavailable (%s); running eager", err)
+
+    def _static_forward(self):
+        """`static_losses` on this objective: compiled whole when `compile` is on (fullgraph in one
+        process: a graph break is an error, not a silent slowdown), else as it is."""
+        forward = functools.partial(static_losses, self.objective)
+        if not self.config.compile:
+            return forward
+        backend = os.environ.get("DOMAINLM_COMPILE_BACKEND", "inductor")  # e.g. aot_eager to debug or test
+        mode = None if self.config.compile_mode == "default" or backend != "inductor" else self.config.compile_mode
+        return torch.compile(forward, fullgraph=self.world == 1, dynamic=False, backend=backend, mode=mode)
 
     def _distribute(self, objective: torch.nn.Module) -> torch.nn.Module:
         if self.world == 1:
@@ -183,6 +216,10 @@ class Trainer:
             len(self.word_start), self.generator, mode=self.config.masking, span_mean=self.config.span_mean,
             preferred=preferred, preferred_rate=self.config.lexicon_rate,
         )
+        if isinstance(self.model, Electra):  # one uniform draw per masked position samples its replacement
+            masked = batch["labels"] != -100
+            batch["noise"] = torch.zeros(masked.shape).masked_scatter_(
+                masked, torch.rand(int(masked.sum()), generator=self.generator))
         if self.device.type == "cuda":  # page-locked, so that the copies to the GPU do not wait for it
             batch = {key: value.pin_memory() for key, value in batch.items()}
         return batch
@@ -204,36 +241,60 @@ class Trainer:
                 yield step, batch
 
     # ------------------------------------------------------------------------------- step
-    def train_step(self, step: int, batch: dict[str, torch.Tensor] | None = None) -> float:
+    def train_step(self, step: int, batch: dict[str, torch.Tensor] | None = None) -> None:
         """One optimizer step on the global batch of `step` (gathered and masked here when not
-        given). Returns the loss; a non-finite loss or gradient skips the update."""
+        given). Its losses stay on the device until `_flush`; a non-finite loss or gradient skips
+        the update (found on the device: the step itself never waits for it)."""
         batch = self.batch(step) if batch is None else batch
+        chunks = self._chunks(len(batch["input_ids"]))  # every rank's micro-batches, as row indices
+        parts = [batch if len(rows) == len(batch["input_ids"]) else {k: v[rows] for k, v in batch.items()}
+                 for rows in chunks[self.rank]]
         # Normalise by the global batch's counts: micro-batches and ranks then add up to the
         # gradient of the whole batch (DDP/FSDP average over ranks, hence the factor `world`).
         totals = {"mlm": max(1, int((batch["labels"] != -100).sum())), "rtd": max(1, int(batch["real"].sum()))}
+        targets = [self._targets(part) for part in parts]
+        if self.static:  # masked positions that did not fit a buffer (on any rank) are not predicted
+            overflow = sum(self._targets({k: v[rows] for k, v in batch.items()}).overflow
+                           for rank, mine in enumerate(chunks) if rank != self.rank for rows in mine)
+            overflow += sum(t.overflow for t in targets)
+            self.masked_overflow += overflow
+            totals["mlm"] = max(1, totals["mlm"] - overflow)
         weights = {"mlm": 1.0, "rtd": self.config.rtd_weight}
-        mine = np.array_split(np.arange(len(batch["input_ids"])), self.world)[self.rank]
-        micro = self.config.micro_batch_size or len(mine)
-        chunks = [mine[i : i + micro] for i in range(0, len(mine), micro)]
         self.model.train()
-        # Losses are summed on the device; the step waits for it once, for losses and gradient norm.
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for index, rows in enumerate(chunks):
-            whole = len(rows) == len(batch["input_ids"])
-            part = batch if whole else {k: v[rows] for k, v in batch.items()}
-            self._backward(part, totals, weights, sums, last=index == len(chunks) - 1)
-        return self._update(step, batch, sums, totals, weights)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed losses, on the device
+        for index, (part, target) in enumerate(zip(parts, targets, strict=True)):
+            self._backward(part, target.to(self.device), totals, weights, sums, last=index == len(parts) - 1)
+        self._update(step, batch, sums, totals, weights)
 
-    def _backward(self, part: dict[str, torch.Tensor], totals: dict[str, int], weights: dict[str, float],
-                  sums: torch.Tensor, last: bool) -> None:
+    def _chunks(self, rows: int) -> list[list[np.ndarray]]:
+        """Per rank, the row indices of its micro-batches (its slice of the batch, cut every
+        `micro_batch_size` rows)."""
+        out = []
+        for mine in np.array_split(np.arange(rows), self.world):
+            micro = self.config.micro_batch_size or len(mine)
+            out.append([mine[i : i + micro] for i in range(0, len(mine), micro)])
+        return out
+
+    def _targets(self, part: dict[str, torch.Tensor]) -> MaskedTargets:
+        """A micro-batch's masked positions, found on the host (a fixed-capacity buffer under static shapes)."""
+        capacity = masked_capacity(part["labels"].numel(), self.config.mask_rate) if self.static else None
+        real = part["real"] if self.attention == "varlen" else None
+        return masked_targets(part["labels"], real, part.get("noise"), capacity)
+
+    def _backward(self, part: dict[str, torch.Tensor], targets: MaskedTargets, totals: dict[str, int],
+                  weights: dict[str, float], sums: torch.Tensor, last: bool) -> None:
         """Forward and backward of one micro-batch; its summed losses are added to `sums` (mlm, rtd)."""
-        attn = document_attention(part["segment_ids"], part["position_ids"], self.attention, self.device)
-        masked = masked_positions(part["labels"], part["real"] if attn.kind == "varlen" else None, self.device)
         to = {"device": self.device, "non_blocking": True}
         defer_sync = self.objective.no_sync() if hasattr(self.objective, "no_sync") and not last else nullcontext()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"), defer_sync:
-            losses = self.objective(part["masked_ids"].to(**to), part["position_ids"].to(**to), attn,
-                                    part["labels"].to(**to), part["real"].to(**to), self.sampler, masked)
+            if self.static:
+                losses = self.forward(part["masked_ids"].to(**to), part["position_ids"].to(**to),
+                                      part["segment_ids"].to(**to), part["real"].to(**to), targets.index,
+                                      targets.labels, targets.noise)
+            else:
+                attn = document_attention(part["segment_ids"], part["position_ids"], self.attention, self.device)
+                losses = self.objective(part["masked_ids"].to(**to), part["position_ids"].to(**to), attn,
+                                        part["real"].to(**to), targets)
             loss = sum(weights[k] * v / totals[k] for k, v in losses.items()) * self.world
             loss.backward()
         for slot, key in enumerate(("mlm", "rtd")):
@@ -241,35 +302,49 @@ class Trainer:
                 sums[slot] += losses[key].detach().double()
 
     def _update(self, step: int, batch: dict[str, torch.Tensor], sums: torch.Tensor, totals: dict[str, int],
-                weights: dict[str, float]) -> float:
-        """Clip, step the optimizer (unless the loss or gradient is not finite) and the schedule,
-        count the tokens; the step's loss."""
+                weights: dict[str, float]) -> None:
+        """Clip, step the optimizer (a non-finite loss or gradient makes the fused AdamW skip the
+        update on the device) and the schedule, count the tokens; the step's loss, gradient norm and
+        parts wait on the device for `_flush`."""
         if self.world > 1:
             dist.all_reduce(sums)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a distributed tensor
             grad_norm = grad_norm.full_tensor()
-        *summed, self.grad_norm = torch.cat([sums, grad_norm.reshape(1).to(sums)]).tolist()
-        parts = {key: summed[slot] / totals[key] for slot, key in enumerate(("mlm", "rtd"))}
+        parts = {key: sums[slot] / totals[key] for slot, key in enumerate(("mlm", "rtd"))}
         if not isinstance(self.model, Electra):
             parts.pop("rtd")
         value = sum(weights[k] * v for k, v in parts.items())
-        if math.isfinite(value) and math.isfinite(self.grad_norm):
-            self.optimizer.step()
-        else:  # skip the update: the weights stay as they were, the step is reported
-            self.skipped_steps.append(step)
+        grad_norm = grad_norm.to(sums)
+        self.optimizer.found_inf = (~(torch.isfinite(value) & torch.isfinite(grad_norm))).float()
+        self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.real_tokens += int(batch["real"].sum())
         self.positions += batch["real"].numel()
-        if len(parts) > 1:
-            for key, v in parts.items():
-                self.parts.setdefault(key, []).append(v)
-        return value
+        self._pending.append((step, torch.stack([value, grad_norm, *(parts.values() if len(parts) > 1 else [])])))
+
+    def _flush(self) -> list[tuple[int, float]]:
+        """Bring the waiting steps' losses to the host (one wait for the device), record them, the
+        gradient norm and skipped steps; (step, loss) of each."""
+        if not self._pending:
+            return []
+        steps = [step for step, _ in self._pending]
+        rows = torch.stack([row for _, row in self._pending]).tolist()
+        self._pending = []
+        for step, (value, grad_norm, *parts) in zip(steps, rows, strict=True):
+            self.losses.append(value)
+            self.grad_norm = grad_norm
+            if not (math.isfinite(value) and math.isfinite(grad_norm)):
+                self.skipped_steps.append(step)  # the weights stayed as they were
+            for key, part in zip(("mlm", "rtd"), parts, strict=False):
+                self.parts.setdefault(key, []).append(part)
+        return [(step, row[0]) for step, row in zip(steps, rows, strict=True)]
 
     def train(self) -> None:
-        """Steps from the current one to `max_steps`, a checkpoint every `checkpoint_every`."""
-        total = self.config.max_steps
+        """Steps from the current one to `max_steps`, a checkpoint every `checkpoint_every`. Under
+        static shapes the losses are read (and NaN/inf acted on) every `log_every` steps."""
+        total, config = self.config.max_steps, self.config
         batches = self.batches(self.step, total)
         with progress_bar(total=total, initial=self.step, desc="pretrain", unit=" steps",
                           disable=self.rank != 0) as progress:
@@ -278,31 +353,32 @@ class Trainer:
                     started = time.perf_counter()
                     self.learning_rates.append(self.scheduler.get_last_lr()[0])
                     _, batch = next(batches)
-                    loss = self.train_step(self.step, batch)
-                    self.elapsed += time.perf_counter() - started
-                    self.losses.append(loss)
+                    self.train_step(self.step, batch)
                     self.step += 1
+                    logged = self.step % config.log_every == 0 or self.step == total
+                    if not self.static or logged or self.step % config.checkpoint_every == 0:
+                        for step, loss in self._flush():
+                            self._check_finite(step, loss)
+                    self.elapsed += time.perf_counter() - started
                     progress.update()
-                    self._check_finite(loss)
-                    if self.step % self.config.log_every == 0 or self.step == total:
+                    if logged:
                         self._log(progress)
-                    if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                    if self.step % config.checkpoint_every == 0 or self.step == total:
                         self.save_checkpoint()
             finally:
                 batches.close()  # stops a prefetching thread
 
-    def _check_finite(self, loss: float) -> None:
+    def _check_finite(self, step: int, loss: float) -> None:
         """Count steps in a row whose loss was not finite; TrainingDiverged after `max_bad_steps`."""
         if math.isfinite(loss):
             self.bad_in_a_row = 0
             return
         self.bad_in_a_row += 1  # the update was skipped, so the weights (and any checkpoint) stay sound
-        log.warning("pretrain: step %d: non-finite loss (%s), update skipped", self.step - 1, loss)
+        log.warning("pretrain: step %d: non-finite loss (%s), update skipped", step, loss)
         if self.bad_in_a_row >= self.config.max_bad_steps:
             raise TrainingDiverged(
                 f"{self.bad_in_a_row} steps in a row ended with a non-finite loss (last at step "
-                f"{self.step - 1}); stopped. Lower pretrain.lr; the last good checkpoint is in "
-                f"{self.checkpoint_dir}.")
+                f"{step}); stopped. Lower pretrain.lr; the last good checkpoint is in {self.checkpoint_dir}.")
 
     def _log(self, progress) -> None:
         """The recent loss and tokens/s on the progress bar, and every curve to TensorBoard."""
@@ -353,8 +429,7 @@ class Trainer:
                 torch.save({"optimizer": optimizer_state, "scheduler": self.scheduler.state_dict()},
                            tmp / "optimizer.pt")
                 masking = self._masking_states.get(self.step, self.generator.get_state())
-                rng = {"masking": masking, "sampling": self.sampler.get_state().cpu(),
-                       "torch": torch.get_rng_state()}
+                rng = {"masking": masking, "torch": torch.get_rng_state()}
                 if torch.cuda.is_available():
                     rng["cuda"] = torch.cuda.get_rng_state()
                 save_file(rng, tmp / "rng.safetensors")
@@ -385,7 +460,6 @@ class Trainer:
         self.scheduler.load_state_dict(states["scheduler"])
         rng = load_file(folder / "rng.safetensors")
         self.generator.set_state(rng["masking"])
-        self.sampler.set_state(rng["sampling"])  # a CPU byte tensor, for a CUDA generator too
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
