@@ -84,6 +84,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def dispatches(run_step, device: torch.device) -> int:
+    """What one step asks of the host: on a GPU the kernels it launches, on a CPU the ATen operator
+    calls it dispatches (nested calls included), counted by the profiler over one more step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        run_step()
+        sync(device)
+    if device.type == "cuda":
+        return sum(1 for e in prof.events() if e.device_type == DeviceType.CUDA)
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
+
+
 def synthetic_tokenizer():
     """A word-level tokenizer over ids t0..t{VOCAB-1} with BERT's special tokens at 0..4."""
     from tokenizers import Tokenizer, models
@@ -92,7 +107,7 @@ def synthetic_tokenizer():
     return Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
 
 
-def run_baseline(args, docs, device, packed: bool, compiled: bool) -> tuple[int, float]:
+def run_baseline(args, docs, device, packed: bool, compiled: bool) -> tuple[int, float, int]:
     from transformers import (
         BertConfig,
         BertForMaskedLM,
@@ -117,25 +132,30 @@ def run_baseline(args, docs, device, packed: bool, compiled: bool) -> tuple[int,
         examples = [{"input_ids": stream[i * args.seq_len : (i + 1) * args.seq_len].tolist()} for i in range(rows)]
     else:
         examples = [{"input_ids": [2, *d.tolist(), 3]} for d in docs]
-    real, started = 0, 0.0
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:  # the timed steps run back to back, as in training (no per-step wait)
-            sync(device)
-            started = time.perf_counter()
+    def train_step(step: int) -> int:
         batch = collator(examples[step * args.batch_size : (step + 1) * args.batch_size])
-        if step >= args.warmup:
-            real += int(batch["attention_mask"].sum())
         inputs = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = forward(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return int(batch["attention_mask"].sum())
+
+    real, started = 0, 0.0
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:  # the timed steps run back to back, as in training (no per-step wait)
+            sync(device)
+            started = time.perf_counter()
+        tokens = train_step(step)
+        real += tokens if step >= args.warmup else 0
     sync(device)
-    return real, time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    return real, elapsed, dispatches(lambda: train_step(args.warmup + args.steps), device)
 
 
-def domainlm_trainer(args, docs, attention: str, compiled: bool, folder: Path):
+def domainlm_trainer(args, docs, attention: str, compiled: bool, folder: Path, static: bool = False,
+                     compile_mode: str = "default"):
     """domainlm's `Trainer` on the benchmark's documents (one source, synthetic vocabulary)."""
     from domainlm.config import PretrainConfig
     from domainlm.pretrain.data import TokenShards
@@ -146,27 +166,34 @@ def domainlm_trainer(args, docs, attention: str, compiled: bool, folder: Path):
     offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
     shards = TokenShards(tokens, offsets, np.zeros(len(docs), np.int16), ["synthetic"],
                          {k: SPECIAL[k] for k in ("cls", "sep", "pad")})
-    config = PretrainConfig(max_steps=args.warmup + args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
-                            lr=1e-4, mask_rate=0.15, attention=attention, compile=compiled)
+    config = PretrainConfig(max_steps=args.warmup + args.steps + 1, batch_size=args.batch_size, seq_len=args.seq_len,
+                            lr=1e-4, mask_rate=0.15, attention=attention, compile=compiled, static_shapes=static,
+                            compile_mode=compile_mode)
     model_config = EncoderConfig(vocab_size=VOCAB, max_position=args.seq_len, dropout=0.0, **PRESETS[args.preset])
     return Trainer(model_config, config, shards, synthetic_tokenizer(), folder)
 
 
-def run_domainlm(args, docs, device, attention: str, compiled: bool) -> tuple[int, float]:
+def run_domainlm(args, docs, device, attention: str, compiled: bool, static: bool = False,
+                 compile_mode: str = "default") -> tuple[int, float, int]:
     """Times domainlm's own `Trainer.train_step` (batch gather, masking, forward, backward, step)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        trainer = domainlm_trainer(args, docs, attention, compiled, Path(folder))
-        before, started = 0, 0.0
+        trainer = domainlm_trainer(args, docs, attention, compiled, Path(folder), static, compile_mode)
+        before, started, elapsed = 0, 0.0, 0.0
         # `batches` is the training loop's: on a GPU the next batch is prepared on a thread, overlapped.
-        for step, batch in trainer.batches(0, args.warmup + args.steps):
+        for step, batch in trainer.batches(0, args.warmup + args.steps + 1):
             if step == args.warmup:
                 sync(device)
                 before, started = trainer.real_tokens, time.perf_counter()
+            if step == args.warmup + args.steps:  # the timed steps are done; one more, profiled
+                sync(device)
+                elapsed, real = time.perf_counter() - started, trainer.real_tokens - before
+                count = dispatches(lambda s=step, b=batch: trainer.train_step(s, b), device)
+                break
             trainer.train_step(step, batch)
-        sync(device)
-        return trainer.real_tokens - before, time.perf_counter() - started
+        trainer._flush()
+        return real, elapsed, count
 
 
 VARIANTS = {
@@ -178,8 +205,12 @@ VARIANTS = {
     "domainlm-flex-compiled": lambda a, d, dev: run_domainlm(a, d, dev, "flex", compiled=True),
     "domainlm-varlen": lambda a, d, dev: run_domainlm(a, d, dev, "varlen", compiled=False),
     "domainlm-varlen-compiled": lambda a, d, dev: run_domainlm(a, d, dev, "varlen", compiled=True),
+    "domainlm-static": lambda a, d, dev: run_domainlm(a, d, dev, "sdpa", compiled=False, static=True),
+    "domainlm-static-compiled": lambda a, d, dev: run_domainlm(a, d, dev, "sdpa", compiled=True, static=True),
+    "domainlm-static-graphs": lambda a, d, dev: run_domainlm(a, d, dev, "sdpa", compiled=True, static=True,
+                                                             compile_mode="reduce-overhead"),
 }
-CPU_DEFAULT = "hf-padded,hf-packed,domainlm"
+CPU_DEFAULT = "hf-padded,hf-packed,domainlm,domainlm-static,domainlm-static-compiled"
 GPU_DEFAULT = ",".join(VARIANTS)
 
 
@@ -189,12 +220,12 @@ def worker(name: str, args, queue) -> None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # Enough documents for every step of every variant (packed rows hold ~1.6 documents).
         docs = documents(2 * (args.warmup + args.steps) * args.batch_size, args.seq_len)
-        real, elapsed = VARIANTS[name](args, docs, device)
+        real, elapsed, count = VARIANTS[name](args, docs, device)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() / 2**20
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
-        queue.put({"real_tokens": real, "seconds": elapsed, "peak_memory_mib": peak})
+        queue.put({"real_tokens": real, "seconds": elapsed, "peak_memory_mib": peak, "dispatches_per_step": count})
     except BaseException as err:  # noqa: BLE001 - reported by the parent
         import traceback
 
@@ -214,6 +245,26 @@ def run_isolated(name: str, args) -> dict:
     return result
 
 
+def fill_memory(name: str, args, budget_mib: float, flops: float, peak: float) -> dict:
+    """The variant at the largest batch (doubling from --batch-size) whose peak memory stays within
+    `budget_mib`; its rate and MFU, or the reason nothing fitted."""
+    best, batch = {"error": f"batch {args.batch_size} does not fit {budget_mib:.0f} MiB"}, args.batch_size
+    while True:
+        try:
+            result = run_isolated(name, argparse.Namespace(**{**vars(args), "batch_size": batch}))
+        except Exception as err:  # noqa: BLE001 - out of memory, usually: the previous size is the answer
+            print(f"{name:>24}: batch {batch}: {str(err)[:120]}")
+            return best
+        if result["peak_memory_mib"] > budget_mib:
+            return best
+        rate = result["real_tokens"] / result["seconds"]
+        best = {"batch_size": batch, "real_tokens_per_s": rate, "mfu": rate * flops / peak,
+                "peak_memory_mib": result["peak_memory_mib"], "dispatches_per_step": result["dispatches_per_step"]}
+        print(f"{name:>24}: batch {batch}: {rate:10.0f} real tokens/s, MFU {100 * rate * flops / peak:5.1f}%, "
+              f"peak memory {result['peak_memory_mib']:.0f} MiB", flush=True)
+        batch *= 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
@@ -221,6 +272,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--fill-memory", type=float, default=None, metavar="FRACTION",
+                        help="also, per variant, double the batch (micro-batch = batch) while its peak memory stays "
+                             "under FRACTION of the GPU's, and report the largest that fits (a GPU only)")
     parser.add_argument("--variants", default=None,
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default: {CPU_DEFAULT} on a CPU, all on a GPU)")
     args = parser.parse_args()
@@ -248,9 +302,17 @@ def main() -> None:
             continue
         rate = result["real_tokens"] / result["seconds"]
         summary["variants"][name] = {"real_tokens_per_s": rate, "mfu": rate * flops / peak,
-                                     "peak_memory_mib": result["peak_memory_mib"]}
+                                     "peak_memory_mib": result["peak_memory_mib"],
+                                     "dispatches_per_step": result["dispatches_per_step"]}
         print(f"{name:>24}: {rate:10.0f} real tokens/s, MFU {100 * rate * flops / peak:5.1f}%, "
-              f"peak memory {result['peak_memory_mib']:.0f} MiB", flush=True)
+              f"peak memory {result['peak_memory_mib']:.0f} MiB, "
+              f"{result['dispatches_per_step']} {'kernel launches' if device.type == 'cuda' else 'operator calls'}"
+              f" per step", flush=True)
+    if args.fill_memory and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**20
+        for name in names:
+            summary["variants"].setdefault(name, {})["filled"] = fill_memory(name, args, args.fill_memory * total,
+                                                                                flops, peak)
     rates = {n: v["real_tokens_per_s"] for n, v in summary["variants"].items() if "error" not in v}
     baselines = {n: r for n, r in rates.items() if n.startswith("hf-")}
     ours = {n: r for n, r in rates.items() if n.startswith("domainlm")}

@@ -197,13 +197,16 @@ def _run_worker(spec: dict, folder: Path, *args: str) -> subprocess.CompletedPro
 
 
 @pytest.mark.slow
-def test_sigkill_at_a_seeded_step_then_resume_is_bit_exact(tokenizer, shards, tmp_path):
+@pytest.mark.parametrize("step", ["eager", "static-compiled"])
+def test_sigkill_at_a_seeded_step_then_resume_is_bit_exact(tokenizer, shards, tmp_path, monkeypatch, step):
     shards_dir = Path(shards.tokens.filename).parent
-    straight = _spec(tokenizer, shards_dir, tmp_path / "straight")
+    settings = {"static_shapes": True, "compile": True} if step == "static-compiled" else {}
+    monkeypatch.setenv("DOMAINLM_COMPILE_BACKEND", "aot_eager")  # the workers compile without C++ code generation
+    straight = _spec(tokenizer, shards_dir, tmp_path / "straight", **settings)
     assert _run_worker(straight, tmp_path / "straight").returncode == 0
     kill_at = random.Random(11).randint(4, 11)  # after at least one checkpoint, between two (seeded: reproducible)
     assert kill_at % 3, kill_at  # not on a checkpoint step: the resume must replay steps
-    killed = _spec(tokenizer, shards_dir, tmp_path / "killed")
+    killed = _spec(tokenizer, shards_dir, tmp_path / "killed", **settings)
     result = _run_worker({**killed, "kill_at": kill_at}, tmp_path / "killed")
     assert result.returncode == -9, f"killed at step {kill_at}: {result.stderr[-2000:]}"
     assert not (tmp_path / "killed" / "out.json").exists()
@@ -295,3 +298,10 @@ def test_flex_block_mask_equals_the_boolean_mask():
         flex = model(ids, positions, document_attention(segments, positions, "flex"))
         sdpa = model(ids, positions, document_attention(segments, positions, "sdpa"))
     torch.testing.assert_close(flex[segments >= 0], sdpa[segments >= 0])
+
+
+def test_every_token_of_a_word_level_vocabulary_starts_a_word():
+    from tokenizers import Tokenizer, models
+
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "kinase": 1, "t12": 2}, unk_token="[UNK]"))
+    assert word_start_table(tokenizer).tolist() == [True, True, True]  # not one word spanning a row

@@ -100,7 +100,8 @@ def test_masked_positions_fill_a_fixed_buffer_and_overflow_is_left_out():
     assert padded.noise.tolist() == [0.125, 0.375, 0.5, 0.75, 0.875, 0, 0, 0] and padded.overflow == 0
     cut = MaskedTargets.of(labels, capacity=3)
     assert cut.index.tolist() == [1, 3, 4] and cut.labels.tolist() == [7, 8, 9] and cut.overflow == 2
-    assert masked_capacity(4 * 128, 0.15) % 64 == 0 and masked_capacity(4 * 128, 0.15) >= 1.3 * 4 * 128 * 0.15
+    assert masked_capacity(32 * 128, 0.15) == 832  # 614 expected + 8 sigma (185), rounded up to 64
+    assert masked_capacity(8, 0.5) == 8  # never more slots than positions
 
     model = Encoder(EncoderConfig(vocab_size=20, **MODEL)).eval()
     ids, positions = torch.randint(5, 20, (1, 8)), torch.arange(8)[None]
@@ -139,3 +140,19 @@ def test_static_shapes_refuse_what_would_change_a_steps_shape(tokenizer, shards,
         PretrainConfig(static_shapes=True, batch_size=6, micro_batch_size=4)
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         trainer(tokenizer, shards, tmp_path, static_shapes=True, attention="varlen")
+
+
+def test_an_automatic_micro_batch_is_the_largest_divisor_that_fits(tokenizer, shards, tmp_path):
+    from domainlm.pretrain.trainer import choose_micro_batch
+
+    tried = []
+
+    def fits(rows):
+        tried.append(rows)
+        return rows <= 5
+
+    assert choose_micro_batch(24, fits) == 4 and tried == [24, 12, 8, 6, 4]  # divisors only: equal shapes
+    assert choose_micro_batch(7, lambda rows: False) == 1
+    run = trainer(tokenizer, shards, tmp_path, micro_batch_size="auto", max_steps=2)
+    run.train()  # on a CPU: the whole batch, no trying
+    assert run._auto_micro == 4

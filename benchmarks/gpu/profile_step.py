@@ -22,6 +22,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--attention", default="varlen")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--static", action="store_true", help="the static-shape step (with --compile: one graph)")
+    parser.add_argument("--compile-mode", default="default", help="e.g. reduce-overhead (CUDA graphs)")
     parser.add_argument("--preset", default="base")
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -31,7 +33,8 @@ def main() -> None:
     device = torch.device("cuda")
     docs = documents(2 * (args.warmup + args.steps) * args.batch_size, args.seq_len)
     with tempfile.TemporaryDirectory() as folder:
-        trainer = domainlm_trainer(args, docs, args.attention, args.compile, Path(folder))
+        trainer = domainlm_trainer(args, docs, args.attention, args.compile, Path(folder), args.static,
+                                   args.compile_mode)
         batches = trainer.batches(0, args.warmup + args.steps)
         for _ in range(args.warmup):
             trainer.train_step(*next(batches))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -14,9 +14,13 @@ class PretrainConfig(Section):
     """Optimizer steps."""
     batch_size: int = Field(default=32, ge=1)
     """Sequences per optimizer step."""
-    micro_batch_size: int | None = Field(default=None, ge=1)
+    micro_batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     """Sequences per forward/backward pass; smaller than batch_size means gradient accumulation
-    (same gradient, less memory)."""
+    (same gradient, less memory). `auto`: on a GPU the largest divisor of each rank's rows whose
+    forward and backward keep peak memory within `memory_fraction` of the card (found by trying
+    once at start), on a CPU the whole batch."""
+    memory_fraction: float = Field(default=0.6, gt=0, le=1)
+    """`micro_batch_size: auto`: the share of the GPU's memory a micro-batch may use at its peak."""
     seq_len: int = Field(default=128, ge=16)
     """Packed sequence length in tokens (documents packed, attention kept within each document)."""
     lr: float = Field(default=5e-4, gt=0)
@@ -107,7 +111,7 @@ class PretrainConfig(Section):
         if self.static_shapes and (self.batch_size_start or self.short_seq_len):
             raise ValueError("static_shapes keeps every step's shape: it cannot be combined with batch_size_start "
                              "(batch-size warmup) or short_seq_len (sequence-length curriculum)")
-        if self.static_shapes and self.micro_batch_size and self.batch_size % self.micro_batch_size:
+        if self.static_shapes and isinstance(self.micro_batch_size, int) and self.batch_size % self.micro_batch_size:
             raise ValueError(f"static_shapes needs micro_batch_size ({self.micro_batch_size}) to divide batch_size "
                              f"({self.batch_size}): every micro-batch has the same shape")
         if self.batch_size_start and self.batch_size_start > self.batch_size:

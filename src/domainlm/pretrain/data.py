@@ -187,10 +187,13 @@ def epoch_order(num_rows: int, seed: int, epoch: int, stream: int = 0) -> np.nda
 # ---------------------------------------------------------------------------------------- masking
 def word_start_table(tokenizer: Tokenizer) -> torch.Tensor:
     """(V,) bool: True for tokens that begin a word. WordPiece continuations start with `##`;
-    byte-level BPE (`Ġ`) and Unigram/Metaspace (`▁`) mark word starts instead."""
+    byte-level BPE (`Ġ`) and Unigram/Metaspace (`▁`) mark word starts instead; in a word-level
+    vocabulary every token is a word."""
     vocab = tokenizer.get_vocab()
     kind = json.loads(tokenizer.to_str())["model"]["type"]
     table = torch.ones(tokenizer.get_vocab_size(), dtype=torch.bool)
+    if kind == "WordLevel":
+        return table
     for token, index in vocab.items():
         if kind == "WordPiece":
             table[index] = not token.startswith("##")

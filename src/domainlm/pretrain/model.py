@@ -261,11 +261,13 @@ def masked_targets(labels: torch.Tensor, real: torch.Tensor | None, noise: torch
 
 def masked_capacity(positions: int, rate: float) -> int:
     """A fixed number of masked positions that a micro-batch of `positions` row positions almost
-    never exceeds at mask rate `rate`: the expected count plus 30% and six standard deviations
-    (binomial), rounded up to a multiple of 64 (and at most `positions`)."""
+    never exceeds at mask rate `rate`: the expected count (as if every position were a real token)
+    plus eight binomial standard deviations (whole words and spans vary more than single tokens),
+    rounded up to a multiple of 64, at most `positions`. Every slot costs a row of the vocabulary
+    projection, so the headroom is kept small; the rare overflow is left out of the loss."""
     expected = positions * rate
-    spread = 6 * math.sqrt(positions * rate * (1 - rate))
-    return min(positions, 64 * math.ceil((1.3 * expected + spread) / 64))
+    spread = 8 * math.sqrt(positions * rate * (1 - rate))
+    return min(positions, 64 * math.ceil((expected + spread) / 64))
 
 
 def segment_attention_mask(segment_ids: torch.Tensor) -> Attention:

@@ -91,6 +91,15 @@ def resolve_attention(kind: str, device: torch.device, dropout: float, static: b
     return kind
 
 
+def choose_micro_batch(rows: int, fits) -> int:
+    """The largest divisor of `rows` for which `fits(divisor)` holds (tried from the largest down;
+    every micro-batch then has the same shape), or 1."""
+    for candidate in (d for d in range(rows, 0, -1) if rows % d == 0):
+        if fits(candidate):
+            return candidate
+    return 1
+
+
 def training_device(tf32: bool) -> torch.device:
     """This rank's GPU (TF32 matmuls allowed if `tf32`), or the CPU."""
     if not torch.cuda.is_available():
@@ -154,6 +163,7 @@ class Trainer:
         self.bad_in_a_row = 0
         self.grad_norm = math.nan  # of the last step
         self.masked_overflow = 0  # masked positions a fixed-capacity buffer could not hold (static shapes)
+        self._auto_micro: int | None = None  # micro_batch_size: auto, once decided
         self._pending: list[tuple[int, torch.Tensor]] = []  # steps whose losses are still on the device
         self._masking_states: dict[int, torch.Tensor] = {}
         self.prefetch = self.device.type == "cuda"  # on a CPU the thread would compete for the same cores
@@ -271,9 +281,48 @@ class Trainer:
         `micro_batch_size` rows)."""
         out = []
         for mine in np.array_split(np.arange(rows), self.world):
-            micro = self.config.micro_batch_size or len(mine)
+            micro = self._micro_batch(len(mine))
             out.append([mine[i : i + micro] for i in range(0, len(mine), micro)])
         return out
+
+    def _micro_batch(self, rows: int) -> int:
+        """Rows per forward/backward for a rank holding `rows` of the batch (`auto` is decided once,
+        on the first step's size, and kept)."""
+        setting = self.config.micro_batch_size
+        if setting != "auto":
+            return setting or rows
+        if self._auto_micro is None:
+            fits = functools.partial(self._fits_in_memory, seq_len=self.config.seq_len)
+            self._auto_micro = choose_micro_batch(rows, fits) if self.device.type == "cuda" else rows
+            log.info("pretrain: micro_batch_size auto -> %d rows", self._auto_micro)
+        return self._auto_micro
+
+    def _fits_in_memory(self, rows: int, seq_len: int) -> bool:
+        """Whether a forward and backward of `rows` full rows stays within `memory_fraction` of the
+        GPU (run once on synthetic tokens; the RNG, gradients and weights are left as they were)."""
+        rng, static = (torch.get_rng_state(), torch.cuda.get_rng_state()), self.static
+        draws = torch.Generator().manual_seed(0)
+        ids = torch.randint(5, self.model.config.vocab_size, (rows, seq_len), generator=draws)
+        labels = torch.where(torch.rand(rows, seq_len, generator=draws) < self.config.mask_rate, ids, -100)
+        part = {"masked_ids": ids, "position_ids": torch.arange(seq_len).expand(rows, seq_len),
+                "segment_ids": torch.zeros(rows, seq_len, dtype=torch.long), "labels": labels,
+                "real": torch.ones(rows, seq_len, dtype=torch.bool), "noise": torch.rand(rows, seq_len, generator=draws)}
+        torch.cuda.reset_peak_memory_stats()
+        self.static = False  # the eager step: trying sizes must not compile a graph for each
+        try:
+            sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+            self._backward(part, self._targets(part).to(self.device), {"mlm": 1, "rtd": 1}, {"mlm": 1.0, "rtd": 1.0},
+                           sums, last=True)
+            peak = torch.cuda.max_memory_allocated()
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            self.static = static
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            torch.set_rng_state(rng[0])
+            torch.cuda.set_rng_state(rng[1])
+        return peak <= self.config.memory_fraction * torch.cuda.get_device_properties(self.device).total_memory
 
     def _targets(self, part: dict[str, torch.Tensor]) -> MaskedTargets:
         """A micro-batch's masked positions, found on the host (a fixed-capacity buffer under static shapes)."""
