@@ -26,7 +26,8 @@ def test_whole_path_then_cache(tiny_recipe, tmp_path):
     html = (report / "report.html").read_text()
     assert "data:image/png;base64," in html and "Verdict" in html
     markdown = (report / "report.md").read_text()
-    assert markdown.count("![") == 4
+    assert markdown.count("![") == 3  # no general vocabulary configured: no distance plot, one line why
+    assert "Not measured: no general tokenizer" in markdown
     assert "| exact_dedup |" in markdown and "What the corpus steps removed" in markdown
     stats = json.loads((config.directory / "corpus" / "stats.json").read_text())
     assert stats["read"] == stats["kept"] + sum(stats["dropped"].values())

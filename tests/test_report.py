@@ -31,20 +31,55 @@ def test_distance_rows_and_rank_correlation():
     assert result["tasks_with_gain"] == 3
 
 
-def test_verdict_states_wins_average_intervals_suite_and_cost():
+def _row(task, model, difference, low, high, reference="general"):
+    return {"task": task, "model": model, "reference": reference, "difference": difference, "low": low, "high": high}
+
+
+def _verdict(intervals, degenerate=None, seeds=None, costs=None, candidates=("domain",), references=("general",)):
     summary = _summary({"domain": [0.8, 0.6, 0.9], "general": [0.7, 0.7, 0.8]})
-    intervals = [{"task": "ner1", "model": "domain", "reference": "general", "difference": 0.1, "low": 0.02, "high": 0.18},
-                 {"task": "ner2", "model": "domain", "reference": "general", "difference": -0.1, "low": -0.2, "high": 0.01},
-                 {"task": "cls", "model": "domain", "reference": "general", "difference": 0.1, "low": -0.01, "high": 0.2}]
-    text = verdict(summary, TASKS, "domain", "general", intervals, suite_scores(summary, TASKS),
-                   {"rank_correlation": {"fertility": 0.5}, "tasks_with_gain": 3},
-                   {"seconds": 7200, "device": "cpu", "tokens": 1000})
-    assert "on **2 of 3** tasks" in text and "**+3.3 points**" in text
-    assert "excludes zero on 1 of 3 tasks (ner1 better)" in text
-    assert "ner2 -10.0 [-20.0, +1.0]" in text
-    assert "Suite score (mean within task type, then across types): 80.0 vs 75.0" in text
-    assert "2.00 CPU-hours" in text and "fertility ρ = +0.50" in text and "too few tasks" in text
-    assert "no comparison" in verdict(summary, TASKS, "domain", "missing", intervals, {}, {}, {})
+    return verdict(list(candidates), list(references), intervals, degenerate or {},
+                   costs if costs is not None else {"domain": {"seconds": 7200, "device": "cpu", "tokens": 1000}},
+                   {"rank_correlation": {"fertility": 0.5}, "tasks_with_gain": 3,
+                    "rows": [{"task": "ner1", "split_share": 0.22}, {"task": "cls", "split_share": 0.05}]},
+                   seeds or {"domain": 3, "general": 3}, suite_scores(summary, TASKS))
+
+
+def test_a_clear_win_is_stated_with_its_intervals_and_cost():
+    text = _verdict([_row("ner1", "domain", 0.1, 0.02, 0.18), _row("ner2", "domain", 0.05, 0.01, 0.09),
+                     _row("cls", "domain", 0.1, 0.04, 0.2)])
+    assert text.startswith("**domain** against **general**: better on 3 of 3 (ner1 +10.0 [+2.0, +18.0]; ")
+    assert "mean +8.3 points" in text and "2.00 CPU-hours (7200 s, 1,000 real tokens)" in text
+    assert "Suite score (mean within task type, then across types) 80.0 vs 75.0" in text
+    assert "Far from general text by the distance score: ner1 (22% of its words split)." in text
+    assert "fertility ρ = +0.50 — too few tasks" in text and "seed variance" not in text
+
+
+def test_a_clear_loss_is_stated_as_worse():
+    text = _verdict([_row("ner1", "domain", -0.1, -0.18, -0.02), _row("cls", "domain", -0.2, -0.3, -0.1)])
+    assert "worse on 2 of 2 (ner1 -10.0 [-18.0, -2.0]; cls -20.0 [-30.0, -10.0])" in text and "better" not in text
+
+
+def test_an_interval_that_includes_zero_is_no_measurable_difference_never_better():
+    text = _verdict([_row("ner1", "domain", 0.03, -0.01, 0.07), _row("cls", "domain", 0.01, -0.02, 0.04)])
+    assert "no measurable difference on 2 of 2 (ner1 +3.0 [-1.0, +7.0]; cls +1.0 [-2.0, +4.0])" in text
+    assert "better" not in text and "worse" not in text
+
+
+def test_models_that_learned_nothing_are_named_not_compared_and_one_seed_is_said():
+    degenerate = {"ner1": {"domain": "predicts no entity at all", "general": "predicts no entity at all"}}
+    text = _verdict([_row("ner1", "domain", 0.0, 0.0, 0.0), _row("cls", "domain", 0.1, 0.05, 0.15)], degenerate,
+                    seeds={"domain": 1, "general": 1})
+    assert "not comparable on 1 of 2 (ner1: domain predicts no entity at all, general predicts no entity" in text
+    assert "+0.0 [+0.0, +0.0]" not in text and "better on 1 of 2 (cls" in text
+    assert "One fine-tuning seed for domain, general: no seed variance was measured" in text
+
+
+def test_every_arms_cost_and_the_total_are_reported():
+    costs = {"a": {"seconds": 60, "device": "cuda", "tokens": 10}, "b": {"seconds": 120, "device": "cuda", "tokens": 20}}
+    text = _verdict([_row("cls", "a", 0.1, 0.05, 0.15), _row("cls", "b", -0.1, -0.15, -0.05)], costs=costs,
+                    candidates=("a", "b"))
+    assert "**a** against **general**: better on 1 of 1" in text and "**b** against **general**: worse on 1 of 1" in text
+    assert "0.02 CUDA-hours (60 s, 10 real tokens)" in text and "All 2 pretraining runs together: 0.05 hours (180 s)" in text
 
 
 def test_tokenizer_casing_mismatches_and_unknown_words_are_shown(tmp_path):
@@ -73,3 +108,40 @@ def test_tokenizer_casing_mismatches_and_unknown_words_are_shown(tmp_path):
     _, _, header, rows = tokenizer_section(fit)
     assert dict(zip(header, rows[0], strict=True))["unknown words"] == "5.0%"
     assert dict(zip(header, rows[0], strict=True))["most often unknown"] == "µg"
+
+
+def test_constant_predictions_and_a_far_gap_to_tfidf_are_named(tmp_path):
+    import json
+
+    from domainlm.layout import RunLayout
+    from domainlm.report.comparison import degenerate_models
+
+    run_dir = RunLayout(tmp_path)
+    runs = {("ner", "domain"): [[["O", "O"], ["O"]]] * 2, ("ner", "tfidf"): [[["B-X", "O"], ["O"]]],
+            ("cls", "domain"): [["pos", "pos", "pos"]], ("cls", "weak"): [["pos", "neg", "neg"]],
+            ("cls", "tfidf"): [["pos", "neg", "pos"]]}
+    selection = {}
+    for (task, model), predictions in runs.items():
+        selection.setdefault(model, {})[task] = {"lr": 0.1, "seeds": list(range(len(predictions)))}
+        for seed, prediction in enumerate(predictions):
+            run_dir.run_file(model, task, 0.1, seed).parent.mkdir(parents=True, exist_ok=True)
+            run_dir.run_file(model, task, 0.1, seed).write_text(json.dumps({"predictions": prediction}))
+    run_dir.selection.write_text(json.dumps(selection))
+    summary = [{"task": t, "model": m, "mean": mean, "n": 1} for (t, m), mean in
+               {("ner", "domain"): 0.0, ("ner", "tfidf"): 0.5, ("cls", "domain"): 0.5, ("cls", "weak"): 0.3,
+                ("cls", "tfidf"): 0.9}.items()]
+    found = degenerate_models(run_dir, [{"name": "ner", "type": "token-classification"},
+                                        {"name": "cls", "type": "classification"}], summary)
+    assert found == {"ner": {"domain": "predicts no entity at all"},
+                     "cls": {"domain": 'predicts only "pos"', "weak": "60 points below TF-IDF"}}
+
+
+def test_arms_of_unequal_size_or_vocabulary_are_said():
+    from domainlm.report.sections import arm_differences
+
+    arms = [{"arm": "a", "status": "done", "non_embedding_parameters": 1000, "vocab_size": 16000},
+            {"arm": "b", "status": "done", "non_embedding_parameters": 1000, "vocab_size": 12304},
+            {"arm": "c", "status": "failed"}]
+    assert arm_differences(arms) == "Vocabulary sizes differ (a 16,000, b 12,304)."
+    arms[1]["non_embedding_parameters"] = 900
+    assert arm_differences(arms).startswith("**Not equal compute**: non-embedding parameters differ (a 1,000, b 900).")

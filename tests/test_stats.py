@@ -48,9 +48,24 @@ def test_bootstrap_separates_a_clear_difference_and_not_a_null_one():
     null = paired_bootstrap("classification", gold, same, other_run, "micro_f1", samples=500)
     assert null["low"] < 0 < null["high"]
     assert null["p_value"] > 0.05
+    # A model against itself: no difference, but its seeds' spread shows (another run could differ) ...
     identical = paired_bootstrap("classification", gold, same, same, "macro_f1", samples=200)
-    assert identical["difference"] == 0.0 and identical["low"] == identical["high"] == 0.0
-    assert identical["p_value"] == 1.0
+    assert identical["difference"] == 0.0 and identical["low"] < 0 < identical["high"]
+    assert identical["p_value"] > 0.5 and identical["seeds"] == [3, 3]
+    # ... and with one seed each, nothing varies: no seed variance was measured.
+    single = paired_bootstrap("classification", gold, same[:1], same[:1], "macro_f1", samples=200)
+    assert single["low"] == single["high"] == 0.0 and single["p_value"] == 1.0
+
+
+def test_the_interval_widens_with_the_seeds_spread():
+    rng = np.random.default_rng(3)
+    gold = list(rng.choice(["yes", "no"], size=400))
+    steady = simulated_predictions(rng, gold, 0.8, 1) * 3  # three seeds that agree
+    shaky = [simulated_predictions(rng, gold, accuracy, 1)[0] for accuracy in (0.65, 0.8, 0.95)]  # seeds that don't
+    reference = simulated_predictions(rng, gold, 0.8, 1)
+    calm = paired_bootstrap("classification", gold, steady, reference, "accuracy", samples=400)
+    wide = paired_bootstrap("classification", gold, shaky, reference, "accuracy", samples=400)
+    assert (wide["high"] - wide["low"]) > 2 * (calm["high"] - calm["low"])
 
 
 def test_bootstrap_is_deterministic_and_handles_entities():

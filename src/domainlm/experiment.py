@@ -68,6 +68,7 @@ def run_arm(config: RunConfig, arm: ArmConfig) -> dict[str, Any]:
             "train_seconds": summary["train_seconds"], "stage_seconds": seconds, "device": summary["device"],
             "parameters": summary["parameters"], "real_tokens_per_s": summary["real_tokens_per_s"],
             "export_max_abs_logit_diff": summary["export_max_abs_logit_diff"], "init": summary.get("init"),
+            "vocab_size": summary.get("vocab_size"), "non_embedding_parameters": summary.get("non_embedding_parameters"),
             "wall_seconds": round(sum(seconds.values()), 2)}
 
 

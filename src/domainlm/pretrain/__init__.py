@@ -159,6 +159,13 @@ def settings(config: RunConfig) -> dict[str, Any]:
             "seed": config.seed}
 
 
+def non_embedding_parameters(model: torch.nn.Module) -> int:
+    """Parameters outside the token, position and type embeddings and the vocabulary bias: what
+    sets a step's compute apart from the vocabulary's size (equal-compute arms must match here)."""
+    return sum(p.numel() for name, p in model.named_parameters()
+               if not any(part in name for part in ("tok_embed", "pos_embed", "type_embed", "head_bias")))
+
+
 def check_positions(checkpoint: EncoderConfig, config: RunConfig) -> None:
     """ConfigError when a packed row is longer than the checkpoint's usable positions (its table
     minus RoBERTa's offset), naming both and the fix, instead of an IndexError at step 0."""
@@ -222,7 +229,8 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         raise RuntimeError(f"exported model disagrees with the training model: max |Δ| = {difference:.2e}")
     summary = trainer.summary()
     summary.update(export_max_abs_logit_diff=difference, train_seconds=round(time.time() - started, 2),
-                   parameters=sum(p.numel() for p in final_model.parameters()), init=init_info)
+                   parameters=sum(p.numel() for p in final_model.parameters()), init=init_info,
+                   vocab_size=model_config.vocab_size, non_embedding_parameters=non_embedding_parameters(final_model))
     atomic_write_json(run_dir.pretrain_summary, summary)
     log.info("pretrain: %d steps, final loss %.3f, %.0f real tokens/s, export max |Δ| %.1e", summary["steps"],
              summary["final_loss"], summary["real_tokens_per_s"], difference)

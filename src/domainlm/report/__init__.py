@@ -18,9 +18,15 @@ from typing import Any
 from domainlm.config import RunConfig
 from domainlm.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from domainlm.layout import RunLayout
-from domainlm.report.comparison import bootstrap_rows, distance_vs_gain, suite_scores, verdict
+from domainlm.report.comparison import (
+    bootstrap_rows,
+    degenerate_models,
+    distance_vs_gain,
+    suite_scores,
+    verdict,
+)
 from domainlm.report.plots import plot_distance, plot_loss, plot_results, plot_tokenizer_fit
-from domainlm.report.sections import build_sections
+from domainlm.report.sections import arm_differences, build_sections
 from domainlm.tasks.metrics import summarize
 
 PLOTS = ("results.png", "distance.png", "loss.png", "tokenizer_fit.png")
@@ -53,7 +59,13 @@ def load_artifacts(config: RunConfig) -> dict[str, Any]:
     if config.experiment:  # the arms' stages, all together
         timings["pretrain"] = sum(arm.get("wall_seconds", 0) for arm in read_json(run_dir.arms))
         timings = {s: timings[s] for s in ("corpus", "tokenizer", "pretrain", "evaluate")}
+    arms = {}
+    for arm in config.experiment.arms if config.experiment else []:
+        place = run_dir.arm(arm.name)
+        if place.corpus_stats.exists() and place.tokenizer_fit.exists():
+            arms[arm.name] = {"corpus": read_json(place.corpus_stats), "tokenizer": read_json(place.tokenizer_fit)}
     return {
+        "arms": arms,
         "rows": run_dir.result_rows(),
         "tasks": read_json(run_dir.task_summaries),
         "failures": read_json(run_dir.failures),
@@ -84,11 +96,12 @@ def render(title: str, verdict_text: str, sections, images: dict[str, Path]) -> 
     md = [f"# {title}", "", "## Verdict", "", verdict_text, ""]
     body = [f"<h1>{html.escape(title)}</h1>", "<h2>Verdict</h2>", f"<p>{_inline_html(verdict_text)}</p>"]
     for heading, text, header, rows in sections:
-        md += [f"## {heading}", ""] + ([text, ""] if text else []) + [markdown_table(header, rows), ""]
+        md += [f"## {heading}", ""] + ([text, ""] if text else []) + ([markdown_table(header, rows), ""] if header else [])
         body += [f"<h2>{html.escape(heading)}</h2>"]
         if text:
             body.append(f"<p>{_inline_html(text, images)}</p>")
-        body.append(html_table(header, rows))
+        if header:
+            body.append(html_table(header, rows))
     style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#1a202c}"
              "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #cbd5e0;padding:.3em .7em;"
              "text-align:left}th{background:#edf2f7}img{max-width:100%;display:block;margin:.5em 0}")
@@ -112,14 +125,30 @@ def _inline_html(text: str, images: dict[str, Path] | None = None) -> str:
     return re.sub(r"!\[(.*?)\]\((.+?)\)", image, out)
 
 
+def candidates_and_references(config: RunConfig, summary: list[dict]) -> tuple[list[str], list[str]]:
+    """(the pretrained models the verdict is about: each experiment arm's, else `domain_model`;
+    what they are measured against: `reference_model`, then every TF-IDF row), among the models with
+    results."""
+    present = {s["model"] for s in summary}
+    arms = [m.name for m in config.evaluate.models if m.kind == "domain" and m.arm]
+    candidates = [m for m in (arms or [config.report.domain_model]) if m in present]
+    tfidf = [m.name for m in config.evaluate.models if m.kind == "tfidf"]
+    references = [m for m in dict.fromkeys([config.report.reference_model, *tfidf]) if m in present]
+    return candidates, references
+
+
 def compare(config: RunConfig, art: dict[str, Any], summary: list[dict]) -> dict[str, Any]:
-    """The numbers behind the verdict: intervals against the reference, suite scores, distance vs
-    gain, and how many test inputs each (model, task) had cut."""
+    """The numbers behind the verdict: intervals against the references, models that did not
+    learn a task, suite scores, distance vs gain, and how many test inputs each (model, task) had cut."""
     run_dir = RunLayout(config.directory)
     model, reference = config.report.domain_model, config.report.reference_model
+    candidates, references = candidates_and_references(config, summary)
     return {
-        "intervals": bootstrap_rows(run_dir, art["tasks"], summary, reference, config.evaluate.bootstrap_samples,
+        "candidates": candidates, "references": references,
+        "intervals": bootstrap_rows(run_dir, art["tasks"], summary, references, config.evaluate.bootstrap_samples,
                                     config.seed),
+        "degenerate": degenerate_models(run_dir, art["tasks"], summary),
+        "seeds": {s["model"]: s["n"] for s in summary},
         "suite": suite_scores(summary, art["tasks"]),
         "distance": distance_vs_gain(art["distance"], summary, art["tasks"], model, reference),
         "truncated": {(m, t): run_dir.selected_runs(m, t)[0].get("truncated", {}).get("test", "")
@@ -140,14 +169,17 @@ def tokenizer_casing_warnings(run_dir: RunLayout, selection: dict) -> dict[str, 
     return found
 
 
-def pretraining_cost(config: RunConfig, pre: dict[str, Any]) -> dict[str, Any]:
-    """Seconds, device and tokens of the compared model's pretraining (in an experiment, its arm's)."""
-    cost = {"seconds": pre["train_seconds"], "device": pre["device"], "tokens": pre["real_tokens_seen"]}
-    entry = next((m for m in config.evaluate.models if m.name == config.report.domain_model), None)
-    arm = next((r for r in pre.get("arms", []) if entry and r["arm"] == entry.arm and r["status"] == "done"), None)
-    if arm:
-        cost = {"seconds": arm["train_seconds"], "device": arm["device"], "tokens": arm["real_tokens"]}
-    return cost
+def pretraining_costs(config: RunConfig, pre: dict[str, Any], candidates: list[str]) -> dict[str, dict]:
+    """Seconds, device and real tokens of each candidate's pretraining: its arm's in an experiment,
+    else this run's."""
+    if "arms" not in pre:
+        return {name: {"seconds": pre["train_seconds"], "device": pre["device"], "tokens": pre["real_tokens_seen"]}
+                for name in candidates[:1]}
+    arms = {r["arm"]: r for r in pre["arms"] if r["status"] == "done"}
+    entries = {m.name: m.arm for m in config.evaluate.models if m.arm}
+    return {name: {"seconds": arms[arm]["train_seconds"], "device": arms[arm]["device"],
+                   "tokens": arms[arm]["real_tokens"]}
+            for name in candidates if (arm := entries.get(name)) in arms}
 
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
@@ -155,14 +187,16 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     summary = summarize(art["rows"], art["tasks"])
     model, reference = config.report.domain_model, config.report.reference_model
     numbers = compare(config, art, summary)
-    cost = pretraining_cost(config, art["pretrain"])
+    costs = pretraining_costs(config, art["pretrain"], numbers["candidates"])
     images = {name: out / name for name in PLOTS}
     plot_results(summary, art["tasks"], images["results.png"], highlight=model)
     plot_distance(numbers["distance"]["rows"], images["distance.png"], model, reference)
     plot_loss(art["history"], images["loss.png"])
     plot_tokenizer_fit(art["tokenizer"], images["tokenizer_fit.png"])
-    text = verdict(summary, art["tasks"], model, reference, numbers["intervals"], numbers["suite"],
-                   numbers["distance"], cost)
+    text = verdict(numbers["candidates"], numbers["references"], numbers["intervals"], numbers["degenerate"],
+                   costs, numbers["distance"], numbers["seeds"], numbers["suite"])
+    if "arms" in art["pretrain"] and (differences := arm_differences(art["pretrain"]["arms"])):
+        text += " " + differences
     title = config.report.title or f"domainlm report: {config.name}"
     markdown, page = render(title, text, build_sections(config, art, summary, numbers), images)
     atomic_write_text(out / "report.md", markdown + "\n")
@@ -170,7 +204,8 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     atomic_write_json(out / "results.json", {
         "rows": art["rows"], "summary": summary, "verdict": text, "config": config.model_dump(mode="json"),
         "selection": art["selection"], "intervals": numbers["intervals"], "suite": numbers["suite"],
-        "distance": art["distance"] | {"versus_gain": numbers["distance"]}, "pretraining_cost": cost,
+        "distance": art["distance"] | {"versus_gain": numbers["distance"]}, "pretraining_cost": costs,
+        "degenerate": numbers["degenerate"],
         "timings": art["timings"], "corpus": art["corpus"], "tokenizer": art["tokenizer"],
         "pretrain": art["pretrain"], "failures": art["failures"],
     })

@@ -4,11 +4,12 @@ domain pretraining lines up with each task's distance from general text."""
 
 from __future__ import annotations
 
-from typing import Any
+import json
 
 from domainlm.io import read_json
 from domainlm.layout import RunLayout
 from domainlm.report.stats import paired_bootstrap, rank_correlation, suite_score
+from domainlm.tasks.types import TASK_TYPES
 
 DISTANCES = ("fertility", "split_share", "unknown_share", "js_divergence")
 
@@ -17,24 +18,26 @@ def _means(summary: list[dict]) -> dict[tuple[str, str], float]:
     return {(s["model"], s["task"]): s["mean"] for s in summary}
 
 
-def bootstrap_rows(run_dir: RunLayout, tasks: list[dict], summary: list[dict], reference: str,
+def bootstrap_rows(run_dir: RunLayout, tasks: list[dict], summary: list[dict], references: list[str],
                    samples: int = 1000, seed: int = 0) -> list[dict]:
-    """Every model against `reference` on every task both have: the difference of the headline
-    metric (mean over seeds) with its paired bootstrap 95% interval and p-value."""
+    """Every model against each of `references` on every task both have: the difference of the
+    headline metric (mean over seeds) with its paired bootstrap 95% interval (test examples and
+    seeds resampled) and p-value."""
     means, rows = _means(summary), []
-    for task in tasks:
-        if (reference, task["name"]) not in means:
-            continue
-        gold = read_json(run_dir.gold(task["name"]))
-        theirs = run_dir.predictions(reference, task["name"])
-        for model in dict.fromkeys(s["model"] for s in summary):
-            if model == reference or (model, task["name"]) not in means:
+    for reference in references:
+        for task in tasks:
+            if (reference, task["name"]) not in means:
                 continue
-            ours = run_dir.predictions(model, task["name"])
-            result = paired_bootstrap(task["type"], gold, ours, theirs, task["metric"], labels=task["labels"] or None,
-                                      samples=samples, seed=seed)
-            rows.append({"task": task["name"], "model": model, "reference": reference, "metric": task["metric"]}
-                        | result)
+            gold = read_json(run_dir.gold(task["name"]))
+            theirs = run_dir.predictions(reference, task["name"])
+            for model in dict.fromkeys(s["model"] for s in summary):
+                if model == reference or (model, task["name"]) not in means:
+                    continue
+                ours = run_dir.predictions(model, task["name"])
+                result = paired_bootstrap(task["type"], gold, ours, theirs, task["metric"],
+                                          labels=task["labels"] or None, samples=samples, seed=seed)
+                rows.append({"task": task["name"], "model": model, "reference": reference,
+                             "metric": task["metric"]} | result)
     return rows
 
 
@@ -63,35 +66,103 @@ def distance_vs_gain(distance: dict, summary: list[dict], tasks: list[dict], mod
     return {"rows": rows, "rank_correlation": correlation, "tasks_with_gain": len(paired)}
 
 
-def verdict(summary: list[dict], tasks: list[dict], model: str, reference: str, intervals: list[dict],
-            suites: dict[str, float], distance: dict, cost: dict[str, Any]) -> str:
-    """One paragraph: is `model` better than `reference`, where, by how much, how sure, at what cost,
-    and what the tasks' distance from general text said."""
-    mine = [r for r in intervals if r["model"] == model and r["reference"] == reference]
-    if not mine:
-        return (f"No task has test predictions for both '{model}' and the reference '{reference}', so there is "
-                f"no comparison to state (see the failures section).")
-    wins = sum(r["difference"] > 0 for r in mine)
-    average = 100 * sum(r["difference"] for r in mine) / len(mine)
-    sure = [r for r in mine if r["low"] > 0 or r["high"] < 0]
-    per_task = "; ".join(f"{r['task']} {100 * r['difference']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
-                         for r in mine)
-    text = (f"**{model}** is better than **{reference}** on **{wins} of {len(mine)}** tasks, by "
-            f"**{average:+.1f} points** on average (per task, headline metric with its paired-bootstrap 95% "
-            f"interval: {per_task}); the interval excludes zero on {len(sure)} of {len(mine)} tasks")
-    if sure:
-        text += f" ({', '.join(r['task'] + (' better' if r['low'] > 0 else ' worse') for r in sure)})"
-    text += "."
-    if model in suites and reference in suites:
-        text += (f" Suite score (mean within task type, then across types): {100 * suites[model]:.1f} vs "
-                 f"{100 * suites[reference]:.1f}.")
-    if cost.get("seconds") is not None:
-        text += (f" Pretraining cost: {cost['seconds'] / 3600:.2f} {cost['device'].upper()}-hours "
-                 f"({cost['seconds']:.0f} s, {cost.get('tokens', 0):,} tokens).")
-    correlation = distance.get("rank_correlation", {})
-    measured = {k: v for k, v in correlation.items() if v is not None}
-    if measured:
-        said = ", ".join(f"{k} ρ = {v:+.2f}" for k, v in measured.items())
-        text += (f" Domain distance vs gain across {distance['tasks_with_gain']} tasks (Spearman): {said}"
-                 + (" — too few tasks for these to be more than a hint." if distance["tasks_with_gain"] < 6 else "."))
-    return text
+# A task is far from general text when the general vocabulary cuts this share of its words or more
+# (general English under BERT's vocabulary: about 10%; PubMed abstracts: 20-25%).
+FAR_SPLIT_SHARE = 0.15
+# A model this many points below TF-IDF on a task is named as failing there, not compared.
+FAR_BELOW_TFIDF = 0.25
+
+
+def outcome(row: dict) -> str:
+    """`better` / `worse` when the 95% interval excludes zero, else `no measurable difference`."""
+    return "better" if row["low"] > 0 else "worse" if row["high"] < 0 else "no measurable difference"
+
+
+def _constant(target: str, runs: list[list]) -> str | None:
+    """What a model predicts when every seed predicts one thing for every example, else None."""
+    if target == "tags":
+        return "no entity at all" if all(t == "O" for run in runs for tags in run for t in tags) else None
+    kinds = [{json.dumps(value, sort_keys=True) for value in run} for run in runs]
+    if all(len(kind) == 1 for kind in kinds):
+        values = sorted({next(iter(kind)) for kind in kinds})
+        return "only " + " / ".join(values)
+    return None
+
+
+def degenerate_models(run_dir: RunLayout, tasks: list[dict], summary: list[dict]) -> dict[str, dict[str, str]]:
+    """Per task, the models that did not learn it, and why: the same prediction for every test
+    example in every seed (a majority class, no entity), or far below TF-IDF (`FAR_BELOW_TFIDF`)."""
+    means = _means(summary)
+    tfidf = {s["task"]: s["mean"] for s in summary if s["model"] == "tfidf"}
+    found: dict[str, dict[str, str]] = {}
+    for task in tasks:
+        for model in dict.fromkeys(s["model"] for s in summary if s["task"] == task["name"]):
+            constant = _constant(TASK_TYPES[task["type"]].target, run_dir.predictions(model, task["name"]))
+            gap = tfidf.get(task["name"], -1.0) - means[(model, task["name"])]
+            if constant:
+                found.setdefault(task["name"], {})[model] = f"predicts {constant}"
+            elif model != "tfidf" and gap >= FAR_BELOW_TFIDF:
+                found.setdefault(task["name"], {})[model] = f"{100 * gap:.0f} points below TF-IDF"
+    return found
+
+
+def _against(model: str, reference: str, intervals: list[dict], degenerate: dict[str, dict[str, str]]) -> str:
+    """One sentence: `model` against `reference`, task by task, sorted into better / worse / no
+    measurable difference / not comparable (either side did not learn the task)."""
+    rows = [r for r in intervals if r["model"] == model and r["reference"] == reference]
+    if not rows:
+        return f"no task has test predictions for both {model} and {reference}"
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        failed = {m: why for m, why in degenerate.get(r["task"], {}).items() if m in (model, reference)}
+        if failed:
+            groups.setdefault("not comparable", []).append(
+                f"{r['task']}: " + ", ".join(f"{m} {why}" for m, why in failed.items()))
+            continue
+        groups.setdefault(outcome(r), []).append(
+            f"{r['task']} {100 * r['difference']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]")
+    counted = [r for r in rows if not degenerate.get(r["task"], {}).keys() & {model, reference}]
+    parts = [f"{key} on {len(items)} of {len(rows)} ({'; '.join(items)})"
+             for key in ("better", "worse", "no measurable difference", "not comparable")
+             if (items := groups.get(key))]
+    mean = f"; mean {100 * sum(r['difference'] for r in counted) / len(counted):+.1f} points" if counted else ""
+    return f"against **{reference}**: " + ", ".join(parts) + mean
+
+
+def verdict(candidates: list[str], references: list[str], intervals: list[dict], degenerate: dict,
+            costs: dict[str, dict], distance: dict, seeds: dict[str, int], suites: dict[str, float]) -> str:
+    """The report's first paragraph: per candidate (this run's domain model, or each experiment
+    arm), against each reference (the general model, TF-IDF), how many tasks it won, lost or left
+    undecided (an interval that includes zero is "no measurable difference", never "better"), the
+    mean gain, what its pretraining cost; then which tasks sit far from general text, and whether
+    the seeds' variance was measured."""
+    sentences = []
+    for model in candidates:
+        said = "; ".join(_against(model, reference, intervals, degenerate) for reference in references
+                         if reference != model)
+        cost = costs.get(model)
+        if cost and cost.get("seconds") is not None:
+            said += (f". Pretraining: {cost['seconds'] / 3600:.2f} {cost['device'].upper()}-hours "
+                     f"({cost['seconds']:.0f} s, {cost.get('tokens', 0):,} real tokens)")
+        if references and model in suites and references[0] in suites:
+            said += (f". Suite score (mean within task type, then across types) {100 * suites[model]:.1f} vs "
+                     f"{100 * suites[references[0]]:.1f}")
+        sentences.append(f"**{model}** {said}.")
+    if len(costs) > 1:
+        total = sum(c["seconds"] for c in costs.values() if c.get("seconds") is not None)
+        sentences.append(f"All {len(costs)} pretraining runs together: {total / 3600:.2f} hours ({total:.0f} s).")
+    far = [f"{r['task']} ({100 * r['split_share']:.0f}% of its words split)" for r in distance.get("rows", [])
+           if r.get("split_share") is not None and r["split_share"] >= FAR_SPLIT_SHARE]
+    if distance.get("rows") and any(r.get("split_share") is not None for r in distance["rows"]):
+        sentences.append("Far from general text by the distance score: " + (", ".join(far) if far else
+                         f"no task (none has {100 * FAR_SPLIT_SHARE:.0f}% of its words split)") + ".")
+    correlation = {k: v for k, v in distance.get("rank_correlation", {}).items() if v is not None}
+    if correlation and distance.get("tasks_with_gain", 0) >= 3:
+        sentences.append(f"Distance vs gain across {distance['tasks_with_gain']} tasks (Spearman): "
+                         + ", ".join(f"{k} ρ = {v:+.2f}" for k, v in correlation.items())
+                         + (" — too few tasks to be more than a hint." if distance["tasks_with_gain"] < 6 else "."))
+    single = sorted(m for m, n in seeds.items() if n == 1)
+    if single:
+        sentences.append(f"One fine-tuning seed for {', '.join(single)}: no seed variance was measured, so "
+                         "those intervals reflect only which test examples were drawn.")
+    return " ".join(sentences)

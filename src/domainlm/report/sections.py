@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from domainlm.config import RunConfig
+from domainlm.report.comparison import outcome
 
 Section = tuple[str, str, list[str], list[list[Any]]]
 
@@ -21,8 +22,12 @@ def results_section(config: RunConfig, art: dict, summary: list[dict], numbers: 
         chosen = selection.get(s["model"], {}).get(s["task"], {}).get("lr")
         return f"{chosen:g}" if chosen else "-"
 
-    rows = [[s["task"], s["model"], s["metric"], f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}", s["n"], lr(s),
-             numbers["truncated"].get((s["model"], s["task"]), "")] for s in summary]
+    def score(s: dict) -> str:  # one seed has no spread to show: say so rather than "± 0.00"
+        return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" if s["n"] > 1 else f"{100 * s['mean']:.2f} (1 seed)"
+
+    degenerate = numbers.get("degenerate", {})
+    rows = [[s["task"], s["model"], s["metric"], score(s), s["n"], lr(s), numbers["truncated"].get((s["model"], s["task"]), ""),
+             degenerate.get(s["task"], {}).get(s["model"], "")] for s in summary]
     e = config.evaluate
     text = (f"Test-set headline metric, mean ± std over seeds {e.seeds}. For each model and task the learning rate "
             f"with the best mean dev score among {e.learning_rates} was kept, and each run tested its best dev epoch "
@@ -30,17 +35,24 @@ def results_section(config: RunConfig, art: dict, summary: list[dict], numbers: 
     for model, mismatch in numbers.get("casing", {}).items():
         text += f" **Warning, {model}**: {mismatch}."
     return ("Results", text, ["task", "model", "metric", "test (%)", "seeds", "lr",
-                              "test inputs cut (truncated / windowed)"], rows)
+                              "test inputs cut (truncated / windowed)", "did not learn the task"], rows)
 
 
-def intervals_section(config: RunConfig, numbers: dict) -> Section:
+def intervals_section(config: RunConfig, numbers: dict, reference: str) -> Section:
+    """Every model against `reference`: the difference, its interval, what that interval says."""
+    degenerate = numbers.get("degenerate", {})
+
+    def reading(r: dict) -> str:
+        failed = [f"{m} {why}" for m, why in degenerate.get(r["task"], {}).items() if m in (r["model"], reference)]
+        return "not comparable: " + "; ".join(failed) if failed else outcome(r)
+
     rows = [[r["task"], r["model"], _points(r["difference"], True),
-             f"[{_points(r['low'], True)}, {_points(r['high'], True)}]", f"{r['p_value']:.3f}"]
-            for r in numbers["intervals"]]
+             f"[{_points(r['low'], True)}, {_points(r['high'], True)}]", f"{r['p_value']:.3f}", reading(r)]
+            for r in numbers["intervals"] if r["reference"] == reference]
     text = (f"Difference in points of the headline metric (mean over each model's seeds) and its paired-bootstrap "
-            f"95% interval over test examples ({config.evaluate.bootstrap_samples} resamples); p is two-sided.")
-    return (f"Against {config.report.reference_model}", text, ["task", "model", "difference", "95% interval", "p"],
-            rows)
+            f"95% interval ({config.evaluate.bootstrap_samples} resamples of the test examples and of each "
+            f"model's seeds, so a model's seed-to-seed spread widens it); p is two-sided.")
+    return (f"Against {reference}", text, ["task", "model", "difference", "95% interval", "p", "reading"], rows)
 
 
 def suite_section(numbers: dict) -> Section:
@@ -49,18 +61,28 @@ def suite_section(numbers: dict) -> Section:
 
 
 def distance_section(config: RunConfig, art: dict, numbers: dict) -> Section:
+    """Each task's distance from general text next to the gain; what was not measured is said in
+    one line instead of an empty table, plot or correlation."""
+    if "tasks" not in art["distance"]:
+        return ("Domain distance", f"Not measured: {art['distance'].get('note', 'no general vocabulary')}.", [], [])
     distance = numbers["distance"]
     rows = [[r["task"], "" if r["fertility"] is None else f"{r['fertility']:.3f}", _share(r["split_share"]),
              _share(r["unknown_share"]), "" if r["js_divergence"] is None else f"{r['js_divergence']:.3f}",
              "" if r["gain"] is None else f"{r['gain']:+.1f}"] for r in distance["rows"]]
-    rows.append(["rank correlation with the gain (Spearman)"] + [
-        "" if v is None else f"{v:+.2f}" for v in distance["rank_correlation"].values()] + [""])
     model, reference = config.report.domain_model, config.report.reference_model
     general = art["distance"].get("general_tokenizer", "the general vocabulary")
     text = (f"Measured before any training: how many pieces {general} cuts each word of the task text into "
             f"(fertility), the share of words it splits or cannot spell at all (unknown), and the Jensen-Shannon "
             f"divergence of the task's word distribution from general text; next to the measured gain of {model} "
             f"over {reference}. ![distance](distance.png)")
+    if not art["distance"].get("general_corpus"):
+        text += " JS divergence not measured: no `evaluate.general_corpus`."
+    if distance["tasks_with_gain"] >= 3:
+        rows.append(["rank correlation with the gain (Spearman)"] + [
+            "" if v is None else f"{v:+.2f}" for v in distance["rank_correlation"].values()] + [""])
+    else:
+        text += (f" No rank correlation with the gain: it needs 3 tasks with a gain, this run has "
+                 f"{distance['tasks_with_gain']}.")
     return ("Domain distance", text, ["task", "fertility", "words split", "unknown words", "JS divergence",
                                       f"gain of {model} (points)"], rows)
 
@@ -120,16 +142,42 @@ def pretraining_section(pre: dict) -> Section:
                 ["real tokens / s", f"{pre['real_tokens_per_s']:.0f}"], ["device", pre["device"]],
                 ["export max abs logit diff vs transformers", f"{pre['export_max_abs_logit_diff']:.1e}"]]
         return ("Pretraining", "![loss](loss.png)", ["", ""], rows)
-    header = ["arm", "status", "steps", "row positions", "real tokens", "parameters", "final loss", "train s",
-              "wall s (all its stages)", "tokens / s"]
+    header = ["arm", "status", "steps", "row positions", "real tokens", "parameters", "non-embedding", "vocabulary",
+              "final loss", "train s", "wall s (all its stages)", "tokens / s"]
     rows = [[r["arm"], r["status"] if r["status"] == "done" else f"failed: {r['reason'][:200]}"]
             + ([r["steps"], f"{r['positions']:,}", f"{r['real_tokens']:,}", f"{r['parameters']:,}",
-                f"{r['final_loss']:.3f}", f"{r['train_seconds']:.0f}", f"{r['wall_seconds']:.0f}",
-                f"{r['real_tokens_per_s']:.0f}"] if r["status"] == "done" else [""] * 8)
+                f"{r.get('non_embedding_parameters') or 0:,}", f"{r.get('vocab_size') or 0:,}", f"{r['final_loss']:.3f}",
+                f"{r['train_seconds']:.0f}", f"{r['wall_seconds']:.0f}", f"{r['real_tokens_per_s']:.0f}"]
+               if r["status"] == "done" else [""] * 10)
             for r in pre["arms"]]
     text = (f"Every arm pretrained for the same steps of the same shape: {pre['budget_tokens']:,} row "
-            f"positions split equally. ![loss](loss.png)")
+            f"positions split equally. {arm_differences(pre['arms'])} ![loss](loss.png)")
     return ("Pretraining", text, header, rows)
+
+
+def arm_differences(arms: list[dict]) -> str:
+    """What makes the arms other than equal compute: a different non-embedding size (then they are
+    not equal compute), a different vocabulary size (a different embedding table)."""
+    done = [r for r in arms if r["status"] == "done"]
+    said = []
+    for key, what in (("non_embedding_parameters", "**Not equal compute**: non-embedding parameters differ"),
+                      ("vocab_size", "Vocabulary sizes differ")):
+        values = {r["arm"]: r.get(key) for r in done if r.get(key)}
+        if len(set(values.values())) > 1:
+            said.append(f"{what} ({', '.join(f'{arm} {value:,}' for arm, value in values.items())}).")
+    return " ".join(said)
+
+
+def arms_section(arms: dict[str, dict]) -> Section:
+    """Each experiment arm's own corpus and vocabulary (an arm may read another corpus)."""
+    rows = []
+    for arm, found in arms.items():
+        corpus, fit = found["corpus"], found["tokenizer"]["domain"]
+        rows.append([arm, ", ".join(corpus.get("sources", {})), corpus["read"], corpus["kept"], fit["vocab_size"],
+                     f"{fit['fertility']:.3f}", _share(fit["split_share"]), _share(fit.get("unknown_share"))])
+    return ("Arms: corpus and vocabulary", "Each arm's curated corpus and its vocabulary's fit on that corpus's "
+            "held-out documents.", ["arm", "sources", "read", "kept", "vocabulary", "fertility", "words split",
+                                    "unknown words"], rows)
 
 
 def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> list[Section]:
@@ -139,12 +187,13 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
                 for f in art["failures"]["failed"] + art["failures"]["skipped"]]
     sections = [
         results_section(config, art, summary, numbers),
-        intervals_section(config, numbers),
+        *(intervals_section(config, numbers, reference) for reference in numbers["references"]),
         suite_section(numbers),
         distance_section(config, art, numbers),
         tasks_section(art),
         *corpus_sections(art["corpus"]),
         tokenizer_section(art["tokenizer"]),
+        *([arms_section(art["arms"])] if art.get("arms") else []),
         pretraining_section(art["pretrain"]),
         ("Stage timings", "Seconds each stage took when it last ran.", ["stage", "seconds"], timings),
     ]

@@ -34,12 +34,14 @@ def paired_bootstrap(
     `predictions_a` / `predictions_b` hold one prediction list per fine-tuning seed (same examples,
     same order as `gold`); the two models may have different numbers of seeds. A model's statistic
     on a test set is the mean over its seeds of the metric there. Both models are scored on the same
-    `samples` resamples of the test examples, so the spread reflects which examples were drawn.
+    `samples` resamples of the test examples, so the spread reflects which examples were drawn; and
+    each resample also draws each model's seeds with replacement (a model with one seed keeps it),
+    so the spread covers the seeds' variance too: another fine-tuning run could land elsewhere.
 
     Returns {"difference": mean(a) - mean(b) on the full test set, "low" / "high": the 2.5th / 97.5th
     percentiles of the resampled differences, "p_value": two-sided (2 × the smaller share of
-    resampled differences on either side of 0, at most 1), "samples"}, in the metric's own unit
-    (0-1 for F1, not points).
+    resampled differences on either side of 0, at most 1), "samples", "seeds": [seeds of a, of b]},
+    in the metric's own unit (0-1 for F1, not points).
     """
     n = len(gold)
     if n == 0 or not predictions_a or not predictions_b:
@@ -57,17 +59,27 @@ def paired_bootstrap(
     if metric not in known:
         raise ValueError(f"no metric {metric!r} for task type {task_type!r}; expected one of {', '.join(known)}")
 
-    def difference(weights: np.ndarray) -> np.ndarray:
-        """(S, n) example weights -> (S,) seed-mean metric of a minus that of b."""
+    k = len(predictions_a)
+
+    def difference(weights: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """(S, n) example weights -> (S,) seed-mean metric of a minus that of b (over seeds drawn
+        with replacement per resample when `rng` is given, else over every seed)."""
         totals = np.split(weights @ all_stats, ends[:-1], axis=1)  # per seed, (S, k)
-        scores = [metrics_from_stats(task_type, seed_totals)[metric] for seed_totals in totals]
-        return np.mean(scores[:len(predictions_a)], axis=0) - np.mean(scores[len(predictions_a):], axis=0)
+        scores = np.stack([metrics_from_stats(task_type, seed_totals)[metric] for seed_totals in totals])  # (seeds, S)
+        means = []
+        for block in (scores[:k], scores[k:]):
+            if rng is None:
+                means.append(block.mean(axis=0))
+            else:
+                drawn = rng.integers(0, len(block), size=block.shape)  # (seeds, S): a resample of the seeds
+                means.append(np.take_along_axis(block, drawn, axis=0).mean(axis=0))
+        return means[0] - means[1]
 
     observed = float(difference(np.ones((1, n)))[0])
     rng = np.random.default_rng(seed)
     chunk = max(1, _BOOTSTRAP_CELLS // n)
     differences = np.concatenate([
-        difference(_resample_counts(rng, min(chunk, samples - start), n)) for start in range(0, samples, chunk)
+        difference(_resample_counts(rng, min(chunk, samples - start), n), rng) for start in range(0, samples, chunk)
     ])
     p_value = min(1.0, 2 * min(np.mean(differences <= 0), np.mean(differences >= 0)))
     return {
@@ -76,6 +88,7 @@ def paired_bootstrap(
         "high": float(np.percentile(differences, 97.5)),
         "p_value": float(p_value),
         "samples": samples,
+        "seeds": [k, len(predictions_b)],
     }
 
 
