@@ -8,6 +8,7 @@ import yaml
 
 from domainlm.cli import main
 from domainlm.config import config_from_dict
+from domainlm.errors import ConfigError
 from domainlm.pipeline import STAGES, is_fresh, run_all, run_stage
 
 
@@ -182,3 +183,24 @@ def test_pretrain_stage_under_torchrun_with_two_processes(tiny_recipe, tmp_path,
     refused = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "domainlm", "evaluate",
                               str(recipe)], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "only `domainlm pretrain`" in refused.stderr
+
+
+@pytest.mark.slow
+def test_an_evaluation_of_existing_checkpoints_needs_no_corpus_or_pretraining(tiny_recipe, tmp_path, capsys):
+    from domainlm.pipeline import required_stages
+
+    tiny_recipe.pop("corpus")
+    tiny_recipe["evaluate"]["models"] = [{"name": "tfidf", "kind": "tfidf"}]
+    tiny_recipe["report"] = {"reference_model": "tfidf"}
+    config = config_from_dict(tiny_recipe)
+    assert required_stages(config) == ("evaluate", "report")
+    assert run_all(config) == ["evaluate", "report"]
+    markdown = (config.directory / "report" / "report.md").read_text()
+    assert "## Results" in markdown and "## Corpus" not in markdown and "## Pretraining" not in markdown
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["corpus", str(recipe)]) == 2
+    assert "this recipe has no corpus stage: it has evaluate, report" in capsys.readouterr().err
+    tiny_recipe["evaluate"]["models"].append({"name": "domain", "kind": "domain"})
+    with pytest.raises(ConfigError, match="missing key 'corpus': this run pretrains"):
+        config_from_dict(tiny_recipe)

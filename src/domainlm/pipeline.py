@@ -111,6 +111,9 @@ def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
 
 
 def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
+    if stage not in required_stages(config):
+        raise StageError(f"this recipe has no {stage} stage: it has {', '.join(required_stages(config))} (a corpus, "
+                         "and a domain or random-init model of its own, bring the others)")
     run_dir = RunLayout(config.directory)
     out, manifest_path, marker = run_dir.stage(stage), run_dir.manifest(stage), run_dir.in_progress(stage)
     current, record = stage_fingerprint(config, stage)
@@ -153,8 +156,20 @@ def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
     return True
 
 
-def run_all(config: RunConfig, force: bool = False, stages: tuple[str, ...] = STAGES) -> list[str]:
-    """Run `stages` (default: every one) in order; a changed stage makes everything downstream
-    stale. Returns the stages that ran."""
+def required_stages(config: RunConfig) -> tuple[str, ...]:
+    """The stages this run has: the report and, transitively, every stage it needs (an evaluation
+    of existing checkpoints has no corpus, tokenizer or pretrain stage)."""
+    wanted, todo = set(), ["report"]
+    while todo:
+        stage = todo.pop()
+        if stage not in wanted:
+            wanted.add(stage)
+            todo += stage_module(stage).needs(config)
+    return tuple(stage for stage in STAGES if stage in wanted)
+
+
+def run_all(config: RunConfig, force: bool = False, stages: tuple[str, ...] | None = None) -> list[str]:
+    """Run `stages` (default: every stage this run has) in order; a changed stage makes everything
+    downstream stale. Returns the stages that ran."""
     with run_lock(config):
-        return [stage for stage in stages if run_stage(config, stage, force=force)]
+        return [stage for stage in stages or required_stages(config) if run_stage(config, stage, force=force)]

@@ -49,8 +49,10 @@ class RunConfig(Section):
     """Where the run's stage folders live (default `runs/<name>`)."""
     seed: int = 0
     """Seed of pretraining (initialisation, data order, masking) and of task subsampling."""
-    corpus: CorpusConfig
-    """The domain text and how it is curated."""
+    corpus: CorpusConfig | None = None
+    """The domain text and how it is curated; needed only when this run pretrains (a `domain` or
+    `random-init` model of its own, an experiment, self-training on the corpus). Without it the run
+    evaluates existing checkpoints and TF-IDF only: evaluate and report."""
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     """The domain vocabulary."""
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -74,6 +76,18 @@ class RunConfig(Section):
         """The run folder."""
         return Path(self.run_dir) if self.run_dir else Path("runs") / self.name
 
+    @property
+    def pretrains(self) -> bool:
+        """Whether this run pretrains a model of its own (a `domain` or `random-init` model that is
+        not an experiment arm's)."""
+        return any(m.kind in ("domain", "random-init") and not m.arm for m in self.evaluate.models)
+
+    @property
+    def reads_corpus(self) -> bool:
+        """Whether any stage of this run reads a curated corpus of its own."""
+        return self.pretrains or self.experiment is not None or any(
+            m.kind == "self-training" and m.unlabeled == "corpus" for m in self.evaluate.models)
+
     @field_validator("name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
@@ -86,10 +100,12 @@ class RunConfig(Section):
 
     def input_paths(self) -> list[str]:
         """Every file or folder the recipe reads (plain or `pkg://` paths)."""
-        paths = [s.path for s in self.corpus.sources if s.path and s.format != "hf-hub"]
+        corpus = self.corpus
+        paths = [s.path for s in corpus.sources if s.path and s.format != "hf-hub"] if corpus else []
         paths += [p for t in self.tasks for p in t.files()]
-        paths += [self.model.init_from, self.pretrain.lexicon, self.tokenizer.reference, self.corpus.quality.language_model,
-                  self.evaluate.general_corpus, self.evaluate.general_tokenizer]
+        paths += [self.model.init_from, self.pretrain.lexicon, self.tokenizer.reference,
+                  corpus.quality.language_model if corpus else None, self.evaluate.general_corpus,
+                  self.evaluate.general_tokenizer]
         paths += [m.path for m in self.evaluate.models] + [m.unlabeled for m in self.evaluate.models
                                                             if m.kind == "self-training" and m.unlabeled != "corpus"]
         return [p for p in paths if p]
@@ -112,6 +128,14 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _corpus_when_needed(self) -> RunConfig:
+        if self.corpus is None and self.reads_corpus:
+            raise ValueError("missing key 'corpus': this run pretrains (a domain or random-init model of its own, "
+                             "an experiment, or self-training on the corpus); without a corpus it can only "
+                             "evaluate existing checkpoints and TF-IDF")
+        return self
+
+    @model_validator(mode="after")
     def _rows_fit_the_position_table(self) -> RunConfig:
         """A packed row needs a position for each of its tokens (a continued checkpoint's table is
         checked when it is loaded)."""
@@ -121,7 +145,7 @@ class RunConfig(Section):
             raise ValueError(f"pretrain.seq_len {self.pretrain.seq_len} exceeds model.max_position "
                              f"{self.model.max_position} (the rows of the position table): set pretrain.seq_len "
                              f"<= {self.model.max_position} or model.max_position >= {self.pretrain.seq_len}")
-        if any(m.kind in ("domain", "random-init") and not m.arm for m in self.evaluate.models):
+        if self.pretrains:
             lengths = {"evaluate.max_length": self.evaluate.max_length}
             lengths |= {f"tasks.{i}.max_length": t.max_length for i, t in enumerate(self.tasks) if t.max_length}
             for key, length in lengths.items():

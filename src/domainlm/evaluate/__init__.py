@@ -44,7 +44,7 @@ def needs(config: RunConfig) -> tuple[str, ...]:
     corpus, when self-training reads it."""
     stages = ["corpus"] if any(m.kind == "self-training" and m.unlabeled == "corpus"
                                for m in config.evaluate.models) else []
-    if any(m.kind in PRETRAINED_KINDS and not m.arm for m in config.evaluate.models):
+    if config.pretrains:
         stages += ["tokenizer", "pretrain"]
     return tuple(stages)
 

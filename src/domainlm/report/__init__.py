@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 
 def needs(config: RunConfig) -> tuple[str, ...]:
-    """Every stage before it (an experiment's arms stand in for this run's pretraining)."""
-    return ("corpus", "tokenizer", "evaluate") if config.experiment else ("corpus", "tokenizer", "pretrain", "evaluate")
+    """Every stage this run has before it: corpus and tokenizer when it has a corpus, pretrain when
+    it pretrains a model of its own (an experiment's arms stand in for that), evaluate always."""
+    stages = ("corpus", "tokenizer") if config.corpus is not None else ()
+    return stages + (("pretrain",) if config.pretrains and not config.experiment else ()) + ("evaluate",)
 
 
 def inputs(config: RunConfig) -> list[str]:
@@ -54,11 +56,12 @@ def load_artifacts(config: RunConfig) -> dict[str, Any]:
     """Everything the report shows, read from the run folder."""
     run_dir = RunLayout(config.directory)
     pretrain = (run_dir.experiment_summary, run_dir.experiment_history) if config.experiment \
-        else (run_dir.pretrain_summary, run_dir.pretrain_history)
+        else (run_dir.pretrain_summary, run_dir.pretrain_history) if config.pretrains else None
     timings = {stage: run_dir.stage_seconds(stage) for stage in needs(config)}
     if config.experiment:  # the arms' stages, all together
         timings["pretrain"] = sum(arm.get("wall_seconds", 0) for arm in read_json(run_dir.arms))
         timings = {s: timings[s] for s in ("corpus", "tokenizer", "pretrain", "evaluate")}
+    has_corpus = config.corpus is not None
     arms = {}
     for arm in config.experiment.arms if config.experiment else []:
         place = run_dir.arm(arm.name)
@@ -71,10 +74,10 @@ def load_artifacts(config: RunConfig) -> dict[str, Any]:
         "failures": read_json(run_dir.failures),
         "selection": read_json(run_dir.selection),
         "distance": read_json(run_dir.distance),
-        "corpus": read_json(run_dir.corpus_stats),
-        "tokenizer": read_json(run_dir.tokenizer_fit),
-        "pretrain": read_json(pretrain[0]),
-        "history": read_json(pretrain[1]),
+        "corpus": read_json(run_dir.corpus_stats) if has_corpus else None,
+        "tokenizer": read_json(run_dir.tokenizer_fit) if has_corpus else None,
+        "pretrain": read_json(pretrain[0]) if pretrain else None,
+        "history": read_json(pretrain[1]) if pretrain else None,
         "timings": timings,
     }
 
@@ -129,11 +132,13 @@ def candidates_and_references(config: RunConfig, summary: list[dict]) -> tuple[l
     """(the pretrained models the verdict is about: each experiment arm's, else `domain_model`;
     what they are measured against: `reference_model`, then every TF-IDF row), among the models with
     results."""
-    present = {s["model"] for s in summary}
+    present = list(dict.fromkeys(s["model"] for s in summary))
     arms = [m.name for m in config.evaluate.models if m.kind == "domain" and m.arm]
-    candidates = [m for m in (arms or [config.report.domain_model]) if m in present]
     tfidf = [m.name for m in config.evaluate.models if m.kind == "tfidf"]
     references = [m for m in dict.fromkeys([config.report.reference_model, *tfidf]) if m in present]
+    candidates = [m for m in (arms or [config.report.domain_model]) if m in present]
+    if not candidates:  # e.g. an evaluation of existing checkpoints: every model that is not a reference
+        candidates = [m for m in present if m not in references]
     return candidates, references
 
 
@@ -172,9 +177,11 @@ def tokenizer_casing_warnings(run_dir: RunLayout, selection: dict) -> dict[str, 
 def pretraining_costs(config: RunConfig, pre: dict[str, Any], candidates: list[str]) -> dict[str, dict]:
     """Seconds, device and real tokens of each candidate's pretraining: its arm's in an experiment,
     else this run's."""
+    if pre is None:  # nothing pretrained here
+        return {}
     if "arms" not in pre:
         return {name: {"seconds": pre["train_seconds"], "device": pre["device"], "tokens": pre["real_tokens_seen"]}
-                for name in candidates[:1]}
+                for name in candidates if name == config.report.domain_model}
     arms = {r["arm"]: r for r in pre["arms"] if r["status"] == "done"}
     entries = {m.name: m.arm for m in config.evaluate.models if m.arm}
     return {name: {"seconds": arms[arm]["train_seconds"], "device": arms[arm]["device"],
@@ -191,11 +198,13 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     images = {name: out / name for name in PLOTS}
     plot_results(summary, art["tasks"], images["results.png"], highlight=model)
     plot_distance(numbers["distance"]["rows"], images["distance.png"], model, reference)
-    plot_loss(art["history"], images["loss.png"])
-    plot_tokenizer_fit(art["tokenizer"], images["tokenizer_fit.png"])
+    if art["history"]:
+        plot_loss(art["history"], images["loss.png"])
+    if art["tokenizer"]:
+        plot_tokenizer_fit(art["tokenizer"], images["tokenizer_fit.png"])
     text = verdict(numbers["candidates"], numbers["references"], numbers["intervals"], numbers["degenerate"],
                    costs, numbers["distance"], numbers["seeds"], numbers["suite"])
-    if "arms" in art["pretrain"] and (differences := arm_differences(art["pretrain"]["arms"])):
+    if art["pretrain"] and "arms" in art["pretrain"] and (differences := arm_differences(art["pretrain"]["arms"])):
         text += " " + differences
     title = config.report.title or f"domainlm report: {config.name}"
     markdown, page = render(title, text, build_sections(config, art, summary, numbers), images)

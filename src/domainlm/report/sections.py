@@ -191,10 +191,10 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
         suite_section(numbers),
         distance_section(config, art, numbers),
         tasks_section(art),
-        *corpus_sections(art["corpus"]),
-        tokenizer_section(art["tokenizer"]),
+        *(corpus_sections(art["corpus"]) if art["corpus"] else []),
+        *([tokenizer_section(art["tokenizer"])] if art["tokenizer"] else []),
         *([arms_section(art["arms"])] if art.get("arms") else []),
-        pretraining_section(art["pretrain"]),
+        *([pretraining_section(art["pretrain"])] if art["pretrain"] else []),
         ("Stage timings", "Seconds each stage took when it last ran.", ["stage", "seconds"], timings),
     ]
     if failures:
