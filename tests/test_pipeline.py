@@ -204,3 +204,36 @@ def test_an_evaluation_of_existing_checkpoints_needs_no_corpus_or_pretraining(ti
     tiny_recipe["evaluate"]["models"].append({"name": "domain", "kind": "domain"})
     with pytest.raises(ConfigError, match="missing key 'corpus': this run pretrains"):
         config_from_dict(tiny_recipe)
+
+
+@pytest.mark.slow
+def test_a_partial_report_is_built_from_the_runs_that_finished(tiny_recipe, tmp_path, capsys):
+    tiny_recipe.pop("corpus")
+    tiny_recipe["evaluate"]["models"] = [{"name": "tfidf", "kind": "tfidf"}, {"name": "tfidf-b", "kind": "tfidf"}]
+    tiny_recipe["report"] = {"reference_model": "tfidf"}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["report", str(recipe), "--partial"]) == 2
+    assert "no partial report: evaluate has not started" in capsys.readouterr().err
+
+    config = config_from_dict(tiny_recipe)
+    run_all(config)
+    full = json.loads((config.directory / "report" / "results.json").read_text())
+    # As if evaluate had been killed: its aggregates never written, three of its eight runs not done.
+    evaluate = config.directory / "evaluate"
+    for name in ("manifest.json", "results.jsonl", "selection.json", "failures.json"):
+        (evaluate / name).unlink()
+    for run in ("tfidf-b/cls/lr-0/seed-1", "tfidf-b/ner/lr-0/seed-0", "tfidf-b/ner/lr-0/seed-1"):
+        (evaluate / "runs" / f"{run}.json").unlink()
+
+    assert main(["report", str(recipe), "--partial"]) == 0
+    partial = json.loads((config.directory / "partial-report" / "results.json").read_text())
+    assert partial["verdict"].startswith("Partial report: 5 of 8 fine-tuning runs have finished; not yet: "
+                                         "tfidf-b on cls (1 of 2), tfidf-b on ner (0 of 2).")
+    assert partial["missing"] == [{"model": "tfidf-b", "task": "cls", "finished": 1, "expected": 2},
+                                  {"model": "tfidf-b", "task": "ner", "finished": 0, "expected": 2}]
+    kept = [r for r in full["rows"] if r["model"] == "tfidf" or (r["task"], r["seed"]) == ("cls", 0)]
+    assert sorted(partial["rows"], key=json.dumps) == sorted(kept, key=json.dumps)  # the finished runs, unchanged
+    assert "tfidf-b | cls" not in partial["verdict"] and "(1 seed)" in (
+        config.directory / "partial-report" / "report.md").read_text()
+    assert json.loads((config.directory / "report" / "results.json").read_text()) == full  # the stage's report untouched

@@ -19,7 +19,7 @@ import traceback
 from domainlm import distributed, experiment
 from domainlm.config import load_config
 from domainlm.errors import DomainlmError
-from domainlm.pipeline import STAGES, run_all, run_stage
+from domainlm.pipeline import STAGES, partial_report, run_all, run_stage
 
 log = logging.getLogger("domainlm")
 HELP = {
@@ -42,12 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a recipe value, e.g. --set pretrain.max_steps=200 (repeatable)")
         sub.add_argument("--force", action="store_true", help="rerun even if up to date")
         sub.add_argument("--debug", action="store_true", help="debug logging, and tracebacks with errors")
+    verbs.choices["report"].add_argument(
+        "--partial", action="store_true",
+        help="report the fine-tuning runs finished so far (evaluate running or stopped) into partial-report/")
     return parser
 
 
-def execute(verb: str, recipe: str, overrides: list[str], force: bool) -> None:
+def execute(verb: str, recipe: str, overrides: list[str], force: bool, partial: bool = False) -> None:
     """Load the recipe and run what `verb` asks for (raises DomainlmError on anything the user can fix)."""
     config = load_config(recipe, overrides)
+    if partial:
+        log.info("partial report: %s", partial_report(config) / "report.html")
+        return
     if distributed.launched_by_torchrun():
         distributed.init_process_group()
     if config.experiment:
@@ -74,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with logging_redirect_tqdm():
-            execute(args.verb, args.recipe, args.overrides, args.force)
+            execute(args.verb, args.recipe, args.overrides, args.force, getattr(args, "partial", False))
     except (DomainlmError, OSError) as err:  # OSError: a full disk, a folder that is a file, no permission
         if args.debug:
             traceback.print_exc()

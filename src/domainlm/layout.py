@@ -15,6 +15,7 @@ between stages:
                  invalid UTF-8 replaced), gold/<task>.json, distance.json, selection.json, results.jsonl,
                  failures.json, runs/<model>/<task>/lr-<lr>/seed-<n>.json, tensorboard/
     report/      report.md, report.html, results.json, *.png
+    partial-report/  the same, from the fine-tuning runs finished so far (`domainlm report --partial`)
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from domainlm.io import read_json, read_jsonl
 @dataclass(frozen=True)
 class RunLayout:
     root: Path
+    chosen: dict[str, Any] | None = None
+    """A selection (model -> task -> lr, seeds) to read runs by instead of evaluate/selection.json:
+    a partial report's, made from the runs finished so far."""
 
     # ------------------------------------------------------------------------------ any stage
     def stage(self, name: str) -> Path:
@@ -173,9 +177,15 @@ class RunLayout:
         """TensorBoard event files of one fine-tuning run (written when tensorboard is installed)."""
         return self.root / "evaluate" / "tensorboard" / model / task / f"lr-{lr:g}" / f"seed-{seed}"
 
+    def finished_runs(self) -> Iterator[tuple[str, str, float, int, dict[str, Any]]]:
+        """Every fine-tuning run saved so far: (model, task, lr, seed, run), finished or not the stage."""
+        for path in sorted((self.root / "evaluate" / "runs").glob("*/*/lr-*/seed-*.json")):
+            model, task, lr = path.parts[-4], path.parts[-3], float(path.parts[-2].removeprefix("lr-"))
+            yield model, task, lr, int(path.stem.removeprefix("seed-")), read_json(path)
+
     def selected_runs(self, model: str, task: str) -> list[dict[str, Any]]:
         """The saved runs (one per seed) of the learning rate selected for one (model, task)."""
-        chosen = read_json(self.selection)[model][task]
+        chosen = (self.chosen or read_json(self.selection))[model][task]
         return [read_json(self.run_file(model, task, chosen["lr"], seed)) for seed in chosen["seeds"]]
 
     def predictions(self, model: str, task: str) -> list[list]:
@@ -189,3 +199,9 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def partial_report(self) -> Path:
+        """`domainlm report --partial`: a report from the fine-tuning runs finished so far (never
+        a stage's folder, so it can be written while evaluate runs)."""
+        return self.root / "partial-report"

@@ -156,6 +156,15 @@ def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
     return True
 
 
+def partial_report(config: RunConfig) -> Path:
+    """A report from the fine-tuning runs finished so far, into `partial-report/` (not a stage's
+    folder, and without the run lock, so it can be made while evaluate runs or after it was killed)."""
+    out = RunLayout(config.directory).partial_report
+    out.mkdir(parents=True, exist_ok=True)
+    stage_module("report").run(config, out, partial=True)
+    return out
+
+
 def required_stages(config: RunConfig) -> tuple[str, ...]:
     """The stages this run has: the report and, transitively, every stage it needs (an evaluation
     of existing checkpoints has no corpus, tokenizer or pretrain stage)."""

@@ -18,7 +18,6 @@ import logging
 import platform
 import random
 import re
-import statistics
 import traceback
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from domainlm.io import atomic_write_json, atomic_write_jsonl, read_json, read_l
 from domainlm.layout import RunLayout
 from domainlm.progress import progress_bar
 from domainlm.tasks.load import Task, load_task
-from domainlm.tasks.metrics import summarize, task_metrics
+from domainlm.tasks.metrics import select_runs, summarize, task_metrics
 from domainlm.tasks.types import TASK_TYPES
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -256,23 +255,6 @@ def collect(jobs: list[tuple], outcomes: dict[tuple, tuple], run_dir: RunLayout,
     return done, broken
 
 
-def select(done: dict[tuple[str, str], dict[float, list[dict]]], broken: dict) -> tuple[list[dict], dict]:
-    """Per (model, task): the learning rate with the best mean dev score (ties: the smaller rate),
-    and its runs as result rows (model, task, seed, metric, value)."""
-    rows, selection = [], {}
-    for (model, task_name), runs in done.items():
-        if model in broken:
-            continue
-        means = {lr: statistics.mean(r["dev_score"] for r in results) for lr, results in runs.items() if results}
-        lr = max(means, key=lambda rate: (means[rate], -rate))
-        selection.setdefault(model, {})[task_name] = {"lr": lr, "dev": means[lr], "grid": {f"{k:g}": v for k, v in means.items()},
-                                                      "seeds": [r["seed"] for r in runs[lr]]}
-        for r in runs[lr]:
-            rows += [{"model": model, "task": task_name, "seed": r["seed"], "metric": metric, "value": value}
-                     for metric, value in r["metrics"].items()]
-    return rows, selection
-
-
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     run_dir = RunLayout(config.directory)
     tasks = [load_task(t, seed=config.seed) for t in config.tasks]
@@ -290,7 +272,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
             for s in config.evaluate.seeds]
     outcomes = compute(jobs, config, run_dir)
     done, broken = collect(jobs, outcomes, run_dir, failures, skipped)
-    rows, selection = select(done, broken)
+    rows, selection = select_runs({key: runs for key, runs in done.items() if key[0] not in broken})
     atomic_write_json(run_dir.selection, selection)
     atomic_write_jsonl(run_dir.results, rows)
     atomic_write_json(run_dir.failures, {"failed": failures, "skipped": skipped})

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from domainlm.config import RunConfig
+from domainlm.errors import StageError
 from domainlm.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from domainlm.layout import RunLayout
 from domainlm.report.comparison import (
@@ -27,7 +28,7 @@ from domainlm.report.comparison import (
 )
 from domainlm.report.plots import plot_distance, plot_loss, plot_results, plot_tokenizer_fit
 from domainlm.report.sections import arm_differences, build_sections
-from domainlm.tasks.metrics import summarize
+from domainlm.tasks.metrics import select_runs, summarize
 
 PLOTS = ("results.png", "distance.png", "loss.png", "tokenizer_fit.png")
 log = logging.getLogger(__name__)
@@ -52,34 +53,78 @@ def settings(config: RunConfig) -> dict[str, Any]:
     return {"report": config.report.model_dump(mode="json")}
 
 
-def load_artifacts(config: RunConfig) -> dict[str, Any]:
-    """Everything the report shows, read from the run folder."""
+def load_artifacts(config: RunConfig, partial: bool = False) -> dict[str, Any]:
+    """Everything the report shows, read from the run folder. `partial`: from the fine-tuning runs
+    finished so far (evaluate need not have finished), with the runs still missing."""
     run_dir = RunLayout(config.directory)
     pretrain = (run_dir.experiment_summary, run_dir.experiment_history) if config.experiment \
         else (run_dir.pretrain_summary, run_dir.pretrain_history) if config.pretrains else None
-    timings = {stage: run_dir.stage_seconds(stage) for stage in needs(config)}
+    timings = {stage: run_dir.stage_seconds(stage) for stage in needs(config) if run_dir.manifest(stage).exists()}
     if config.experiment:  # the arms' stages, all together
         timings["pretrain"] = sum(arm.get("wall_seconds", 0) for arm in read_json(run_dir.arms))
-        timings = {s: timings[s] for s in ("corpus", "tokenizer", "pretrain", "evaluate")}
+        timings = {s: timings[s] for s in ("corpus", "tokenizer", "pretrain", "evaluate") if s in timings}
     has_corpus = config.corpus is not None
     arms = {}
     for arm in config.experiment.arms if config.experiment else []:
         place = run_dir.arm(arm.name)
         if place.corpus_stats.exists() and place.tokenizer_fit.exists():
             arms[arm.name] = {"corpus": read_json(place.corpus_stats), "tokenizer": read_json(place.tokenizer_fit)}
+    if partial and not run_dir.task_summaries.exists():
+        raise StageError(f"no partial report: evaluate has not started in {run_dir.root} (no {run_dir.task_summaries.name})")
+    tasks = read_json(run_dir.task_summaries)
+    finished = finished_runs(config, run_dir, tasks) if partial else None
     return {
         "arms": arms,
-        "rows": run_dir.result_rows(),
-        "tasks": read_json(run_dir.task_summaries),
-        "failures": read_json(run_dir.failures),
-        "selection": read_json(run_dir.selection),
-        "distance": read_json(run_dir.distance),
+        "rows": finished["rows"] if partial else run_dir.result_rows(),
+        "tasks": tasks,
+        "failures": finished["failures"] if partial else read_json(run_dir.failures),
+        "selection": finished["selection"] if partial else read_json(run_dir.selection),
+        "missing": finished["missing"] if partial else [],
+        "expected_runs": finished["expected"] if partial else None,
+        "distance": read_json(run_dir.distance) if run_dir.distance.exists()
+        else {"note": "evaluate has not measured it yet"},
         "corpus": read_json(run_dir.corpus_stats) if has_corpus else None,
         "tokenizer": read_json(run_dir.tokenizer_fit) if has_corpus else None,
         "pretrain": read_json(pretrain[0]) if pretrain else None,
         "history": read_json(pretrain[1]) if pretrain else None,
         "timings": timings,
     }
+
+
+def finished_runs(config: RunConfig, run_dir: RunLayout, tasks: list[dict]) -> dict[str, Any]:
+    """From the fine-tuning runs saved so far: result rows and the learning rate chosen among them,
+    models whose arm failed, and per (model, task) how many of its runs are still missing."""
+    models = {m.name: m for m in config.evaluate.models}
+    grid, seeds = config.evaluate.learning_rates, config.evaluate.seeds
+    done: dict[tuple[str, str], dict[float, list[dict]]] = {}
+    for model, task, lr, seed, result in run_dir.finished_runs():
+        entry = models.get(model)
+        if entry and lr in ([0.0] if entry.kind == "tfidf" else grid) and seed in seeds:
+            done.setdefault((model, task), {}).setdefault(lr, []).append(result)
+    failed, missing, total = [], [], 0
+    for entry in models.values():
+        if entry.arm and not run_dir.arm(entry.arm).export.exists():
+            failed.append({"model": entry.name, "task": "", "error": run_dir.arm_failure(entry.arm)})
+            continue
+        expected = len(seeds) * (1 if entry.kind == "tfidf" else len(grid))
+        total += expected * len(tasks)
+        for task in tasks:
+            have = sum(map(len, done.get((entry.name, task["name"]), {}).values()))
+            if have < expected:
+                missing.append({"model": entry.name, "task": task["name"], "finished": have, "expected": expected})
+    rows, selection = select_runs(done)
+    return {"rows": rows, "selection": selection, "failures": {"failed": failed, "skipped": []}, "missing": missing,
+            "expected": total}
+
+
+def partial_note(missing: list[dict], expected: int) -> str:
+    """The sentence that opens a partial report: how many runs are missing, and where."""
+    left = sum(m["expected"] - m["finished"] for m in missing)
+    where = ", ".join(f"{m['model']} on {m['task']} ({m['finished']} of {m['expected']})" for m in missing[:6])
+    more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+    return (f"Partial report: {expected - left} of {expected} fine-tuning runs have finished; not yet: {where}{more}. "
+            f"Every number below is "
+            f"from the runs that have, and will change when the rest finish (`domainlm run` resumes them).")
 
 
 # ------------------------------------------------------------------------------------------ write
@@ -145,7 +190,7 @@ def candidates_and_references(config: RunConfig, summary: list[dict]) -> tuple[l
 def compare(config: RunConfig, art: dict[str, Any], summary: list[dict]) -> dict[str, Any]:
     """The numbers behind the verdict: intervals against the references, models that did not
     learn a task, suite scores, distance vs gain, and how many test inputs each (model, task) had cut."""
-    run_dir = RunLayout(config.directory)
+    run_dir = RunLayout(config.directory, chosen=art["selection"])
     model, reference = config.report.domain_model, config.report.reference_model
     candidates, references = candidates_and_references(config, summary)
     return {
@@ -189,8 +234,10 @@ def pretraining_costs(config: RunConfig, pre: dict[str, Any], candidates: list[s
             for name in candidates if (arm := entries.get(name)) in arms}
 
 
-def run(config: RunConfig, out: Path) -> dict[str, Any]:
-    art = load_artifacts(config)
+def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
+    """Write report.md, report.html, results.json and the plots into `out`. `partial`: from the
+    fine-tuning runs finished so far, saying which are missing (`domainlm report --partial`)."""
+    art = load_artifacts(config, partial)
     summary = summarize(art["rows"], art["tasks"])
     model, reference = config.report.domain_model, config.report.reference_model
     numbers = compare(config, art, summary)
@@ -206,6 +253,8 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
                    costs, numbers["distance"], numbers["seeds"], numbers["suite"])
     if art["pretrain"] and "arms" in art["pretrain"] and (differences := arm_differences(art["pretrain"]["arms"])):
         text += " " + differences
+    if art["missing"]:
+        text = partial_note(art["missing"], art["expected_runs"]) + " " + text
     title = config.report.title or f"domainlm report: {config.name}"
     markdown, page = render(title, text, build_sections(config, art, summary, numbers), images)
     atomic_write_text(out / "report.md", markdown + "\n")
@@ -216,7 +265,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         "distance": art["distance"] | {"versus_gain": numbers["distance"]}, "pretraining_cost": costs,
         "degenerate": numbers["degenerate"],
         "timings": art["timings"], "corpus": art["corpus"], "tokenizer": art["tokenizer"],
-        "pretrain": art["pretrain"], "failures": art["failures"],
+        "pretrain": art["pretrain"], "failures": art["failures"], "missing": art["missing"],
     })
     log.info("report: %s", out / "report.html")
     return {"models": len({s['model'] for s in summary}), "tasks": len(art["tasks"])}

@@ -192,6 +192,22 @@ def task_metrics(task_type: str, gold: list, predicted: list, labels: list | Non
     return metrics_from_stats(task_type, example_stats(task_type, gold, predicted, labels).sum(axis=0))
 
 
+def select_runs(done: dict[tuple[str, str], dict[float, list[dict]]]) -> tuple[list[dict], dict]:
+    """Per (model, task): of its saved fine-tuning runs (learning rate -> one run per seed), the
+    learning rate with the best mean dev score (ties: the smaller rate). Returns (result rows
+    `{"model", "task", "seed", "metric", "value"}` of that rate's runs, the selection per model and
+    task: `{"lr", "dev", "grid", "seeds"}`)."""
+    rows, selection = [], {}
+    for (model, task_name), runs in done.items():
+        means = {lr: statistics.mean(r["dev_score"] for r in results) for lr, results in runs.items() if results}
+        lr = max(means, key=lambda rate: (means[rate], -rate))
+        selection.setdefault(model, {})[task_name] = {"lr": lr, "dev": means[lr], "grid": {f"{k:g}": v for k, v in means.items()},
+                                                      "seeds": [r["seed"] for r in runs[lr]]}
+        rows += [{"model": model, "task": task_name, "seed": r["seed"], "metric": metric, "value": value}
+                 for r in runs[lr] for metric, value in r["metrics"].items()]
+    return rows, selection
+
+
 def summarize(rows: list[dict], tasks: list[dict]) -> list[dict]:
     """Mean ± std over seeds of each task's headline metric, per model (models in row order).
     `rows` are `{"model", "task", "seed", "metric", "value"}`; `tasks` are `{"name", "metric"}`."""
