@@ -123,6 +123,12 @@ def test_biomed_question_recipe_runs_every_arm_at_cpu_size(standins, name):
     assert len({r["steps"] for r in arms.values() if r["status"] == "done"}) == 1
     assert arms["broken"]["status"] == "failed" and "broken-checkpoint" in arms["broken"]["reason"]
     assert arms["continued-extended"]["parameters"] > arms["continued"]["parameters"]  # new tokens added
+    # Arms whose corpus and vocabulary settings equal the run's copy them instead of computing them again.
+    reused = {arm: ["reused_from" in read_json(config.directory / "arms" / arm / stage / "manifest.json")
+                    for stage in ("corpus", "tokenizer")] for arm in arms}
+    assert reused == {"scratch-biomed": [True, True], "scratch-general": [False, False], "continued": [True, True],
+                      "continued-extended": [True, True], "broken": [True, True]}
+    assert arms["continued"]["stage_seconds"]["corpus"] == 0.0
 
     report = config.directory / "report"
     results = read_json(report / "results.json")

@@ -145,3 +145,8 @@ def test_arms_of_unequal_size_or_vocabulary_are_said():
     assert arm_differences(arms) == "Vocabulary sizes differ (a 16,000, b 12,304)."
     arms[1]["non_embedding_parameters"] = 900
     assert arm_differences(arms).startswith("**Not equal compute**: non-embedding parameters differ (a 1,000, b 900).")
+
+
+def test_a_model_with_no_reference_results_yet_is_compared_with_nothing():
+    text = _verdict([], references=())  # a partial report: the references have not finished any run
+    assert text.startswith("**domain** is compared with nothing: no reference model has test results. Pretraining:")

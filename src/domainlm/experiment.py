@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import traceback
 from typing import Any
 
 from domainlm.config import ArmConfig, RunConfig, config_from_dict
 from domainlm.io import atomic_write_json, read_json
 from domainlm.layout import RunLayout
-from domainlm.pipeline import run_all, run_lock, run_stage
+from domainlm.pipeline import run_all, run_lock, run_stage, stage_fingerprint
 
 ARM_STAGES = ("corpus", "tokenizer", "pretrain")
 log = logging.getLogger(__name__)
@@ -55,9 +56,35 @@ def arm_config(config: RunConfig, arm: ArmConfig) -> RunConfig:
     return config_from_dict(data, origin=f"experiment arm '{arm.name}'")
 
 
+def reuse_stages(config: RunConfig, settings: RunConfig) -> list[str]:
+    """Copy this run's finished corpus and tokenizer into an arm that has not run them and whose
+    same stages would compute the same thing (equal fingerprints: the same corpus section, tasks
+    and vocabulary settings), instead of computing them again. The copy's manifest says where it
+    came from and counts no seconds, so the arm's cost is not counted twice. Returns the stages copied."""
+    ours, theirs = RunLayout(config.directory), RunLayout(settings.directory)
+    copied = []
+    for stage in ("corpus", "tokenizer") if config.corpus is not None else ():
+        if not ours.manifest(stage).exists() or theirs.stage(stage).exists():
+            break
+        manifest = read_json(ours.manifest(stage))
+        if stage_fingerprint(settings, stage)[0] != manifest["fingerprint"]:
+            break
+        staging = theirs.stage(stage).with_name(f".{stage}.copying")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(ours.stage(stage), staging)
+        manifest["timings"] |= {"seconds": 0.0}
+        atomic_write_json(staging / "manifest.json", manifest | {"reused_from": str(ours.stage(stage))})
+        staging.rename(theirs.stage(stage))  # whole, or not at all
+        copied.append(stage)
+    if copied:
+        log.info("experiment: %s: %s copied from this run (the same settings)", settings.name, " and ".join(copied))
+    return copied
+
+
 def run_arm(config: RunConfig, arm: ArmConfig) -> dict[str, Any]:
     """Pretrain one arm (its corpus, tokenizer and pretrain stages); its budget and cost."""
     settings = arm_config(config, arm)
+    reuse_stages(config, settings)
     run_all(settings, stages=ARM_STAGES)
     run_dir = RunLayout(settings.directory)
     summary = read_json(run_dir.pretrain_summary)

@@ -139,7 +139,7 @@ def verdict(candidates: list[str], references: list[str], intervals: list[dict],
     sentences = []
     for model in candidates:
         said = "; ".join(_against(model, reference, intervals, degenerate) for reference in references
-                         if reference != model)
+                         if reference != model) or "is compared with nothing: no reference model has test results"
         cost = costs.get(model)
         if cost and cost.get("seconds") is not None:
             said += (f". Pretraining: {cost['seconds'] / 3600:.2f} {cost['device'].upper()}-hours "
