@@ -22,11 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pretrain_throughput import model_flops_per_token  # noqa: E402
-
 from domainlm.config import load_config  # noqa: E402
 from domainlm.experiment import arm_config  # noqa: E402
 from domainlm.tasks.load import load_task  # noqa: E402
+from pretrain_throughput import model_flops_per_token  # noqa: E402
 
 MINILM = dict(num_layers=6, hidden_size=384, intermediate_size=1536)  # the continued arms' shape
 
