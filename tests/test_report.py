@@ -150,3 +150,37 @@ def test_arms_of_unequal_size_or_vocabulary_are_said():
 def test_a_model_with_no_reference_results_yet_is_compared_with_nothing():
     text = _verdict([], references=())  # a partial report: the references have not finished any run
     assert text.startswith("**domain** is compared with nothing: no reference model has test results. Pretraining:")
+
+
+def test_a_continued_arm_is_shown_with_the_vocabulary_its_model_uses(tmp_path):
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from domainlm.layout import RunLayout
+    from domainlm.report import arm_vocabulary_fit
+    from domainlm.report.sections import arms_section
+
+    def word_level(words, folder):  # a vocabulary that knows `words` whole and nothing else
+        tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}, "[UNK]"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        folder.mkdir(parents=True)
+        tokenizer.save(str(folder / "tokenizer.json"))
+
+    arms = {}
+    for arm, continued in (("scratch", False), ("continued", True)):
+        place = RunLayout(tmp_path / arm)
+        (place.root / "corpus").mkdir(parents=True)
+        (place.root / "corpus" / "heldout.jsonl").write_text(json.dumps({"id": "1", "text": "kinase binds", "source": "s"}))
+        (place.root / "corpus" / "stats.json").write_text(json.dumps({"read": 1, "kept": 1, "sources": {"s": {}}}))
+        word_level(["kinase", "binds"], place.tokenizer)  # the domain vocabulary: both words whole
+        domain_fit = {"vocab_size": 3, "fertility": 1.0, "split_share": 0.0, "unknown_share": 0.0}
+        (place.tokenizer_fit).write_text(json.dumps({"domain": domain_fit}))
+        if continued:  # pretrained with the checkpoint's vocabulary, which cannot spell "kinase"
+            word_level(["binds"], place.pretrain_tokenizer)
+        arms[arm] = {"corpus": json.loads((place.root / "corpus" / "stats.json").read_text()),
+                     "vocabulary": arm_vocabulary_fit(place)}
+    _, _, header, rows = arms_section(arms)
+    shown = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert (shown["scratch"]["vocabulary"], shown["scratch"]["unknown words"]) == (3, "0.0%")
+    assert (shown["continued"]["vocabulary"], shown["continued"]["unknown words"]) == ("2 (checkpoint's)", "50.0%")

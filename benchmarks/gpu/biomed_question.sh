@@ -6,7 +6,7 @@
 # disk only for as long as the machine stays warm: a second call right after resumes from them.
 #
 # DRY_RUN=1 runs the same script on a CPU at tiny size (every arm, every task, 3 seeds, a 1-layer
-# model, a few steps): it checks the staging, the package, the data link and the recipe, not speed.
+# model, a few steps, 3,000 documents per corpus): it checks the staging, the package, the data link and the recipe, not speed.
 #   bash benchmarks/gpu/stage_biomed_question.sh && mkdir -p /tmp/gq && cp -r .gpu1/. /tmp/gq/ \
 #     && DRY_RUN=1 PYTHON=.venv/bin/python bash benchmarks/gpu/biomed_question.sh
 set -uo pipefail
@@ -27,7 +27,8 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
                --set model.num_layers=1 --set model.num_heads=2 --set model.intermediate_size=64
                --set pretrain.batch_size=8 --set pretrain.micro_batch_size=8 --set pretrain.compile=false
                --set experiment.budget_tokens=16384 --set evaluate.epochs=1 --set evaluate.max_length=48
-               --set resources.evaluate_workers=2)
+               --set resources.evaluate_workers=2 --set corpus.sources.0.max_docs=3000
+               --set experiment.arms.1.corpus.sources.0.max_docs=3000)
     for task in 0 1 2 3; do overrides+=(--set "tasks.$task.max_train_examples=40" --set "tasks.$task.max_eval_examples=40"); done
     overrides+=(--set tasks.3.max_length=48)
     run_dir=/tmp/gq-run

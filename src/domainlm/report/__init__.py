@@ -29,6 +29,7 @@ from domainlm.report.comparison import (
 from domainlm.report.plots import plot_distance, plot_loss, plot_results, plot_tokenizer_fit
 from domainlm.report.sections import arm_differences, build_sections
 from domainlm.tasks.metrics import select_runs, summarize
+from domainlm.vocabulary import read_tokenizer, vocabulary_fit
 
 PLOTS = ("results.png", "distance.png", "loss.png", "tokenizer_fit.png")
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def load_artifacts(config: RunConfig, partial: bool = False) -> dict[str, Any]:
     for arm in config.experiment.arms if config.experiment else []:
         place = run_dir.arm(arm.name)
         if place.corpus_stats.exists() and place.tokenizer_fit.exists():
-            arms[arm.name] = {"corpus": read_json(place.corpus_stats), "tokenizer": read_json(place.tokenizer_fit)}
+            arms[arm.name] = {"corpus": read_json(place.corpus_stats), "vocabulary": arm_vocabulary_fit(place)}
     if partial and not run_dir.task_summaries.exists():
         raise StageError(f"no partial report: evaluate has not started in {run_dir.root} (no {run_dir.task_summaries.name})")
     tasks = read_json(run_dir.task_summaries)
@@ -89,6 +90,17 @@ def load_artifacts(config: RunConfig, partial: bool = False) -> dict[str, Any]:
         "history": read_json(pretrain[1]) if pretrain else None,
         "timings": timings,
     }
+
+
+def arm_vocabulary_fit(place: RunLayout) -> dict[str, Any]:
+    """The fit of the vocabulary an arm's model uses on its corpus's held-out documents: its domain
+    vocabulary's (tokenizer/fit.json), or, for an arm continued from a checkpoint (which pretrains
+    with the checkpoint's vocabulary, extended or not, and leaves its domain vocabulary unused), that
+    vocabulary measured here ("checkpoint": True)."""
+    if not place.pretrain_tokenizer.exists():
+        return read_json(place.tokenizer_fit)["domain"]
+    heldout = list(place.corpus_texts("heldout"))
+    return {**vocabulary_fit(read_tokenizer(place.pretrain_tokenizer), heldout), "checkpoint": True}
 
 
 def finished_runs(config: RunConfig, run_dir: RunLayout, tasks: list[dict]) -> dict[str, Any]:

@@ -172,12 +172,14 @@ def arms_section(arms: dict[str, dict]) -> Section:
     """Each experiment arm's own corpus and vocabulary (an arm may read another corpus)."""
     rows = []
     for arm, found in arms.items():
-        corpus, fit = found["corpus"], found["tokenizer"]["domain"]
-        rows.append([arm, ", ".join(corpus.get("sources", {})), corpus["read"], corpus["kept"], fit["vocab_size"],
+        corpus, fit = found["corpus"], found["vocabulary"]
+        vocabulary = f"{fit['vocab_size']} (checkpoint's)" if fit.get("checkpoint") else fit["vocab_size"]
+        rows.append([arm, ", ".join(corpus.get("sources", {})), corpus["read"], corpus["kept"], vocabulary,
                      f"{fit['fertility']:.3f}", _share(fit["split_share"]), _share(fit.get("unknown_share"))])
-    return ("Arms: corpus and vocabulary", "Each arm's curated corpus and its vocabulary's fit on that corpus's "
-            "held-out documents.", ["arm", "sources", "read", "kept", "vocabulary", "fertility", "words split",
-                                    "unknown words"], rows)
+    return ("Arms: corpus and vocabulary", "Each arm's curated corpus and the fit of the vocabulary its model "
+            "uses on that corpus's held-out documents (an arm continued from a checkpoint uses the checkpoint's, "
+            "extended or not).", ["arm", "sources", "read", "kept", "vocabulary", "fertility", "words split",
+                                  "unknown words"], rows)
 
 
 def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> list[Section]:
