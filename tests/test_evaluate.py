@@ -366,3 +366,29 @@ def test_parallel_workers_give_the_same_runs(tmp_path, task_entries, tiny_model)
         outputs[workers] = ({(r["model"], r["seed"], r["metric"]) for r in rows}, failed, predictions)
     assert outputs[1] == outputs[2]
     assert outputs[2][1] == [("corrupt", "classification")]
+
+
+@pytest.mark.parametrize("model", ["wordpiece", "bpe", "unigram"])
+def test_word_tags_land_on_the_first_piece_of_each_word_whatever_the_vocabulary(model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from domainlm.config import TokenizerConfig
+    from domainlm.evaluate.finetune import encode_tokens
+    from domainlm.tokenizer import save_for_transformers, train_tokenizer
+
+    texts = ["aspirin inhibits the enzyme in the liver"] * 20
+    save_for_transformers(train_tokenizer(texts, TokenizerConfig(model=model, vocab_size=300, min_frequency=1)),
+                          tmp_path / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    (tmp_path / "ner.tsv").write_text("Aspirin\tB-CHEM\ninhibits\tO\nenzymes\tB-CHEM\n\n")
+    task = load_task(TaskConfig(name="ner", type="token-classification", format="conll",
+                                **{s: str(tmp_path / "ner.tsv") for s in ("train", "dev", "test")}))
+    item = encode_tokens(tokenizer, task, task.train, max_length=64).items[0]
+    tokens = tokenizer.convert_ids_to_tokens(item["input_ids"])
+    assert (tokens[0], tokens[-1]) == (tokenizer.cls_token, tokenizer.sep_token)
+    assert [w for w in item["words"] if w is not None] == [0, 1, 2]  # one labelled piece per word, the first
+    labels = [task.labels[label] for label in item["label"] if label != -100]
+    assert labels == ["B-CHEM", "O", "B-CHEM"]
+    starts = [p for p, w in enumerate(item["words"]) if w is not None] + [len(tokens) - 1]
+    words = [tokenizer.decode(item["input_ids"][p:q]).strip() for p, q in zip(starts, starts[1:], strict=False)]
+    assert words == ["aspirin", "inhibits", "enzymes"]  # each labelled piece starts its word

@@ -269,3 +269,57 @@ def test_gradient_accumulation_matches_the_whole_batch(data, tokenizer, tmp_path
     np.testing.assert_allclose(whole_losses, micro_losses, rtol=1e-5)
     for a, b in zip(whole_params, micro_params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# -------------------------------------------------------------- byte-level BPE and Unigram vocabularies
+@pytest.mark.parametrize("model", ["wordpiece", "bpe", "unigram"])
+def test_word_starts_agree_with_the_tokenizers_own_words(model):
+    from domainlm.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(synthetic_texts(300), TokenizerConfig(model=model, vocab_size=200, min_frequency=1))
+    word_start = word_start_table(tokenizer)
+    for text in [t.rstrip(".") for t in synthetic_texts(20, seed=5)] + ["xylophone quartz kinase"]:
+        encoding = tokenizer.encode(text, add_special_tokens=False)
+        words = encoding.word_ids
+        expected = [i == 0 or words[i] != words[i - 1] for i in range(len(words))]
+        assert word_start[encoding.ids].tolist() == expected, (text, encoding.tokens)
+
+
+def test_whole_word_masking_needs_a_vocabulary_that_marks_words():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from domainlm.errors import ModelError
+
+    tokenizer = Tokenizer(models.BPE({"<unk>": 0, "a": 1, "b": 2, "ab": 3}, [("a", "b")], unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()  # no Ġ, no ▁, no ##: words cannot be told apart
+    with pytest.raises(ModelError, match=r"pretrain.masking.*set pretrain.masking: token"):
+        word_start_table(tokenizer)
+
+
+def test_token_shards_of_a_roberta_style_vocabulary_use_its_special_tokens(tmp_path):
+    from domainlm.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(synthetic_texts(100), TokenizerConfig(model="bpe", vocab_size=300, min_frequency=1))
+    shards = write_token_shards(tokenizer, ((t, "a") for t in synthetic_texts(5)), tmp_path / "shards")
+    assert shards.special == {k: tokenizer.token_to_id(t) for k, t in (("cls", "<s>"), ("sep", "</s>"), ("pad", "<pad>"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["bpe", "unigram"])
+def test_pretraining_on_a_bpe_or_unigram_vocabulary_exports_a_model_auto_tokenizer_reads(model, tiny_recipe):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from domainlm.config import config_from_dict
+    from domainlm.pipeline import run_stage
+    from domainlm.vocabulary import read_tokenizer
+
+    tiny_recipe["tokenizer"]["model"] = model
+    tiny_recipe["tokenizer"]["vocab_size"] = 300
+    config = config_from_dict(tiny_recipe)
+    for stage in ("corpus", "tokenizer", "pretrain"):
+        run_stage(config, stage)
+    export = config.directory / "pretrain" / "export"
+    ours, loaded = read_tokenizer(config.directory / "tokenizer"), AutoTokenizer.from_pretrained(export)
+    text = "The Protein kinase binds the receptor."
+    assert loaded(text)["input_ids"] == ours.encode(text).ids and loaded.mask_token == "<mask>"
+    assert AutoModelForMaskedLM.from_pretrained(export).config.pad_token_id == ours.token_to_id("<pad>")

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from conftest import synthetic_texts
 from domainlm.config import TokenizerConfig
-from domainlm.tokenizer import save_for_transformers, train_wordpiece, vocabulary_fit
+from domainlm.tokenizer import SUBWORD_MODELS, save_for_transformers, train_wordpiece, vocabulary_fit
 
 
 def test_fit_by_hand():
@@ -147,3 +147,91 @@ def test_reserved_continuation_pieces_stay_ordinary_entries():
 def test_training_refuses_a_one_shot_iterator():
     with pytest.raises(TypeError, match="re-iterable"):
         train_wordpiece(iter(synthetic_texts(10)), TokenizerConfig(vocab_size=150, min_frequency=1))
+
+
+# ------------------------------------------------- every sub-word model: WordPiece, byte-level BPE, Unigram
+ACCENTS = ["Café naïve T-cells and the Zürich cohort showed ﬁbrosis of 5 µg per m² in vivo.",
+           "The naïve receptor binds EGFR; café-au-lait spots (NF-kB) grew in 12 patients."] * 20
+PROBES = ["Protein kinase binds", "EGFR binds BRCA1 and NF-kB in sample 12.",
+          "Café naïve T-cells, ﬁbrosis of 5 µg per m²", "naïve  T-cells\tbind\n\nthe ZÜRICH receptor 中文 ☃"]
+
+
+def trained(model: str, lowercase: bool, tmp_path, lines=None):
+    """A `model` tokenizer trained by the stage's function on corpus-normalised text, and its saved folder."""
+    from domainlm.corpus.filters import normalize_text
+    from domainlm.tokenizer import train_tokenizer
+
+    texts = [normalize_text(line) for line in (lines or GENES + SKEWED + ACCENTS)]
+    tokenizer = train_tokenizer(texts, TokenizerConfig(model=model, vocab_size=400, min_frequency=1,
+                                                       lowercase=lowercase))
+    save_for_transformers(tokenizer, tmp_path / model, model_max_length=128)
+    return tokenizer, tmp_path / model
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+@pytest.mark.parametrize("model", ["wordpiece", "bpe", "unigram"])
+def test_every_model_round_trips_through_auto_tokenizer_with_identical_ids(model, lowercase, tmp_path):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tokenizer, folder = trained(model, lowercase, tmp_path)
+    for loader in (AutoTokenizer, PreTrainedTokenizerFast):
+        loaded = loader.from_pretrained(folder)
+        for text in PROBES:  # raw text: casing, accents, NFKC compatibility characters, odd whitespace
+            assert loaded(text)["input_ids"] == tokenizer.encode(text).ids, (loader.__name__, text)
+        for first, second in zip(PROBES, PROBES[1:], strict=False):
+            assert loaded(first, second)["input_ids"] == tokenizer.encode(first, second).ids, (first, second)
+    family = SUBWORD_MODELS[model].specials
+    for role, token in family.items():  # the post-processor's tokens are the loader's, with the same ids
+        assert getattr(loaded, f"{role}_token") == token
+        assert getattr(loaded, f"{role}_token_id") == tokenizer.token_to_id(token)
+    ids = loaded(PROBES[0])["input_ids"]
+    assert (ids[0], ids[-1]) == (loaded.cls_token_id, loaded.sep_token_id)
+    assert loaded.decode(ids, skip_special_tokens=True).strip() == (PROBES[0].lower() if lowercase else PROBES[0])
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    assert settings["tokenizer_class"] == "PreTrainedTokenizerFast" and settings["do_lower_case"] is lowercase
+
+
+def test_byte_level_and_unigram_vocabularies_use_roberta_special_tokens_and_ids():
+    from domainlm.tokenizer import train_tokenizer
+
+    for model in ("bpe", "unigram"):
+        tokenizer = train_tokenizer(synthetic_texts(200), TokenizerConfig(model=model, vocab_size=300, min_frequency=1))
+        assert [tokenizer.id_to_token(i) for i in range(5)] == ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        assert tokenizer.encode("kinase", "gene").tokens[:1] == ["<s>"]
+        pair = tokenizer.encode("kinase", "gene").tokens
+        assert pair.count("</s>") == 3 and pair[-1] == "</s>"  # <s> A </s> </s> B </s>, as RoBERTa
+    bpe = train_tokenizer(synthetic_texts(200), TokenizerConfig(model="bpe", vocab_size=300, min_frequency=1))
+    assert bpe.token_to_id("<unk>") not in bpe.encode("Zürich 中文 ☃").ids  # every byte is a symbol
+
+
+@pytest.mark.parametrize("model", ["bpe", "unigram"])
+def test_class_specific_loaders_of_a_cased_vocabulary_give_our_ids(model, tmp_path):
+    # RobertaTokenizer rebuilds byte-level BPE from add_prefix_space; XLM-R's class reads a Unigram with
+    # our special tokens and ids. Neither lower-cases nor applies a Unicode form: NFKC-normal cased text.
+    import transformers
+
+    tokenizer, folder = trained(model, False, tmp_path)
+    loader = transformers.RobertaTokenizer if model == "bpe" else transformers.XLMRobertaTokenizer
+    for text in ["EGFR binds BRCA1 and NF-kB in sample 12.", "Café naïve T-cells, fibrosis of 5 μg"]:
+        assert loader.from_pretrained(folder)(text)["input_ids"] == tokenizer.encode(text).ids, text
+
+
+@pytest.mark.parametrize("model", ["bpe", "unigram"])
+def test_other_models_train_to_a_byte_identical_tokenizer_in_fresh_processes(model, tmp_path):
+    # Unigram's scores were summed, and its re-added characters numbered, in hash-map order.
+    script = TRAIN_IN_A_FRESH_PROCESS.format(tests=str(Path(__file__).parent)).replace(
+        "train_wordpiece", "train_tokenizer").replace("min_frequency=1)", f"min_frequency=1, model={model!r})")
+    for name in ("first.json", "second.json"):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], check=True, capture_output=True)
+    assert (tmp_path / "first.json").read_bytes() == (tmp_path / "second.json").read_bytes()
+
+
+def test_the_fingerprint_of_a_wordpiece_run_is_the_one_from_before_bpe_and_unigram(tmp_path):
+    from domainlm.config import RunConfig
+    from domainlm.tokenizer import settings
+
+    (tmp_path / "c.txt").write_text("a b c\n")
+    config = {"name": "t", "run_dir": str(tmp_path / "run"), "corpus": {"sources": [{"path": str(tmp_path / "c.txt")}]}}
+    recorded = settings(RunConfig(**config))["tokenizer"]
+    assert recorded["kind"] == "wordpiece" and "model" not in recorded  # the key it had: old runs stay fresh
+    assert settings(RunConfig(**config | {"tokenizer": {"model": "bpe"}}))["tokenizer"]["kind"] == "bpe"

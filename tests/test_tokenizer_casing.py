@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from conftest import synthetic_texts
 from domainlm.config import EvaluateConfig, TaskConfig, TokenizerConfig
 from domainlm.evaluate.finetune import finetune, tokenizer_casing
 from domainlm.tasks.load import load_task
@@ -71,3 +72,19 @@ def test_the_casing_finding_is_logged_and_kept_in_the_run_result(tmp_path, caplo
     assert result["tokenizer_casing"]["mismatch"].startswith("the tokenizer lower-cases text")
     assert json.loads(json.dumps(result["tokenizer_casing"])) == result["tokenizer_casing"]  # goes into the run's JSON
     assert any("lower-cases text" in r.getMessage() and str(folder) in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("lowercase", [False, True])
+@pytest.mark.parametrize("model", ["bpe", "unigram"])
+def test_byte_level_and_unigram_vocabularies_fit_their_casing(model, lowercase, tmp_path):
+    # A byte-level BPE holds every byte as an entry (capitals, and `Ã` for half of `é`) whatever its casing.
+    from transformers import AutoTokenizer
+
+    from domainlm.tokenizer import train_tokenizer
+
+    texts = GENES * 20 + [text.title() for text in synthetic_texts(200)] + ["Café naïve Zürich"] * 5
+    tokenizer = train_tokenizer(texts, TokenizerConfig(model=model, vocab_size=400, min_frequency=1, lowercase=lowercase))
+    save_for_transformers(tokenizer, tmp_path / "tokenizer")
+    casing = tokenizer_casing(AutoTokenizer.from_pretrained(tmp_path / "tokenizer"))
+    assert casing["lowercases"] is lowercase and casing["mismatch"] is None
+    assert (casing["upper_share"] > 0.05) is not lowercase

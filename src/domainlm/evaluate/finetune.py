@@ -151,8 +151,9 @@ def lowercases(tokenizer) -> bool:
 
 def tokenizer_casing(tokenizer) -> dict:
     """Whether a tokenizer's casing fits its vocabulary (`vocabulary.vocabulary_casing` of its
-    entries, added tokens left out). Returns {"lowercases", "cased_entries", "upper_entries",
-    "upper_share", "mismatch": None or one line saying what goes wrong}.
+    entries as its decoder spells them, added tokens and single characters left out). Returns
+    {"lowercases", "cased_entries", "upper_entries", "upper_share", "mismatch": None or one line
+    saying what goes wrong}.
 
     Two mismatches matter: text lower-cased for a cased vocabulary leaves its upper-case entries
     unused (a cased checkpoint whose tokenizer files do not say `do_lower_case: false` is loaded
@@ -160,7 +161,12 @@ def tokenizer_casing(tokenizer) -> dict:
     capitalised words into [UNK] or rare pieces.
     """
     added = set(tokenizer.get_added_vocab())
-    casing = vocabulary_casing(token for token in tokenizer.get_vocab() if token not in added)
+    decoder = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
+    # Entries as text (a byte-level BPE entry's characters stand for bytes: `Ã` is half of `é`), the
+    # alphabet left out (a byte-level BPE holds every byte, capitals too, whatever its casing).
+    spell = (lambda token: decoder.decode([token]).strip()) if decoder is not None else (lambda token: token)
+    entries = (spell(token) for token in tokenizer.get_vocab() if token not in added)
+    casing = vocabulary_casing(entry for entry in entries if len(entry) > 1)
     lower, share = lowercases(tokenizer), casing["upper_share"]
     mismatch = None
     if lower and share >= CASED_VOCABULARY:

@@ -31,8 +31,8 @@ from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_ma
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
 from domainlm.vocabulary import (
-    BERT_SPECIAL_TOKENS,
     read_tokenizer,
+    special_tokens,
     with_corpus_normalization,
     write_loader_settings,
 )
@@ -60,12 +60,12 @@ def prepare_data(run_dir: RunLayout, tokenizer: Tokenizer, specials: dict[str, s
 
 def initial_model(config: RunConfig, write: bool = True) -> tuple[Encoder | None, Path, dict[str, str], dict[str, Any]]:
     """With `model.init_from`: the checkpoint as our encoder (vocabulary extended if asked) and the
-    tokenizer folder it uses. Otherwise (None, the domain tokenizer, BERT special tokens, {})."""
+    tokenizer folder it uses. Otherwise (None, the domain tokenizer, its special tokens, {}).
+    The special tokens are the pad / unk / cls / sep / mask tokens the tokenizer folder names."""
     run_dir = RunLayout(config.directory)
     if not config.model.init_from:
-        return None, run_dir.tokenizer, BERT_SPECIAL_TOKENS, {}
+        return None, run_dir.tokenizer, special_tokens(run_dir.tokenizer), {}
     from domainlm.pretrain.hf_init import extend_vocabulary, load_hf_encoder, save_tokenizer_dir
-    from domainlm.vocabulary import special_tokens
 
     source = resolve_path(config.model.init_from)
     model, info = load_hf_encoder(source)

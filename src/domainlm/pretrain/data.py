@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from domainlm.errors import ConfigError, InputError
+from domainlm.errors import ConfigError, InputError, ModelError
 from domainlm.io import atomic_directory, atomic_write_json
 from domainlm.progress import progress_bar
-from domainlm.vocabulary import BERT_SPECIAL_TOKENS, untruncated
+from domainlm.vocabulary import family_special_tokens, unknown_id, untruncated
 
 
 # ---------------------------------------------------------------------------------- token shards
@@ -98,8 +98,12 @@ def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], fo
                        specials: dict[str, str] | None = None, batch_size: int = 1000) -> TokenShards:
     """Tokenise `(text, source)` pairs into `folder` (written atomically), streaming: memory holds
     one batch of documents plus 10 bytes of index per document. `specials` names the cls, sep and
-    pad tokens (default BERT's)."""
-    specials = specials or BERT_SPECIAL_TOKENS
+    pad tokens (default BERT's or RoBERTa's, whichever the vocabulary holds)."""
+    specials = specials or family_special_tokens(tokenizer)
+    special = {k: tokenizer.token_to_id(specials[k]) for k in ("cls", "sep", "pad")}
+    if None in special.values():
+        missing = {k: specials[k] for k, v in special.items() if v is None}
+        raise ModelError(f"the tokenizer's vocabulary has no {missing} token (its special tokens: {specials})")
     tokenizer = untruncated(tokenizer)
 
     dtype = np.uint16 if tokenizer.get_vocab_size() <= np.iinfo(np.uint16).max + 1 else np.int32
@@ -129,7 +133,6 @@ def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], fo
         np.cumsum(lengths, out=offsets[1:])
         np.save(tmp / "offsets.npy", offsets)
         np.save(tmp / "sources.npy", np.asarray(sources, dtype=np.int16))
-        special = {k: tokenizer.token_to_id(specials[k]) for k in ("cls", "sep", "pad")}
         atomic_write_json(tmp / "meta.json", {"dtype": np.dtype(dtype).name, "num_tokens": int(offsets[-1]),
                                               "source_names": list(names), "special": special})
     if not lengths or offsets[-1] == 0:
@@ -185,20 +188,48 @@ def epoch_order(num_rows: int, seed: int, epoch: int, stream: int = 0) -> np.nda
 
 
 # ---------------------------------------------------------------------------------------- masking
+def word_start_markers(tokenizer: Tokenizer) -> tuple[str, str]:
+    """(continuation prefix, word-start marker) of a tokenizer's pieces, read off its tokenizer.json
+    (one of the two is ""): WordPiece's (or a BPE's) continuing-subword prefix (`##`), or the mark a
+    byte-level pre-tokenizer (`Ġ`, an encoded space) or a Metaspace pre-tokenizer (`▁`) puts on a
+    word's first piece. ("", "") when it has neither."""
+    data = json.loads(tokenizer.to_str())
+    if prefix := data["model"].get("continuing_subword_prefix"):
+        return prefix, ""
+    pre_tokenizer = data["pre_tokenizer"] or {}
+    for step in pre_tokenizer.get("pretokenizers", [pre_tokenizer]):
+        if step.get("type") == "ByteLevel":
+            return "", "\u0120"  # Ġ: GPT-2's byte-to-character map sends the space byte there
+        if step.get("type") == "Metaspace":
+            return "", step["replacement"]
+    return "", ""
+
+
 def word_start_table(tokenizer: Tokenizer) -> torch.Tensor:
-    """(V,) bool: True for tokens that begin a word. WordPiece continuations start with `##`;
-    byte-level BPE (`Ġ`) and Unigram/Metaspace (`▁`) mark word starts instead; in a word-level
-    vocabulary every token is a word."""
-    vocab = tokenizer.get_vocab()
-    kind = json.loads(tokenizer.to_str())["model"]["type"]
+    """(V,) bool: True for tokens that begin a word (whole-word and span masking choose words), from
+    the tokenizer's own markers (`word_start_markers`): a WordPiece piece begins a word unless it
+    has the continuation prefix; a byte-level BPE or Unigram piece begins one when it has the
+    word-start marker, or starts with ASCII punctuation (a word of its own, as BERT's pre-tokenizer
+    makes it), and never when it is the unknown piece. In a word-level vocabulary every token is a
+    word. ModelError for a tokenizer with neither marker (its words cannot be told apart;
+    `pretrain.masking: token` needs no words)."""
+    vocab, kind = tokenizer.get_vocab(), json.loads(tokenizer.to_str())["model"]["type"]
     table = torch.ones(tokenizer.get_vocab_size(), dtype=torch.bool)
     if kind == "WordLevel":
         return table
+    prefix, marker = word_start_markers(tokenizer)
+    if not (prefix or marker):
+        raise ModelError(f"whole-word and span masking (pretrain.masking) cannot tell where words start in a {kind} "
+                         "vocabulary whose pieces carry no continuation prefix (##) and no word-start marker "
+                         "(Ġ, ▁): set pretrain.masking: token")
     for token, index in vocab.items():
-        if kind == "WordPiece":
-            table[index] = not token.startswith("##")
+        if prefix:
+            table[index] = not token.startswith(prefix)
         else:
-            table[index] = token.startswith(("Ġ", "▁")) or not token[:1].isalnum()
+            first = token[:1]
+            table[index] = token.startswith(marker) or (first.isascii() and not first.isalnum())
+    if marker and (unknown := unknown_id(tokenizer)) is not None:
+        table[unknown] = False  # Unigram's <unk> stands for unseen characters inside a word
     return table
 
 

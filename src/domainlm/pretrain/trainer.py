@@ -170,7 +170,10 @@ class Trainer:
 
     def _set_masking(self, tokenizer: Tokenizer, mask_token: str) -> None:
         """What masking needs from the vocabulary: word starts, special ids, the mask id, the lexicon."""
-        self.word_start = word_start_table(tokenizer)
+        if self.config.masking == "token":  # every piece is its own "word"
+            self.word_start = torch.ones(tokenizer.get_vocab_size(), dtype=torch.bool)
+        else:
+            self.word_start = word_start_table(tokenizer)
         specials = {tokenizer.token_to_id(t) for t in _special_names(tokenizer)} | set(self.data.special.values())
         self.special_ids = torch.tensor(sorted(specials))
         self.mask_id = tokenizer.token_to_id(mask_token)

@@ -1,10 +1,16 @@
-"""Tokenizer stage: train a domain WordPiece vocabulary and measure how well it fits the domain.
+"""Tokenizer stage: train a domain vocabulary and measure how well it fits the domain.
+
+`tokenizer.model` chooses the sub-word model, each built as its model family builds it
+(`SUBWORD_MODELS`): WordPiece with BERT's normaliser, pre-tokenizer and `[CLS] text [SEP]`;
+byte-level BPE as RoBERTa and ModernBERT (Radford et al. 2019: every byte is a symbol, so nothing
+is unknown) with `<s> text </s>`; Unigram as SentencePiece (Kudo 2018; `▁` marks a word's start,
+an unseen character is `<unk>`) with `<s> text </s>`.
 
 Fit is measured on the corpus's held-out documents: *fertility* (sub-word tokens per word), the
 share of words split into more than one piece and the share the vocabulary cannot spell ([UNK]), for
-the domain vocabulary and, when configured, a general reference vocabulary. A lower fertility means
-the vocabulary has whole-word entries for the domain's terms (PubMedBERT's argument for an
-in-domain vocabulary).
+the domain vocabulary and, when configured, a general reference vocabulary of any model. A lower
+fertility means the vocabulary has whole-word entries for the domain's terms (PubMedBERT's argument
+for an in-domain vocabulary).
 
 The saved tokenizer normalises text as the corpus stage did (`corpus.normalization`), so raw text
 (task files, any user of the exported model) gets the ids its normalised form gets; and training is
@@ -15,18 +21,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from domainlm.config import RunConfig, TokenizerConfig
 from domainlm.io import atomic_write_json
 from domainlm.layout import RunLayout
 from domainlm.vocabulary import (
     BERT_SPECIAL_TOKENS,
+    ROBERTA_SPECIAL_TOKENS,
     corpus_normalizers,
+    corpus_whitespace_normalizers,
     read_tokenizer,
     save_tokenizer,
     vocabulary_fit,
@@ -48,15 +57,127 @@ def bert_pipeline(config: TokenizerConfig, unicode_form: str) -> Tokenizer:
     return tokenizer
 
 
-def _train(texts: Iterable[str], config: TokenizerConfig, unicode_form: str, specials: list[str],
-           vocab_size: int) -> Tokenizer:
-    tokenizer = bert_pipeline(config, unicode_form)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=config.min_frequency, special_tokens=specials,
-        continuing_subword_prefix="##", show_progress=vocab_size > 0,
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+def _lowercase(config: TokenizerConfig) -> list[normalizers.Normalizer]:
+    return [normalizers.Lowercase()] if config.lowercase else []
+
+
+def byte_level_pipeline(config: TokenizerConfig, unicode_form: str) -> Tokenizer:
+    """An untrained byte-level BPE tokenizer (RoBERTa's pre-tokenizer and decoder) behind the corpus
+    stage's normalisation, whitespace included (`corpus_whitespace_normalizers`: here a doubled space
+    is a token). `add_prefix_space`, unlike RoBERTa: a text's first word gets the pieces it gets
+    anywhere else (`Ġword`), and so does a pre-split word (token classification, the fit report)."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.Sequence(
+        [*corpus_normalizers(unicode_form), *corpus_whitespace_normalizers(), *_lowercase(config)])
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
+
+
+def unigram_pipeline(config: TokenizerConfig, unicode_form: str) -> Tokenizer:
+    """An untrained Unigram tokenizer as SentencePiece builds one: line breaks read as spaces, each
+    space a `▁` at the start of the piece that follows it (Metaspace)."""
+    tokenizer = Tokenizer(models.Unigram())
+    lines_joined = normalizers.Replace(Regex("\n+"), " ")  # after the corpus's own whitespace steps
+    tokenizer.normalizer = normalizers.Sequence(
+        [*corpus_normalizers(unicode_form), *corpus_whitespace_normalizers(), lines_joined, *_lowercase(config)])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class SubwordModel:
+    """How one `tokenizer.model` is built and trained."""
+
+    specials: dict[str, str]  # role -> token, in the order they take the first ids
+    pipeline: Callable[[TokenizerConfig, str], Tokenizer]  # untrained: model, normaliser, pre-tokenizer, decoder
+    trainer: Callable[[int, list[str], TokenizerConfig], trainers.Trainer]  # (vocab_size, special tokens, config)
+    single: str  # the post-processor's templates, for one text and for a pair
+    pair: str
+
+
+SUBWORD_MODELS = {
+    "wordpiece": SubwordModel(
+        BERT_SPECIAL_TOKENS, bert_pipeline,
+        lambda vocab_size, specials, config: trainers.WordPieceTrainer(
+            vocab_size=vocab_size, min_frequency=config.min_frequency, special_tokens=specials,
+            continuing_subword_prefix="##", show_progress=vocab_size > 0),
+        "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1"),
+    "bpe": SubwordModel(
+        ROBERTA_SPECIAL_TOKENS, byte_level_pipeline,
+        lambda vocab_size, specials, config: trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=config.min_frequency, special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()),
+        "<s> $A </s>", "<s> $A </s> </s> $B </s>"),
+    "unigram": SubwordModel(
+        ROBERTA_SPECIAL_TOKENS, unigram_pipeline,
+        lambda vocab_size, specials, config: trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=specials, unk_token=ROBERTA_SPECIAL_TOKENS["unk"]),
+        "<s> $A </s>", "<s> $A </s> </s> $B </s>"),
+}
+
+
+def with_post_processor(tokenizer: Tokenizer, model: SubwordModel) -> Tokenizer:
+    """`tokenizer` putting its family's special tokens around one text or a pair."""
+    cls, sep = model.specials["cls"], model.specials["sep"]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=model.single, pair=model.pair,
+        special_tokens=[(cls, tokenizer.token_to_id(cls)), (sep, tokenizer.token_to_id(sep))])
+    return tokenizer
+
+
+def _train(texts: Iterable[str], model: SubwordModel, config: TokenizerConfig, unicode_form: str,
+           specials: list[str], vocab_size: int) -> Tokenizer:
+    tokenizer = model.pipeline(config, unicode_form)
+    tokenizer.train_from_iterator(texts, trainer=model.trainer(vocab_size, specials, config))
+    return tokenizer
+
+
+def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, unicode_form: str = "NFKC") -> Tokenizer:
+    """Train a `config.model` tokenizer on `texts` with its family's special tokens (`SUBWORD_MODELS`)
+    first in the vocabulary and around every text, reproducibly (WordPiece: `train_wordpiece`;
+    Unigram: `unigram_in_canonical_order`; byte-level BPE numbers its sorted byte alphabet first).
+
+    texts: read twice for WordPiece, so a list or a re-iterable.
+    unicode_form: the corpus's `corpus.normalization`; the tokenizer applies it to raw text.
+    """
+    if config.model == "wordpiece":
+        return train_wordpiece(texts, config, unicode_form)
+    model = SUBWORD_MODELS[config.model]
+    tokenizer = _train(texts, model, config, unicode_form, list(model.specials.values()), config.vocab_size)
+    if config.model == "unigram":
+        tokenizer = unigram_in_canonical_order(tokenizer, len(model.specials))
+    return with_post_processor(tokenizer, model)
+
+
+UNIGRAM_SCORE_DIGITS = 6
+_READDED_CHARACTER_STEP = 1e-4  # the score step between characters the Unigram trainer adds back
+
+
+def unigram_in_canonical_order(tokenizer: Tokenizer, specials: int) -> Tokenizer:
+    """A trained Unigram tokenizer made independent of the process that trained it.
+
+    The `tokenizers` Unigram trainer sums its piece scores in hash-map order, so they differ in the
+    last digits from one process to the next; and the characters it adds back after pruning get
+    scores one step (1e-4) apart in hash-map order too. Here scores are rounded to
+    UNIGRAM_SCORE_DIGITS decimals, the added-back characters (single characters on the rungs
+    lowest, lowest + 1e-4, ...) take those scores in character order, and the pieces after the
+    `specials` first ones are numbered by score, then text. A near-tie in the trainer's pruning may
+    still fall either way on a large corpus.
+    """
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    scores = {piece: round(score, UNIGRAM_SCORE_DIGITS) for piece, score in vocab[specials:]}
+    lowest, rungs = min(scores.values()), []  # rung k: the characters scored lowest + k steps
+    while rung := sorted(piece for piece, score in scores.items() if len(piece) == 1 and abs(
+            score - lowest - len(rungs) * _READDED_CHARACTER_STEP) < 10 ** -(UNIGRAM_SCORE_DIGITS - 1)):
+        rungs.append(rung)
+    readded = [piece for rung in rungs for piece in rung]
+    scores |= dict(zip(sorted(readded), sorted((scores[p] for p in readded), reverse=True), strict=True))
+    pieces = sorted(([piece, score] for piece, score in scores.items()), key=lambda entry: (-entry[1], entry[0]))
+    data["model"]["vocab"] = vocab[:specials] + pieces
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def train_wordpiece(texts: Iterable[str], config: TokenizerConfig, unicode_form: str = "NFKC") -> Tokenizer:
@@ -71,27 +192,27 @@ def train_wordpiece(texts: Iterable[str], config: TokenizerConfig, unicode_form:
     vocabulary in each process. So a first pass (no merges) finds the continuation pieces, and the
     real pass gets them, sorted, as reserved tokens that it numbers first: every number, tie and
     merge is then fixed, and tokenizer.json is byte-identical across processes. The reserved
-    pieces stay ordinary vocabulary entries (they are not kept as special tokens).
+    pieces stay ordinary vocabulary entries (they are not kept as special tokens). (Byte-level BPE
+    has no continuation pieces and numbers its sorted byte alphabet first: one pass is enough.)
     """
     if iter(texts) is texts:
         raise TypeError("train_wordpiece reads the texts twice: pass a list or a re-iterable, not an iterator")
-    specials = list(BERT_SPECIAL_TOKENS.values())
-    first = _train(texts, config, unicode_form, specials, vocab_size=0)
+    model = SUBWORD_MODELS["wordpiece"]
+    specials = list(model.specials.values())
+    first = _train(texts, model, config, unicode_form, specials, vocab_size=0)
     continuations = sorted(token for token in first.get_vocab() if token.startswith("##"))
-    trained = json.loads(_train(texts, config, unicode_form, specials + continuations, config.vocab_size).to_str())
+    trained = _train(texts, model, config, unicode_form, specials + continuations, config.vocab_size)
+    trained = json.loads(trained.to_str())
     trained["added_tokens"] = [t for t in trained["added_tokens"] if t["content"] in specials]
-    tokenizer = Tokenizer.from_str(json.dumps(trained))
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    return tokenizer
+    return with_post_processor(Tokenizer.from_str(json.dumps(trained)), model)
 
 
 def save_for_transformers(tokenizer: Tokenizer, out: Path, model_max_length: int = 512) -> None:
-    """Write a domain tokenizer (BERT's special tokens) as a transformers tokenizer directory that
-    every loader reads with the same ids (see `vocabulary.write_loader_settings`)."""
-    save_tokenizer(tokenizer, out, BERT_SPECIAL_TOKENS, model_max_length)
+    """Write a domain tokenizer trained here as a transformers tokenizer directory that every loader
+    reads with the same ids (see `vocabulary.write_loader_settings`), naming its family's special
+    tokens (its model, `WordPiece` / `BPE` / `Unigram`, says which)."""
+    model = SUBWORD_MODELS[json.loads(tokenizer.to_str())["model"]["type"].lower()]
+    save_tokenizer(tokenizer, out, model.specials, model_max_length)
 
 
 class CorpusTexts:
@@ -114,8 +235,11 @@ def inputs(config: RunConfig) -> list[str]:
 
 def settings(config: RunConfig) -> dict[str, Any]:
     # Both go into the saved tokenizer: max_position as its model_max_length, the corpus's Unicode
-    # form as its first normaliser.
-    return {"tokenizer": config.tokenizer.model_dump(mode="json"), "max_position": config.model.max_position,
+    # form as its first normaliser. `tokenizer.model` is recorded under its old name, `kind`, so
+    # the WordPiece runs made before BPE and Unigram keep their fingerprint.
+    tokenizer = config.tokenizer.model_dump(mode="json")
+    tokenizer["kind"] = tokenizer.pop("model")
+    return {"tokenizer": tokenizer, "max_position": config.model.max_position,
             "normalization": config.corpus.normalization}
 
 
@@ -135,7 +259,7 @@ def reference_fit(config: TokenizerConfig, heldout: list[str]) -> dict[str, Any]
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     run_dir = RunLayout(config.directory)
-    tokenizer = train_wordpiece(CorpusTexts(run_dir, "train"), config.tokenizer, config.corpus.normalization)
+    tokenizer = train_tokenizer(CorpusTexts(run_dir, "train"), config.tokenizer, config.corpus.normalization)
     save_for_transformers(tokenizer, out, model_max_length=config.model.max_position)
 
     heldout = list(run_dir.corpus_texts("heldout"))
