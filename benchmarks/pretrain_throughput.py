@@ -1,11 +1,18 @@
 """Pretraining throughput: the Hugging Face `run_mlm.py` ways vs domainlm, same device, model and data.
 
-Baselines (`transformers.BertForMaskedLM`, SDPA attention, `DataCollatorForLanguageModeling` at
+`--architecture` picks the layout: `bert` (`BertForMaskedLM`) or `modernbert`
+(`ModernBertForMaskedLM`, its local window from `--local-window`); both sides build the model from
+the same domainlm config (`to_hf`), so they train the same network.
+Baselines (the stock masked LM, SDPA attention, `DataCollatorForLanguageModeling` at
 15%, fused AdamW):
 - hf-padded: `--line_by_line`, each document padded to the longest in its batch (the issue's (a));
 - hf-packed: `group_texts`, documents concatenated and cut into full rows (attention crosses
   documents, nothing is padded);
-- hf-packed-compiled: the same under `torch.compile`.
+- hf-packed-compiled: the same under `torch.compile`;
+- hf-flattened: `DataCollatorWithFlattening`, documents concatenated without padding and kept
+  apart by restarting position ids, which only transformers' flash-attention kernels honour
+  (`attn_implementation="flash_attention_2"`: a GPU with the flash-attn package; elsewhere the
+  variant reports that it is not available).
 domainlm: its own `Trainer.train_step` (batch gather from token shards, whole-word masking,
 packed rows with attention kept inside each document, vocabulary projection on masked positions
 only), with the attention backend named in the variant (`domainlm` = sdpa) and optionally compiled.
@@ -13,12 +20,14 @@ only), with the attention backend named in the variant (`domainlm` = sdpa) and o
 Documents have log-normal lengths with median 60% of the maximum sequence length. Dropout is 0
 everywhere (the varlen kernel has no attention dropout). Reported: real (non-padding) tokens/s, MFU
 against a matmul peak measured in the same run, and peak memory (each variant in its own process).
-Model FLOPs per real token: 6 x non-embedding parameters + 12 x layers x hidden x seq_len (no credit
-for the vocabulary projection). The last line of output is one JSON object; `baseline` there is
+Model FLOPs per real token: 6 x non-embedding parameters + 12 x hidden x the positions each layer
+attends to (seq_len, or the local window on ModernBERT's local layers), summed over layers; no credit
+for the vocabulary projection. The last line of output is one JSON object; `baseline` there is
 hf-padded, `ratio` is domainlm's best over it, `ratio_vs_best_baseline` over the fastest baseline.
 
     python benchmarks/pretrain_throughput.py               # CPU, tiny preset, seq 128 (< 5 min)
     python benchmarks/pretrain_throughput.py --preset base --seq-len 512 --steps 30 --warmup 10   # a GPU
+    python benchmarks/pretrain_throughput.py --architecture modernbert --local-window 64
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from domainlm.config import PRESETS  # noqa: E402
+from domainlm.config.model import ARCHITECTURE_PRESETS  # noqa: E402
+from domainlm.pretrain.architectures import ARCHITECTURES  # noqa: E402
 
 VOCAB = 16_000
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
@@ -54,9 +64,30 @@ def documents(count: int, seq_len: int) -> list[np.ndarray]:
     return [rng.integers(5, VOCAB, size=n) for n in document_lengths(count, seq_len)]
 
 
-def model_flops_per_token(layers: int, hidden: int, intermediate: int, seq_len: int) -> float:
-    non_embedding = layers * (4 * hidden * hidden + 2 * hidden * intermediate)
-    return 6 * non_embedding + 12 * layers * hidden * seq_len
+def model_flops_per_token(layers: int, hidden: int, intermediate: int, seq_len: int, mlp_matrices: int = 2,
+                          attended: list[int] | None = None) -> float:
+    """Training FLOPs per token: 6 x the non-embedding weights (attention 4 x hidden^2 per layer, the
+    MLP `mlp_matrices` x hidden x intermediate: 2 for BERT's, 3 for a GeGLU) + 12 x hidden x the
+    positions each layer attends to (`attended`, one per layer; default seq_len on every layer)."""
+    non_embedding = layers * (4 * hidden * hidden + mlp_matrices * hidden * intermediate)
+    return 6 * non_embedding + 12 * hidden * sum(attended or [seq_len] * layers)
+
+
+def model_config(args):
+    """The domainlm config of the benchmarked model: the architecture's preset, dropout 0."""
+    extra = {"local_window": args.local_window} if args.architecture == "modernbert" else {}
+    return ARCHITECTURES[args.architecture].config(vocab_size=VOCAB, max_position=args.seq_len, dropout=0.0,
+                                                   **ARCHITECTURE_PRESETS[args.architecture][args.preset], **extra)
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """`model_flops_per_token` of a domainlm model config (BERT or ModernBERT layout)."""
+    if not hasattr(config, "local_window"):  # the BERT layout
+        return model_flops_per_token(config.num_layers, config.hidden_size, config.intermediate_size, seq_len)
+    attended = [seq_len if config.is_global(layer) else min(seq_len, config.local_window + 1)
+                for layer in range(config.num_layers)]
+    return model_flops_per_token(config.num_layers, config.hidden_size, config.intermediate_size, seq_len,
+                                 mlp_matrices=3, attended=attended)
 
 
 def measure_peak(device: torch.device, dtype: torch.dtype, trials: int = 5) -> float:
@@ -107,24 +138,27 @@ def synthetic_tokenizer():
     return Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
 
 
-def run_baseline(args, docs, device, packed: bool, compiled: bool) -> tuple[int, float, int]:
+def run_baseline(args, docs, device, packed: bool, compiled: bool, flattened: bool = False) -> tuple[int, float, int]:
     from transformers import (
-        BertConfig,
-        BertForMaskedLM,
+        AutoModelForMaskedLM,
         DataCollatorForLanguageModeling,
+        DataCollatorWithFlattening,
         PreTrainedTokenizerFast,
     )
 
-    sizes = PRESETS[args.preset]
-    config = BertConfig(vocab_size=VOCAB, hidden_size=sizes["hidden_size"], num_hidden_layers=sizes["num_layers"],
-                        num_attention_heads=sizes["num_heads"], intermediate_size=sizes["intermediate_size"],
-                        max_position_embeddings=args.seq_len, attn_implementation="sdpa",
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = BertForMaskedLM(config).to(device)
+    attention = "flash_attention_2" if flattened else "sdpa"
+    model = AutoModelForMaskedLM.from_config(model_config(args).to_hf(), attn_implementation=attention).to(device)
     forward = torch.compile(model) if compiled else model
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=synthetic_tokenizer(), pad_token="[PAD]",
                                         mask_token="[MASK]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]")
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    if flattened:  # one row of concatenated documents, position ids restarting at each; masked at 15% as above
+        flatten = DataCollatorWithFlattening(return_position_ids=True)
+        def collator(examples, mask=collator):  # noqa: E306
+            row = flatten(examples)
+            masked = mask([{"input_ids": row["input_ids"][0].tolist()}])
+            return {"input_ids": masked["input_ids"], "labels": masked["labels"], "position_ids": row["position_ids"],
+                    "attention_mask": torch.ones_like(masked["input_ids"])}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     if packed:  # group_texts: [CLS] doc [SEP] concatenated, cut into rows of seq_len
         stream = np.concatenate([np.concatenate([[2], d, [3]]) for d in docs])
@@ -159,7 +193,6 @@ def domainlm_trainer(args, docs, attention: str, compiled: bool, folder: Path, s
     """domainlm's `Trainer` on the benchmark's documents (one source, synthetic vocabulary)."""
     from domainlm.config import PretrainConfig
     from domainlm.pretrain.data import TokenShards
-    from domainlm.pretrain.model import EncoderConfig
     from domainlm.pretrain.trainer import Trainer
 
     tokens = np.concatenate(docs).astype(np.uint16)
@@ -169,8 +202,7 @@ def domainlm_trainer(args, docs, attention: str, compiled: bool, folder: Path, s
     config = PretrainConfig(max_steps=args.warmup + args.steps + 1, batch_size=args.batch_size, seq_len=args.seq_len,
                             lr=1e-4, mask_rate=0.15, attention=attention, compile=compiled, static_shapes=static,
                             compile_mode=compile_mode)
-    model_config = EncoderConfig(vocab_size=VOCAB, max_position=args.seq_len, dropout=0.0, **PRESETS[args.preset])
-    return Trainer(model_config, config, shards, synthetic_tokenizer(), folder)
+    return Trainer(model_config(args), config, shards, synthetic_tokenizer(), folder)
 
 
 def run_domainlm(args, docs, device, attention: str, compiled: bool, static: bool = False,
@@ -200,6 +232,7 @@ VARIANTS = {
     "hf-padded": lambda a, d, dev: run_baseline(a, d, dev, packed=False, compiled=False),
     "hf-packed": lambda a, d, dev: run_baseline(a, d, dev, packed=True, compiled=False),
     "hf-packed-compiled": lambda a, d, dev: run_baseline(a, d, dev, packed=True, compiled=True),
+    "hf-flattened": lambda a, d, dev: run_baseline(a, d, dev, packed=False, compiled=False, flattened=True),
     "domainlm": lambda a, d, dev: run_domainlm(a, d, dev, "sdpa", compiled=False),
     "domainlm-compiled": lambda a, d, dev: run_domainlm(a, d, dev, "sdpa", compiled=True),
     "domainlm-flex-compiled": lambda a, d, dev: run_domainlm(a, d, dev, "flex", compiled=True),
@@ -267,7 +300,9 @@ def fill_memory(name: str, args, budget_mib: float, flops: float, peak: float) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--architecture", default="bert", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--preset", default="tiny", help="a preset of the architecture (domainlm.config.model)")
+    parser.add_argument("--local-window", type=int, default=128, help="modernbert: the local layers' window")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12)
@@ -278,6 +313,8 @@ def main() -> None:
     parser.add_argument("--variants", default=None,
                         help=f"comma-separated, from {', '.join(VARIANTS)} (default: {CPU_DEFAULT} on a CPU, all on a GPU)")
     args = parser.parse_args()
+    if args.preset not in ARCHITECTURE_PRESETS[args.architecture]:
+        parser.error(f"--preset {args.preset}: {args.architecture} presets are {sorted(ARCHITECTURE_PRESETS[args.architecture])}")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = (args.variants or (GPU_DEFAULT if device.type == "cuda" else CPU_DEFAULT)).split(",")
@@ -286,11 +323,10 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = measure_peak(device, dtype)
-    sizes = PRESETS[args.preset]
-    flops = model_flops_per_token(sizes["num_layers"], sizes["hidden_size"], sizes["intermediate_size"], args.seq_len)
+    flops = flops_per_token(model_config(args), args.seq_len)
     summary = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "preset": args.preset, "seq_len": args.seq_len, "batch_size": args.batch_size,
+        "torch": torch.__version__, "architecture": args.architecture, "preset": args.preset, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "steps": args.steps, "peak_flops": peak, "model_flops_per_real_token": flops, "variants": {},
     }
     for name in names:

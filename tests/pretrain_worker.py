@@ -2,6 +2,8 @@
 
 usage: python pretrain_worker.py SPEC.json [RANK WORLD]
 SPEC: {"tokenizer", "shards", "checkpoints", "out", "pretrain": {...}, "model": {...}, "kill_at": step | null}
+With "init_from": a checkpoint directory, the model is that checkpoint (continued pretraining) and
+"model" is not read.
 """
 
 import json
@@ -16,6 +18,7 @@ import torch.distributed as dist
 from tokenizers import Tokenizer
 
 from domainlm.config import PretrainConfig
+from domainlm.pretrain.architectures import load_checkpoint
 from domainlm.pretrain.data import TokenShards
 from domainlm.pretrain.model import EncoderConfig
 from domainlm.pretrain.trainer import Trainer
@@ -29,9 +32,14 @@ def main() -> None:
         dist.init_process_group("gloo", init_method=f"file://{spec['rendezvous']}", rank=rank, world_size=world)
     torch.set_num_threads(1)
     tokenizer = Tokenizer.from_file(spec["tokenizer"])
-    trainer = Trainer(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **spec["model"]),
-                      PretrainConfig(**spec["pretrain"]), TokenShards.load(Path(spec["shards"])), tokenizer,
-                      Path(spec["checkpoints"]), seed=0)
+    model = None
+    if spec.get("init_from"):
+        model, _ = load_checkpoint(Path(spec["init_from"]))
+        model_config = model.config
+    else:
+        model_config = EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **spec["model"])
+    trainer = Trainer(model_config, PretrainConfig(**spec["pretrain"]), TokenShards.load(Path(spec["shards"])),
+                      tokenizer, Path(spec["checkpoints"]), seed=0, model=model)
     trainer.resume_if_possible()
     if spec.get("kill_at") is not None:
         original = trainer.train_step

@@ -50,8 +50,10 @@ def test_biomed_eval_reads_all_four_tasks_and_reports(tmp_path, monkeypatch):
     for task, metric in (("ncbi-disease", "entity_f1"), ("chemprot", "micro_f1"), ("piboso", "micro_f1"),
                          ("pubmedqa", "accuracy")):
         assert {m for m, t, k in metrics if t == task and k == metric} == {"minilm", "domain", "tfidf"}
-    assert {(r["task"], r["model"]) for r in results["intervals"]} == {
-        (t, m) for t in ("ncbi-disease", "chemprot", "piboso", "pubmedqa") for m in ("domain", "tfidf")}
+    # every model against the reference model (minilm) and against TF-IDF
+    assert {(r["task"], r["model"], r["reference"]) for r in results["intervals"]} == {
+        (t, m, reference) for t in ("ncbi-disease", "chemprot", "piboso", "pubmedqa")
+        for reference in ("minilm", "tfidf") for m in {"domain", "minilm", "tfidf"} - {reference}}
     distance = results["distance"]["tasks"]
     assert set(distance) == {"ncbi-disease", "chemprot", "piboso", "pubmedqa"}
     assert all(d["fertility"] > 1 and 0 < d["js_divergence"] < 1 for d in distance.values())

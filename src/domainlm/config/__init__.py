@@ -156,6 +156,18 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _model_layout(self) -> RunConfig:
+        """The layout keys fit the architecture; ELECTRA trains the BERT layout only."""
+        problem = self.model.layout_problem()
+        if problem:
+            raise ValueError(problem)
+        if self.model.architecture != "bert" and self.pretrain.objective == "electra":
+            raise ValueError(f"pretrain.objective electra trains the bert layout (its generator and discriminator "
+                             f"are BERTs), but model.architecture is '{self.model.architecture}': set "
+                             "pretrain.objective: mlm, or model.architecture: bert")
+        return self
+
+    @model_validator(mode="after")
     def _extension_pieces_are_wordpiece(self) -> RunConfig:
         """Vocabulary extension spells each new domain entry in the checkpoint's WordPiece pieces."""
         if self.model.extend_vocab and self.tokenizer.model != "wordpiece":

@@ -1,16 +1,19 @@
-"""Pretrain stage: masked language modelling of a BERT-style encoder from scratch.
+"""Pretrain stage: masked language modelling of an encoder (the BERT or the ModernBERT layout,
+`architectures.ARCHITECTURES`), from scratch or continued from a checkpoint.
 
 Artifacts in `runs/<name>/pretrain/`:
 - `data/`: the corpus tokenised and packed once (memory-mapped .npy arrays).
 - `checkpoints/step-NNNNNNNN/`: weights (safetensors), optimizer, scheduler, RNG and data position;
   the latest `keep_checkpoints` are kept and a killed run resumes from the newest.
 - `history.json`: per-step loss and learning rate, and throughput.
-- `export/`: a Hugging Face directory (`BertForMaskedLM` + tokenizer) for the evaluate stage.
+- `export/`: a Hugging Face directory (`BertForMaskedLM` or `ModernBertForMaskedLM` + tokenizer)
+  for the evaluate stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
@@ -25,9 +28,11 @@ from domainlm.distributed import barrier, rank
 from domainlm.errors import ConfigError
 from domainlm.io import atomic_directory, atomic_write_json, atomic_write_text
 from domainlm.layout import RunLayout
+from domainlm.pretrain.architectures import ARCHITECTURES, architecture_of, load_checkpoint, to_hf_masked_lm
 from domainlm.pretrain.data import TokenShards, write_token_shards
 from domainlm.pretrain.electra import Electra, to_hf_electra
-from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask, to_hf_masked_lm
+from domainlm.pretrain.model import EncoderConfig, MaskedLM, segment_attention_mask
+from domainlm.pretrain.modernbert import ModernBertConfig
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
 from domainlm.vocabulary import (
@@ -41,11 +46,14 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 log = logging.getLogger(__name__)
 
 
-def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> EncoderConfig:
-    sizes = config.model.resolved()
-    return EncoderConfig(
+ModelConfig = EncoderConfig | ModernBertConfig  # one per architecture
+
+
+def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> ModelConfig:
+    """The config of a model trained from scratch, in the layout `model.architecture` names."""
+    return ARCHITECTURES[config.model.architecture].config(
         vocab_size=vocab_size, max_position=config.model.max_position, dropout=config.model.dropout,
-        pad_token_id=pad_id, **sizes,
+        pad_token_id=pad_id, **config.model.resolved(),
     )
 
 
@@ -58,17 +66,24 @@ def prepare_data(run_dir: RunLayout, tokenizer: Tokenizer, specials: dict[str, s
     return TokenShards.load(folder)
 
 
-def initial_model(config: RunConfig, write: bool = True) -> tuple[Encoder | None, Path, dict[str, str], dict[str, Any]]:
+def initial_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM | None, Path, dict[str, str], dict[str, Any]]:
     """With `model.init_from`: the checkpoint as our encoder (vocabulary extended if asked) and the
     tokenizer folder it uses. Otherwise (None, the domain tokenizer, its special tokens, {}).
     The special tokens are the pad / unk / cls / sep / mask tokens the tokenizer folder names."""
     run_dir = RunLayout(config.directory)
     if not config.model.init_from:
         return None, run_dir.tokenizer, special_tokens(run_dir.tokenizer), {}
-    from domainlm.pretrain.hf_init import extend_vocabulary, load_hf_encoder, save_tokenizer_dir
+    from domainlm.pretrain.hf_init import extend_vocabulary, save_tokenizer_dir
 
     source = resolve_path(config.model.init_from)
-    model, info = load_hf_encoder(source)
+    if config.model.extend_vocab:
+        check_extensible(source, config)
+    model, info = load_checkpoint(source)
+    if config.model.architecture != "bert" and info["architecture"] != config.model.architecture:
+        raise ConfigError(f"model.architecture is '{config.model.architecture}', but model.init_from "
+                          f"{config.model.init_from} is a '{info['model_type']}' checkpoint: continue it with "
+                          "model.architecture: bert (the default), or start from a "
+                          f"{config.model.architecture} checkpoint")
     specials = special_tokens(source)
     tokenizer_dir = run_dir.pretrain_tokenizer
     if config.model.extend_vocab:
@@ -101,11 +116,22 @@ def copy_tokenizer_files(source: Path, folder: Path, unicode_form: str | None = 
     write_loader_settings(folder)
 
 
-def export_model(model: Encoder | Electra, tokenizer_dir: Path, out: Path, config: EncoderConfig | None = None) -> float:
-    """Write a `transformers` directory (BertForMaskedLM / RobertaForMaskedLM, or ELECTRA's
-    discriminator as ElectraForPreTraining) and check that stock transformers, loading it from
-    disk, gives our outputs. Returns the max abs difference. `config` (default: the model's) is
-    what the exported config.json says, e.g. fine-tuning dropout."""
+def check_extensible(source: Path, config: RunConfig) -> None:
+    """ConfigError, before any weights load, when the checkpoint's tokenizer is not WordPiece:
+    vocabulary extension spells each new entry in the checkpoint's WordPiece pieces (a byte-level
+    BPE vocabulary, as ModernBERT's and RoBERTa's, has no such pieces to average)."""
+    kind = json.loads(read_tokenizer(source).to_str())["model"]["type"]
+    if kind != "WordPiece":
+        raise ConfigError(f"model.extend_vocab {config.model.extend_vocab}: vocabulary extension adds WordPiece "
+                          f"entries, but the checkpoint {config.model.init_from} has a {kind} tokenizer: set "
+                          "model.extend_vocab: 0, or start from a WordPiece checkpoint (BERT, MiniLM, ELECTRA)")
+
+
+def export_model(model: MaskedLM | Electra, tokenizer_dir: Path, out: Path, config: ModelConfig | None = None) -> float:
+    """Write a `transformers` directory (BertForMaskedLM / RobertaForMaskedLM / ModernBertForMaskedLM,
+    or ELECTRA's discriminator as ElectraForPreTraining) and check that stock transformers, loading
+    it from disk, gives our outputs. Returns the max abs difference. `config` (default: the
+    model's) is what the exported config.json says, e.g. fine-tuning dropout."""
     from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
 
     hf = to_hf_electra(model, config) if isinstance(model, Electra) else to_hf_masked_lm(model, config)
@@ -117,11 +143,14 @@ def export_model(model: Encoder | Electra, tokenizer_dir: Path, out: Path, confi
 
 
 @torch.no_grad()
-def output_difference(model: Encoder | Electra, hf_model, batch_size: int = 2, length: int = 24) -> float:
+def output_difference(model: MaskedLM | Electra, hf_model, batch_size: int = 2, length: int | None = None) -> float:
     """Max |ours - hf| of the output logits (MLM, or ELECTRA's replaced-token logits) on a random
-    right-padded batch (fp32, eval mode, real tokens)."""
+    right-padded batch (fp32, eval mode, real tokens). `length` (default 24, or for a model with
+    local attention twice its window, so that the window is tested, within the longest row)."""
     model, hf_model = model.float().eval().cpu(), hf_model.float().eval()
     c = model.config
+    if length is None:
+        length = min(c.max_position, 2 * max(12, getattr(c, "local_window", 12)))
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, c.vocab_size, (batch_size, length), generator=generator)
     lengths = torch.tensor([length, length // 2])[:batch_size]
@@ -155,7 +184,7 @@ def inputs(config: RunConfig) -> list[str]:
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
-    return {"model": config.model.model_dump(mode="json"), "pretrain": config.pretrain.model_dump(mode="json"),
+    return {"model": config.model.fingerprinted(), "pretrain": config.pretrain.model_dump(mode="json"),
             "seed": config.seed}
 
 
@@ -166,19 +195,26 @@ def non_embedding_parameters(model: torch.nn.Module) -> int:
                if not any(part in name for part in ("tok_embed", "pos_embed", "type_embed", "head_bias")))
 
 
-def check_positions(checkpoint: EncoderConfig, config: RunConfig) -> None:
+def check_positions(checkpoint: ModelConfig, config: RunConfig) -> None:
     """ConfigError when a packed row is longer than the checkpoint's usable positions (its table
-    minus RoBERTa's offset), naming both and the fix, instead of an IndexError at step 0."""
-    usable = checkpoint.max_position - checkpoint.position_offset
+    minus RoBERTa's offset, or ModernBERT's max_position_embeddings), naming both and the fix,
+    instead of an IndexError (or rotary positions it never saw) at step 0."""
+    usable, why = checkpoint.usable_positions()
     if config.pretrain.seq_len > usable:
         raise ConfigError(f"pretrain.seq_len {config.pretrain.seq_len} exceeds the {usable} positions the "
-                          f"checkpoint {config.model.init_from} can use ({checkpoint.max_position} in its table"
-                          f"{f', minus an offset of {checkpoint.position_offset}' if checkpoint.position_offset else ''}"
-                          f"): set pretrain.seq_len <= {usable}")
+                          f"checkpoint {config.model.init_from} can use ({why}): set pretrain.seq_len <= {usable}")
 
 
-def training_configs(config: RunConfig, model: Encoder | None, tokenizer: Tokenizer,
-                     specials: dict[str, str]) -> tuple[EncoderConfig, EncoderConfig]:
+def check_window(model_config: ModelConfig, config: RunConfig) -> None:
+    """A local window that covers whole rows is legal but makes local layers global: say so."""
+    window = getattr(model_config, "local_window", None)
+    if window is not None and window // 2 >= config.pretrain.seq_len - 1:
+        log.warning("pretrain: model.local_window %d covers every pair of tokens in a %d-token row: the local "
+                    "layers attend as the global ones do", window, config.pretrain.seq_len)
+
+
+def training_configs(config: RunConfig, model: MaskedLM | None, tokenizer: Tokenizer,
+                     specials: dict[str, str]) -> tuple[ModelConfig, ModelConfig]:
     """(the exported model's config, the config it trains with): they differ only in dropout, when
     `pretrain.dropout` is set (a continued checkpoint's dropout layers are set to it too)."""
     if model is None:
@@ -212,6 +248,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     barrier()
     data = prepare_data(run_dir, tokenizer, specials)
     model_config, train_config = training_configs(config, model, tokenizer, specials)
+    check_window(model_config, config)
     curves = Curves(out / "tensorboard", enabled=main_process)
     trainer = Trainer(train_config, config.pretrain, data, tokenizer, run_dir.checkpoints, seed=config.seed,
                       model=model, mask_token=specials["mask"], source_weights=run_dir.corpus_source_weights(),
@@ -229,6 +266,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         raise RuntimeError(f"exported model disagrees with the training model: max |Δ| = {difference:.2e}")
     summary = trainer.summary()
     summary.update(export_max_abs_logit_diff=difference, train_seconds=round(time.time() - started, 2),
+                   architecture=architecture_of(model_config),
                    parameters=sum(p.numel() for p in final_model.parameters()), init=init_info,
                    vocab_size=model_config.vocab_size, non_embedding_parameters=non_embedding_parameters(final_model))
     atomic_write_json(run_dir.pretrain_summary, summary)

@@ -69,7 +69,16 @@ def _encoder_config(path: Path, hf: dict, dropout: float | None) -> EncoderConfi
     )
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_checkpoint_config(path: Path) -> dict:
+    """A checkpoint directory's config.json, or ModelError naming the directory."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path}: not a readable checkpoint directory (config.json: {err})") from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint directory's weights (model.safetensors, or its shards); never a pickle."""
     if (path / "model.safetensors").exists():
         return load_file(path / "model.safetensors")
     if (path / "model.safetensors.index.json").exists():  # sharded
@@ -105,12 +114,9 @@ def load_hf_encoder(path: Path, dropout: float | None = None) -> tuple[Encoder, 
     the checkpoint weights ignored.
     """
     path = Path(path)
-    try:
-        hf = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ModelError(f"{path}: not a readable checkpoint directory (config.json: {err})") from None
+    hf = read_checkpoint_config(path)
     config = _encoder_config(path, hf, dropout)
-    weights, ignored = _bert_names(_read_safetensors(path), hf["model_type"])
+    weights, ignored = _bert_names(read_safetensors(path), hf["model_type"])
     decoder = weights.pop("cls.predictions.decoder.weight", None)
     embeddings = weights.get("bert.embeddings.word_embeddings.weight")
     if decoder is not None and embeddings is not None and not torch.equal(decoder, embeddings):

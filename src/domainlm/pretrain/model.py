@@ -7,6 +7,8 @@ export (`to_hf_state_dict`) is a renaming plus a split of the fused QKV projecti
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -36,6 +38,11 @@ class EncoderConfig:
     """Width of the embeddings when it differs from hidden_size (ELECTRA's generator)."""
     family: str = "bert"
     """The transformers architecture the export writes: "bert" (BertForMaskedLM) or "roberta"."""
+
+    def usable_positions(self) -> tuple[int, str]:
+        """The longest row this model can take, and where that limit comes from."""
+        offset = f", minus an offset of {self.position_offset}" if self.position_offset else ""
+        return self.max_position - self.position_offset, f"{self.max_position} in its table{offset}"
 
     def to_hf(self):
         """The equivalent `transformers.BertConfig` (or `RobertaConfig` for the roberta family)."""
@@ -79,24 +86,62 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, attn: Attention) -> torch.Tensor:
         shape = x.shape  # (B, T, H), or (N, H) when padding was removed (varlen)
         qkv = self.qkv(x).view(*shape[:-1], 3, self.num_heads, shape[-1] // self.num_heads)
-        if attn.kind == "varlen":
-            from torch.nn.attention.varlen import varlen_attn
-
-            q, k, v = qkv.unbind(-3)  # (N, nh, hs); no attention-probability dropout in this kernel
-            y = varlen_attn(q, k, v, attn.cu_seqlens, attn.cu_seqlens, attn.max_len, attn.max_len)
-        else:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (B, nh, T, hs)
-            if attn.kind == "flex":
-                y = _compiled_flex_attention()(q, k, v, block_mask=attn.block_mask)
-            else:
-                p = self.attn_dropout if self.training else 0.0
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn.mask, dropout_p=p)
-            y = y.transpose(1, 2)
+        q, k, v = qkv.unbind(-3)  # (B, T, nh, hs) or (N, nh, hs)
+        y = attend(q, k, v, attn, self.attn_dropout if self.training else 0.0)
         x = self.attn_norm(x + self.dropout(self.attn_out(y.reshape(shape))))
         return self.mlp_norm(x + self.dropout(self.mlp_out(F.gelu(self.mlp_in(x)))))
 
 
-class Encoder(nn.Module):
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn: Attention, dropout: float) -> torch.Tensor:
+    """Attention of q, k, v in the token-major layout the projections give, (B, T, nh, hs) or
+    (N, nh, hs) with varlen, by the kernel `attn` chose; the output has the same layout.
+    `dropout` (attention probabilities) applies on the sdpa path only."""
+    if attn.kind == "varlen":
+        from torch.nn.attention.varlen import varlen_attn
+
+        # A local layer's window, inclusive on both sides (flash attention's (left, right) convention).
+        window = {} if attn.half_window is None else {"window_size": (attn.half_window, attn.half_window)}
+        return varlen_attn(q, k, v, attn.cu_seqlens, attn.cu_seqlens, attn.max_len, attn.max_len, **window)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+    if attn.kind == "flex":
+        y = _compiled_flex_attention()(q, k, v, block_mask=attn.block_mask)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn.mask, dropout_p=dropout)
+    return y.transpose(1, 2)
+
+
+def varlen_has_window() -> bool:
+    """Whether this torch's varlen kernel takes a sliding window (ModernBERT's local layers need it)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return False
+    return "window_size" in inspect.signature(varlen_attn).parameters
+
+
+class MaskedLM(nn.Module):
+    """What the training encoders share: `forward(input_ids, position_ids, attn)` gives hidden
+    states, `mlm_logits` turns them into vocabulary logits, and the loss is computed on the masked
+    positions only."""
+
+    def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def mlm_loss(self, input_ids, position_ids, attn: Attention, labels, reduction: str = "mean",
+                 targets: MaskedTargets | None = None) -> torch.Tensor:
+        """Cross-entropy (mean, or sum) over positions whose label is not -100. The vocabulary
+        projection runs only on those (masked) positions: ~15% of the work of a full head.
+        `targets`: those positions, found on the host so that the GPU never waits for a
+        data-dependent shape (`masked_targets`; a fixed-capacity buffer keeps every shape static);
+        found here from `labels` when not given."""
+        hidden = self(input_ids, position_ids, attn)
+        if targets is None:
+            targets = MaskedTargets.of(attn.select(labels).reshape(-1))
+        logits = self.mlm_logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.index))  # (K, V)
+        return F.cross_entropy(logits.float(), targets.labels, reduction=reduction)
+
+
+class Encoder(MaskedLM):
     def __init__(self, c: EncoderConfig, mlm_head: bool = True):
         super().__init__()
         self.config = c
@@ -146,19 +191,6 @@ class Encoder(nn.Module):
         h = self.head_norm(F.gelu(self.head_dense(hidden)))
         return F.linear(h, self.tok_embed.weight, self.head_bias)
 
-    def mlm_loss(self, input_ids, position_ids, attn: Attention, labels, reduction: str = "mean",
-                 targets: MaskedTargets | None = None) -> torch.Tensor:
-        """Cross-entropy (mean, or sum) over positions whose label is not -100. The vocabulary
-        projection runs only on those (masked) positions: ~15% of the work of a full head.
-        `targets`: those positions, found on the host so that the GPU never waits for a
-        data-dependent shape (`masked_targets`; a fixed-capacity buffer keeps every shape static);
-        found here from `labels` when not given."""
-        hidden = self(input_ids, position_ids, attn)
-        if targets is None:
-            targets = MaskedTargets.of(attn.select(labels).reshape(-1))
-        logits = self.mlm_logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.index))  # (K, V)
-        return F.cross_entropy(logits.float(), targets.labels, reduction=reduction)
-
 
 @dataclass
 class Attention:
@@ -169,21 +201,38 @@ class Attention:
     skipped). varlen: padding is removed, the model runs on (N, H) real tokens and the flash varlen
     kernel attends within each `cu_seqlens` range (GPU). flex and varlen have no
     attention-probability dropout (hidden-state dropout still applies).
+
+    `within(w)` narrows any of them to a sliding window (ModernBERT's local layers): a token sees
+    the tokens of its own document at most w positions away.
     """
 
     kind: str
     mask: torch.Tensor | None = None
     block_mask: object = None
+    segment_ids: torch.Tensor | None = None  # flex: (B, T), what its block masks are built from
     real: torch.Tensor | None = None  # varlen: (B, T) bool, which positions the model keeps
     index: torch.Tensor | None = None  # varlen: their flat indices (computed on the host)
     cu_seqlens: torch.Tensor | None = None
     max_len: int = 0
+    half_window: int | None = None  # set by `within`: keys at most this far from the query (varlen)
 
     def select(self, tensor: torch.Tensor) -> torch.Tensor:
         """A (B, T, ...) tensor in the layout the model computes in (real tokens only for varlen)."""
         if self.kind != "varlen":
             return tensor
         return tensor.reshape(-1, *tensor.shape[2:]).index_select(0, self.index.to(tensor.device))
+
+    def within(self, half_window: int) -> Attention:
+        """This attention with a sliding window as well: query i sees key j only if
+        |i - j| <= half_window (and, as before, j is in i's document). Inside a document row
+        distance equals position distance, so the window is the same in every layout."""
+        if self.kind == "varlen":
+            return dataclasses.replace(self, half_window=half_window)
+        if self.kind == "flex":
+            return dataclasses.replace(self, block_mask=_document_block_mask(self.segment_ids, half_window))
+        i = torch.arange(self.mask.shape[-1], device=self.mask.device)
+        near = (i[:, None] - i[None, :]).abs() <= half_window  # (T, T)
+        return dataclasses.replace(self, mask=self.mask & near)
 
 
 def document_attention(segment_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -201,14 +250,29 @@ def document_attention(segment_ids: torch.Tensor, position_ids: torch.Tensor | N
     if kind == "sdpa":
         return Attention(kind, mask=(segment_ids[:, :, None] == segment_ids[:, None, :]).unsqueeze(1))
     if kind == "flex":
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        def same_document(b, h, q, k):
-            return segment_ids[b, q] == segment_ids[b, k]
-
-        B, T = segment_ids.shape
-        return Attention(kind, block_mask=create_block_mask(same_document, B, None, T, T, device=str(device)))
+        return Attention(kind, block_mask=_document_block_mask(segment_ids), segment_ids=segment_ids)
     raise ValueError(f"unknown attention kind '{kind}' (expected sdpa, flex or varlen)")
+
+
+def document_mask_mod(segment_ids: torch.Tensor, half_window: int | None = None):
+    """FlexAttention's mask_mod: query q sees key k of row b when both are in one document (and,
+    with `half_window`, at most that many positions apart)."""
+    def same_document(b, h, q, k):
+        return segment_ids[b, q] == segment_ids[b, k]
+
+    def nearby_in_document(b, h, q, k):
+        return same_document(b, h, q, k) & ((q - k).abs() <= half_window)
+
+    return same_document if half_window is None else nearby_in_document
+
+
+def _document_block_mask(segment_ids: torch.Tensor, half_window: int | None = None):
+    """A FlexAttention block mask of `document_mask_mod`: blocks with no visible pair are skipped."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, T = segment_ids.shape
+    return create_block_mask(document_mask_mod(segment_ids, half_window), B, None, T, T,
+                             device=str(segment_ids.device))
 
 
 @dataclass

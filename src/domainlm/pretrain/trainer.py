@@ -35,6 +35,7 @@ from domainlm.distributed import rank, world_size
 from domainlm.errors import ConfigError, TrainingDiverged
 from domainlm.io import atomic_directory, atomic_write_json, read_json
 from domainlm.optim import lr_schedule, parameter_groups
+from domainlm.pretrain.architectures import new_model
 from domainlm.pretrain.data import (
     TokenShards,
     lexicon_sequences,
@@ -44,13 +45,14 @@ from domainlm.pretrain.data import (
 )
 from domainlm.pretrain.electra import Electra
 from domainlm.pretrain.model import (
-    Encoder,
     EncoderConfig,
     MaskedTargets,
     document_attention,
     masked_capacity,
     masked_targets,
+    varlen_has_window,
 )
+from domainlm.pretrain.modernbert import ModernBertConfig
 from domainlm.pretrain.plan import DataPlan
 from domainlm.progress import Curves, progress_bar
 
@@ -78,16 +80,22 @@ def static_losses(objective: torch.nn.Module, input_ids, position_ids, segment_i
     return objective(input_ids, position_ids, attn, real, MaskedTargets(index, labels, noise))
 
 
-def resolve_attention(kind: str, device: torch.device, dropout: float, static: bool = False) -> str:
+def resolve_attention(kind: str, device: torch.device, dropout: float, static: bool = False,
+                      windowed: bool = False) -> str:
     """`auto`: varlen where its flash kernel runs (CUDA, no attention-probability dropout asked
-    for, shapes free to vary), else sdpa. An explicit choice the device (or static shapes) cannot
+    for, shapes free to vary, and for a `windowed` model (local attention layers) a kernel that
+    takes a sliding window), else sdpa. An explicit choice the device (or static shapes) cannot
     run is an error, not a silent fallback."""
     if kind == "auto":
-        return "varlen" if device.type == "cuda" and dropout == 0 and not static else "sdpa"
+        varlen = device.type == "cuda" and dropout == 0 and not static and (not windowed or varlen_has_window())
+        return "varlen" if varlen else "sdpa"
     if kind in ("flex", "varlen") and device.type != "cuda":
         raise ConfigError(f"pretrain.attention: {kind} needs a CUDA GPU (its CPU kernels have no backward); use sdpa")
     if static and kind != "sdpa":
         raise ConfigError(f"pretrain.static_shapes needs attention sdpa (varlen's token count varies), got {kind}")
+    if kind == "varlen" and windowed and not varlen_has_window():
+        raise ConfigError(f"pretrain.attention: varlen in torch {torch.__version__} takes no sliding window, which "
+                          "the model's local attention layers need; use flex or sdpa")
     return kind
 
 
@@ -128,7 +136,7 @@ class Trainer:
     resumes; the model, optimizer, scheduler, RNG and data position are all in a checkpoint.
     `curves`: where loss, learning rate, tokens/s and gradient norm go every `log_every` steps."""
 
-    def __init__(self, model_config: EncoderConfig, config: PretrainConfig, data: TokenShards,
+    def __init__(self, model_config: EncoderConfig | ModernBertConfig, config: PretrainConfig, data: TokenShards,
                  tokenizer: Tokenizer, checkpoint_dir: Path, seed: int = 0, model: torch.nn.Module | None = None,
                  mask_token: str = "[MASK]", source_weights: dict[str, float] | None = None,
                  curves: Curves | None = None):
@@ -138,10 +146,11 @@ class Trainer:
         torch.manual_seed(seed)  # the model's initialisation draws from the global generator
         if model is None:
             model = Electra(model_config, config.generator_fraction) if config.objective == "electra" \
-                else Encoder(model_config)
+                else new_model(model_config)
         self.model = model.to(self.device)
         self.static = config.static_shapes
-        self.attention = resolve_attention(config.attention, self.device, model_config.dropout, self.static)
+        windowed = hasattr(model_config, "local_window")  # ModernBERT's local layers
+        self.attention = resolve_attention(config.attention, self.device, model_config.dropout, self.static, windowed)
         if config.compile and not self.static:
             self.compile_blocks()
         self.objective = self._distribute(Objective(self.model))
@@ -464,7 +473,7 @@ class Trainer:
             return self.model
         state, _ = self._full_states()
         c = self.model.config
-        copy = Electra(c, self.config.generator_fraction) if isinstance(self.model, Electra) else Encoder(c)
+        copy = Electra(c, self.config.generator_fraction) if isinstance(self.model, Electra) else new_model(c)
         if self.rank == 0:
             copy.load_state_dict(state)
         return copy

@@ -1,0 +1,63 @@
+"""The encoder layouts pretraining trains, one row per `model.architecture`: its config dataclass,
+its module, its export to stock `transformers`, and how a local checkpoint of the transformers
+`model_type`s it reads is loaded into it (continued pretraining).
+
+The stage and the trainer look a layout up here and never branch on it: every module takes
+(input_ids, position_ids, attention) and has `mlm_logits` and `mlm_loss` (`model.MaskedLM`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from domainlm.errors import ModelError
+from domainlm.pretrain import hf_init, model, modernbert
+
+
+@dataclass(frozen=True)
+class Architecture:
+    config: type  # the dataclass config, built as config(vocab_size=..., max_position=..., dropout=..., ...)
+    model: type  # the module, built as model(config)
+    to_hf: Callable  # (model, config) -> the stock transformers masked LM holding its weights
+    load: Callable  # (checkpoint directory, dropout) -> (model, info)
+    model_types: tuple[str, ...]  # the transformers model_type values `load` reads
+
+
+ARCHITECTURES = {
+    "bert": Architecture(model.EncoderConfig, model.Encoder, model.to_hf_masked_lm, hf_init.load_hf_encoder,
+                         hf_init.SUPPORTED),
+    "modernbert": Architecture(modernbert.ModernBertConfig, modernbert.ModernBert, modernbert.to_hf_masked_lm,
+                               modernbert.load_hf_modernbert, ("modernbert",)),
+}
+
+
+def architecture_of(config) -> str:
+    """The `model.architecture` name of a model config."""
+    return next(name for name, a in ARCHITECTURES.items() if isinstance(config, a.config))
+
+
+def new_model(config) -> model.MaskedLM:
+    """A freshly initialised model of the layout `config` describes (from the global torch RNG)."""
+    return ARCHITECTURES[architecture_of(config)].model(config)
+
+
+def to_hf_masked_lm(trained: model.MaskedLM, config=None):
+    """The stock transformers masked LM (BertForMaskedLM, RobertaForMaskedLM or
+    ModernBertForMaskedLM) holding `trained`'s weights; `config` (default: the model's) is what
+    its config says, e.g. dropout."""
+    return ARCHITECTURES[architecture_of(trained.config)].to_hf(trained, config)
+
+
+def load_checkpoint(path: Path, dropout: float | None = None) -> tuple[model.MaskedLM, dict]:
+    """Our model of a local transformers checkpoint directory, in the layout its model_type
+    loads into; ModelError naming the model_type and those supported when none does. Returns
+    (model, info) with info["architecture"] the layout chosen."""
+    model_type = hf_init.read_checkpoint_config(path).get("model_type")
+    supported = {t: name for name, a in ARCHITECTURES.items() for t in a.model_types}
+    if model_type not in supported:
+        raise ModelError(f"{path}: model_type {model_type!r} is not supported; supported: "
+                         f"{', '.join(sorted(supported))}")
+    loaded, info = ARCHITECTURES[supported[model_type]].load(Path(path), dropout)
+    return loaded, info | {"architecture": supported[model_type]}
