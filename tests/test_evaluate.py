@@ -106,6 +106,27 @@ def tiny_model(tmp_path):
     return folder
 
 
+@pytest.fixture
+def tiny_modernbert(tmp_path):
+    """A 2-layer random ModernBERT (one global, one local layer) with a byte-level BPE vocabulary."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    from domainlm.config import TokenizerConfig
+    from domainlm.tokenizer import save_for_transformers, train_tokenizer
+
+    folder = tmp_path / "modernbert"
+    texts = [" ".join(_sentence(random.Random(i))) for i in range(200)] + ["same diff onc other which is there a"]
+    tokenizer = train_tokenizer(texts, TokenizerConfig(model="bpe", vocab_size=300, min_frequency=1))
+    save_for_transformers(tokenizer, folder, model_max_length=64)
+    ModernBertForMaskedLM(ModernBertConfig(
+        vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=48, max_position_embeddings=64, local_attention=8, global_attn_every_n_layers=2,
+        pad_token_id=tokenizer.token_to_id("<pad>"), bos_token_id=tokenizer.token_to_id("<s>"),
+        eos_token_id=tokenizer.token_to_id("</s>"), cls_token_id=tokenizer.token_to_id("<s>"),
+        sep_token_id=tokenizer.token_to_id("</s>"))).save_pretrained(folder)
+    return folder
+
+
 # ---------------------------------------------------------------------------------- readers
 def test_conll_reader_takes_2_or_4_columns(tmp_path):
     two, four = tmp_path / "two.tsv", tmp_path / "four.txt"
@@ -195,8 +216,11 @@ def test_entity_markers_marked_or_replaced():
 
 
 # ------------------------------------------------------------------------------ every type
-def test_every_task_type_fine_tunes_and_scores_on_a_tiny_model(task_entries, tiny_model):
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_modernbert"], ids=["bert", "modernbert"])
+def test_every_task_type_fine_tunes_and_scores_on_a_tiny_model(task_entries, model, request):
     from domainlm.evaluate.finetune import finetune
+
+    tiny_model = request.getfixturevalue(model)
 
     config = EvaluateConfig(epochs=2, patience=1, batch_size=8, max_length=16, lr=1e-3)
     for kind, entry in task_entries.items():

@@ -30,3 +30,12 @@ timeout 150 python3 benchmarks/pretrain_throughput.py --preset base --seq-len 51
     --warmup 4 --variants hf-packed-compiled,domainlm-static-graphs --fill-memory 0.6 2>&1 | grep -v "steps/s" \
     | tee "$OUT/throughput_filled.log"
 tail -1 "$OUT/throughput_filled.log" > "$OUT/throughput_filled.json"
+# 6. The ModernBERT layout (issue 15): ModernBERT-base (22 x 768, GeGLU 1152, a 128-token window on two
+#    layers of three), seq 512, bf16: stock ModernBertForMaskedLM padded and packed (and flattened with
+#    flash-attention 2 where that package is installed) vs domainlm's engine (varlen with the window,
+#    and the compiled static step, whose sdpa path takes the windowed document mask).
+timeout 150 python3 benchmarks/pretrain_throughput.py --architecture modernbert --preset base --local-window 128 \
+    --seq-len 512 --batch-size 32 --steps 12 --warmup 5 \
+    --variants hf-padded,hf-packed,hf-flattened,domainlm-varlen,domainlm-static-compiled 2>&1 | grep -v "steps/s" \
+    | tee "$OUT/throughput_modernbert.log"
+tail -1 "$OUT/throughput_modernbert.log" > "$OUT/throughput_modernbert.json"
