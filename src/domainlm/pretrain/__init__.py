@@ -28,11 +28,16 @@ from domainlm.distributed import barrier, rank
 from domainlm.errors import ConfigError
 from domainlm.io import atomic_directory, atomic_write_json, atomic_write_text
 from domainlm.layout import RunLayout
-from domainlm.pretrain.architectures import ARCHITECTURES, architecture_of, load_checkpoint, to_hf_masked_lm
+from domainlm.pretrain.architectures import (
+    ARCHITECTURES,
+    LayoutConfig,
+    architecture_of,
+    load_checkpoint,
+    to_hf_masked_lm,
+)
 from domainlm.pretrain.data import TokenShards, write_token_shards
 from domainlm.pretrain.electra import Electra, to_hf_electra
-from domainlm.pretrain.model import EncoderConfig, MaskedLM, segment_attention_mask
-from domainlm.pretrain.modernbert import ModernBertConfig
+from domainlm.pretrain.model import MaskedLM, segment_attention_mask
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
 from domainlm.vocabulary import (
@@ -46,10 +51,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 log = logging.getLogger(__name__)
 
 
-ModelConfig = EncoderConfig | ModernBertConfig  # one per architecture
-
-
-def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> ModelConfig:
+def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> LayoutConfig:
     """The config of a model trained from scratch, in the layout `model.architecture` names."""
     return ARCHITECTURES[config.model.architecture].config(
         vocab_size=vocab_size, max_position=config.model.max_position, dropout=config.model.dropout,
@@ -127,7 +129,7 @@ def check_extensible(source: Path, config: RunConfig) -> None:
                           "model.extend_vocab: 0, or start from a WordPiece checkpoint (BERT, MiniLM, ELECTRA)")
 
 
-def export_model(model: MaskedLM | Electra, tokenizer_dir: Path, out: Path, config: ModelConfig | None = None) -> float:
+def export_model(model: MaskedLM | Electra, tokenizer_dir: Path, out: Path, config: LayoutConfig | None = None) -> float:
     """Write a `transformers` directory (BertForMaskedLM / RobertaForMaskedLM / ModernBertForMaskedLM,
     or ELECTRA's discriminator as ElectraForPreTraining) and check that stock transformers, loading
     it from disk, gives our outputs. Returns the max abs difference. `config` (default: the
@@ -195,7 +197,7 @@ def non_embedding_parameters(model: torch.nn.Module) -> int:
                if not any(part in name for part in ("tok_embed", "pos_embed", "type_embed", "head_bias")))
 
 
-def check_positions(checkpoint: ModelConfig, config: RunConfig) -> None:
+def check_positions(checkpoint: LayoutConfig, config: RunConfig) -> None:
     """ConfigError when a packed row is longer than the checkpoint's usable positions (its table
     minus RoBERTa's offset, or ModernBERT's max_position_embeddings), naming both and the fix,
     instead of an IndexError (or rotary positions it never saw) at step 0."""
@@ -205,7 +207,7 @@ def check_positions(checkpoint: ModelConfig, config: RunConfig) -> None:
                           f"checkpoint {config.model.init_from} can use ({why}): set pretrain.seq_len <= {usable}")
 
 
-def check_window(model_config: ModelConfig, config: RunConfig) -> None:
+def check_window(model_config: LayoutConfig, config: RunConfig) -> None:
     """A local window that covers whole rows is legal but makes local layers global: say so."""
     window = getattr(model_config, "local_window", None)
     if window is not None and window // 2 >= config.pretrain.seq_len - 1:
@@ -214,7 +216,7 @@ def check_window(model_config: ModelConfig, config: RunConfig) -> None:
 
 
 def training_configs(config: RunConfig, model: MaskedLM | None, tokenizer: Tokenizer,
-                     specials: dict[str, str]) -> tuple[ModelConfig, ModelConfig]:
+                     specials: dict[str, str]) -> tuple[LayoutConfig, LayoutConfig]:
     """(the exported model's config, the config it trains with): they differ only in dropout, when
     `pretrain.dropout` is set (a continued checkpoint's dropout layers are set to it too)."""
     if model is None:

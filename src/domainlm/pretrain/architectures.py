@@ -25,6 +25,9 @@ class Architecture:
     model_types: tuple[str, ...]  # the transformers model_type values `load` reads
 
 
+# A model config of any layout (not the recipe's `model:` section, `domainlm.config.ModelConfig`).
+LayoutConfig = model.EncoderConfig | modernbert.ModernBertConfig
+
 ARCHITECTURES = {
     "bert": Architecture(model.EncoderConfig, model.Encoder, model.to_hf_masked_lm, hf_init.load_hf_encoder,
                          hf_init.SUPPORTED),

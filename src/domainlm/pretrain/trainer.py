@@ -35,7 +35,7 @@ from domainlm.distributed import rank, world_size
 from domainlm.errors import ConfigError, TrainingDiverged
 from domainlm.io import atomic_directory, atomic_write_json, read_json
 from domainlm.optim import lr_schedule, parameter_groups
-from domainlm.pretrain.architectures import new_model
+from domainlm.pretrain.architectures import LayoutConfig, new_model
 from domainlm.pretrain.data import (
     TokenShards,
     lexicon_sequences,
@@ -45,14 +45,12 @@ from domainlm.pretrain.data import (
 )
 from domainlm.pretrain.electra import Electra
 from domainlm.pretrain.model import (
-    EncoderConfig,
     MaskedTargets,
     document_attention,
     masked_capacity,
     masked_targets,
     varlen_has_window,
 )
-from domainlm.pretrain.modernbert import ModernBertConfig
 from domainlm.pretrain.plan import DataPlan
 from domainlm.progress import Curves, progress_bar
 
@@ -136,7 +134,7 @@ class Trainer:
     resumes; the model, optimizer, scheduler, RNG and data position are all in a checkpoint.
     `curves`: where loss, learning rate, tokens/s and gradient norm go every `log_every` steps."""
 
-    def __init__(self, model_config: EncoderConfig | ModernBertConfig, config: PretrainConfig, data: TokenShards,
+    def __init__(self, model_config: LayoutConfig, config: PretrainConfig, data: TokenShards,
                  tokenizer: Tokenizer, checkpoint_dir: Path, seed: int = 0, model: torch.nn.Module | None = None,
                  mask_token: str = "[MASK]", source_weights: dict[str, float] | None = None,
                  curves: Curves | None = None):
