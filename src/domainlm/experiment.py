@@ -19,6 +19,7 @@ import logging
 import math
 import shutil
 import traceback
+from fractions import Fraction
 from typing import Any
 
 from domainlm.config import ArmConfig, RunConfig, config_from_dict
@@ -38,10 +39,12 @@ def merge(base: dict, changes: dict) -> dict:
     return out
 
 
-def arm_steps(config: RunConfig, pretrain: dict) -> int:
-    """Steps that spend one arm's share of the budget with this arm's batch shape."""
-    share = config.experiment.budget_tokens // len(config.experiment.arms)
-    return max(1, math.floor(share / (pretrain["batch_size"] * pretrain["seq_len"])))
+def arm_steps(config: RunConfig, pretrain: dict, share: float = 1.0) -> int:
+    """Steps that spend an arm's share of the budget (`share` over all arms' shares) with this
+    arm's batch shape. Exact integer arithmetic: equal shares give budget // arms // row positions."""
+    shares = [Fraction(arm.share) for arm in config.experiment.arms]
+    positions = Fraction(config.experiment.budget_tokens) * Fraction(share) / sum(shares)
+    return max(1, math.floor(positions / (pretrain["batch_size"] * pretrain["seq_len"])))
 
 
 def arm_config(config: RunConfig, arm: ArmConfig) -> RunConfig:
@@ -49,8 +52,11 @@ def arm_config(config: RunConfig, arm: ArmConfig) -> RunConfig:
     data = config.model_dump(mode="json", exclude={"experiment", "evaluate", "report"})  # an arm only pretrains
     for section in ("corpus", "tokenizer", "model", "pretrain"):
         data[section] = merge(data[section], getattr(arm, section))
+    for key, name in arm.arm_references().items():  # `arm:<name>`: that (earlier) arm's export
+        section, field = key.split(".")
+        data[section][field] = str(RunLayout(config.directory).arm(name).export)
     pretrain = data["pretrain"]
-    pretrain["max_steps"] = arm_steps(config, pretrain)
+    pretrain["max_steps"] = arm_steps(config, pretrain, arm.share)
     pretrain["checkpoint_every"] = min(pretrain["checkpoint_every"], pretrain["max_steps"])
     data.update(name=f"{config.name}-{arm.name}", run_dir=str(RunLayout(config.directory).arm(arm.name).root))
     return config_from_dict(data, origin=f"experiment arm '{arm.name}'")
@@ -96,6 +102,8 @@ def run_arm(config: RunConfig, arm: ArmConfig) -> dict[str, Any]:
             "parameters": summary["parameters"], "real_tokens_per_s": summary["real_tokens_per_s"],
             "export_max_abs_logit_diff": summary["export_max_abs_logit_diff"], "init": summary.get("init"),
             "vocab_size": summary.get("vocab_size"), "non_embedding_parameters": summary.get("non_embedding_parameters"),
+            "flops": summary.get("flops"), "flops_dense_equivalent": summary.get("flops_dense_equivalent"),
+            "share": arm.share,
             "wall_seconds": round(sum(seconds.values()), 2)}
 
 

@@ -86,7 +86,7 @@ class RunConfig(Section):
     def reads_corpus(self) -> bool:
         """Whether any stage of this run reads a curated corpus of its own."""
         return self.pretrains or self.experiment is not None or any(
-            m.kind == "self-training" and m.unlabeled == "corpus" for m in self.evaluate.models)
+            m.reads_unlabeled and m.unlabeled == "corpus" for m in self.evaluate.models)
 
     @field_validator("name")
     @classmethod
@@ -103,11 +103,11 @@ class RunConfig(Section):
         corpus = self.corpus
         paths = [s.path for s in corpus.sources if s.path and s.format != "hf-hub"] if corpus else []
         paths += [p for t in self.tasks for p in t.files()]
-        paths += [self.model.init_from, self.pretrain.lexicon, self.tokenizer.reference,
+        paths += [self.model.init_from, self.model.grow_from, self.pretrain.lexicon, self.tokenizer.reference,
                   corpus.quality.language_model if corpus else None, self.evaluate.general_corpus,
                   self.evaluate.general_tokenizer]
         paths += [m.path for m in self.evaluate.models] + [m.unlabeled for m in self.evaluate.models
-                                                            if m.kind == "self-training" and m.unlabeled != "corpus"]
+                                                            if m.reads_unlabeled and m.unlabeled != "corpus"]
         return [p for p in paths if p]
 
     @model_validator(mode="after")
@@ -131,15 +131,15 @@ class RunConfig(Section):
     def _corpus_when_needed(self) -> RunConfig:
         if self.corpus is None and self.reads_corpus:
             raise ValueError("missing key 'corpus': this run pretrains (a domain or random-init model of its own, "
-                             "an experiment, or self-training on the corpus); without a corpus it can only "
+                             "an experiment, or self-training or distillation on the corpus); without a corpus it can only "
                              "evaluate existing checkpoints and TF-IDF")
         return self
 
     @model_validator(mode="after")
     def _rows_fit_the_position_table(self) -> RunConfig:
         """A packed row needs a position for each of its tokens (a continued checkpoint's table is
-        checked when it is loaded)."""
-        if self.model.init_from:
+        checked when it is loaded, as is the table a grown model keeps from its source)."""
+        if self.model.init_from or self.model.grow_from:
             return self
         if self.pretrain.seq_len > self.model.max_position:
             raise ValueError(f"pretrain.seq_len {self.pretrain.seq_len} exceeds model.max_position "
@@ -174,6 +174,22 @@ class RunConfig(Section):
             raise ValueError(f"model.extend_vocab {self.model.extend_vocab} adds WordPiece entries to a WordPiece "
                              f"checkpoint, but tokenizer.model is '{self.tokenizer.model}': set tokenizer.model: "
                              "wordpiece, or model.extend_vocab: 0")
+        return self
+
+    @model_validator(mode="after")
+    def _one_starting_point(self) -> RunConfig:
+        """A grown model starts from its source's weights and vocabulary, as they are."""
+        if not self.model.grow_from:
+            return self
+        if self.model.init_from:
+            raise ValueError("model.init_from and model.grow_from are both set: continue a checkpoint at its own "
+                             "size (init_from) or grow a smaller one into this section's size (grow_from), not both")
+        if self.model.extend_vocab:
+            raise ValueError(f"model.extend_vocab {self.model.extend_vocab} extends an init_from checkpoint's "
+                             "vocabulary; model.grow_from keeps its source's: set model.extend_vocab: 0")
+        if self.pretrain.objective == "electra":
+            raise ValueError("model.grow_from continues masked-language-model pretraining on the grown model; "
+                             "pretrain.objective electra starts from scratch: set pretrain.objective: mlm")
         return self
 
     @model_validator(mode="after")

@@ -13,25 +13,35 @@ from domainlm.config.base import Section, resolve_path, unique_names
 class ModelEntry(Section):
     name: str
     """Row label in the results."""
-    kind: Literal["domain", "random-init", "hf", "tfidf", "self-training"]
+    kind: Literal["domain", "random-init", "hf", "tfidf", "self-training", "distilled"]
     """domain: the model this run pretrained. random-init: the same architecture and tokenizer,
     untrained. hf: a local Hugging Face model directory (`path`). tfidf: TF-IDF (or word-window
     features for token tasks) + logistic regression. self-training: `teacher` (another entry)
     fine-tuned on the gold labels labels `unlabeled` in-domain text; a fresh copy of the teacher's
-    model trains on those pseudo-labels, then fine-tunes on the gold labels."""
+    model trains on those pseudo-labels, then fine-tunes on the gold labels. distilled: `teacher`
+    fine-tuned on the gold labels gives soft targets on `unlabeled` text; the `student` entry's
+    model learns them (knowledge distillation), then fine-tunes on the gold labels."""
     path: str | None = None
     """hf: the model directory (`pkg://package/sub/path` for one inside an installed package)."""
     optional: bool = False
     """If the path is a `pkg://` path whose package is missing, skip this model with a note."""
     teacher: str | None = None
-    """self-training: the name of the model entry to start from (domain, random-init or hf)."""
+    """self-training, distilled: the name of the model entry fine-tuned to label the unlabeled text
+    (domain, random-init or hf)."""
+    student: str | None = None
+    """distilled: the name of the model entry whose model learns the teacher's soft targets
+    (domain, random-init or hf; typically a smaller one, such as another experiment arm)."""
+    temperature: float = Field(default=2.0, gt=0)
+    """distilled: soft-target temperature T (Hinton et al. 2015); the loss is scaled by T^2."""
+    distill_epochs: int = Field(default=1, ge=1)
+    """distilled: epochs over the soft targets before the gold labels."""
     arm: str | None = None
     """In an experiment: `domain` / `random-init` take this arm's pretrained model / architecture."""
     unlabeled: str = "corpus"
-    """self-training: unlabeled text, one document per line (txt/.gz), or `corpus` (this run's
+    """self-training, distilled: unlabeled text, one document per line (txt/.gz), or `corpus` (this run's
     curated corpus)."""
     max_unlabeled: int = Field(default=2000, ge=1)
-    """self-training: at most this many unlabeled inputs are pseudo-labelled (a seeded sample)."""
+    """self-training, distilled: at most this many unlabeled inputs are labelled (a seeded sample)."""
     confidence: float = Field(default=0.9, ge=0, le=1)
     """self-training: keep pseudo-labels whose predicted probability is at least this (token
     tasks: the lowest over the sentence's words)."""
@@ -49,9 +59,16 @@ class ModelEntry(Section):
                 raise ValueError(str(err)) from None
             if not exists:
                 raise ValueError(f"model '{self.name}' directory not found: {self.path}")
-        if self.kind == "self-training" and not self.teacher:
-            raise ValueError(f"model '{self.name}' (kind self-training) needs a `teacher` (another model's name)")
+        if self.reads_unlabeled and not self.teacher:
+            raise ValueError(f"model '{self.name}' (kind {self.kind}) needs a `teacher` (another model's name)")
+        if self.kind == "distilled" and not self.student:
+            raise ValueError(f"model '{self.name}' (kind distilled) needs a `student` (another model's name)")
         return self
+
+    @property
+    def reads_unlabeled(self) -> bool:
+        """Whether this entry reads unlabeled in-domain text (`unlabeled`)."""
+        return self.kind in ("self-training", "distilled")
 
 
 class EvaluateConfig(Section):
@@ -102,10 +119,14 @@ class EvaluateConfig(Section):
     @model_validator(mode="after")
     def _teachers(self) -> EvaluateConfig:
         names = {m.name: m for m in self.models}
-        for m in self.models:
-            if m.kind == "self-training" and (m.teacher not in names or names[m.teacher].kind in ("tfidf", "self-training")):
-                raise ValueError(f"model '{m.name}': teacher '{m.teacher}' must name a domain, random-init or hf "
-                                 f"model of evaluate.models")
+        neural = ("domain", "random-init", "hf")  # models a teacher or student can be
+        for m in (m for m in self.models if m.reads_unlabeled):
+            roles = [("teacher", m.teacher)] + ([("student", m.student)] if m.kind == "distilled" else [])
+            for role, name in roles:
+                if name not in names or names[name].kind not in neural:
+                    found = f"is a {names[name].kind} model" if name in names else "is not a model name"
+                    raise ValueError(f"model '{m.name}': {role} '{name}' {found}; it must name a domain, random-init "
+                                     f"or hf model of evaluate.models")
         return self
 
     @field_validator("models")

@@ -8,6 +8,10 @@ from pydantic import Field, field_validator
 
 from domainlm.config.base import Section, unique_names
 
+# Arm keys that name a model directory, and so may name an earlier arm's export as `arm:<name>`.
+ARM_PATH_KEYS = (("model", "init_from"), ("model", "grow_from"), ("pretrain", "teacher"),
+                 ("pretrain", "difficulty_model"))
+
 
 class ArmConfig(Section):
     """One pretraining arm of an experiment: the recipe's corpus / tokenizer / model / pretrain
@@ -22,7 +26,22 @@ class ArmConfig(Section):
     model: dict[str, Any] = Field(default_factory=dict)
     """Keys of the `model` section this arm replaces (e.g. `init_from`, `extend_vocab`)."""
     pretrain: dict[str, Any] = Field(default_factory=dict)
-    """Keys of the `pretrain` section this arm replaces (`max_steps` is set by the budget)."""
+    """Keys of the `pretrain` section this arm replaces (`max_steps` is set by the budget). A path
+    key (`model.init_from`, `model.grow_from`, `pretrain.teacher`, `pretrain.difficulty_model`)
+    may say `arm:<name>`: the export of an earlier arm (growth from a small arm, a teacher arm)."""
+    share: float = Field(default=1.0, gt=0)
+    """This arm's share of the budget relative to the others' (all 1: equal shares). E.g. a small
+    model for half an arm's budget (share 0.5), grown from it for the other half (share 0.5),
+    against a large model for a whole one (share 1)."""
+
+    def arm_references(self) -> dict[str, str]:
+        """`section.key` -> arm name of every `arm:<name>` value among the path keys."""
+        out = {}
+        for section, key in ARM_PATH_KEYS:
+            value = getattr(self, section).get(key)
+            if isinstance(value, str) and value.startswith("arm:"):
+                out[f"{section}.{key}"] = value[len("arm:"):]
+        return out
 
 
 class ExperimentConfig(Section):
@@ -33,10 +52,18 @@ class ExperimentConfig(Section):
     """The arms, each pretrained as its own run."""
     budget_tokens: int = Field(ge=1)
     """Pretraining budget of the whole experiment in row positions (steps x batch_size x
-    seq_len), split equally between the arms: each arm gets the same number of steps of the same
-    shape. Real (non-padding) tokens per arm are recorded beside it."""
+    seq_len), split between the arms by their `share` (equally by default: each arm gets the same
+    number of steps of the same shape). Real (non-padding) tokens and FLOPs per arm are recorded
+    beside it."""
 
     @field_validator("arms")
     @classmethod
     def _unique(cls, arms: list[ArmConfig]) -> list[ArmConfig]:
-        return unique_names(arms, "arm")
+        arms = unique_names(arms, "arm")
+        for number, arm in enumerate(arms):
+            earlier = [a.name for a in arms[:number]]
+            for key, name in arm.arm_references().items():
+                if name not in earlier:
+                    raise ValueError(f"arm '{arm.name}': {key} arm:{name} must name an earlier arm (arms run in "
+                                     f"order; earlier: {', '.join(earlier) or 'none'})")
+        return arms

@@ -33,6 +33,7 @@ ARCHITECTURE_PRESETS = {"bert": PRESETS, "modernbert": MODERNBERT_PRESETS}
 # Keys only the modernbert layout reads. With the bert layout they stay unset, and they and
 # `architecture` are left out of the pretrain stage's fingerprint, which stays as it was before them.
 MODERNBERT_KEYS = ("local_window", "global_every", "global_rope_theta", "local_rope_theta")
+GROWTH_KEYS = ("grow_from", "grow_depth", "grow_init")
 
 
 class ModelConfig(Section):
@@ -74,6 +75,19 @@ class ModelConfig(Section):
     """With init_from: add up to this many of the domain tokenizer's most useful new tokens to the
     checkpoint's vocabulary (new embeddings start as the mean of their old pieces). Needs WordPiece
     vocabularies on both sides."""
+    grow_from: str | None = None
+    """Grow a smaller trained encoder (a local Hugging Face masked-LM directory of the BERT or
+    ModernBERT layout, e.g. a domainlm export; plain or `pkg://` path) into the size this section
+    describes, then pretrain it (bert2BERT, Chen et al. 2022). Its layout, tokenizer, positions and
+    other settings are kept; only num_layers, hidden_size, num_heads and intermediate_size change:
+    hidden_size a multiple of the source's, the same head size, no fewer layers or MLP units."""
+    grow_depth: Literal["stack", "interleave"] = "stack"
+    """With grow_from: how the added layers are filled: `stack` repeats the source's layer sequence
+    on top of itself (1..L, 1..L; StackBERT, bert2BERT), `interleave` repeats each layer in place (1, 1, 2, 2)."""
+    grow_init: Literal["fpi", "aki"] = "fpi"
+    """With grow_from: `fpi` (function-preserving: the widened model gives the source's logits; its
+    copied units stay identical unless dropout sets them apart) or `aki` (bert2BERT's advanced
+    knowledge initialisation: a layer's new units take their weights from the layer above)."""
 
     @field_validator("local_window")
     @classmethod
@@ -117,8 +131,12 @@ class ModelConfig(Section):
 
     def fingerprinted(self) -> dict[str, Any]:
         """The section as the pretrain stage's fingerprint records it: a bert-layout model without
-        the keys added with the modernbert layout, so existing runs keep their fingerprints."""
+        the keys added with the modernbert layout, and a model not grown without the growth keys,
+        so existing runs keep their fingerprints."""
         data = self.model_dump(mode="json")
+        if self.grow_from is None:  # keys added with model growth: left out until used
+            for key in GROWTH_KEYS:
+                data.pop(key)
         if self.architecture == "bert":
             for key in ("architecture", *MODERNBERT_KEYS):
                 data.pop(key)

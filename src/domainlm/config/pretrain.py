@@ -52,6 +52,22 @@ class PretrainConfig(Section):
     """electra: generator width (hidden, heads, intermediate) as a share of the model's."""
     rtd_weight: float = Field(default=50.0, gt=0)
     """electra: weight of the replaced-token-detection loss against the generator's MLM loss."""
+    teacher: str | None = None
+    """Knowledge distillation: a local masked-LM directory with the same vocabulary (a domainlm
+    export, or `arm:<name>` for an earlier experiment arm's) whose MLM distribution on the masked
+    positions and last hidden states the model learns besides MLM: self-distillation when the model
+    continues the checkpoint the teacher was further pretrained from, distillation into a small
+    model when it is a smaller preset (a learned projection maps its width to the teacher's)."""
+    distill_logits: float = Field(default=1.0, ge=0)
+    """teacher: weight of the KL divergence to the teacher's MLM distribution (masked positions)."""
+    distill_hidden: float = Field(default=1.0, ge=0)
+    """teacher: weight of the mean squared difference to the teacher's last hidden states (real tokens)."""
+    distill_temperature: float = Field(default=1.0, gt=0)
+    """teacher: softmax temperature of the logit distillation (the loss is scaled by its square)."""
+    sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Sparse pretraining, dense fine-tuning (SPDF, Thangarasa et al. 2023): this share of every
+    transformer layer's linear weights is zeroed at the start (smallest magnitudes, per layer) and
+    kept at zero for the whole run; the export holds the weights alone, so fine-tuning is dense."""
     lexicon: str | None = None
     """Lexicon-guided masking: a file with one word (or phrase) per line that whole-word masking
     chooses preferentially, at `lexicon_rate`, keeping the overall rate at `mask_rate`."""
@@ -74,6 +90,26 @@ class PretrainConfig(Section):
     length (with proportionally more rows per step)."""
     short_seq_fraction: float = Field(default=0.0, ge=0, lt=1)
     """Share of the steps that use `short_seq_len` rows (0: no curriculum)."""
+    curriculum: Literal["none", "easy-first", "hard-first", "cyclical"] = "none"
+    """Data-order curriculum over documents ranked by `difficulty` (within each stream: source and
+    row length). none: random order. easy-first: competence-based (Platanios et al. 2019), step s
+    reads only the easiest c(s) share of the rows, c growing as sqrt from `curriculum_start` to 1
+    over the first `curriculum_fraction` of the steps, then all rows in random order. hard-first:
+    the same from the hardest end (anti-curriculum). cyclical: c rises to 1 and falls back to
+    `curriculum_start`, `curriculum_cycles` times over that share (Kesgin & Amasyali 2023), easy
+    end first."""
+    difficulty: Literal["length", "rarity", "loss"] = "length"
+    """What makes a document hard: its token count; rarity, the mean negative log unigram
+    probability of its tokens (counted over the corpus); loss, `difficulty_model`'s masked-LM loss
+    on its first `seq_len` tokens. Scores are computed once and cached with the token shards."""
+    difficulty_model: str | None = None
+    """difficulty loss: a local masked-LM directory (with its tokenizer) of the same vocabulary."""
+    curriculum_start: float = Field(default=0.2, gt=0, le=1)
+    """The share of each stream's rows readable at step 0 (and at the troughs of `cyclical`)."""
+    curriculum_fraction: float = Field(default=0.5, gt=0, le=1)
+    """The curriculum runs over this first share of the steps; later steps read every row."""
+    curriculum_cycles: int = Field(default=2, ge=1)
+    """cyclical: rises and falls of the readable share within `curriculum_fraction`."""
     attention: Literal["auto", "sdpa", "flex", "varlen"] = "auto"
     """Document-aware attention: sdpa (boolean same-document mask; works everywhere, fastest on
     CPU), flex (FlexAttention block mask; GPU), varlen (padding removed, flash varlen kernel;
@@ -118,6 +154,20 @@ class PretrainConfig(Section):
             raise ValueError(f"batch_size_start ({self.batch_size_start}) exceeds batch_size ({self.batch_size})")
         if self.lexicon:
             existing_file(self.lexicon)
+        if self.teacher and self.objective == "electra":
+            raise ValueError("pretrain.teacher distils into a masked language model: it cannot be combined with "
+                             "pretrain.objective electra")
+        if self.teacher and not (self.distill_logits or self.distill_hidden):
+            raise ValueError("pretrain.teacher is set but distill_logits and distill_hidden are both 0: nothing "
+                             "would be learned from it")
+        if self.difficulty == "loss" and not self.difficulty_model:
+            raise ValueError("pretrain.difficulty: loss scores documents with a masked LM: set "
+                             "pretrain.difficulty_model to a local model directory of the same vocabulary")
+        if self.difficulty_model and self.difficulty != "loss":
+            raise ValueError(f"pretrain.difficulty_model is only read with difficulty: loss, but difficulty is "
+                             f"'{self.difficulty}': set difficulty: loss or remove difficulty_model")
+        if self.difficulty_model:
+            existing_file(self.difficulty_model)
         if any(w < 0 for w in self.mixture.values()) or (self.mixture and not sum(self.mixture.values())):
             raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {self.mixture}")
         return self

@@ -2,8 +2,10 @@
 
 Models: the domain model this run (or an experiment's arm) pretrained, the same architecture
 randomly initialised, any local Hugging Face directory named in the recipe, TF-IDF + a linear
-model, and self-training rows (a teacher's pseudo-labels on unlabeled in-domain text train a
-student before the gold labels). Each (model, task, lr, seed) result is saved when it is done
+model, self-training rows (a teacher's pseudo-labels on unlabeled in-domain text train a
+student before the gold labels) and distilled rows (a teacher's soft targets on that text train
+another model before the gold labels; `distillation.json` puts the student's size, speed and
+score next to the teacher's). Each (model, task, lr, seed) result is saved when it is done
 (`runs/<model>/<task>/lr-<lr>/seed-N.json`, with the test predictions for the bootstrap), so a
 killed evaluation resumes where it stopped. Per (model, task) the learning rate with the best mean
 dev score is selected (`selection.json`); `results.jsonl` holds its rows (model, task, seed,
@@ -18,6 +20,7 @@ import logging
 import platform
 import random
 import re
+import statistics
 import traceback
 from pathlib import Path
 from typing import Any
@@ -40,9 +43,8 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------ the stage's contract
 def needs(config: RunConfig) -> tuple[str, ...]:
     """This run's own pretrained model, unless every model that needs one comes from an arm; the
-    corpus, when self-training reads it."""
-    stages = ["corpus"] if any(m.kind == "self-training" and m.unlabeled == "corpus"
-                               for m in config.evaluate.models) else []
+    corpus, when self-training or distillation reads it."""
+    stages = ["corpus"] if any(m.reads_unlabeled and m.unlabeled == "corpus" for m in config.evaluate.models) else []
     if config.pretrains:
         stages += ["tokenizer", "pretrain"]
     return tuple(stages)
@@ -53,7 +55,7 @@ def inputs(config: RunConfig) -> list[str]:
     models name (with the experiment's record of failed arms)."""
     files = [path for t in config.tasks for path in t.files()]
     files += [p for p in [config.evaluate.general_corpus] + [m.unlabeled for m in config.evaluate.models
-                                                               if m.kind == "self-training"] if p and p != "corpus"]
+                                                               if m.reads_unlabeled] if p and p != "corpus"]
     run_dir = RunLayout(config.directory)
     models = [m.path for m in config.evaluate.models if m.kind == "hf" and m.path]
     models += [str(run_dir.arm(m.arm).export) for m in config.evaluate.models if m.arm]
@@ -99,15 +101,20 @@ def unlabeled_examples(entry: ModelEntry, task: Task, run_dir: RunLayout, seed: 
     return [{"text": t, "label": [] if task.target == "classes" else ""} for t in chosen]
 
 
+def check_unlabeled_fits(task: Task, method: str) -> None:
+    """UnsupportedTask unless unlabeled in-domain text can be put in the task's shape."""
+    if not TASK_TYPES[task.type].self_training:
+        supported = ", ".join(name for name, kind in TASK_TYPES.items() if kind.self_training)
+        raise UnsupportedTask(f"{method} needs single-text tasks ({supported}), not {task.type}")
+
+
 def self_train(entry: ModelEntry, teacher: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig,
                log_dir: Path | None = None) -> dict:
     """Teacher fine-tuned on gold -> pseudo-labels on unlabeled text (kept when confident) ->
     a fresh student trains one epoch on them, then fine-tunes on gold."""
     from domainlm.evaluate.finetune import encode, finetune, predict
 
-    if not TASK_TYPES[task.type].self_training:
-        supported = ", ".join(name for name, kind in TASK_TYPES.items() if kind.self_training)
-        raise UnsupportedTask(f"self-training needs single-text tasks ({supported}), not {task.type}")
+    check_unlabeled_fits(task, "self-training")
     run_dir = RunLayout(config.directory)
     path, pretrained = model_location(teacher, run_dir)
     first = finetune(path, pretrained, task, seed, lr, config.evaluate, keep_model=True)
@@ -125,6 +132,38 @@ def self_train(entry: ModelEntry, teacher: ModelEntry, task: Task, seed: int, lr
     return result
 
 
+def distil(entry: ModelEntry, teacher: ModelEntry, student: ModelEntry, task: Task, seed: int, lr: float,
+           config: RunConfig, log_dir: Path | None = None) -> dict:
+    """Task-level knowledge distillation (Hinton et al. 2015; the task-specific stage of DistilBERT
+    / TinyBERT students): the teacher fine-tuned on gold (this seed and learning rate) -> its
+    probabilities at `entry.temperature` on unlabeled in-domain inputs -> the student entry's model
+    learns them for `entry.distill_epochs`, then fine-tunes on gold like any model. The result is
+    the student's, plus `teacher`, `student` (entry names), `teacher_metrics`,
+    `teacher_parameters`, `teacher_test_examples_per_second` and `unlabeled` (inputs distilled on).
+    UnsupportedTask for task types unlabeled text cannot be shaped into."""
+    from domainlm.evaluate.finetune import SoftTargets, encode, finetune, soft_targets
+
+    check_unlabeled_fits(task, "distillation")
+    run_dir = RunLayout(config.directory)
+    path, pretrained = model_location(teacher, run_dir)
+    first = finetune(path, pretrained, task, seed, lr, config.evaluate, keep_model=True)
+    model, tokenizer = first.pop("model"), first.pop("tokenizer")
+    examples = unlabeled_examples(entry, task, run_dir, seed)
+    targets = []
+    if examples:
+        data = encode(tokenizer, task, examples, task.max_length or config.evaluate.max_length)
+        targets = soft_targets(model, data, task, examples, entry.temperature, config.evaluate.batch_size,
+                               tokenizer.pad_token_id or 0, next(model.parameters()).device)
+    del model
+    path, pretrained = model_location(student, run_dir)
+    soft = SoftTargets(examples, targets, entry.temperature, entry.distill_epochs)
+    result = finetune(path, pretrained, task, seed, lr, config.evaluate, soft=soft, log_dir=log_dir)
+    result.update(teacher=teacher.name, student=student.name, teacher_metrics=first["metrics"],
+                  teacher_parameters=first["parameters"],
+                  teacher_test_examples_per_second=first["test_examples_per_second"], unlabeled=len(examples))
+    return result
+
+
 def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig,
                  log_dir: Path | None = None) -> dict[str, Any]:
     """One (model, task, seed, learning rate): test metrics, the best dev score, test predictions;
@@ -139,6 +178,9 @@ def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: Ru
     if entry.kind == "self-training":
         teacher = next(m for m in config.evaluate.models if m.name == entry.teacher)
         return self_train(entry, teacher, task, seed, lr, config, log_dir)
+    if entry.kind == "distilled":
+        named = {m.name: m for m in config.evaluate.models}
+        return distil(entry, named[entry.teacher], named[entry.student], task, seed, lr, config, log_dir)
     from domainlm.evaluate.finetune import finetune
 
     path, pretrained = model_location(entry, RunLayout(config.directory))
@@ -255,6 +297,31 @@ def collect(jobs: list[tuple], outcomes: dict[tuple, tuple], run_dir: RunLayout,
     return done, broken
 
 
+def _distilled_side(runs: list[dict], role: str, metric: str) -> dict:
+    """The student's or the teacher's (`role`) name, mean test score and speed over the seeds, and size."""
+    prefix = "teacher_" if role == "teacher" else ""
+    return {"name": runs[0][role], "score": statistics.mean(r[prefix + "metrics"][metric] for r in runs),
+            "parameters": runs[0][prefix + "parameters"],
+            "test_examples_per_second": statistics.mean(r[prefix + "test_examples_per_second"] for r in runs)}
+
+
+def distillation_summary(done: dict, selection: dict, tasks: list[Task]) -> list[dict]:
+    """Per distilled (model, task), at its selected learning rate: the student's and the teacher's
+    test score (the task's headline metric) and test examples per second, means over the seeds,
+    and parameter counts."""
+    metric = {t.name: t.metric for t in tasks}
+    summary = []
+    for model, chosen in selection.items():
+        for task, pick in chosen.items():
+            runs = done[(model, task)][pick["lr"]]
+            if runs[0].get("kind") == "distilled":
+                summary.append({"model": model, "task": task, "metric": metric[task], "lr": pick["lr"],
+                                "seeds": len(runs), "unlabeled": runs[0]["unlabeled"],
+                                "student": _distilled_side(runs, "student", metric[task]),
+                                "teacher": _distilled_side(runs, "teacher", metric[task])})
+    return summary
+
+
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     run_dir = RunLayout(config.directory)
     tasks = [load_task(t, seed=config.seed) for t in config.tasks]
@@ -276,6 +343,15 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     atomic_write_json(run_dir.selection, selection)
     atomic_write_jsonl(run_dir.results, rows)
     atomic_write_json(run_dir.failures, {"failed": failures, "skipped": skipped})
+    if any(m.kind == "distilled" for m in models):
+        distilled = distillation_summary(done, selection, tasks)
+        atomic_write_json(out / "distillation.json", distilled)
+        for d in distilled:
+            student, teacher = d["student"], d["teacher"]
+            log.info("evaluate: %s on %s: student %s %.2f (%d parameters, %.0f examples/s), teacher %s %.2f (%d, %.0f/s)",
+                     d["model"], d["task"], student["name"], 100 * student["score"], student["parameters"],
+                     student["test_examples_per_second"], teacher["name"], 100 * teacher["score"],
+                     teacher["parameters"], teacher["test_examples_per_second"])
     for s in summarize(rows, [{"name": t.name, "metric": t.metric} for t in tasks]):
         log.info("evaluate: %-24s %-20s %s %6.2f ± %5.2f (n=%d)", s["task"], s["model"], s["metric"],
                  100 * s["mean"], 100 * s["std"], s["n"])

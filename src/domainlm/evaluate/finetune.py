@@ -9,6 +9,11 @@ Heads: sequence classification (single-label, multi-label with sigmoid outputs, 
 one output), token classification (the first sub-word of each word is scored; inputs longer than
 `max_length` are cut into overlapping windows, each word predicted from the window where it sits
 most centrally), multiple choice (one score per (text, choice) pair).
+
+Knowledge distillation (Hinton et al. 2015, "Distilling the knowledge in a neural network"; the
+task-specific stage of DistilBERT / TinyBERT students) goes through the same loop: a teacher's
+probabilities at a temperature (`soft_targets`) ride on the encoded items, and `_train_epoch`
+scores them with `distillation_loss` instead of the head's own loss.
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ class Encoded:
     example (its index); token tasks add `words` (the word of each position, None elsewhere) and
     `owned` (positions whose prediction counts)."""
     truncated: int  # examples that lost text to max_length (token tasks: were split into windows)
+
+
+@dataclass
+class SoftTargets:
+    """Distillation's first stage: unlabeled inputs (in the task's shape) with a teacher's
+    probabilities, as `soft_targets` returns them."""
+    examples: list[dict]
+    targets: list
+    temperature: float
+    epochs: int
 
 
 def quiet_transformers() -> None:
@@ -323,6 +338,14 @@ def collate(items: list[dict], task: Task, pad_id: int) -> dict[str, torch.Tenso
     else:
         labels = torch.tensor([it["label"] for it in items], dtype=_LABELS[task.target][1])
     batch["labels"] = labels
+    if "soft" in items[0]:  # a teacher's probabilities: (batch, classes), token tasks (batch, length, classes)
+        if task.target == "tags":
+            soft = torch.zeros((len(items), width, len(task.labels)))
+            for r, it in enumerate(items):
+                soft[r, : len(it["soft"])] = torch.tensor(it["soft"])
+        else:
+            soft = torch.tensor([it["soft"] for it in items], dtype=torch.float)
+        batch["soft_targets"] = soft
     return batch
 
 
@@ -349,42 +372,117 @@ _DECODERS = {"class": _decode_class, "choice": _decode_choice, "classes": _decod
 
 
 @torch.no_grad()
+def _outputs(model, data: Encoded, task: Task, batch_size: int, pad_id: int, device):
+    """(item, its logits on the CPU) for every encoded item, in batches of similar length."""
+    model.eval()
+    for indices in batches([_length(it) for it in data.items], batch_size * 2):
+        items = [data.items[i] for i in indices]
+        batch = {k: v.to(device) for k, v in collate(items, task, pad_id).items() if k not in ("labels", "soft_targets")}
+        yield from zip(items, model(**batch).logits.float().cpu(), strict=True)
+
+
 def predict(model, data: Encoded, task: Task, examples: list[dict], batch_size: int, pad_id: int,
             device) -> tuple[list, list[float]]:
     """(predictions, confidences), one per example in input order: a label, a list of labels
     (multi-label), a number (regression), a choice index, or the word tags (token tasks, in the
     task's tagging scheme). Confidence: the predicted class's probability (token tasks: the
     lowest over the words; regression: 1)."""
-    model.eval()
     tags = task.target == "tags"
     # Token tasks: every word starts as O (a word no window reaches stays O).
     out: list = [["O"] * len(x["tokens"]) for x in examples] if tags else [None] * len(examples)
     confidence = [1.0] * len(examples)
-    for indices in batches([_length(it) for it in data.items], batch_size * 2):
-        items = [data.items[i] for i in indices]
-        batch = {k: v.to(device) for k, v in collate(items, task, pad_id).items() if k != "labels"}
-        logits = model(**batch).logits.float().cpu()
-        for row, it in enumerate(items):
-            i = it["example"]
-            if not tags:
-                out[i], confidence[i] = _DECODERS[task.target](logits[row], task.labels)
-                continue
-            probs = logits[row].softmax(-1)
-            for q in it["owned"]:
-                best = int(probs[q].argmax())
-                out[i][it["words"][q]] = task.labels[best]
-                confidence[i] = min(confidence[i], float(probs[q, best]))
+    for it, logits in _outputs(model, data, task, batch_size, pad_id, device):
+        i = it["example"]
+        if not tags:
+            out[i], confidence[i] = _DECODERS[task.target](logits, task.labels)
+            continue
+        probs = logits.softmax(-1)
+        for q in it["owned"]:
+            best = int(probs[q].argmax())
+            out[i][it["words"][q]] = task.labels[best]
+            confidence[i] = min(confidence[i], float(probs[q, best]))
     return out, confidence
 
 
+# ------------------------------------------------------------------------------ distillation
+# Per target: a teacher's logits -> probabilities (multi-label: each class on its own; regression has none).
+_SOFTEN = {"class": lambda z: z.softmax(-1), "choice": lambda z: z.softmax(-1), "tags": lambda z: z.softmax(-1),
+           "classes": lambda z: z.sigmoid()}
+
+
+def soft_targets(model, data: Encoded, task: Task, examples: list[dict], temperature: float, batch_size: int,
+                 pad_id: int, device) -> list:
+    """A teacher's probabilities at `temperature`, one entry per example in input order: a list
+    over the classes (or choices), one sigmoid probability per class (multi-label), or per word a
+    list over the tags (token tasks: from the word's first piece, in the window that owns it, as
+    `predict` reads it; a word no window reaches gets O). ValueError for regression."""
+    if task.target not in _SOFTEN:
+        raise ValueError(f"no soft targets for {task.type} (target {task.target})")
+    soften = _SOFTEN[task.target]
+    if task.target == "tags":
+        outside = [float(label == "O") for label in task.labels]
+        out: list = [[outside] * len(x["tokens"]) for x in examples]
+    else:
+        out = [None] * len(examples)
+    for it, logits in _outputs(model, data, task, batch_size, pad_id, device):
+        probs = soften(logits / temperature)
+        if task.target == "tags":
+            for q in it["owned"]:
+                out[it["example"]][it["words"][q]] = probs[q].tolist()
+        else:
+            out[it["example"]] = probs.tolist()
+    return out
+
+
+def with_soft_targets(data: Encoded, targets: list, task: Task) -> Encoded:
+    """`data` with each item carrying its example's teacher probabilities (`soft`); token tasks:
+    its word's at each word's first piece, zeros elsewhere (where the label is -100). The
+    student's own tokenizer may split words differently from the teacher's."""
+    if task.target != "tags":
+        return Encoded([it | {"soft": targets[it["example"]]} for it in data.items], data.truncated)
+    zeros = [0.0] * len(task.labels)
+    return Encoded([it | {"soft": [zeros if w is None else targets[it["example"]][w] for w in it["words"]]}
+                    for it in data.items], data.truncated)
+
+
+def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, target: str, temperature: float,
+                      mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss, times T^2 (so its gradients keep their size whatever T).
+
+    logits: the student's, (B, C), or (B, L, C) for token tasks; targets: the teacher's
+    probabilities at T, the same shape; mask (B, L): the positions that count (each word's first
+    piece). Softmax targets (class, choice, tags): KL(teacher || student at T), summed over the
+    classes and averaged over examples (token tasks: over the masked positions). Multi-label:
+    binary cross-entropy against the soft probabilities minus their own entropy (the binary KL:
+    the same gradients), averaged over examples and classes as the head's BCE is. Zero when the
+    student's probabilities at T equal the targets."""
+    z = logits.float() / temperature
+    p = targets.float()
+    if target == "classes":
+        entropy = -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, p, reduction="none") - entropy
+        return loss.mean() * temperature**2
+    kl = (torch.special.xlogy(p, p) - p * z.log_softmax(-1)).sum(-1)  # (B,) or (B, L)
+    if mask is not None:
+        return (kl * mask).sum() / mask.sum().clamp_min(1) * temperature**2
+    return kl.mean() * temperature**2
+
+
 def _train_epoch(model, data: Encoded, task: Task, pad_id: int, device, optimizer, scheduler, batch_size: int,
-                 rng: random.Random) -> float:
-    """One pass over `data` in length-bucketed batches; the mean training loss."""
+                 rng: random.Random, temperature: float = 1.0) -> float:
+    """One pass over `data` in length-bucketed batches; the mean training loss: the head's loss on
+    the labels, or `distillation_loss` at `temperature` when the items carry soft targets."""
     model.train()
     total, steps = torch.zeros((), device=device), 0
     for indices in batches([_length(it) for it in data.items], batch_size, rng):
         batch = {k: v.to(device) for k, v in collate([data.items[i] for i in indices], task, pad_id).items()}
-        loss = model(**batch).loss
+        soft = batch.pop("soft_targets", None)
+        if soft is None:
+            loss = model(**batch).loss
+        else:
+            labels = batch.pop("labels")  # placeholders on unlabeled text: only where they are -100 is read
+            mask = labels != -100 if task.target == "tags" else None
+            loss = distillation_loss(model(**batch).logits, soft, task.target, temperature, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -422,12 +520,28 @@ def _fit(model, train: Encoded, dev: Encoded, task: Task, pad_id: int, device, l
     return best_score, best_epoch, dev_scores
 
 
+def _distil(model, data: Encoded, task: Task, pad_id: int, device, lr: float, config: EvaluateConfig,
+            rng: random.Random, temperature: float, epochs: int) -> list[float]:
+    """`epochs` passes over soft targets with AdamW and the fine-tuning's warmup and linear decay
+    (over these epochs' steps); the mean loss of each epoch."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
+    total = -(-len(data.items) // config.batch_size) * epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule("linear", int(config.warmup_fraction * total), total))
+    return [_train_epoch(model, data, task, pad_id, device, optimizer, scheduler, config.batch_size, rng, temperature)
+            for _ in range(epochs)]
+
+
 def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: float, config: EvaluateConfig,
-             pseudo: list[dict] | None = None, keep_model: bool = False, log_dir: Path | None = None) -> dict:
+             pseudo: list[dict] | None = None, soft: SoftTargets | None = None, keep_model: bool = False,
+             log_dir: Path | None = None) -> dict:
     """Fine-tune one model on one task with one seed and learning rate; return metrics, test
-    predictions and the dev curve. `pseudo`: pseudo-labelled examples trained on for one epoch
-    first (self-training's student). `keep_model`: also return the model and tokenizer.
-    `log_dir`: where the per-epoch curves go as TensorBoard files (when installed)."""
+    predictions, the dev curve, the model's parameter count and its test-set speed (examples per
+    second through the model, encoding excluded). `pseudo`: pseudo-labelled examples trained on for
+    one epoch first (self-training's student). `soft`: a teacher's soft targets learnt first, for
+    `soft.epochs` (distillation's student; their losses are returned as `distill_losses`).
+    `keep_model`: also return the model and tokenizer. `log_dir`: where the per-epoch curves go as
+    TensorBoard files (when installed)."""
     quiet_transformers()
     started = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -450,10 +564,16 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: floa
         warm = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
         _train_epoch(model, encode(tokenizer, task, pseudo, max_length), task, pad_id, device, warm, None,
                      config.batch_size, rng)
+    distill_losses = []
+    if soft and soft.examples:
+        data = with_soft_targets(encode(tokenizer, task, soft.examples, max_length), soft.targets, task)
+        distill_losses = _distil(model, data, task, pad_id, device, lr, config, rng, soft.temperature, soft.epochs)
     curves = Curves(log_dir, enabled=log_dir is not None)
     best_score, best_epoch, dev_scores = _fit(model, train, dev, task, pad_id, device, lr, config, rng, curves)
     curves.close()
+    tested = time.perf_counter()
     test_predictions, _ = predict(model, test, task, task.test, config.batch_size, pad_id, device)
+    tested = time.perf_counter() - tested
     result = {
         "metrics": task_metrics(task.type, task.gold("test"), test_predictions, task.labels),
         "dev_score": best_score,
@@ -464,7 +584,11 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: floa
         "truncated": {"train": train.truncated, "dev": dev.truncated, "test": test.truncated},
         "tokenizer_casing": casing,
         "seconds": round(time.time() - started, 2),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "test_examples_per_second": round(len(task.test) / max(tested, 1e-9), 1),
     }
+    if soft:
+        result["distill_losses"] = distill_losses
     if keep_model:
         result["model"], result["tokenizer"] = model, tokenizer
     return result

@@ -36,8 +36,11 @@ from domainlm.pretrain.architectures import (
     to_hf_masked_lm,
 )
 from domainlm.pretrain.data import TokenShards, write_token_shards
+from domainlm.pretrain.difficulty import document_difficulty
 from domainlm.pretrain.electra import Electra, to_hf_electra
+from domainlm.pretrain.flops import pretraining_flops
 from domainlm.pretrain.model import MaskedLM, segment_attention_mask
+from domainlm.pretrain.sparsity import density
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
 from domainlm.vocabulary import (
@@ -70,9 +73,12 @@ def prepare_data(run_dir: RunLayout, tokenizer: Tokenizer, specials: dict[str, s
 
 def initial_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM | None, Path, dict[str, str], dict[str, Any]]:
     """With `model.init_from`: the checkpoint as our encoder (vocabulary extended if asked) and the
-    tokenizer folder it uses. Otherwise (None, the domain tokenizer, its special tokens, {}).
-    The special tokens are the pad / unk / cls / sep / mask tokens the tokenizer folder names."""
+    tokenizer folder it uses; with `model.grow_from`: the grown model (`grown_model`). Otherwise
+    (None, the domain tokenizer, its special tokens, {}). The special tokens are the pad / unk /
+    cls / sep / mask tokens the tokenizer folder names."""
     run_dir = RunLayout(config.directory)
+    if config.model.grow_from:
+        return grown_model(config, write)
     if not config.model.init_from:
         return None, run_dir.tokenizer, special_tokens(run_dir.tokenizer), {}
     from domainlm.pretrain.hf_init import extend_vocabulary, save_tokenizer_dir
@@ -81,11 +87,7 @@ def initial_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM | Non
     if config.model.extend_vocab:
         check_extensible(source, config)
     model, info = load_checkpoint(source)
-    if config.model.architecture != "bert" and info["architecture"] != config.model.architecture:
-        raise ConfigError(f"model.architecture is '{config.model.architecture}', but model.init_from "
-                          f"{config.model.init_from} is a '{info['model_type']}' checkpoint: continue it with "
-                          "model.architecture: bert (the default), or start from a "
-                          f"{config.model.architecture} checkpoint")
+    check_layout(config, info, "init_from")
     specials = special_tokens(source)
     tokenizer_dir = run_dir.pretrain_tokenizer
     if config.model.extend_vocab:
@@ -100,6 +102,41 @@ def initial_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM | Non
         with atomic_directory(tokenizer_dir) as tmp:
             copy_tokenizer_files(source, tmp, unicode_form=config.corpus.normalization)
     return model, tokenizer_dir, specials, info
+
+
+def grown_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM, Path, dict[str, str], dict[str, Any]]:
+    """`model.grow_from` grown into the sizes of the `model` section (`growth.grow`), its tokenizer
+    copied (when `write`) to the stage's tokenizer folder. ConfigError for an ELECTRA source, a
+    layout other than `model.architecture` names, or sizes it cannot grow into. The info is the
+    checkpoint's, with "growth": the method and the source and target sizes."""
+    from domainlm.pretrain.growth import grow, grown_config, growth_info
+
+    source = resolve_path(config.model.grow_from)
+    small, info = load_checkpoint(source)
+    if info["model_type"] == "electra":
+        raise ConfigError(f"model.grow_from {config.model.grow_from} is an ELECTRA checkpoint: growth starts from "
+                          "a BERT, RoBERTa or ModernBERT masked language model")
+    check_layout(config, info, "grow_from")
+    # Sizes from the source layout's presets (with the default architecture a ModernBERT source reads its own).
+    sizes = config.model.model_copy(update={"architecture": info["architecture"]}).resolved()
+    target = grown_config(small.config, sizes)
+    model = grow(small, target, config.model.grow_depth, config.model.grow_init)
+    info["growth"] = growth_info(small.config, target, config.model.grow_depth, config.model.grow_init)
+    tokenizer_dir = RunLayout(config.directory).pretrain_tokenizer
+    if write:
+        with atomic_directory(tokenizer_dir) as tmp:
+            copy_tokenizer_files(source, tmp, unicode_form=config.corpus.normalization)
+    return model, tokenizer_dir, special_tokens(source), info
+
+
+def check_layout(config: RunConfig, info: dict[str, Any], key: str) -> None:
+    """ConfigError when `model.architecture` names a layout other than the checkpoint's
+    (`model.<key>`); the default, bert, takes either."""
+    if config.model.architecture != "bert" and info["architecture"] != config.model.architecture:
+        raise ConfigError(f"model.architecture is '{config.model.architecture}', but model.{key} "
+                          f"{getattr(config.model, key)} is a '{info['model_type']}' checkpoint: use it with "
+                          "model.architecture: bert (the default), or start from a "
+                          f"{config.model.architecture} checkpoint")
 
 
 def copy_tokenizer_files(source: Path, folder: Path, unicode_form: str | None = None) -> None:
@@ -181,8 +218,10 @@ def needs(config: RunConfig) -> tuple[str, ...]:
 
 
 def inputs(config: RunConfig) -> list[str]:
-    """The checkpoint continued pretraining starts from, and the masking lexicon."""
-    return [p for p in (config.model.init_from, config.pretrain.lexicon) if p]
+    """The checkpoint continued pretraining starts from (or the one grown), the masking lexicon, the
+    distillation teacher, the curriculum's difficulty scorer."""
+    return [p for p in (config.model.init_from, config.model.grow_from, config.pretrain.lexicon,
+                        config.pretrain.teacher, config.pretrain.difficulty_model) if p]
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
@@ -204,7 +243,30 @@ def check_positions(checkpoint: LayoutConfig, config: RunConfig) -> None:
     usable, why = checkpoint.usable_positions()
     if config.pretrain.seq_len > usable:
         raise ConfigError(f"pretrain.seq_len {config.pretrain.seq_len} exceeds the {usable} positions the "
-                          f"checkpoint {config.model.init_from} can use ({why}): set pretrain.seq_len <= {usable}")
+                          f"checkpoint {config.model.init_from or config.model.grow_from} can use ({why}): set pretrain.seq_len <= {usable}")
+
+
+def load_teacher(config: RunConfig, tokenizer: Tokenizer) -> MaskedLM | None:
+    """The frozen teacher `pretrain.teacher` names (None without one). ConfigError when its
+    vocabulary is not the model's (distillation compares distributions over the same entries) or
+    a packed row is longer than its positions."""
+    if not config.pretrain.teacher:
+        return None
+    source = resolve_path(config.pretrain.teacher)
+    teacher, _ = load_checkpoint(source)
+    if isinstance(teacher, Electra) or not hasattr(teacher, "mlm_logits"):
+        raise ConfigError(f"pretrain.teacher {config.pretrain.teacher}: expected a masked language model")
+    ours, theirs = tokenizer.get_vocab(), read_tokenizer(source).get_vocab()
+    if ours != theirs:
+        differ = len(set(ours.items()) ^ set(theirs.items())) // 2
+        raise ConfigError(f"pretrain.teacher {config.pretrain.teacher} has another vocabulary than the model's "
+                          f"({len(theirs)} vs {len(ours)} entries, about {differ} differ): distil from a teacher "
+                          "trained with this run's tokenizer (or init_from checkpoint)")
+    usable, why = teacher.config.usable_positions()
+    if config.pretrain.seq_len > usable:
+        raise ConfigError(f"pretrain.seq_len {config.pretrain.seq_len} exceeds the {usable} positions the teacher "
+                          f"{config.pretrain.teacher} can use ({why}): set pretrain.seq_len <= {usable}")
+    return teacher
 
 
 def check_window(model_config: LayoutConfig, config: RunConfig) -> None:
@@ -246,15 +308,18 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
                           "pretrain.objective electra starts from scratch")
     tokenizer = read_tokenizer(tokenizer_dir)
     if main_process:
-        prepare_data(run_dir, tokenizer, specials)
+        shards = prepare_data(run_dir, tokenizer, specials)
+        if config.pretrain.curriculum != "none":  # scored and cached once, before any rank's data plan reads it
+            document_difficulty(shards, config.pretrain, tokenizer.get_vocab_size())
     barrier()
     data = prepare_data(run_dir, tokenizer, specials)
     model_config, train_config = training_configs(config, model, tokenizer, specials)
     check_window(model_config, config)
+    teacher = load_teacher(config, tokenizer)
     curves = Curves(out / "tensorboard", enabled=main_process)
     trainer = Trainer(train_config, config.pretrain, data, tokenizer, run_dir.checkpoints, seed=config.seed,
                       model=model, mask_token=specials["mask"], source_weights=run_dir.corpus_source_weights(),
-                      curves=curves)
+                      curves=curves, teacher=teacher)
     trainer.resume_if_possible()
     started = time.time()
     trainer.train()
@@ -267,6 +332,11 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if difference > 1e-4:
         raise RuntimeError(f"exported model disagrees with the training model: max |Δ| = {difference:.2e}")
     summary = trainer.summary()
+    p = config.pretrain
+    summary |= pretraining_flops(final_model, p.seq_len, summary["positions"], summary["masked_tokens"], p.sparsity,
+                                 teacher, teacher_logits=bool(p.distill_logits))
+    if p.sparsity:
+        summary["sparsity"] = {"target": p.sparsity, "final_density": density(final_model)}
     summary.update(export_max_abs_logit_diff=difference, train_seconds=round(time.time() - started, 2),
                    architecture=architecture_of(model_config),
                    parameters=sum(p.numel() for p in final_model.parameters()), init=init_info,

@@ -56,6 +56,12 @@ class TokenShards:
     def num_docs(self) -> int:
         return len(self.offsets) - 1
 
+    @property
+    def folder(self) -> Path | None:
+        """The folder the shards were loaded from (None for shards built in memory)."""
+        name = getattr(self.tokens, "filename", None)
+        return Path(name).parent if name else None
+
     def source_index(self, name: str) -> int:
         if name not in self.source_names:
             raise ConfigError(f"unknown corpus source '{name}' (the corpus has: {', '.join(self.source_names)})")

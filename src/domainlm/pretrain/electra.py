@@ -54,7 +54,7 @@ class Electra(nn.Module):
         on any device. Every shape follows the inputs' (a fixed-capacity `targets` keeps them
         static; its padding slots change nothing)."""
         hidden = self.generator(input_ids, position_ids, attn)
-        logits = self.generator.mlm_logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.index))
+        logits = self.generator.masked_logits(hidden.reshape(-1, hidden.shape[-1]), targets)
         logits = logits.float()  # (K, V)
         mlm = F.cross_entropy(logits, targets.labels, reduction="sum")
         valid = targets.labels != -100

@@ -137,8 +137,12 @@ class MaskedLM(nn.Module):
         hidden = self(input_ids, position_ids, attn)
         if targets is None:
             targets = MaskedTargets.of(attn.select(labels).reshape(-1))
-        logits = self.mlm_logits(hidden.reshape(-1, hidden.shape[-1]).index_select(0, targets.index))  # (K, V)
+        logits = self.masked_logits(hidden.reshape(-1, hidden.shape[-1]), targets)
         return F.cross_entropy(logits.float(), targets.labels, reduction=reduction)
+
+    def masked_logits(self, flat_hidden: torch.Tensor, targets: MaskedTargets) -> torch.Tensor:
+        """(K, V) vocabulary logits of the masked positions `targets.index` of (N, H) hidden states."""
+        return self.mlm_logits(flat_hidden.index_select(0, targets.index))
 
 
 class Encoder(MaskedLM):

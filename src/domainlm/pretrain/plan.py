@@ -1,33 +1,76 @@
 """Which rows each training step reads: a pure function of (config, corpus, seed, step).
 
-Three schedules shape the stream of rows, and all of them are decided up front, per step, so that a
+Four schedules shape the stream of rows, and all of them are decided up front, per step, so that a
 resumed run (or another rank) reads exactly the rows an uninterrupted run would:
 - mixture: several corpus sources sampled with weights (a small domain source with a high weight is
   repeated more often), and an up-sampling of one source over the last part of training;
 - batch-size warmup: fewer rows per step at the start, growing linearly to `batch_size`;
 - sequence-length curriculum: short rows first (`short_seq_len`), with proportionally more rows
-  per step so each step sees about as many tokens.
+  per step so each step sees about as many tokens;
+- data-order curriculum (`curriculum`): documents ranked by a difficulty score
+  (`difficulty.document_difficulty`) and a share of them readable per step (`competence`).
 Each (sequence length, source) pair is a stream: its rows are read in per-epoch permutations.
+
+With a data-order curriculum each stream packs its documents easiest first, so a row's index follows
+its documents' difficulty rank. During the curriculum (the first `curriculum_fraction` of the steps)
+step s draws its rows of a stream, without replacement, from the first ceil(c(s) * rows) of them
+(the last, for hard-first), with a generator seeded by (seed, stream, step): no step depends on
+another, so a resume reads the same rows. Later steps read the per-epoch permutations as without one.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
 
 from domainlm.config import PretrainConfig
 from domainlm.errors import ConfigError
-from domainlm.pretrain.data import Packing, TokenShards, epoch_order
+from domainlm.pretrain.data import Packing, TokenShards, epoch_order, pack
+from domainlm.pretrain.difficulty import document_difficulty
+
+CURRICULUM_DRAWS = 3  # tags the seeds of curriculum draws apart from the mixture's and the epochs'
+
+
+def curriculum_steps(config: PretrainConfig) -> int:
+    """How many first steps the data-order curriculum shapes (0 for `curriculum: none`)."""
+    if config.curriculum == "none":
+        return 0
+    return max(1, int(round(config.curriculum_fraction * config.max_steps)))
+
+
+def competence(config: PretrainConfig) -> np.ndarray:
+    """(max_steps,) the share c(s) of each stream's rows that step s may read.
+
+    easy-first / hard-first: square-root pacing (Platanios et al. 2019, their best),
+    c(s) = sqrt(c0^2 + (1 - c0^2) s / S) with c0 = `curriculum_start` and S the curriculum's steps.
+    cyclical: c(s) = c0 + (1 - c0) (1 - cos(2 pi k s / S)) / 2, which rises to 1 and falls back to
+    c0 k = `curriculum_cycles` times. Every step after the curriculum (and every step without one)
+    reads all rows.
+    """
+    steps, span = np.arange(config.max_steps), curriculum_steps(config)
+    progress, c0 = steps / max(span, 1), config.curriculum_start
+    if config.curriculum == "cyclical":
+        share = c0 + (1 - c0) * (1 - np.cos(2 * np.pi * config.curriculum_cycles * progress)) / 2
+    else:
+        share = np.sqrt(c0**2 + (1 - c0**2) * np.minimum(progress, 1.0))
+    return np.where(steps < span, share, 1.0)
 
 
 class DataPlan:
     def __init__(self, shards: TokenShards, config: PretrainConfig, seed: int = 0,
-                 source_weights: dict[str, float] | None = None):
+                 source_weights: dict[str, float] | None = None, difficulty: np.ndarray | None = None):
         """source_weights: the corpus sources' `weight x repeat`, used when `config.mixture` is
-        empty (each source then weighs its token count times that)."""
+        empty (each source then weighs its token count times that). difficulty: (D,) each
+        document's score for `config.curriculum` (default: `document_difficulty`, cached)."""
         source_weights = source_weights or {}
         self.seed = seed
+        self.curriculum, self.curriculum_steps = config.curriculum, curriculum_steps(config)
+        self.competence = competence(config)
+        self.difficulty = None
+        if config.curriculum != "none":
+            self.difficulty = document_difficulty(shards, config) if difficulty is None else np.asarray(difficulty)
         steps = np.arange(config.max_steps)
         lengths = [config.seq_len]
         short_steps = 0
@@ -80,8 +123,12 @@ class DataPlan:
     def packing(self, stream: int) -> Packing:
         if stream not in self.packings:
             K = len(self.sources)
-            packing = self.shards.pack(self.lengths[stream // K], self.sources[stream % K])
-            self.packings[stream] = packing
+            source = self.sources[stream % K]
+            docs = np.arange(self.shards.num_docs) if source is None else np.flatnonzero(self.shards.sources == source)
+            if self.difficulty is not None:  # easiest first: a row's index follows its documents' rank
+                docs = docs[np.argsort(self.difficulty[docs], kind="stable")]
+            offsets = self.shards.offsets
+            self.packings[stream] = pack(offsets[docs], offsets[docs + 1], self.lengths[stream // K])
         return self.packings[stream]
 
     @lru_cache(maxsize=16)  # noqa: B019 - a few epochs' permutations, tied to this plan's life
@@ -94,9 +141,22 @@ class DataPlan:
         for stream in np.flatnonzero(self.counts[step]):
             packing = self.packing(int(stream))
             n = len(packing)
+            if step < self.curriculum_steps:
+                out.append((packing, self._curriculum_rows(int(stream), step, n)))
+                continue
             position = np.arange(self.before[step, stream], self.before[step, stream] + self.counts[step, stream])
             out.append((packing, np.array([self._order(int(stream), int(p // n))[p % n] for p in position])))
         return out
+
+    def _curriculum_rows(self, stream: int, step: int, n: int) -> np.ndarray:
+        """A curriculum step's rows of one stream: drawn without replacement from the readable
+        ones (with repeats only when the step wants more rows than are readable)."""
+        readable = min(n, max(1, math.ceil(self.competence[step] * n - 1e-9)))  # 0.2 * 10 rows is 2, not 3
+        rng = np.random.default_rng([self.seed, CURRICULUM_DRAWS, stream, step])
+        repeats, rest = divmod(int(self.counts[step, stream]), readable)
+        rows = np.concatenate([*(rng.permutation(readable) for _ in range(repeats)),
+                               rng.choice(readable, rest, replace=False)])
+        return n - 1 - rows if self.curriculum == "hard-first" else rows
 
     def seq_len(self, step: int) -> int:
         return self.lengths[self.length_index[step]]

@@ -43,6 +43,7 @@ from domainlm.pretrain.data import (
     mask_tokens,
     word_start_table,
 )
+from domainlm.pretrain.distill import Distiller
 from domainlm.pretrain.electra import Electra
 from domainlm.pretrain.model import (
     MaskedTargets,
@@ -52,21 +53,28 @@ from domainlm.pretrain.model import (
     varlen_has_window,
 )
 from domainlm.pretrain.plan import DataPlan
+from domainlm.pretrain.sparsity import apply_masks, magnitude_masks
 from domainlm.progress import Curves, progress_bar
 
 log = logging.getLogger(__name__)
 
+# Every loss a step can have, and the batch count each is normalised by: masked positions, or real tokens.
+LOSSES = {"mlm": "masked", "rtd": "real", "kd": "masked", "hidden": "real"}
+
 
 class Objective(torch.nn.Module):
-    """The summed losses of one micro-batch, as a module so that DDP / FSDP wrap one forward."""
+    """The summed losses of one micro-batch, as a module so that DDP / FSDP wrap one forward
+    (with a `Distiller`: its teacher and projection too)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, distiller: Distiller | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.distiller = model, distiller
 
     def forward(self, input_ids, position_ids, attn, real, targets: MaskedTargets) -> dict[str, torch.Tensor]:
         if isinstance(self.model, Electra):
             return self.model.losses(input_ids, position_ids, attn, real, targets)
+        if self.distiller is not None:
+            return self.distiller.losses(self.model, input_ids, position_ids, attn, real, targets)
         return {"mlm": self.model.mlm_loss(input_ids, position_ids, attn, None, reduction="sum", targets=targets)}
 
 
@@ -132,12 +140,14 @@ def optimizer_and_schedule(model: torch.nn.Module, config: PretrainConfig):
 class Trainer:
     """Pretrains one model on token shards: `train()` runs `train_step` per step, checkpoints and
     resumes; the model, optimizer, scheduler, RNG and data position are all in a checkpoint.
-    `curves`: where loss, learning rate, tokens/s and gradient norm go every `log_every` steps."""
+    `curves`: where loss, learning rate, tokens/s and gradient norm go every `log_every` steps.
+    `teacher`: a frozen masked LM to distil from (`pretrain.teacher`). With `pretrain.sparsity`
+    the transformer layers' weights keep fixed magnitude masks (SPDF), saved in checkpoints."""
 
     def __init__(self, model_config: LayoutConfig, config: PretrainConfig, data: TokenShards,
                  tokenizer: Tokenizer, checkpoint_dir: Path, seed: int = 0, model: torch.nn.Module | None = None,
                  mask_token: str = "[MASK]", source_weights: dict[str, float] | None = None,
-                 curves: Curves | None = None):
+                 curves: Curves | None = None, teacher: torch.nn.Module | None = None):
         self.config, self.data, self.checkpoint_dir, self.seed = config, data, checkpoint_dir, seed
         self.rank, self.world = rank(), world_size()
         self.device = training_device(config.tf32)
@@ -146,14 +156,30 @@ class Trainer:
             model = Electra(model_config, config.generator_fraction) if config.objective == "electra" \
                 else new_model(model_config)
         self.model = model.to(self.device)
+        if config.sparsity and self.world > 1 and config.distributed == "fsdp":
+            raise ConfigError("pretrain.sparsity keeps masks on whole weight matrices; FSDP shards them: use "
+                              "pretrain.distributed: ddp")
+        self.sparse_masks = magnitude_masks(self.model, config.sparsity)  # SPDF: fixed from the start
+        apply_masks(self.model, self.sparse_masks)
+        self.distiller = None
+        if teacher is not None:
+            self.distiller = Distiller(teacher, model_config.hidden_size, config.distill_logits, config.distill_hidden,
+                                       config.distill_temperature).to(self.device)
+        self.loss_names = ["mlm", "rtd"] if isinstance(model, Electra) else ["mlm"]
+        if self.distiller is not None:
+            self.loss_names += [k for k, w in (("kd", config.distill_logits), ("hidden", config.distill_hidden)) if w]
+        # What the optimizer updates: the model, and a distillation projection when there is one.
+        projection = self.distiller.projection if self.distiller is not None else None
+        self.trainable = self.model if projection is None else torch.nn.ModuleDict(
+            {"model": self.model, "projection": projection})
         self.static = config.static_shapes
         windowed = hasattr(model_config, "local_window")  # ModernBERT's local layers
         self.attention = resolve_attention(config.attention, self.device, model_config.dropout, self.static, windowed)
         if config.compile and not self.static:
             self.compile_blocks()
-        self.objective = self._distribute(Objective(self.model))
+        self.objective = self._distribute(Objective(self.model, self.distiller))
         self.forward = self._static_forward() if self.static else None
-        self.optimizer, self.scheduler = optimizer_and_schedule(self.model, config)
+        self.optimizer, self.scheduler = optimizer_and_schedule(self.trainable, config)
         self.plan = DataPlan(data, config, seed, source_weights)
         # Masking and ELECTRA's sampling draws: one CPU generator, the same on every rank and device.
         self.generator = torch.Generator().manual_seed(seed + 1)
@@ -166,6 +192,7 @@ class Trainer:
         self.elapsed = 0.0  # seconds spent in train steps, across resumes
         self.real_tokens = 0
         self.positions = 0  # row positions, padding included (sdpa / flex compute on them)
+        self.masked_tokens = 0  # positions predicted (what the MLM head computes on)
         self.skipped_steps: list[int] = []  # steps whose loss or gradient was NaN/inf
         self.bad_in_a_row = 0
         self.grad_norm = math.nan  # of the last step
@@ -271,17 +298,19 @@ class Trainer:
                  for rows in chunks[self.rank]]
         # Normalise by the global batch's counts: micro-batches and ranks then add up to the
         # gradient of the whole batch (DDP/FSDP average over ranks, hence the factor `world`).
-        totals = {"mlm": max(1, int((batch["labels"] != -100).sum())), "rtd": max(1, int(batch["real"].sum()))}
+        counts = {"masked": max(1, int((batch["labels"] != -100).sum())), "real": max(1, int(batch["real"].sum()))}
         targets = [self._targets(part) for part in parts]
         if self.static:  # masked positions that did not fit a buffer (on any rank) are not predicted
             overflow = sum(self._targets({k: v[rows] for k, v in batch.items()}).overflow
                            for rank, mine in enumerate(chunks) if rank != self.rank for rows in mine)
             overflow += sum(t.overflow for t in targets)
             self.masked_overflow += overflow
-            totals["mlm"] = max(1, totals["mlm"] - overflow)
-        weights = {"mlm": 1.0, "rtd": self.config.rtd_weight}
-        self.model.train()
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # summed losses, on the device
+            counts["masked"] = max(1, counts["masked"] - overflow)
+        totals = {key: counts[count] for key, count in LOSSES.items()}
+        c = self.config
+        weights = {"mlm": 1.0, "rtd": c.rtd_weight, "kd": c.distill_logits, "hidden": c.distill_hidden}
+        self.objective.train()
+        sums = torch.zeros(len(LOSSES), dtype=torch.float64, device=self.device)  # summed losses, on the device
         for index, (part, target) in enumerate(zip(parts, targets, strict=True)):
             self._backward(part, target.to(self.device), totals, weights, sums, last=index == len(parts) - 1)
         self._update(step, batch, sums, totals, weights)
@@ -320,9 +349,9 @@ class Trainer:
         torch.cuda.reset_peak_memory_stats()
         self.static = False  # the eager step: trying sizes must not compile a graph for each
         try:
-            sums = torch.zeros(2, dtype=torch.float64, device=self.device)
-            self._backward(part, self._targets(part).to(self.device), {"mlm": 1, "rtd": 1}, {"mlm": 1.0, "rtd": 1.0},
-                           sums, last=True)
+            sums = torch.zeros(len(LOSSES), dtype=torch.float64, device=self.device)
+            ones = dict.fromkeys(LOSSES, 1)
+            self._backward(part, self._targets(part).to(self.device), ones, ones, sums, last=True)
             peak = torch.cuda.max_memory_allocated()
         except torch.cuda.OutOfMemoryError:
             return False
@@ -342,7 +371,7 @@ class Trainer:
 
     def _backward(self, part: dict[str, torch.Tensor], targets: MaskedTargets, totals: dict[str, int],
                   weights: dict[str, float], sums: torch.Tensor, last: bool) -> None:
-        """Forward and backward of one micro-batch; its summed losses are added to `sums` (mlm, rtd)."""
+        """Forward and backward of one micro-batch; its summed losses are added to `sums` (in `LOSSES` order)."""
         to = {"device": self.device, "non_blocking": True}
         defer_sync = self.objective.no_sync() if hasattr(self.objective, "no_sync") and not last else nullcontext()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"), defer_sync:
@@ -356,7 +385,7 @@ class Trainer:
                                         part["real"].to(**to), targets)
             loss = sum(weights[k] * v / totals[k] for k, v in losses.items()) * self.world
             loss.backward()
-        for slot, key in enumerate(("mlm", "rtd")):
+        for slot, key in enumerate(LOSSES):
             if key in losses:
                 sums[slot] += losses[key].detach().double()
 
@@ -367,20 +396,20 @@ class Trainer:
         parts wait on the device for `_flush`."""
         if self.world > 1:
             dist.all_reduce(sums)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable.parameters(), self.config.grad_clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a distributed tensor
             grad_norm = grad_norm.full_tensor()
-        parts = {key: sums[slot] / totals[key] for slot, key in enumerate(("mlm", "rtd"))}
-        if not isinstance(self.model, Electra):
-            parts.pop("rtd")
+        parts = {key: sums[slot] / totals[key] for slot, key in enumerate(LOSSES) if key in self.loss_names}
         value = sum(weights[k] * v for k, v in parts.items())
         grad_norm = grad_norm.to(sums)
         self.optimizer.found_inf = (~(torch.isfinite(value) & torch.isfinite(grad_norm))).float()
         self.optimizer.step()
+        apply_masks(self.model, self.sparse_masks)  # pruned weights stay zero (SPDF)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.real_tokens += int(batch["real"].sum())
         self.positions += batch["real"].numel()
+        self.masked_tokens += totals["mlm"]
         self._pending.append((step, torch.stack([value, grad_norm, *(parts.values() if len(parts) > 1 else [])])))
 
     def _flush(self) -> list[tuple[int, float]]:
@@ -396,7 +425,7 @@ class Trainer:
             self.grad_norm = grad_norm
             if not (math.isfinite(value) and math.isfinite(grad_norm)):
                 self.skipped_steps.append(step)  # the weights stayed as they were
-            for key, part in zip(("mlm", "rtd"), parts, strict=False):
+            for key, part in zip(self.loss_names, parts, strict=False):
                 self.parts.setdefault(key, []).append(part)
         return [(step, row[0]) for step, row in zip(steps, rows, strict=True)]
 
@@ -453,6 +482,7 @@ class Trainer:
     def state(self) -> dict:
         return {"step": self.step, "losses": self.losses, "parts": self.parts, "learning_rates": self.learning_rates,
                 "elapsed": self.elapsed, "real_tokens": self.real_tokens, "positions": self.positions, "skipped_steps": self.skipped_steps,
+                "masked_tokens": self.masked_tokens,
                 "world_size": self.world}
 
     def _full_states(self) -> tuple[dict, dict]:
@@ -492,6 +522,11 @@ class Trainer:
                 if torch.cuda.is_available():
                     rng["cuda"] = torch.cuda.get_rng_state()
                 save_file(rng, tmp / "rng.safetensors")
+                extras = {f"mask.{name}": mask for name, mask in self.sparse_masks.items()}
+                if self.trainable is not self.model:
+                    extras |= {f"projection.{k}": v for k, v in self.trainable["projection"].state_dict().items()}
+                if extras:
+                    save_file({k: v.contiguous() for k, v in extras.items()}, tmp / "extras.safetensors")
                 atomic_write_json(tmp / "state.json", self.state())
             for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -518,6 +553,12 @@ class Trainer:
             self.optimizer.load_state_dict(states["optimizer"])
         self.scheduler.load_state_dict(states["scheduler"])
         rng = load_file(folder / "rng.safetensors")
+        if (folder / "extras.safetensors").exists():  # SPDF masks, a distillation projection
+            extras = load_file(folder / "extras.safetensors", device=str(self.device))
+            self.sparse_masks = {k[len("mask."):]: v for k, v in extras.items() if k.startswith("mask.")}
+            if self.trainable is not self.model:
+                self.trainable["projection"].load_state_dict(
+                    {k[len("projection."):]: v for k, v in extras.items() if k.startswith("projection.")})
         self.generator.set_state(rng["masking"])
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
@@ -527,6 +568,7 @@ class Trainer:
         self.parts = state.get("parts", {})
         self.elapsed, self.real_tokens, self.positions = state["elapsed"], state["real_tokens"], state["positions"]
         self.skipped_steps = state.get("skipped_steps", [])
+        self.masked_tokens = state.get("masked_tokens", 0)
         if self.rank == 0:
             log.info("pretrain: resumed from %s", folder.name)
         return True
@@ -545,6 +587,8 @@ class Trainer:
             "step_seconds": round(self.elapsed, 2),
             "real_tokens_per_s": self.real_tokens / max(self.elapsed, 1e-9),
             "padding_share": 1 - self.real_tokens / max(self.positions, 1),
+            "positions": self.positions,
+            "masked_tokens": self.masked_tokens,
             "skipped_steps": self.skipped_steps,
             "attention": self.attention,
             "world_size": self.world,
