@@ -196,10 +196,12 @@ def test_arms_may_name_an_earlier_arms_export_and_take_shares(tmp_path):
         config_from_dict(base | {"experiment": {"budget_tokens": 5120, "arms": [
             {"name": "student", "pretrain": {"teacher": "arm:big"}}, {"name": "big"}]}})
     config = config_from_dict(base | {"experiment": {"budget_tokens": 4 * 32 * 40, "arms": [
-        {"name": "big"}, {"name": "small", "share": 0.5}, {"name": "student", "share": 0.5,
+        {"name": "big", "seed": 3}, {"name": "small", "share": 0.5}, {"name": "student", "share": 0.5,
                                                           "pretrain": {"teacher": "arm:big"}}]}})
     arms = {arm.name: arm for arm in config.experiment.arms}
     assert arm_config(config, arms["big"]).pretrain.max_steps == 20  # a share of 1 in 2: half of 40 steps
+    assert arm_config(config, arms["big"]).seed == 3
     assert arm_config(config, arms["small"]).pretrain.max_steps == 10
+    assert arm_config(config, arms["small"]).seed == 0
     student = arm_config(config, arms["student"])
     assert student.pretrain.teacher == str(tmp_path / "run" / "arms" / "big" / "pretrain" / "export")

@@ -39,3 +39,8 @@ timeout 150 python3 benchmarks/pretrain_throughput.py --architecture modernbert 
     --variants hf-padded,hf-packed,hf-flattened,domainlm-varlen,domainlm-static-compiled 2>&1 | grep -v "steps/s" \
     | tee "$OUT/throughput_modernbert.log"
 tail -1 "$OUT/throughput_modernbert.log" > "$OUT/throughput_modernbert.json"
+# 7. The compute savers (issue 16) on the GPU, bf16: growth's function preservation, SPDF masks held
+#    through steps and resume, distillation losses (zero when student = teacher), curricula with
+#    exact resume; whether resume stays bit-exact there is part of what this records.
+timeout 120 python3 -m pytest -q tests/test_growth.py tests/test_sparse_and_distill.py tests/test_curriculum.py \
+    2>&1 | tail -30 | tee "$OUT/check_compute_savers.log"

@@ -59,6 +59,8 @@ def arm_config(config: RunConfig, arm: ArmConfig) -> RunConfig:
     pretrain["max_steps"] = arm_steps(config, pretrain, arm.share)
     pretrain["checkpoint_every"] = min(pretrain["checkpoint_every"], pretrain["max_steps"])
     data.update(name=f"{config.name}-{arm.name}", run_dir=str(RunLayout(config.directory).arm(arm.name).root))
+    if arm.seed is not None:
+        data["seed"] = arm.seed
     return config_from_dict(data, origin=f"experiment arm '{arm.name}'")
 
 

@@ -103,7 +103,8 @@ class RunConfig(Section):
         corpus = self.corpus
         paths = [s.path for s in corpus.sources if s.path and s.format != "hf-hub"] if corpus else []
         paths += [p for t in self.tasks for p in t.files()]
-        paths += [self.model.init_from, self.model.grow_from, self.pretrain.lexicon, self.tokenizer.reference,
+        paths += [self.model.init_from, self.model.grow_from, self.pretrain.lexicon, self.pretrain.teacher,
+                  self.pretrain.difficulty_model, self.tokenizer.reference,
                   corpus.quality.language_model if corpus else None, self.evaluate.general_corpus,
                   self.evaluate.general_tokenizer]
         paths += [m.path for m in self.evaluate.models] + [m.unlabeled for m in self.evaluate.models

@@ -29,6 +29,9 @@ class ArmConfig(Section):
     """Keys of the `pretrain` section this arm replaces (`max_steps` is set by the budget). A path
     key (`model.init_from`, `model.grow_from`, `pretrain.teacher`, `pretrain.difficulty_model`)
     may say `arm:<name>`: the export of an earlier arm (growth from a small arm, a teacher arm)."""
+    seed: int | None = None
+    """Pretraining seed of this arm (default: the run's): an arm repeated with another seed
+    measures how much the pretraining seed alone moves the scores."""
     share: float = Field(default=1.0, gt=0)
     """This arm's share of the budget relative to the others' (all 1: equal shares). E.g. a small
     model for half an arm's budget (share 0.5), grown from it for the other half (share 0.5),
