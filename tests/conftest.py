@@ -53,3 +53,22 @@ def tiny_recipe(tmp_path: Path) -> dict:
         ],
         "evaluate": {"seeds": [0, 1], "epochs": 1, "batch_size": 16, "max_length": 48, "lr": 1e-3},
     }
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A WordPiece vocabulary of 150 entries over `synthetic_texts` (a module needing another defines its own)."""
+    from domainlm.config import TokenizerConfig
+    from domainlm.tokenizer import train_wordpiece
+
+    return train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_frequency=1))
+
+
+@pytest.fixture(scope="module")
+def shards(tokenizer, tmp_path_factory):
+    """Token shards of 120 synthetic documents: a quarter from the source "domain", the rest "general"."""
+    from domainlm.pretrain.data import write_token_shards
+
+    texts = synthetic_texts(120, seed=1)
+    docs = ((t, "domain" if i % 4 == 0 else "general") for i, t in enumerate(texts))
+    return write_token_shards(tokenizer, docs, tmp_path_factory.mktemp("shards") / "shards")

@@ -10,31 +10,18 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from conftest import synthetic_texts
-from domainlm.config import PretrainConfig, TokenizerConfig, config_from_dict
+from domainlm.config import PretrainConfig, config_from_dict
 from domainlm.errors import ConfigError
 from domainlm.pretrain import export_model, inputs
 from domainlm.pretrain.architectures import new_model
-from domainlm.pretrain.data import TokenShards, epoch_order, write_token_shards
+from domainlm.pretrain.data import TokenShards, epoch_order
 from domainlm.pretrain.difficulty import document_difficulty, loss_scores, rarity_scores
 from domainlm.pretrain.model import EncoderConfig
 from domainlm.pretrain.plan import DataPlan, competence, curriculum_steps
-from domainlm.tokenizer import save_for_transformers, train_wordpiece
+from domainlm.tokenizer import save_for_transformers
 from test_engine import _run_worker, _spec
 
 SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_position": 32}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_frequency=1))
-
-
-@pytest.fixture(scope="module")
-def shards(tokenizer, tmp_path_factory):
-    texts = synthetic_texts(120, seed=1)
-    docs = ((t, "domain" if i % 4 == 0 else "general") for i, t in enumerate(texts))
-    return write_token_shards(tokenizer, docs, tmp_path_factory.mktemp("curriculum") / "shards")
 
 
 def _config(**overrides) -> PretrainConfig:

@@ -11,34 +11,21 @@ import pytest
 import torch
 
 from conftest import synthetic_texts
-from domainlm.config import PretrainConfig, TokenizerConfig
+from domainlm.config import PretrainConfig
 from domainlm.pretrain import export_model
 from domainlm.pretrain.data import (
     lexicon_sequences,
     lexicon_word_starts,
     mask_tokens,
     word_start_table,
-    write_token_shards,
 )
 from domainlm.pretrain.model import EncoderConfig
 from domainlm.pretrain.plan import DataPlan
 from domainlm.pretrain.trainer import Trainer
-from domainlm.tokenizer import save_for_transformers, train_wordpiece
+from domainlm.tokenizer import save_for_transformers
 
 WORKER = Path(__file__).with_name("pretrain_worker.py")
 SMALL = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_position": 32}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_frequency=1))
-
-
-@pytest.fixture(scope="module")
-def shards(tokenizer, tmp_path_factory):
-    texts = synthetic_texts(120, seed=1)
-    docs = ((t, "domain" if i % 4 == 0 else "general") for i, t in enumerate(texts))  # domain: a quarter
-    return write_token_shards(tokenizer, docs, tmp_path_factory.mktemp("engine") / "shards")
 
 
 def _config(**overrides) -> PretrainConfig:

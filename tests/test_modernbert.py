@@ -18,15 +18,10 @@ from domainlm.pretrain.data import write_token_shards
 from domainlm.pretrain.model import document_attention, document_mask_mod
 from domainlm.pretrain.modernbert import ModernBert, ModernBertConfig, modernbert_config
 from domainlm.pretrain.trainer import Trainer
-from domainlm.tokenizer import save_for_transformers, train_tokenizer, train_wordpiece
+from domainlm.tokenizer import save_for_transformers, train_tokenizer
 
 SMALL = {"hidden_size": 32, "num_layers": 4, "num_heads": 4, "intermediate_size": 48, "max_position": 64,
          "local_window": 8, "global_every": 3}  # layers 0 and 3 global, 1 and 2 local (+-4 tokens)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_frequency=1))
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,9 @@ from domainlm.pretrain import export_model
 from domainlm.pretrain.data import TokenShards, mask_tokens, word_start_table, write_token_shards
 from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask
 from domainlm.pretrain.trainer import Trainer
-from domainlm.tokenizer import save_for_transformers, train_wordpiece
+from domainlm.tokenizer import save_for_transformers
 
 CLS, SEP, PAD = 2, 3, 0
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_frequency=1))
 
 
 def _in_memory_shards(docs, sources=None):

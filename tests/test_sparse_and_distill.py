@@ -19,11 +19,6 @@ from domainlm.tokenizer import save_for_transformers, train_wordpiece
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_frequency=1))
-
-
-@pytest.fixture(scope="module")
 def data(tokenizer, tmp_path_factory):
     folder = tmp_path_factory.mktemp("shards") / "shards"
     return write_token_shards(tokenizer, ((t, "s") for t in synthetic_texts(80)), folder)

@@ -108,25 +108,38 @@ def check_unlabeled_fits(task: Task, method: str) -> None:
         raise UnsupportedTask(f"{method} needs single-text tasks ({supported}), not {task.type}")
 
 
-def self_train(entry: ModelEntry, teacher: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig,
-               log_dir: Path | None = None) -> dict:
-    """Teacher fine-tuned on gold -> pseudo-labels on unlabeled text (kept when confident) ->
-    a fresh student trains one epoch on them, then fine-tunes on gold."""
-    from domainlm.evaluate.finetune import encode, finetune, predict
+def teacher_on_unlabeled(entry: ModelEntry, teacher: ModelEntry, task: Task, seed: int, lr: float,
+                         config: RunConfig) -> tuple[dict, Any, Any, list[dict], Any]:
+    """What self-training and distillation start from: the teacher fine-tuned on gold (this seed
+    and learning rate; its result, model and tokenizer), and `entry`'s unlabeled inputs in the
+    task's shape with their encoding for the teacher (None when there are none)."""
+    from domainlm.evaluate.finetune import encode, finetune
 
-    check_unlabeled_fits(task, "self-training")
     run_dir = RunLayout(config.directory)
     path, pretrained = model_location(teacher, run_dir)
     first = finetune(path, pretrained, task, seed, lr, config.evaluate, keep_model=True)
     model, tokenizer = first.pop("model"), first.pop("tokenizer")
     examples = unlabeled_examples(entry, task, run_dir, seed)
-    data = encode(tokenizer, task, examples, task.max_length or config.evaluate.max_length)
-    device = next(model.parameters()).device
-    labels, confidence = predict(model, data, task, examples, config.evaluate.batch_size,
-                                 tokenizer.pad_token_id or 0, device)
+    data = encode(tokenizer, task, examples, task.max_length or config.evaluate.max_length) if examples else None
+    return first, model, tokenizer, examples, data
+
+
+def self_train(entry: ModelEntry, teacher: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig,
+               log_dir: Path | None = None) -> dict:
+    """Teacher fine-tuned on gold -> pseudo-labels on unlabeled text (kept when confident) ->
+    a fresh student trains one epoch on them, then fine-tunes on gold."""
+    from domainlm.evaluate.finetune import finetune, predict
+
+    check_unlabeled_fits(task, "self-training")
+    first, model, tokenizer, examples, data = teacher_on_unlabeled(entry, teacher, task, seed, lr, config)
+    labels, confidence = [], []
+    if examples:
+        labels, confidence = predict(model, data, task, examples, config.evaluate.batch_size,
+                                     tokenizer.pad_token_id or 0, next(model.parameters()).device)
     key = "tags" if task.target == "tags" else "label"
     pseudo = [x | {key: y} for x, y, c in zip(examples, labels, confidence, strict=True) if c >= entry.confidence]
     del model
+    path, pretrained = model_location(teacher, RunLayout(config.directory))
     result = finetune(path, pretrained, task, seed, lr, config.evaluate, pseudo=pseudo or None, log_dir=log_dir)
     result.update(teacher_metrics=first["metrics"], unlabeled=len(examples), pseudo_labeled=len(pseudo))
     return result
@@ -141,21 +154,16 @@ def distil(entry: ModelEntry, teacher: ModelEntry, student: ModelEntry, task: Ta
     the student's, plus `teacher`, `student` (entry names), `teacher_metrics`,
     `teacher_parameters`, `teacher_test_examples_per_second` and `unlabeled` (inputs distilled on).
     UnsupportedTask for task types unlabeled text cannot be shaped into."""
-    from domainlm.evaluate.finetune import SoftTargets, encode, finetune, soft_targets
+    from domainlm.evaluate.finetune import SoftTargets, finetune, soft_targets
 
     check_unlabeled_fits(task, "distillation")
-    run_dir = RunLayout(config.directory)
-    path, pretrained = model_location(teacher, run_dir)
-    first = finetune(path, pretrained, task, seed, lr, config.evaluate, keep_model=True)
-    model, tokenizer = first.pop("model"), first.pop("tokenizer")
-    examples = unlabeled_examples(entry, task, run_dir, seed)
+    first, model, tokenizer, examples, data = teacher_on_unlabeled(entry, teacher, task, seed, lr, config)
     targets = []
     if examples:
-        data = encode(tokenizer, task, examples, task.max_length or config.evaluate.max_length)
         targets = soft_targets(model, data, task, examples, entry.temperature, config.evaluate.batch_size,
                                tokenizer.pad_token_id or 0, next(model.parameters()).device)
     del model
-    path, pretrained = model_location(student, run_dir)
+    path, pretrained = model_location(student, RunLayout(config.directory))
     soft = SoftTargets(examples, targets, entry.temperature, entry.distill_epochs)
     result = finetune(path, pretrained, task, seed, lr, config.evaluate, soft=soft, log_dir=log_dir)
     result.update(teacher=teacher.name, student=student.name, teacher_metrics=first["metrics"],
