@@ -200,3 +200,18 @@ def test_arms_may_name_an_earlier_arms_export_and_take_shares(tmp_path):
     assert arm_config(config, arms["small"]).seed == 0
     student = arm_config(config, arms["student"])
     assert student.pretrain.teacher == str(tmp_path / "run" / "arms" / "big" / "pretrain" / "export")
+
+
+def test_runs_without_the_new_keys_keep_their_pretrain_fingerprint(tiny_recipe):
+    from domainlm.pretrain import settings
+
+    before = {  # the pretrain section's keys before distillation, SPDF and curricula
+        "attention", "batch_size", "batch_size_start", "batch_warmup_fraction", "checkpoint_every", "compile",
+        "compile_mode", "decay_fraction", "distributed", "dropout", "generator_fraction", "grad_clip",
+        "keep_checkpoints", "lexicon", "lexicon_rate", "log_every", "lr", "mask_rate", "masking", "max_bad_steps",
+        "max_steps", "memory_fraction", "micro_batch_size", "mixture", "objective", "rtd_weight", "schedule",
+        "seq_len", "short_seq_fraction", "short_seq_len", "span_mean", "static_shapes", "tf32", "upsample_factor",
+        "upsample_fraction", "upsample_source", "warmup_fraction", "weight_decay"}
+    assert set(settings(config_from_dict(tiny_recipe))["pretrain"]) == before
+    tiny_recipe["pretrain"] |= {"sparsity": 0.5, "curriculum": "cyclical"}
+    assert set(settings(config_from_dict(tiny_recipe))["pretrain"]) == before | {"sparsity", "curriculum"}

@@ -8,6 +8,10 @@ from pydantic import Field, model_validator
 
 from domainlm.config.base import Section, existing_file
 
+# Keys added after runs existed (distillation, SPDF, curricula): left out of the fingerprint at their defaults.
+LATER_KEYS = ("teacher", "distill_logits", "distill_hidden", "distill_temperature", "sparsity", "curriculum",
+              "difficulty", "difficulty_model", "curriculum_start", "curriculum_fraction", "curriculum_cycles")
+
 
 class PretrainConfig(Section):
     max_steps: int = Field(default=1000, ge=1)
@@ -139,6 +143,16 @@ class PretrainConfig(Section):
     """How many of the newest checkpoints are kept."""
     log_every: int = Field(default=10, ge=1)
     """Steps between progress updates (loss, tokens/s) and TensorBoard points."""
+
+    def fingerprinted(self) -> dict:
+        """The section as the pretrain stage's fingerprint records it: the keys added with the
+        compute savers (`LATER_KEYS`) only when set away from their defaults, so runs that use
+        none of them keep the fingerprints they had before."""
+        data = self.model_dump(mode="json")
+        for key in LATER_KEYS:
+            if data[key] == type(self).model_fields[key].default:
+                data.pop(key)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> PretrainConfig:

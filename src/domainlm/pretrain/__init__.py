@@ -225,7 +225,7 @@ def inputs(config: RunConfig) -> list[str]:
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
-    return {"model": config.model.fingerprinted(), "pretrain": config.pretrain.model_dump(mode="json"),
+    return {"model": config.model.fingerprinted(), "pretrain": config.pretrain.fingerprinted(),
             "seed": config.seed}
 
 
