@@ -494,15 +494,22 @@ def _train_epoch(model, data: Encoded, task: Task, pad_id: int, device, optimize
     return float(total) / max(steps, 1)  # one wait for the device per epoch
 
 
+def _optimizer(model, lr: float, config: EvaluateConfig, items: int, epochs: int):
+    """AdamW and its schedule for `epochs` passes over `items` items: linear warmup over
+    `warmup_fraction` of the steps, then linear decay to zero."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
+    total = -(-items // config.batch_size) * epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule("linear", int(config.warmup_fraction * total), total))
+    return optimizer, scheduler
+
+
 def _fit(model, train: Encoded, dev: Encoded, task: Task, pad_id: int, device, lr: float, config: EvaluateConfig,
          rng: random.Random, curves: Curves) -> tuple[float, int, list[float]]:
     """AdamW with linear warmup and decay for at most `epochs`, scoring dev after each; stops after
     `patience` epochs without a better dev score and leaves the best epoch's weights in `model`.
     Returns (best dev score, best epoch, dev score of every epoch run)."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
-    total = -(-len(train.items) // config.batch_size) * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule("linear", int(config.warmup_fraction * total), total))
+    optimizer, scheduler = _optimizer(model, lr, config, len(train.items), config.epochs)
     best_score, best_state, best_epoch, dev_scores = -float("inf"), None, 0, []
     for epoch in range(config.epochs):
         loss = _train_epoch(model, train, task, pad_id, device, optimizer, scheduler, config.batch_size, rng)
@@ -524,10 +531,7 @@ def _distil(model, data: Encoded, task: Task, pad_id: int, device, lr: float, co
             rng: random.Random, temperature: float, epochs: int) -> list[float]:
     """`epochs` passes over soft targets with AdamW and the fine-tuning's warmup and linear decay
     (over these epochs' steps); the mean loss of each epoch."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
-    total = -(-len(data.items) // config.batch_size) * epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule("linear", int(config.warmup_fraction * total), total))
+    optimizer, scheduler = _optimizer(model, lr, config, len(data.items), epochs)
     return [_train_epoch(model, data, task, pad_id, device, optimizer, scheduler, config.batch_size, rng, temperature)
             for _ in range(epochs)]
 

@@ -236,14 +236,16 @@ def non_embedding_parameters(model: torch.nn.Module) -> int:
                if not any(part in name for part in ("tok_embed", "pos_embed", "type_embed", "head_bias")))
 
 
-def check_positions(checkpoint: LayoutConfig, config: RunConfig) -> None:
+def check_positions(checkpoint: LayoutConfig, config: RunConfig, name: str | None = None) -> None:
     """ConfigError when a packed row is longer than the checkpoint's usable positions (its table
     minus RoBERTa's offset, or ModernBERT's max_position_embeddings), naming both and the fix,
-    instead of an IndexError (or rotary positions it never saw) at step 0."""
+    instead of an IndexError (or rotary positions it never saw) at step 0. `name`: how the message
+    names the checkpoint (default: the one the model starts from)."""
     usable, why = checkpoint.usable_positions()
+    name = name or f"checkpoint {config.model.init_from or config.model.grow_from}"
     if config.pretrain.seq_len > usable:
         raise ConfigError(f"pretrain.seq_len {config.pretrain.seq_len} exceeds the {usable} positions the "
-                          f"checkpoint {config.model.init_from or config.model.grow_from} can use ({why}): set pretrain.seq_len <= {usable}")
+                          f"{name} can use ({why}): set pretrain.seq_len <= {usable}")
 
 
 def load_teacher(config: RunConfig, tokenizer: Tokenizer) -> MaskedLM | None:
@@ -262,10 +264,7 @@ def load_teacher(config: RunConfig, tokenizer: Tokenizer) -> MaskedLM | None:
         raise ConfigError(f"pretrain.teacher {config.pretrain.teacher} has another vocabulary than the model's "
                           f"({len(theirs)} vs {len(ours)} entries, about {differ} differ): distil from a teacher "
                           "trained with this run's tokenizer (or init_from checkpoint)")
-    usable, why = teacher.config.usable_positions()
-    if config.pretrain.seq_len > usable:
-        raise ConfigError(f"pretrain.seq_len {config.pretrain.seq_len} exceeds the {usable} positions the teacher "
-                          f"{config.pretrain.teacher} can use ({why}): set pretrain.seq_len <= {usable}")
+    check_positions(teacher.config, config, f"teacher {config.pretrain.teacher}")
     return teacher
 
 
@@ -332,11 +331,11 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if difference > 1e-4:
         raise RuntimeError(f"exported model disagrees with the training model: max |Δ| = {difference:.2e}")
     summary = trainer.summary()
-    p = config.pretrain
-    summary |= pretraining_flops(final_model, p.seq_len, summary["positions"], summary["masked_tokens"], p.sparsity,
-                                 teacher, teacher_logits=bool(p.distill_logits))
-    if p.sparsity:
-        summary["sparsity"] = {"target": p.sparsity, "final_density": density(final_model)}
+    pretrain = config.pretrain
+    summary |= pretraining_flops(final_model, pretrain.seq_len, summary["positions"], summary["masked_tokens"],
+                                 pretrain.sparsity, teacher, teacher_logits=bool(pretrain.distill_logits))
+    if pretrain.sparsity:
+        summary["sparsity"] = {"target": pretrain.sparsity, "final_density": density(final_model)}
     summary.update(export_max_abs_logit_diff=difference, train_seconds=round(time.time() - started, 2),
                    architecture=architecture_of(model_config),
                    parameters=sum(p.numel() for p in final_model.parameters()), init=init_info,

@@ -49,11 +49,8 @@ def magnitude_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Zero the masked-out weights (after initialisation and after every optimizer step)."""
-    if not masks:
-        return
-    linears = sparse_linears(model)
-    for name, mask in masks.items():
-        linears[name].weight.mul_(mask)
+    for name, mask in masks.items():  # a lookup per mask, no walk over the model: this runs every step
+        model.get_submodule(name).weight.mul_(mask)
 
 
 def density(model: nn.Module) -> float:
