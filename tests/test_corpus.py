@@ -173,3 +173,17 @@ def test_a_leading_byte_order_mark_is_not_part_of_the_first_document(tmp_path):
     stats = _curate(config, tmp_path / "out")
     assert stats["dropped"] == {"duplicate": 1} and stats["kept"] == 4  # the BOM hid neither record nor copy
     assert not any(bom in text for text in iter_corpus_texts(tmp_path / "out"))
+
+
+def test_csv_rows_that_do_not_match_the_header_are_counted_with_their_lines(tmp_path):
+    (tmp_path / "notes.csv").write_text('id,text\n1,"the first note, quoted, is read whole"\n'
+                                        "2,the second note, unquoted, would be cut short\n"
+                                        "3,the third note is an ordinary row\n")
+    stats = _curate(_config(tmp_path / "notes.csv"), tmp_path / "out")
+    assert stats["read"] == 3 and stats["kept"] == 2 and stats["dropped"] == {"invalid_csv": 1}
+    _check_accounting(stats)
+    assert stats["examples"]["invalid_csv"] == [{"id": "notes.csv:1", "text": (
+        "notes.csv:3: 4 fields, but the header has 2 (id, text); an unquoted comma in a text? put such a field "
+        "in double quotes")}]
+    assert sorted(iter_corpus_texts(tmp_path / "out")) == ["the first note, quoted, is read whole",
+                                                          "the third note is an ordinary row"]

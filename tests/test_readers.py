@@ -72,9 +72,66 @@ def test_csv_quoted_multiline_and_large_field(tmp_path):
     path.write_text(f'id,text\n1,"line one\nline two, with comma"\n\n2,{big}\n3\n')
     records = read_source(path)
     assert ids_and_texts(records) == [("c.csv:0", "line one\nline two, with comma"), ("c.csv:1", big),
-                                      ("c.csv:2", "missing_text")]
+                                      ("c.csv:2", "invalid_csv")]
+    assert records[2]["detail"].startswith("c.csv:6: 1 field, but the header has 2 (id, text)")
     with pytest.raises(InputError, match=r"c.csv: no column 'body' \(header: \['id', 'text'\]\)"):
         read_source(path, text_field="body")
+
+
+def csv_skips(records):
+    return [(r["id"], r["detail"]) for r in records if r.get("skip") == "invalid_csv"]
+
+
+def test_csv_rows_with_another_field_count_are_counted_skips(tmp_path):
+    path = tmp_path / "notes.csv"
+    path.write_text('id,text,year\n'
+                    '1,"A quoted text, with commas, stays whole",2001\n'
+                    '2,An unquoted comma, cuts this text short,2002\n'
+                    '3,"spans\ntwo lines, and keeps them",2003\n'
+                    '\n'
+                    '4,a lost field\n'
+                    '5,extra fields at the end,2005,,\n'
+                    '6,last,2006\n')
+    records = read_source(path)
+    assert ids_and_texts(records) == [
+        ("notes.csv:0", "A quoted text, with commas, stays whole"), ("notes.csv:1", "invalid_csv"),
+        ("notes.csv:2", "spans\ntwo lines, and keeps them"), ("notes.csv:3", "invalid_csv"),
+        ("notes.csv:4", "invalid_csv"), ("notes.csv:5", "last")]  # ids: data rows, skipped ones numbered too
+    assert csv_skips(records) == [
+        ("notes.csv:1", "notes.csv:3: 4 fields, but the header has 3 (id, text, year); an unquoted comma in a "
+                        "text? put such a field in double quotes"),
+        ("notes.csv:3", "notes.csv:7: 2 fields, but the header has 3 (id, text, year); a missing field, or a "
+                        "line break in an unquoted field?"),
+        ("notes.csv:4", "notes.csv:8: 5 fields, but the header has 3 (id, text, year); an unquoted comma in a "
+                        "text? put such a field in double quotes")]
+
+
+def test_a_one_column_csv_with_an_unquoted_comma_skips_that_row(tmp_path):
+    path = tmp_path / "one.csv.gz"  # compressed, CRLF line ends and a byte-order mark: same lines
+    with gzip.open(path, "wb") as handle:
+        handle.write(b'\xef\xbb\xbftext\r\nfirst document\r\nsecond, cut at the comma\r\n"third, quoted"\r\n')
+    records = read_source(path)
+    assert ids_and_texts(records) == [("one.csv.gz:0", "first document"), ("one.csv.gz:1", "invalid_csv"),
+                                      ("one.csv.gz:2", "third, quoted")]
+    assert records[1]["detail"].startswith("one.csv.gz:3: 2 fields, but the header has 1 (text)")
+
+
+def test_csv_broken_quoting_is_a_skip_not_a_changed_or_merged_document(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text('id,text\n'
+                    '1,"closing quote" then more text\n'
+                    '2,"a ""doubled"" quote is fine"\n'
+                    '3,a "quote" inside an unquoted field is text\n'
+                    '4,"opened on line 5\n'
+                    '5,and never closed\n'
+                    '6,so these rows are not documents\n')
+    records = read_source(path)
+    assert ids_and_texts(records) == [
+        ("q.csv:0", "invalid_csv"), ("q.csv:1", 'a "doubled" quote is fine'),
+        ("q.csv:2", 'a "quote" inside an unquoted field is text'), ("q.csv:3", "invalid_csv")]
+    assert records[0]["detail"].startswith("q.csv:2: not readable as CSV (',' expected after '\"'")
+    assert records[3]["detail"] == ("q.csv:5-7: not readable as CSV: a quoted field that opens on line 5 never "
+                                    "closes (the rest of the file would be one field)")
 
 
 def test_txt_files_folder(tmp_path):

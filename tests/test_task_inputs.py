@@ -357,3 +357,17 @@ def test_entity_markers_that_mark_nothing_are_refused_and_partial_misses_counted
     with pytest.raises(InputError, match=r"task 't': no train example \(.*rel.jsonl\) has both entities marked with "
                                          r"<e1> </e1> <e2> </e2>"):
         load_task(task(path, type="relation", format="jsonl", entity_markers=["<e1>", "</e1>", "<e2>", "</e2>"]))
+
+
+# ------------------------------------------------ issue 20: CSV quoting that would change or merge rows
+def test_csv_quotes_that_would_drop_text_or_merge_rows_are_refused(tmp_path):
+    after = write(tmp_path, "after.csv", 'text,label\nplain text,pos\n"quoted" and more,neg\n')
+    with pytest.raises(InputError, match=r"after.csv:3: not readable as CSV \(',' expected after '\"'\)"):
+        load_task(task(after, type="classification", format="csv"))  # was read as "quoted and more"
+    unclosed = write(tmp_path, "unclosed.csv", 'text,label\nfirst,"pos\nsecond,neg\n\nthird,pos\n')
+    with pytest.raises(InputError, match=r"unclosed.csv:2: not readable as CSV \(unexpected end of data: a quoted "
+                                         r"field opens on line 2 and never closes\)"):
+        load_task(task(unclosed, type="classification", format="csv"))  # was one row, label "pos\nsecond,neg..."
+    fine = write(tmp_path, "fine.csv", 'text,label\n"a ""quoted"" word, and a comma",pos\nsays "hi",neg\n')
+    assert [(x["text"], x["label"]) for x in load_task(task(fine, type="classification", format="csv")).train] == [
+        ('a "quoted" word, and a comma', "pos"), ('says "hi"', "neg")]

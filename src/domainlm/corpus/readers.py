@@ -2,13 +2,15 @@
 
 A record is a document `{"id", "text", "source", "invalid_bytes"}` or, for input that cannot give
 one, a skip `{"id", "source", "skip", "detail"}` with `skip` one of `invalid_json`,
-`not_an_object`, `missing_text`, `invalid_csv`. Nothing raises on bad records; a whole source that
-cannot be read (missing column, unknown split, Hub offline) raises `InputError`.
+`not_an_object`, `missing_text`, `invalid_csv` (a CSV row with another number of fields than the
+header, or broken quoting; its detail names the file's lines, as editors count, and both counts).
+Nothing raises on bad records; a whole source that cannot be read (missing column, unknown split,
+Hub offline) raises `InputError`.
 
 Ids name the place a record came from and do not depend on how a file was split into units:
 `name.txt:17` (1-based line, as editors count), `name.json[3]` (item of a top-level list),
 `name.parquet:2:40` (row group, row within it), `name.csv:40` / `folder:40` (0-based data row, as
-pandas and `datasets` index), `folder/sub/a.txt` (txt-files). `name` is the file's base name.
+pandas and `datasets` index; a skipped CSV row keeps its number, blank lines have none), `folder/sub/a.txt` (txt-files). `name` is the file's base name.
 """
 
 from __future__ import annotations
@@ -172,27 +174,60 @@ def _read_json_list(unit: Unit, field: str, label: str, name: str) -> Iterator[d
 
 
 def _read_csv(unit: Unit, field: str, label: str, name: str) -> Iterator[dict]:
+    """Rows of a CSV file with a header line; a row with another number of fields than the header
+    (an unquoted comma in a text, a lost field) or that breaks the quoting rules is an
+    `invalid_csv` skip naming its lines and both counts, never a shortened or merged document."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # the default 128 KiB is too small for documents
     with io.TextIOWrapper(open_binary(unit.path), encoding="utf-8-sig", errors="surrogateescape",
                           newline="") as handle:
-        reader = csv.reader(handle)
+        # strict: a field that opens with a quote must close it before the next comma; otherwise the
+        # csv module drops the quotes of `"a" b` and reads the rest of the file after a lone `"`
+        # as one field (a merged document that may even have the header's field count)
+        reader = csv.reader(handle, strict=True)
         header = next(reader, [])
         if field not in header:
             raise InputError(f"{unit.path}: no column '{field}' (header: {header})")
-        column, row = header.index(field), 0
+        column, row, end = header.index(field), 0, reader.line_num
         while True:
+            start = end + 1  # the physical line (as editors count) the next row starts on
             try:
-                values = next(reader)
+                values, problem = next(reader), None
             except StopIteration:
                 return
             except csv.Error as err:
-                yield _skip(f"{label}:{row}", name, "invalid_csv", str(err))
+                values, problem = None, _csv_problem(err, start)
+            end = reader.line_num
+            if values == []:  # a blank line is not a row (as in pandas)
+                continue
+            if problem is None and len(values) != len(header):
+                problem = _field_count_problem(len(values), header)
+            if problem:
+                yield _skip(f"{label}:{row}", name, "invalid_csv", f"{_lines_of(label, start, end)}: {problem}")
             else:
-                if not values:  # a blank line is not a row (as in pandas)
-                    continue
-                yield _document(f"{label}:{row}", values[column] if column < len(values) else _MISSING,
-                                field, name)
-            row += 1
+                yield _document(f"{label}:{row}", values[column], field, name)
+            row += 1  # a skipped row keeps its number: ids do not shift after a bad row
+
+
+def _lines_of(label: str, start: int, end: int) -> str:
+    """`name.csv:7`, or `name.csv:7-9` for a row whose quoted field spans lines."""
+    return f"{label}:{start}" if end <= start else f"{label}:{start}-{end}"
+
+
+def _field_count_problem(count: int, header: list[str]) -> str:
+    names = ", ".join(header)
+    hint = ("an unquoted comma in a text? put such a field in double quotes" if count > len(header)
+            else "a missing field, or a line break in an unquoted field?")
+    return (f"{count} field{'s' if count != 1 else ''}, but the header has {len(header)} "
+            f"({names[:100] + '...' if len(names) > 100 else names}); {hint}")
+
+
+def _csv_problem(err: csv.Error, start: int) -> str:
+    if "unexpected end of data" in str(err):  # strict mode, at the end of the file inside quotes
+        return (f"not readable as CSV: a quoted field that opens on line {start} never closes (the rest of the "
+                "file would be one field)")
+    if "expected after" in str(err):  # `"a" b`: text after a field's closing quote
+        return f"not readable as CSV ({err}: text after a closing quote; write a quote inside a quoted field as \"\")"
+    return f"not readable as CSV ({err})"
 
 
 def _read_parquet(unit: Unit, field: str, label: str, name: str) -> Iterator[dict]:

@@ -110,12 +110,15 @@ def read_table(text: str, path: str, delimiter: str, columns: list[str] | None, 
     is refused, saying it may be data (a file without a header needs `columns`)."""
     numbers: list[int] = []
     quoting = csv.QUOTE_MINIMAL if delimiter == "," else csv.QUOTE_NONE
+    # strict: text after a closing quote (`"a" b`) or a quote that never closes is an error, not
+    # quotes silently dropped or the rest of the file read into one field
     reader = csv.reader(_table_lines(text, comment_prefix, delimiter == ",", numbers), delimiter=delimiter,
-                        quoting=quoting)
-    records, header = [], columns
+                        quoting=quoting, strict=True)
+    records, header, done = [], columns, 0  # done: the lines the rows so far took
     try:
         for row in reader:
             number = numbers[reader.line_num - 1]  # where the row ends (a quoted field may span lines)
+            done = reader.line_num
             if header is None:
                 header = row
                 _check_header(header, required, f"{path}:{number}")
@@ -125,8 +128,11 @@ def read_table(text: str, path: str, delimiter: str, columns: list[str] | None, 
                                  f"got {len(row)}")
             records.append(dict(zip(header, row, strict=True)) | {"_where": f"{path}:{number}"})
     except csv.Error as err:
-        raise InputError(f"{path}:{numbers[-1] if numbers else 1}: not readable as "
-                         f"{'CSV' if delimiter == ',' else 'TSV'} ({err})") from None
+        start = numbers[min(done, len(numbers) - 1)] if numbers else 1  # where the unreadable row starts
+        unclosed = f": a quoted field opens on line {start} and never closes" \
+            if "unexpected end of data" in str(err) else ""
+        raise InputError(f"{path}:{start}: not readable as {'CSV' if delimiter == ',' else 'TSV'} "
+                         f"({err}{unclosed})") from None
     return records
 
 
