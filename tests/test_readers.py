@@ -167,6 +167,54 @@ def test_hf_disk(tmp_path):
         read_source(tmp_path / "ds", text_field="body")
 
 
+def test_hf_disk_saved_with_zero_rows_reads_as_no_documents(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict({"text": ["one", "two", "three"]})
+    empty = data.filter(lambda row: False).flatten_indices()  # saved with no data file at all
+    empty.save_to_disk(str(tmp_path / "empty"))
+    assert read_source(tmp_path / "empty") == []
+    datasets.DatasetDict({"train": data, "test": empty}).save_to_disk(str(tmp_path / "dd"))
+    assert read_source(tmp_path / "dd", split="test") == []
+    assert [r["id"] for r in read_source(tmp_path / "dd", split="train")] == ["dd/train:0", "dd/train:1", "dd/train:2"]
+    with pytest.raises(InputError, match=r"empty: no column 'body' \(columns: text\)"):  # its columns are kept
+        read_source(tmp_path / "empty", text_field="body")
+
+
+def test_hf_disk_shards_read_in_order(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    texts = [f"document {i}" for i in range(10)]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "sharded"), num_shards=3)
+    assert ids_and_texts(read_source(tmp_path / "sharded")) == [(f"sharded:{i}", t) for i, t in enumerate(texts)]
+    empty = datasets.Dataset.from_dict({"text": texts}).filter(lambda row: False)
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts}), "test": empty}).save_to_disk(
+        str(tmp_path / "dd"), num_shards={"train": 3, "test": 2})
+    assert [r["text"] for r in read_source(tmp_path / "dd", split="train")] == texts
+    assert read_source(tmp_path / "dd", split="test") == []
+
+
+def test_hf_disk_that_datasets_cannot_load_is_one_line_naming_the_folder(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict({"text": [f"document {i}" for i in range(4)]})
+    data.save_to_disk(str(tmp_path / "missing"), num_shards=2)
+    (tmp_path / "missing" / "data-00001-of-00002.arrow").unlink()  # an incomplete copy
+    with pytest.raises(InputError, match=r"missing: `datasets` cannot load this saved dataset \(FileNotFoundError: "
+                                         r".*data-00001-of-00002.arrow.*\); an incomplete copy\?"):
+        read_source(tmp_path / "missing")
+    data.save_to_disk(str(tmp_path / "cut"))
+    with open(tmp_path / "cut" / "data-00000-of-00001.arrow", "r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(InputError, match=r"cut: `datasets` cannot load this saved dataset"):
+        read_source(tmp_path / "cut", format="hf-disk")
+    datasets.DatasetDict({"train": data}).save_to_disk(str(tmp_path / "dd"))
+    monkeypatch.setattr(datasets.Dataset, "load_from_disk", lambda *args, **kwargs: [][0])  # as datasets 2-4 fail
+    with pytest.raises(InputError, match=r"dd \(split 'train'\): `datasets` cannot load this saved dataset "
+                                         r"\(IndexError: list index out of range\)"):
+        read_source(tmp_path / "dd", split="train")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match=r"plain: not a dataset saved with save_to_disk \(no dataset_info.json"):
+        read_source(tmp_path / "plain", format="hf-disk")
+
+
 def test_hf_hub_offline_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source = SourceConfig(path="some/dataset", format="hf-hub")

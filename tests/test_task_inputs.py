@@ -371,3 +371,24 @@ def test_csv_quotes_that_would_drop_text_or_merge_rows_are_refused(tmp_path):
     fine = write(tmp_path, "fine.csv", 'text,label\n"a ""quoted"" word, and a comma",pos\nsays "hi",neg\n')
     assert [(x["text"], x["label"]) for x in load_task(task(fine, type="classification", format="csv")).train] == [
         ('a "quoted" word, and a comma', "pos"), ('says "hi"', "neg")]
+
+
+# ------------------------------------------------ issue 20: HF datasets saved with zero rows, or in shards
+def test_an_hf_split_saved_with_zero_rows_is_refused_naming_the_folder_and_split(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["no", "yes"])})
+    data = datasets.Dataset.from_dict({"text": [f"text {i}" for i in range(6)], "label": [0, 1] * 3}, features=features)
+    empty = data.filter(lambda row: False).flatten_indices()  # save_to_disk writes no data file for it
+    datasets.DatasetDict({"train": data, "dev": data, "test": empty}).save_to_disk(
+        str(tmp_path / "dd"), num_shards={"train": 3, "dev": 2, "test": 1})
+    empty.save_to_disk(str(tmp_path / "empty"))
+    splits = {role: {"path": str(tmp_path / "dd"), "split": role} for role in ("train", "dev", "test")}
+    with pytest.raises(InputError, match=r"task 't': no records in .*dd \(split 'test'\), the task's test split$"):
+        load_task(TaskConfig(name="t", type="classification", format="hf", **splits))
+    splits["test"] = {"path": str(tmp_path / "empty")}
+    with pytest.raises(InputError, match=r"task 't': no records in .*empty, the task's test split$"):
+        load_task(TaskConfig(name="t", type="classification", format="hf", **splits))
+    splits["test"] = splits["dev"]  # the sharded splits read whole, in order; the empty one is never loaded
+    loaded = load_task(TaskConfig(name="t", type="classification", format="hf", **splits))
+    assert [x["text"] for x in loaded.train] == [f"text {i}" for i in range(6)]
+    assert [x["label"] for x in loaded.test] == ["no", "yes"] * 3

@@ -186,21 +186,54 @@ def read_ids(path: str | Path) -> set[str]:
     raise InputError(f"{path}: expected a JSON list or object of ids, got {type(data).__name__}")
 
 
+SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
+
+
 def load_dataset_split(path: str | Path, split: str | None):
     """A dataset saved with `datasets.save_to_disk`: the dataset itself, or one `split` of a
-    DatasetDict. Returns (dataset, the split's name or None); InputError naming the folder for
-    anything that is not such a dataset or lacks the split."""
+    DatasetDict (only that split is loaded). Returns (dataset, the split's name or None).
+
+    A dataset saved with zero rows is read as an empty dataset with its saved columns. InputError
+    naming the folder (and split) for a folder that is not such a dataset, lacks the split, or that
+    `datasets` cannot load (a missing or truncated data file, an unreadable state.json).
+    """
+    folder = Path(path)
+    if (folder / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{path}: dataset_dict.json is not readable ({err}); save the dataset again") from None
+        if split not in splits:
+            raise InputError(f"{path}: no split '{split}' (splits: {', '.join(splits)}); name one as `split`")
+        return _load_saved_dataset(folder / split, f"{path} (split '{split}')"), split
+    if not any((folder / marker).is_file() for marker in SAVED_DATASET_MARKERS):
+        found = f"no {', '.join(SAVED_DATASET_MARKERS)}" if folder.is_dir() else "no such folder"
+        raise InputError(f"{path}: not a dataset saved with save_to_disk ({found})")
+    return _load_saved_dataset(folder, str(path)), None
+
+
+def _load_saved_dataset(folder: Path, where: str):
+    """One saved `datasets.Dataset`; `where` names it in errors."""
     import datasets
 
     try:
-        data = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as err:
-        raise InputError(f"{path}: not a dataset saved with save_to_disk ({err})") from None
-    if not isinstance(data, datasets.DatasetDict):
-        return data, None
-    if split not in data:
-        raise InputError(f"{path}: no split '{split}' (splits: {', '.join(data)}); name one as `split`")
-    return data[split], split
+        if _saved_data_files(folder) == []:
+            # save_to_disk writes no data file for zero rows (a split filtered to nothing), and
+            # load_from_disk then fails (an IndexError in datasets 2-4): build the empty dataset
+            features = datasets.DatasetInfo.from_directory(str(folder)).features
+            return datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+        return datasets.Dataset.load_from_disk(str(folder))
+    except Exception as err:  # any failure of `datasets` on this folder, whatever its version raises
+        raise InputError(f"{where}: `datasets` cannot load this saved dataset ({type(err).__name__}: "
+                         f"{str(err)[:200]}); an incomplete copy? save it again with save_to_disk") from None
+
+
+def _saved_data_files(folder: Path) -> list | None:
+    """The data files a saved dataset's state.json lists (None when there is no readable list)."""
+    try:
+        return json.loads((folder / "state.json").read_text()).get("_data_files")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def read_json(path: str | Path) -> Any:

@@ -30,10 +30,9 @@ from urllib.parse import urlparse
 
 from domainlm.config import SourceConfig
 from domainlm.errors import InputError
-from domainlm.io import decode_utf8, load_dataset_split, open_binary
+from domainlm.io import SAVED_DATASET_MARKERS, decode_utf8, load_dataset_split, open_binary
 
 CHUNK = 1 << 24  # bytes read at a time when counting or skipping (bounds memory)
-HF_DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _MISSING = object()
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -285,7 +284,7 @@ def _read_hf(source: SourceConfig, fmt: str, name: str) -> Iterator[dict]:
 def detect_format(path: str) -> str:
     """The reader for a path: hf-disk or txt-files for folders, else by extension (.gz/.zst ignored)."""
     if Path(path).is_dir():
-        return "hf-disk" if any((Path(path) / m).exists() for m in HF_DISK_MARKERS) else "txt-files"
+        return "hf-disk" if any((Path(path) / m).exists() for m in SAVED_DATASET_MARKERS) else "txt-files"
     name = _bare_name(path)
     for suffix, fmt in ((".parquet", "parquet"), (".csv", "csv"), (".jsonl", "jsonl"), (".json", "jsonl")):
         if name.endswith(suffix):

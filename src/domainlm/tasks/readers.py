@@ -259,5 +259,13 @@ def read_split(task: TaskConfig, spec: SplitConfig) -> tuple[list[dict], int]:
             wanted = read_ids(getattr(spec, key))
             records = [r for r in records if (str(r.get(fields["id"])) in wanted) == keep]
     if not records:
-        raise InputError(f"task '{task.name}': no records in {spec.path}" + (" after the id filter" if spec.ids else ""))
+        filtered = " after the id filter" if spec.ids or spec.exclude_ids else ""
+        raise InputError(f"task '{task.name}': no records in {_split_place(task, spec)}{filtered}")
     return records, invalid
+
+
+def _split_place(task: TaskConfig, spec: SplitConfig) -> str:
+    """Where a split's records come from: `folder (split 'test'), the task's test split`."""
+    roles = "/".join(role for role in ("train", "dev", "test") if task.split_config(role) == spec)
+    hf_split = f" (split '{spec.split}')" if task.format == "hf" and spec.split else ""
+    return f"{spec.path}{hf_split}" + (f", the task's {roles} split" if roles else "")
