@@ -61,3 +61,28 @@ def test_contamination_index_finds_a_quoted_13_gram():
     quote = "intro words " + " ".join(task.split()[2:15]) + " outro"
     assert index.match(word_hashes(quote)) == "qa"
     assert index.match(word_hashes("intro " + " ".join(task.split()[2:14]))) is None  # 12 words only
+
+
+def test_a_text_is_looked_for_in_every_unicode_form_a_corpus_may_hold_it_counted_once():
+    """The corpus is NFKC-normalised by default ("µg" becomes "μg", "ﬁ" becomes "fi"); a test text
+    quoted from the same source must still match, also in an NFC corpus that kept "µg" (issue 20)."""
+    from domainlm.corpus.dedup import corpus_forms
+    from domainlm.corpus.filters import normalize_text
+
+    text = "patients received 5 \u00b5g of the ﬁbrosis inhibitor twice daily for twelve weeks in the trial"
+    index = ContaminationIndex({"qa": [text]}, n=13)
+    assert index.coverage == {"texts": 1, "ngram": 13, "whole": 0, "too_short": 0, "min_words": 8}
+    assert len(corpus_forms(text)) == 2 and len(corpus_forms("plain ascii text")) == 1
+    for form in ("NFKC", "NFC", "none"):
+        assert index.match(word_hashes(normalize_text("Intro. " + text + " Outro.", form))) == "qa", form
+    assert index.match(word_hashes("patients received 5 mg of the fibrosis inhibitor twice daily for twelve weeks")) \
+        is None
+
+
+def test_spacing_around_punctuation_never_changes_the_words_matched():
+    tokenised = "Androgen antagonistic effect of estramustine phosphate ( EMP ) metabolites on wild - type and " \
+                "mutated androgen receptor ."
+    running = "We report: androgen antagonistic effect of estramustine phosphate (EMP) metabolites on wild-type " \
+              "and mutated androgen receptor."
+    assert np.array_equal(word_hashes(tokenised), word_hashes(running.removeprefix("We report: ")))
+    assert ContaminationIndex({"ner": [tokenised]}, n=13).match(word_hashes(running)) == "ner"

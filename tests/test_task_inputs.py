@@ -373,6 +373,147 @@ def test_csv_quotes_that_would_drop_text_or_merge_rows_are_refused(tmp_path):
         ('a "quoted" word, and a comma', "pos"), ('says "hi"', "neg")]
 
 
+# --------------------------- decontamination looks for a task's text as a corpus holds it (issue 20)
+MARKED = [  # ChemProt-style: entities in << >> and [[ ]], a sentence once per entity pair
+    ("Androgen antagonistic effect of << estramustine phosphate >> (EMP) metabolites on wild-type and mutated "
+     "[[ androgen receptor ]].", "ANTAGONIST"),
+    ("Androgen antagonistic effect of estramustine phosphate (<< EMP >>) metabolites on wild-type and mutated "
+     "[[ androgen receptor ]].", "ANTAGONIST"),
+    ("Exposure of LNCaP cells to << estramustine >> for 24 hr caused transcriptional inhibition of [[ PSA ]] in a "
+     "concentration-dependent manner.", "INHIBITOR"),
+    ("Down-regulation of prostate-specific antigen (PSA) expression, an << AR >>-target gene, by [[ estramustine ]] "
+     "and bicalutamide was accompanied by the blockade of the mutated androgen receptor.", "INDIRECT-DOWNREGULATOR"),
+]
+AS_WRITTEN = [  # the same sentences as a PubMed abstract holds them
+    "Androgen antagonistic effect of estramustine phosphate (EMP) metabolites on wild-type and mutated androgen "
+    "receptor.",
+    "Exposure of LNCaP cells to estramustine for 24 hr caused transcriptional inhibition of PSA in a "
+    "concentration-dependent manner.",
+    "Down-regulation of prostate-specific antigen (PSA) expression, an AR-target gene, by estramustine and "
+    "bicalutamide was accompanied by the blockade of the mutated androgen receptor.",
+]
+FILLER = ["Several of the heterogeneous clinical manifestations of systemic lupus erythematosus have been "
+          "associated with specific autoantibodies in the patients we studied.",
+          "Activity of the immunoglobulin heavy and kappa light chain gene enhancers depends on a complex "
+          "interplay of ubiquitous and developmentally regulated proteins in the cell."]
+
+
+def _relation_task(tmp_path, markers=("<<", ">>", "[[", "]]"), **settings) -> TaskConfig:
+    rows = [(text.replace("<<", markers[0]).replace(">>", markers[1]).replace("[[", markers[2])
+             .replace("]]", markers[3]), label) for text, label in MARKED]
+    path = write(tmp_path, f"rel-{markers[0]}.jsonl", "".join(json.dumps({"text": t, "label": x}) + "\n"
+                                                               for t, x in rows))
+    return task(path, type="relation", format="jsonl", entity_markers=list(markers), **settings)
+
+
+def _kept_after_decontamination(tmp_path, docs: list[str], configs: list[TaskConfig], **corpus) -> tuple[list, dict]:
+    """(the corpus documents left after curation against the tasks' eval texts, stats.json)."""
+    from domainlm.config import CorpusConfig
+    from domainlm.corpus import curate
+    from domainlm.tasks.load import task_eval_texts
+
+    source = tmp_path / f"corpus-{len(list(tmp_path.glob('corpus-*')))}.txt"
+    source.write_text("\n".join(docs) + "\n")
+    out = tmp_path / f"out-{source.stem}"
+    config = CorpusConfig(sources=[{"path": str(source)}], min_words=3, heldout_fraction=0.0,
+                          dedup={"near": False}, **corpus)
+    stats = curate(config, out, task_eval_texts(configs), workers=1)
+    kept = [json.loads(line)["text"] for path in sorted(out.glob("train-*.jsonl")) for line in open(path)]
+    return kept, stats
+
+
+@pytest.mark.parametrize("mode", ["mark", "replace", "text"])
+def test_pasted_relation_test_sentences_are_found_whatever_the_entity_mode(tmp_path, mode):  # case 08
+    docs = [f"{FILLER[i % 2]} {sentence} {FILLER[(i + 1) % 2]}" for i, sentence in enumerate(AS_WRITTEN)]
+    kept, stats = _kept_after_decontamination(tmp_path, docs + FILLER, [_relation_task(tmp_path, entity_mode=mode)])
+    assert kept == FILLER
+    assert stats["dropped"] == {"contaminated:t": 3}
+    # What was looked for: the 3 distinct sentences (a sentence is one text whatever its entity pair).
+    assert stats["decontamination"] == {"texts": 3, "ngram": 13, "whole": 0, "too_short": 0, "min_words": 8}
+
+
+def test_looked_for_texts_are_the_same_for_every_entity_mode_and_marker_style(tmp_path):
+    from domainlm.tasks.load import task_eval_texts
+
+    expected = {"t": AS_WRITTEN}
+    for markers in (("<<", ">>", "[[", "]]"), ("<e1>", "</e1>", "<e2>", "</e2>"), ("@", "$", "@@", "$$")):
+        for mode in ("mark", "replace", "text"):
+            assert task_eval_texts([_relation_task(tmp_path, markers, entity_mode=mode)]) == expected, (markers, mode)
+
+
+def test_fine_tuning_settings_leave_the_corpus_stage_fingerprint_alone(tmp_path, tiny_recipe):
+    from domainlm.config import config_from_dict
+    from domainlm.corpus import eval_text_digests
+
+    def digests(**settings) -> dict[str, str]:
+        relation = _relation_task(tmp_path, **settings).model_dump(mode="json") | {"name": "rel"}
+        return eval_text_digests(config_from_dict(tiny_recipe | {"tasks": tiny_recipe["tasks"] + [relation]}))
+
+    mark = digests(entity_mode="mark")
+    assert digests(entity_mode="replace") == digests(entity_mode="text") == digests(max_eval_examples=1) == mark
+    assert digests(markers=("<e1>", "</e1>", "<e2>", "</e2>"), entity_mode="replace") == mark
+
+
+def test_unmark_entities_keeps_the_mentions_and_drops_every_marker():
+    from domainlm.tasks.load import unmark_entities
+
+    markers = ["<<", ">>", "[[", "]]"]
+    assert unmark_entities(MARKED[1][0], markers) == AS_WRITTEN[0]
+    assert unmark_entities("an << AR >>-target gene", markers) == "an AR-target gene"
+    assert unmark_entities("<< only >> one, and a stray ]] marker", markers) == "only one, and a stray marker"
+
+
+def test_each_text_of_a_pair_or_a_question_is_looked_for_on_its_own(tmp_path):
+    from domainlm.tasks.load import task_eval_texts
+
+    question, context = "Does daily aspirin prevent recurrent migraine attacks in adults?", FILLER[0]
+    pairs = write(tmp_path, "qa.jsonl", json.dumps({"text": question, "text_pair": context, "label": "yes"}) + "\n")
+    assert task_eval_texts([task(pairs, type="yes-no-qa", format="jsonl")]) == {"t": [question, context]}
+    # The question alone is in an abstract; joined to its context it was 13-grams no corpus holds.
+    kept, stats = _kept_after_decontamination(tmp_path, [f"We asked: {question} {FILLER[1]}"],
+                                              [task(pairs, type="yes-no-qa", format="jsonl")])
+    assert kept == [] and stats["decontamination"]["whole"] == 1
+
+
+def test_a_choice_question_is_looked_for_with_its_right_answer_never_the_options_joined(tmp_path):
+    from domainlm.tasks.load import task_eval_texts
+
+    record = {"text": "Which enzyme does aspirin inhibit irreversibly", "choices": ["lipoxygenase", "COX-1",
+                                                                                     "thrombin"], "label": "B"}
+    path = write(tmp_path, "mc.jsonl", json.dumps(record) + "\n")
+    mc = task(path, type="multiple-choice", format="jsonl")
+    assert task_eval_texts([mc]) == {"t": [record["text"], record["text"] + " COX-1"]}
+    kept, stats = _kept_after_decontamination(tmp_path, [f"{FILLER[0]} Which enzyme does aspirin inhibit "
+                                                         f"irreversibly? COX-1, as shown here.", FILLER[1]], [mc])
+    assert kept == [FILLER[1]]
+    assert stats["decontamination"] == {"texts": 2, "ngram": 13, "whole": 1, "too_short": 1, "min_words": 8}
+
+
+def test_an_exploded_abstract_is_looked_for_whole_whatever_its_context_setting(tmp_path):
+    from domainlm.tasks.load import task_eval_texts
+
+    sentences = ["Aspirin was given daily.", "Migraine frequency fell by half.", "No bleeding was seen."]
+    path = write(tmp_path, "rct.jsonl", json.dumps({"sentences": sentences, "labels": ["M", "R", "R"]}) + "\n")
+    mapping = dict(type="classification", format="jsonl", explode=["sentences", "labels"],
+                   fields={"text": "sentences", "label": "labels"})
+    looked_for = {"t": [*sentences, " ".join(sentences)]}  # never a neighbours window ("s1 s3")
+    for context in ("none", "all", "neighbours"):
+        assert task_eval_texts([task(path, context=context, **mapping)]) == looked_for, context
+    # Every sentence is under 8 words: only the abstract (13 words, one 13-gram) can be checked.
+    kept, stats = _kept_after_decontamination(tmp_path, [f"{FILLER[0]} {' '.join(sentences)}", FILLER[1]],
+                                              [task(path, context="neighbours", **mapping)])
+    assert kept == [FILLER[1]]
+    assert stats["decontamination"] == {"texts": 4, "ngram": 13, "whole": 0, "too_short": 3, "min_words": 8}
+
+
+def test_tokenised_conll_sentences_are_found_in_running_text(tmp_path):
+    tokens = "Androgen antagonistic effect of estramustine phosphate ( EMP ) metabolites on wild - type and " \
+             "mutated androgen receptor .".split()
+    path = write(tmp_path, "ner.tsv", "".join(f"{t}\t{'B-Chem' if t == 'EMP' else 'O'}\n" for t in tokens) + "\n")
+    kept, stats = _kept_after_decontamination(tmp_path, [f"{FILLER[0]} {AS_WRITTEN[0]}", FILLER[1]], [task(path)])
+    assert kept == [FILLER[1]] and stats["decontamination"]["texts"] == 1
+
+
 # ------------------------------------------------ issue 20: HF datasets saved with zero rows, or in shards
 def test_an_hf_split_saved_with_zero_rows_is_refused_naming_the_folder_and_split(tmp_path):
     datasets = pytest.importorskip("datasets")

@@ -22,6 +22,10 @@ from functools import lru_cache
 import numpy as np
 import xxhash
 
+from domainlm.corpus.filters import normalize_text
+
+# A word is a run of word characters: punctuation and the spacing around it never count, so a
+# tokenised "phosphate ( EMP ) ," and the running text "phosphate (EMP)," give the same words.
 WORD = re.compile(r"\w+")
 _MIX = np.uint64(0x100000001B3)  # FNV prime: combines word hashes into an n-gram hash (wrapping)
 
@@ -156,12 +160,24 @@ def near_duplicates(band_columns, signature_of, threshold: float) -> dict[int, i
     return {i: root(i) for i in range(len(parent)) if root(i) != i}
 
 
+# `corpus.normalization`'s choices: a dev/test text is looked for in each form a corpus could hold it.
+UNICODE_FORMS = ("NFKC", "NFC", "none")
+
+
+def corpus_forms(text: str) -> list[str]:
+    """`text` as the corpus stage's normalisation would leave it under each `corpus.normalization`
+    (Unicode form, control characters dropped, spaces collapsed), each distinct form once: "5 µg"
+    is "5 μg" in an NFKC corpus (the default) but stays "5 µg" in an NFC one."""
+    return list(dict.fromkeys(normalize_text(text, form) for form in UNICODE_FORMS))
+
+
 class ContaminationIndex:
     """The word n-grams of evaluation texts, to find corpus documents that contain any of them.
 
     A text of at least `n` words is looked for by its n-grams (GPT-3's decontamination); a shorter
     one of at least `min_words` words as a whole (its one m-gram, m its length); a text shorter
-    than that cannot be told from common phrases and is only counted (`coverage`)."""
+    than that cannot be told from common phrases and is only counted (`coverage`). Each text is
+    looked for in every Unicode form a corpus could hold it in (`corpus_forms`), counted once."""
 
     def __init__(self, texts_by_task: dict[str, list[str]], n: int, min_words: int = 8):
         self.n, self.tasks = n, list(texts_by_task)
@@ -169,16 +185,16 @@ class ContaminationIndex:
         found: dict[int, tuple[list, list]] = {}  # gram length -> (hash arrays, owner arrays)
         for task_index, texts in enumerate(texts_by_task.values()):
             for text in texts:
-                words = word_hashes(text)
+                forms = [words for words in map(word_hashes, corpus_forms(text)) if len(words) >= min(n, min_words)]
                 self.coverage["texts"] += 1
-                if len(words) < min(n, min_words):
+                if not forms:
                     self.coverage["too_short"] += 1
                     continue
-                length = min(n, len(words))
-                self.coverage["whole"] += length < n
-                hashes, owners = found.setdefault(length, ([], []))
-                hashes.append(ngram_hashes(words, length))
-                owners.append(np.full(len(hashes[-1]), task_index, dtype=np.int32))
+                self.coverage["whole"] += len(forms[0]) < n
+                for words in forms:
+                    hashes, owners = found.setdefault(min(n, len(words)), ([], []))
+                    hashes.append(ngram_hashes(words, min(n, len(words))))
+                    owners.append(np.full(len(hashes[-1]), task_index, dtype=np.int32))
         self.grams = {}  # length -> (sorted hashes, their tasks), the full n first
         for length in sorted(found, reverse=True):
             hashes, owners = np.concatenate(found[length][0]), np.concatenate(found[length][1])

@@ -109,9 +109,9 @@ def corpus_sections(corpus: dict) -> list[Section]:
             f"dropped. PII masked: {pii}; invalid UTF-8 characters replaced: {corpus.get('invalid_bytes', 0)}; "
             f"boilerplate lines removed: {corpus.get('line_removals', 0)}.")
     if coverage := corpus.get("decontamination"):
-        text += (f" Decontamination looked for {coverage['texts']} dev/test texts: by their {coverage['ngram']}-word "
-                 f"n-grams, {coverage['whole']} shorter ones whole; {coverage['too_short']} under "
-                 f"{coverage['min_words']} words could not be checked.")
+        text += (f" Decontamination looked for {coverage['texts']} distinct dev/test texts, as a corpus holds them: "
+                 f"by their {coverage['ngram']}-word n-grams, {coverage['whole']} shorter ones whole; "
+                 f"{coverage['too_short']} under {coverage['min_words']} words could not be checked.")
     examples = [[reason, e["id"], e["text"][:160].replace("\n", " ")]
                 for reason, found in sorted(corpus.get("examples", {}).items()) for e in found]
     return [("Corpus", text, ["step", "in", "out", "dropped"], rows),

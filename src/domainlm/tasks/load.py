@@ -65,7 +65,8 @@ class Task:
         return [x["tags"] if self.target == "tags" else x["label"] for x in getattr(self, split)]
 
     def texts(self, splits=("train", "dev", "test")) -> list[str]:
-        """Plain text of the examples (for decontamination and the domain-distance score)."""
+        """Plain text of the examples as the model reads them (for the domain-distance score;
+        decontamination looks for `task_eval_texts`, the text as a corpus would hold it)."""
         out = []
         for split in splits:
             for x in getattr(self, split):
@@ -93,6 +94,16 @@ def mark_entities(text: str, markers: list[str], mode: str) -> str:
         else:
             text = pattern.sub(lambda m, n=number: f"[E{n}] {m.group(1)} [/E{n}]", text, count=1)
     return text
+
+
+def unmark_entities(text: str, markers: list[str]) -> str:
+    """`text` as written before its entities were wrapped in `markers`: each mention kept, every
+    marker (an unpaired one too) removed, runs of whitespace made one space."""
+    for pattern in _entity_patterns(markers):  # as `mark_entities` finds them (so "@" never eats "@@")
+        text = pattern.sub(lambda m: m.group(1), text, count=1)
+    for marker in sorted(markers, key=len, reverse=True):
+        text = text.replace(marker, " ")
+    return " ".join(text.split())
 
 
 def has_entities(text: str, markers: list[str]) -> bool:
@@ -166,8 +177,8 @@ def unseen_labels(target: str, train: list[dict], evaluated: dict[str, list[dict
 
 
 def _complete_splits(config: TaskConfig, groups: dict[str, list[list[dict]] | None]) -> tuple[dict, list[str]]:
-    """(each split's examples, dev / test held out of train by record where they have no file;
-    the notes saying so)."""
+    """(each split's examples grouped by record, dev / test held out of train by record where they
+    have no file; the notes saying so). InputError for a split left empty."""
     notes = []
     for split, size in (("test", config.test_size), ("dev", config.dev_size)):
         if groups[split] is None:
@@ -178,11 +189,14 @@ def _complete_splits(config: TaskConfig, groups: dict[str, list[list[dict]] | No
             count = sum(len(group) for group in groups[split])
             notes.append(f"{split}: {count} examples held out of train (split_seed {config.split_seed})")
             log.info("task %s: %s", config.name, notes[-1])
-    splits = {split: [x for group in groups[split] for x in group] for split in SPLITS}
-    for split, examples in splits.items():
-        if not examples:
+    for split in SPLITS:
+        if not any(groups[split]):
             raise InputError(f"task '{config.name}': the {split} split is empty")
-    return splits, notes
+    return groups, notes
+
+
+def _flat(groups: list[list[dict]]) -> list[dict]:
+    return [x for group in groups for x in group]
 
 
 def _mark(config: TaskConfig, splits: dict[str, list[dict]]) -> list[str]:
@@ -220,14 +234,23 @@ def _findings(config: TaskConfig, unseen: dict[str, dict[str, int]], invalid: di
     return notes
 
 
+def _examples(config: TaskConfig) -> tuple[dict[str, list[list[dict]]], list[str], dict[str, int]]:
+    """(each split's examples grouped by the record they came from, held out of train where a
+    split has no file, relation entities rewritten as `entity_mode` says; the notes; the invalid
+    UTF-8 characters replaced per file)."""
+    groups, invalid = _read(config)
+    groups, notes = _complete_splits(config, groups)
+    if TASK_TYPES[config.type].entity_markers:
+        notes += _mark(config, {split: _flat(groups[split]) for split in SPLITS})  # rewrites the shared dicts
+    return groups, notes, invalid
+
+
 def load_task(config: TaskConfig, seed: int = 0) -> Task:
     """Read a task's splits (held-out dev / test carved from train when missing; subsampled as
     configured, the same for every model), with notes on what was done and what is odd."""
     kind = TASK_TYPES[config.type]
-    groups, invalid = _read(config)
-    splits, notes = _complete_splits(config, groups)
-    if kind.entity_markers:
-        notes += _mark(config, splits)
+    groups, notes, invalid = _examples(config)
+    splits = {split: _flat(groups[split]) for split in SPLITS}
     limits = {"train": config.max_train_examples, "dev": config.max_eval_examples, "test": config.max_eval_examples}
     kept = {split: _subsample(splits[split], limit, seed) for split, limit in limits.items()}
     notes += [f"{split}: {len(kept[split])} of {len(splits[split])} examples (seed {seed})"
@@ -242,10 +265,54 @@ def load_task(config: TaskConfig, seed: int = 0) -> Task:
                 unseen_labels=unseen, invalid_utf8=sum(invalid.values()))
 
 
+# How decontamination reads a task: the settings that only shape what a model is fed are set to
+# leave the text as written (the markers are then stripped by `unmark_entities`, and an exploded
+# record is looked for as its whole text, not as `context` windows), so they never change what is
+# looked for, nor the corpus stage's fingerprint.
+_AS_WRITTEN = {"entity_mode": "text", "context": "none", "max_train_examples": None, "max_eval_examples": None}
+
+
+def _main_text(x: dict, markers: list[str] | None) -> str:
+    """An example's first text as written: tokens joined by spaces (the matcher's words ignore the
+    spacing around punctuation), a relation's entities unmarked."""
+    if "tokens" in x:
+        return " ".join(x["tokens"])
+    return unmark_entities(x["text"], markers) if markers else x["text"]
+
+
+def corpus_texts(x: dict, markers: list[str] | None = None) -> list[str]:
+    """The texts of one example as a corpus could hold them, each on its own: the text, its second
+    text (a pair's, a question's context; never joined to the first), and for multiple choice the
+    question followed by its right answer (never the options joined). `markers`: a relation's
+    entity markers, which are stripped."""
+    text = _main_text(x, markers)
+    texts = [text, x.get("text_pair", "")]
+    if "choices" in x:
+        texts.append(f"{text} {x['choices'][int(x['label'])]}")
+    return [t for t in texts if t.strip()]
+
+
+def record_texts(record: list[dict], markers: list[str] | None = None) -> list[str]:
+    """The texts of one record's examples (`corpus_texts`), and for a record exploded into several
+    texts (an abstract's sentences) those texts joined in order, as the document they came from."""
+    texts = [t for x in record for t in corpus_texts(x, markers)]
+    parts = list(dict.fromkeys(_main_text(x, markers) for x in record))
+    if len(parts) > 1:
+        texts.append(" ".join(parts))
+    return texts
+
+
 def task_eval_texts(configs: list[TaskConfig]) -> dict[str, list[str]]:
-    """The full dev and test text of every task (what decontamination protects), by task name."""
+    """Per task name, its distinct dev and test texts as a corpus would hold them (what
+    decontamination looks for): markers stripped, entities as written, each text of an example on
+    its own. The same whatever the fine-tuning-only settings (`entity_mode`, `context`, `tagging`,
+    subsampling)."""
     texts = {}
     for config in configs:
-        loaded = load_task(config.model_copy(update={"max_eval_examples": None}))
-        texts[config.name] = loaded.texts(("dev", "test"))
+        groups, _, _ = _examples(config.model_copy(update=_AS_WRITTEN))
+        markers = config.entity_markers if TASK_TYPES[config.type].entity_markers else None
+        found = {}  # insertion-ordered set
+        for record in groups["dev"] + groups["test"]:
+            found.update(dict.fromkeys(record_texts(record, markers)))
+        texts[config.name] = list(found)
     return texts
