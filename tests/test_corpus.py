@@ -187,3 +187,15 @@ def test_csv_rows_that_do_not_match_the_header_are_counted_with_their_lines(tmp_
         "in double quotes")}]
     assert sorted(iter_corpus_texts(tmp_path / "out")) == ["the first note, quoted, is read whole",
                                                           "the third note is an ordinary row"]
+
+
+def test_pii_counts_in_stats_are_only_the_real_addresses(tmp_path):
+    lines = ["Trypsin (EC:3.4.21.4) and alcohol dehydrogenases (EC 1.1.1.1, 1.1.1.2) were assayed here.",
+             "Statistics used SPSS version 25.0.0.1 on a 2.1.0.3 firmware instrument in this study.",
+             "The server at 192.168.10.25 held the database; write to jane.doe@example.org for access."]
+    (tmp_path / "pii.txt").write_text("\n".join(lines) + "\n")
+    quality = {"c4_docs": False, "gopher_quality": False, "gopher_repetition": False, "fineweb": False}
+    stats = _curate(_config(tmp_path / "pii.txt", quality=quality), tmp_path / "out")
+    assert stats["pii"] == {"email": 1, "ip": 1, "phone": 0}
+    assert sorted(iter_corpus_texts(tmp_path / "out")) == sorted(lines[:2] + [
+        "The server at <IP> held the database; write to <EMAIL> for access."])

@@ -1,3 +1,4 @@
+import re
 import sys
 
 import pytest
@@ -287,3 +288,92 @@ NOT_PII = [
 @pytest.mark.parametrize("text", NOT_PII)
 def test_mask_pii_leaves_numbers_alone(text):
     assert mask_pii(text) == (text, {"email": 0, "ip": 0, "phone": 0})
+
+
+# Labelled lines (issue 20): PII marked `[[kind:value]]`; everything else, dotted enzyme numbers,
+# versions, section numbers and codes among them, must come out as written.
+LABELLED_PII = [
+    "Please write to [[email:jane.doe@example.org]] before Friday.",
+    "Questions go to [[email:j_smith+lab@mail.uni-heidelberg.de]] or the desk.",
+    "The server at [[ip:192.168.1.10]] stored the raw images.",
+    "Uploads reached the server at [[ip:10.0.0.5]] overnight.",
+    "Name lookups went to IP [[ip:8.8.8.8]] every minute.",
+    "Hosts [[ip:10.0.0.1]], [[ip:10.0.0.2]] and [[ip:10.0.0.3]] ran the pipeline.",
+    "Firmware was pushed from host [[ip:172.16.254.1]] to the scanners.",
+    "[[ip:10.20.30.40]] answered; the address [[ip:0.0.0.0]] was blocked.",
+    "Trypsin (EC 3.4.21.4) data sat on the server at [[ip:10.1.2.3]] for a year.",
+    "IPv6 host [[ip:2001:db8:85a3::8a2e:370:7334]] answered.",
+    "Call [[phone:+44 20 7946 0958]] to enrol.",
+    "Phone: [[phone:(555) 123-4567]].",
+    "Or [[phone:555-123-4567]] on weekdays.",
+    "Reach the clinic on [[phone:+1 415 555 2671]].",
+    "The enzyme trypsin (EC:3.4.21.4) cleaves after lysine.",
+    "Serine proteases such as E.C. 3.4.21.5 were assayed.",
+    "Trypsin is EC 3.4.21.4 and chymotrypsin EC3.4.21.1 in the enzyme list.",
+    "Alcohol dehydrogenases (EC 1.1.1.1, 1.1.1.2) were measured.",
+    "EC 1.1.1.1, 1.1.1.2 and 2.7.11.1 were assayed together.",
+    "Kinases with enzyme commission numbers 2.7.11.1 and 2.7.10.2 were inhibited.",
+    "Peptidases (EC 3.4.-.-, 3.4.21.4) were grouped; EC number: 3.1.1.7 too.",
+    "Enzyme 3.1.1.7 (acetylcholinesterase) was inhibited.",
+    "Statistics used SPSS version 25.0.0.1 throughout.",
+    "The v2.10.3.4 firmware and v 1.2.3.4 drivers were installed.",
+    "Data were processed with ver. 4.1.2.3 of the tool.",
+    "Release 1.2.3.4 fixed the bug; build 10.0.1.2 did not.",
+    "Firmware 2.1.0.3 ran on a 2.1.0.4 firmware instrument.",
+    "The scanner was updated to 5.0.2.1 last week.",
+    "See Section 1.2.3.4 and § 4.2.1.3 of the protocol.",
+    "Table 2.1.1.3 lists the doses.",
+    "The ICD-10 code 1.2.3.4 and the ATC code A10BA02 were extracted.",
+    "Values 300.1.1.1 and 192.168.01.1 are not addresses.",
+    "PHENIX 1.19.2.4158 and R 4.2.1 were used.",
+    "Items 1.2.3.4.5 of the checklist were met.",
+    "See doi:10.1016/j.cell.2020.01.001, PMID: 31234567 and NCT01234567.",
+    "Grants R01-GM123456 and 5R01CA123456-03 funded it.",
+    "The batch 123-4567 and ranges of 10-20-30 mg were recorded.",
+    "From 2020-01-15 to 2021-12-31, 1,234,567 doses; p = 0.001.",
+    "ORCID 0000-0002-1825-0097 and ISBN 978-3-16-148410-0.",
+    "Mean change +12.5 mg (95% CI 1.2-3.4) over 12.05.2020 to 01.02.2021.",
+    "Reads at chr1:12,345,678-12,345,999 were sequenced.",
+]
+_LABEL = re.compile(r"\[\[(email|ip|phone):(.+?)\]\]")
+
+
+def test_mask_pii_is_exact_on_labelled_lines():
+    true = false = missed = 0
+    wrong = []  # lines whose masked text differs (the right count of a wrong span)
+    for line in LABELLED_PII:
+        raw = _LABEL.sub(lambda m: m[2], line)
+        wanted = {kind: [m[1] for m in _LABEL.finditer(line)].count(kind) for kind in ("email", "ip", "phone")}
+        masked, counts = mask_pii(raw)
+        true += sum(min(counts[k], wanted[k]) for k in counts)
+        false += sum(max(0, counts[k] - wanted[k]) for k in counts)
+        missed += sum(max(0, wanted[k] - counts[k]) for k in counts)
+        if masked != _LABEL.sub(lambda m: f"<{m[1].upper()}>", line):
+            wrong.append(masked)
+    precision, recall = true / (true + false), true / (true + missed)
+    assert (true, precision, recall, wrong) == (17, 1.0, 1.0, [])
+
+
+CASE_18 = [  # cases/inputs-2/18-pii-false-positives: one line per document, the last two hold real PII
+    "The enzyme trypsin (EC:3.4.21.4) cleaves peptide chains mainly at the carboxyl side of lysine and arginine.",
+    "Serine proteases such as E.C. 3.4.21.5 and chymotrypsin were assayed in triplicate in this study.",
+    "Kinases with enzyme commission numbers 2.7.11.1 and 2.7.10.2 were inhibited by the compound at low doses.",
+    "Alcohol dehydrogenases (EC 1.1.1.1, 1.1.1.2) were measured in liver homogenates of treated rats today.",
+    "Statistical analysis used SPSS version 25.0.0.1 and R 4.2.1 with two sided tests at alpha of five percent.",
+    "Structures were refined with PHENIX 1.19.2.4158 and validated with MolProbity before deposition today.",
+    "The ICD-9-CM procedure code 36.10 and the ATC code A10BA02 were extracted for every included patient.",
+    "Samples were stored at 4 degrees and analysed by mass spectrometry on a 2.1.0.3 firmware instrument here.",
+    "The trial NCT01234567 enrolled 555 patients; 123-4567 was the internal batch number of the study drug.",
+    "Please contact the corresponding author at jane.doe@example.org or by phone at +44 20 7946 0958 today.",
+    "The server at 192.168.10.25 hosted the study database and received 214-555-0199 calls during the trial.",
+]
+
+
+def test_case_18_only_the_real_pii_is_masked_and_counted():
+    results = [mask_pii(line) for line in CASE_18]
+    assert [text for text, _ in results[:9]] == CASE_18[:9]  # was: 7 "IPs", 5 of them in these lines
+    assert [text for text, _ in results[9:]] == [
+        "Please contact the corresponding author at <EMAIL> or by phone at <PHONE> today.",
+        "The server at <IP> hosted the study database and received <PHONE> calls during the trial."]
+    totals = {kind: sum(counts[kind] for _, counts in results) for kind in ("email", "ip", "phone")}
+    assert totals == {"email": 1, "ip": 1, "phone": 2}

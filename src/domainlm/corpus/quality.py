@@ -266,13 +266,13 @@ def mask_pii(text: str) -> tuple[str, dict[str, int]]:
 
     Returns the masked text and how many of each kind were replaced. Phone numbers must be in
     international form or grouped 3-3-4, so years, page ranges, dates, identifiers and statistics
-    in scientific text are left alone; four dotted numbers are an IP only if each is 0-255 and
-    they do not follow "EC" (enzyme numbers such as EC 3.4.21.4).
+    in scientific text are left alone; four dotted numbers are an IP only as `is_ipv4_address`
+    decides (not an enzyme number, a version or a section number).
     """
     counts = {"email": 0, "ip": 0, "phone": 0}
     if "@" in text:
         text, counts["email"] = _mask(_EMAIL, "<EMAIL>", text)
-    text, counts["ip"] = _mask(_IPV4, "<IP>", text, _is_ipv4)
+    text, counts["ip"] = _mask(_IPV4, "<IP>", text, lambda match: is_ipv4_address(match.string, *match.span()))
     if "::" in text or text.count(":") >= 7:
         text, found = _mask(_IPV6, "<IP>", text)
         counts["ip"] += found
@@ -296,9 +296,53 @@ def _mask(pattern: re.Pattern[str], token: str, text: str, valid: Any = None) ->
     return pattern.sub(substitute, text), count
 
 
-def _is_ipv4(match: re.Match[str]) -> bool:
-    before = match.string[max(0, match.start() - 5) : match.start()]
-    return all(int(part) <= 255 for part in match[0].split(".")) and not before.endswith(("EC ", "E.C. "))
+# Words after which dotted numbers name an enzyme, a release or a place in a document, never a
+# machine (compared in lower case without dots or other non-letters: "E.C." is "ec", "ver." "ver").
+_IDENTIFIER_WORDS = frozenset((
+    "ec", "enzyme", "enzymes",  # EC 3.4.21.4, "enzyme commission number 2.7.11.1"
+    "version", "versions", "ver", "v", "release", "released", "rel", "build", "firmware", "fw", "software",
+    "patch", "update", "updated", "upgraded",
+    "section", "sections", "sec", "sect", "§", "chapter", "clause", "paragraph", "para", "appendix", "table",
+    "figure", "fig",
+    "code", "codes", "icd", "icdcm", "icdpcs", "atc", "oid",  # ICD-10-CM code 1.2.3.4
+))
+# Passed over on the way back to the deciding word: the filler of "enzyme commission number(s)",
+# and the numbers and conjunctions of a list ("EC 1.1.1.1, 1.1.1.2 and 2.7.11.1").
+_FILLER_WORDS = frozenset(("commission", "number", "numbers", "no", "nos", "and", "or", "to", "&"))
+_RELEASE_WORDS_AFTER = frozenset(("firmware", "release", "build", "version", "patch", "update"))
+_DOTTED = re.compile(r"(?:\d+|-)(?:\.(?:\d+|-))+\.?")  # 1.1.1.2, 3.4.-.- (a partial EC number)
+_WORD_SPLIT = re.compile(r"[\s,;:()\[\]]+")
+_CONTEXT_CHARS = 80  # how far back the deciding word is looked for
+
+
+def is_ipv4_address(text: str, start: int, end: int) -> bool:
+    """Whether `text[start:end]`, four dotted numbers that are not part of a longer dotted number
+    (`_IPV4` sees to that), is an IPv4 address rather than an identifier that looks like one.
+
+    It is an address when each number is an octet (0-255, without a leading zero: `300.1.1.1`,
+    `01.02.03.04` are not) and the nearest word before it, passing over the numbers and
+    conjunctions of a list and the filler of "enzyme commission number", is not one that makes
+    dotted numbers an identifier (`_IDENTIFIER_WORDS`: `EC:3.4.21.4`, `E.C. 3.4.21.5`, `SPSS version
+    25.0.0.1`, `Section 1.2.3.4`, `EC 1.1.1.1, 1.1.1.2`), and the word right after it is not a
+    release word (`2.1.0.3 firmware`). Any other word decides for an address (`IP 8.8.8.8`, "the
+    server at 10.0.0.5", "firmware on host 10.0.0.5"), as does no word: `192.168.1.10` alone.
+    """
+    if not all(part == "0" or (part[0] != "0" and int(part) <= 255) for part in text[start:end].split(".")):
+        return False
+    for word in reversed(_WORD_SPLIT.split(text[max(0, start - _CONTEXT_CHARS) : start])):
+        name = _word_name(word)
+        if not word or _DOTTED.fullmatch(word) or name in _FILLER_WORDS:
+            continue
+        if name in _IDENTIFIER_WORDS:
+            return False
+        break  # the nearest other word ("at", "host", "IP"): nothing says it is not an address
+    following = _WORD_SPLIT.split(text[end : end + 20].lstrip(), maxsplit=1)[0]
+    return _word_name(following) not in _RELEASE_WORDS_AFTER
+
+
+def _word_name(word: str) -> str:
+    """A word as the context lists hold it: lower case, letters and § only ("E.C." -> "ec")."""
+    return re.sub(r"[^a-z§]", "", word.lower())
 
 
 def _is_phone(match: re.Match[str]) -> bool:
