@@ -235,3 +235,89 @@ def test_the_fingerprint_of_a_wordpiece_run_is_the_one_from_before_bpe_and_unigr
     recorded = settings(RunConfig(**config))["tokenizer"]
     assert recorded["kind"] == "wordpiece" and "model" not in recorded  # the key it had: old runs stay fresh
     assert settings(RunConfig(**config | {"tokenizer": {"model": "bpe"}}))["tokenizer"]["kind"] == "bpe"
+
+
+# ------------------------------------------------ issue 20: a vocabulary of another size than requested
+def _many_characters(count: int) -> list[str]:
+    """Words over an alphabet of Greek, Cyrillic and Latin letters (about 150 characters)."""
+    import random
+
+    letters = [chr(c) for c in [*range(0x3B1, 0x3CA), *range(0x430, 0x450), *range(0xE0, 0x100), *range(0x61, 0x7B)]]
+    letters += [chr(c) for c in range(0x4E00, 0x4E00 + 60)]  # and 60 CJK characters
+    rng = random.Random(0)
+    return [" ".join("".join(rng.choice(letters) for _ in range(5)) for _ in range(12)) for _ in range(count)]
+
+
+def test_a_vocabulary_larger_than_requested_says_its_alphabet_and_the_fix():
+    from domainlm.tokenizer import train_tokenizer, vocabulary_size_note
+
+    texts = _many_characters(300)
+    config = TokenizerConfig(vocab_size=128, min_frequency=1)
+    tokenizer = train_wordpiece(texts, config)
+    normalised = [tokenizer.normalizer.normalize_str(text) for text in texts]  # accents stripped, CJK spaced
+    characters = len({char for text in normalised for char in text if not char.isspace()})
+    continuations = sum(token.startswith("##") and len(token) == 3 for token in tokenizer.get_vocab())
+    size = tokenizer.get_vocab_size()
+    assert size == characters + continuations + 5 > 128  # the alphabet alone: no merges at all
+    assert vocabulary_size_note(tokenizer, config) == (
+        f"tokenizer: the trained vocabulary has {size} entries, not tokenizer.vocab_size 128: every wordpiece "
+        f"vocabulary keeps its alphabet ({characters} characters, {continuations} '##' continuations and 5 special "
+        f"tokens: {size} entries), which leaves 0 of the 128 for pieces of words (0 learned: common words stay "
+        f"split into characters); raise tokenizer.vocab_size well above {size}")
+    bpe = TokenizerConfig(model="bpe", vocab_size=128, min_frequency=1)
+    assert vocabulary_size_note(train_tokenizer(synthetic_texts(50), bpe), bpe).endswith(
+        "every bpe vocabulary keeps its alphabet (256 byte symbols and 5 special tokens: 261 entries), which leaves "
+        "0 of the 128 for pieces of words (0 learned: common words stay split into characters); raise "
+        "tokenizer.vocab_size well above 261")
+    assert vocabulary_size_note(train_wordpiece(synthetic_texts(300), config), config) is None  # fits exactly
+
+
+@pytest.mark.parametrize("model, cause", [
+    ("wordpiece", "no more pairs of pieces that occur tokenizer.min_frequency (2) times or more; this is all the "
+                  "vocabulary it supports (more text or a lower min_frequency gives more)"),
+    ("bpe", "no more pairs of pieces that occur tokenizer.min_frequency (2) times or more"),
+    ("unigram", "too few distinct words and pieces; this is all the vocabulary it supports (more text gives more)"),
+])
+def test_a_vocabulary_smaller_than_requested_says_the_corpus_is_too_small(model, cause):
+    from domainlm.tokenizer import train_tokenizer, vocabulary_size_note
+
+    config = TokenizerConfig(model=model, vocab_size=2000)
+    tokenizer = train_tokenizer(["the cat sat on the mat"] * 5, config)
+    assert tokenizer.get_vocab_size() < 2000
+    assert vocabulary_size_note(tokenizer, config).startswith(
+        f"tokenizer: the trained vocabulary has {tokenizer.get_vocab_size()} entries, not tokenizer.vocab_size 2000: "
+        f"the training text has {cause}")
+
+
+def test_a_unigram_vocabulary_smaller_than_the_alphabet_is_refused_in_one_line():
+    from domainlm.errors import ConfigError
+    from domainlm.tokenizer import train_tokenizer
+
+    texts = _many_characters(100)  # a Unigram vocabulary must hold every character: the trainer raised
+    characters = len({char for text in texts for char in text.replace(" ", "")}) + 1  # and ▁, a word's start
+    with pytest.raises(ConfigError, match=rf"^tokenizer.vocab_size 128: a unigram vocabulary holds every character "
+                                          rf"of the corpus, and it has {characters} \(with the 5 special tokens, "
+                                          rf"{characters + 5} entries before any piece of a word\); raise "
+                                          rf"tokenizer.vocab_size well above {characters + 5}"):
+        train_tokenizer(texts, TokenizerConfig(model="unigram", vocab_size=128))
+
+
+def test_the_tokenizer_stage_warns_and_records_a_vocabulary_of_another_size(tiny_recipe, caplog):
+    from domainlm.config import config_from_dict
+    from domainlm.io import read_json
+    from domainlm.pipeline import run_stage
+
+    tiny_recipe["tokenizer"] = {"model": "bpe", "vocab_size": 128}
+    config = config_from_dict(tiny_recipe)
+    run_stage(config, "corpus")
+    with caplog.at_level("WARNING", logger="domainlm.tokenizer"):
+        run_stage(config, "tokenizer")
+    note = ("tokenizer: the trained vocabulary has 261 entries, not tokenizer.vocab_size 128: every bpe vocabulary "
+            "keeps its alphabet (256 byte symbols and 5 special tokens: 261 entries), which leaves 0 of the 128 for "
+            "pieces of words (0 learned: common words stay split into characters); raise tokenizer.vocab_size well "
+            "above 261")
+    assert note in caplog.messages
+    fit = read_json(config.directory / "tokenizer" / "fit.json")
+    assert (fit["requested_vocab_size"], fit["vocab_size_note"], fit["domain"]["vocab_size"]) == (128, note, 261)
+    counts = read_json(config.directory / "tokenizer" / "manifest.json")["counts"]
+    assert (counts["vocab_size"], counts["requested_vocab_size"], counts["vocab_size_note"]) == (261, 128, note)

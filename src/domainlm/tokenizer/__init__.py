@@ -29,6 +29,7 @@ from typing import Any
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from domainlm.config import RunConfig, TokenizerConfig
+from domainlm.errors import ConfigError
 from domainlm.io import atomic_write_json
 from domainlm.layout import RunLayout
 from domainlm.vocabulary import (
@@ -145,10 +146,58 @@ def train_tokenizer(texts: Iterable[str], config: TokenizerConfig, unicode_form:
     if config.model == "wordpiece":
         return train_wordpiece(texts, config, unicode_form)
     model = SUBWORD_MODELS[config.model]
-    tokenizer = _train(texts, model, config, unicode_form, list(model.specials.values()), config.vocab_size)
+    try:
+        tokenizer = _train(texts, model, config, unicode_form, list(model.specials.values()), config.vocab_size)
+    except Exception as err:  # the Unigram trainer refuses a vocabulary that cannot hold every character
+        _refuse_too_small_an_alphabet(err, texts, model, config, unicode_form)
+        raise
     if config.model == "unigram":
         tokenizer = unigram_in_canonical_order(tokenizer, len(model.specials))
     return with_post_processor(tokenizer, model)
+
+
+def _refuse_too_small_an_alphabet(err: Exception, texts: Iterable[str], model: SubwordModel, config: TokenizerConfig,
+                                  unicode_form: str) -> None:
+    """ConfigError when training failed because `tokenizer.vocab_size` cannot hold every character
+    of the corpus (Unigram keeps them all); returns (for the caller to re-raise) otherwise."""
+    if iter(texts) is texts:  # a one-shot iterator, already read: the characters cannot be counted
+        return
+    normalizer = model.pipeline(config, unicode_form).normalizer
+    characters = {char for text in texts for char in normalizer.normalize_str(text)} - {" "} | {"▁"}
+    needed = len(characters) + len(model.specials)
+    if needed > config.vocab_size:
+        raise ConfigError(f"tokenizer.vocab_size {config.vocab_size}: a {config.model} vocabulary holds every "
+                          f"character of the corpus, and it has {len(characters)} (with the {len(model.specials)} "
+                          f"special tokens, {needed} entries before any piece of a word); raise tokenizer.vocab_size "
+                          f"well above {needed} ({err})") from None
+
+
+def vocabulary_size_note(tokenizer: Tokenizer, config: TokenizerConfig) -> str | None:
+    """Why a trained vocabulary's size differs from `tokenizer.vocab_size`, and the fix; None when
+    it does not. Larger: the trainer keeps the corpus's whole alphabet (every character; every
+    byte for byte-level BPE; with WordPiece each character's `##` continuation too) and the special
+    tokens, whatever the request, and learns pieces of words only in the room left. Smaller: the
+    corpus has no more pieces to add (WordPiece and BPE: no pair of pieces occurs `min_frequency`
+    times)."""
+    size, requested = tokenizer.get_vocab_size(), config.vocab_size
+    if size == requested:
+        return None
+    said = f"tokenizer: the trained vocabulary has {size} entries, not tokenizer.vocab_size {requested}"
+    if size < requested:
+        cause = "too few distinct words and pieces" if config.model == "unigram" else \
+            f"no more pairs of pieces that occur tokenizer.min_frequency ({config.min_frequency}) times or more"
+        more = "more text" if config.model == "unigram" else "more text or a lower min_frequency"
+        return f"{said}: the training text has {cause}; this is all the vocabulary it supports ({more} gives more)"
+    vocab = tokenizer.get_vocab()
+    characters = sum(len(token) == 1 for token in vocab)
+    continuations = sum(len(token) == 3 and token.startswith("##") for token in vocab)
+    specials = len(SUBWORD_MODELS[config.model].specials)
+    alphabet = characters + continuations + specials
+    parts = f"{characters} {'byte symbols' if config.model == 'bpe' else 'characters'}" + (
+        f", {continuations} '##' continuations" if continuations else "") + f" and {specials} special tokens"
+    return (f"{said}: every {config.model} vocabulary keeps its alphabet ({parts}: {alphabet} entries), "
+            f"which leaves {max(0, requested - alphabet)} of the {requested} for pieces of words ({size - alphabet} "
+            f"learned: common words stay split into characters); raise tokenizer.vocab_size well above {alphabet}")
 
 
 UNIGRAM_SCORE_DIGITS = 6
@@ -265,9 +314,14 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     heldout = list(run_dir.corpus_texts("heldout"))
     if not heldout:  # tiny corpora: fall back to a slice of the training text
         heldout = [t for _, t in zip(range(500), run_dir.corpus_texts("train"), strict=False)]
-    fit = {"domain": vocabulary_fit(tokenizer, heldout)} | reference_fit(config.tokenizer, heldout)
+    note = vocabulary_size_note(tokenizer, config.tokenizer)
+    if note:
+        log.warning(note)
+    fit = {"domain": vocabulary_fit(tokenizer, heldout)} | reference_fit(config.tokenizer, heldout) | {
+        "requested_vocab_size": config.tokenizer.vocab_size, "vocab_size_note": note}
     atomic_write_json(out / "fit.json", fit)
     log.info("tokenizer: vocab %d, fertility %.3f, unknown words %.2f%%%s", tokenizer.get_vocab_size(),
              fit["domain"]["fertility"], 100 * fit["domain"]["unknown_share"],
              f" (reference {fit['reference']['fertility']:.3f})" if fit["reference"] else "")
-    return {"vocab_size": tokenizer.get_vocab_size(), "fertility": fit["domain"]["fertility"]}
+    return {"vocab_size": tokenizer.get_vocab_size(), "fertility": fit["domain"]["fertility"]} | (
+        {"requested_vocab_size": config.tokenizer.vocab_size, "vocab_size_note": note} if note else {})
