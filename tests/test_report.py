@@ -184,3 +184,147 @@ def test_a_continued_arm_is_shown_with_the_vocabulary_its_model_uses(tmp_path):
     shown = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
     assert (shown["scratch"]["vocabulary"], shown["scratch"]["unknown words"]) == (3, "0.0%")
     assert (shown["continued"]["vocabulary"], shown["continued"]["unknown words"]) == ("2 (checkpoint's)", "50.0%")
+
+
+# ------------------------------------------- a report with no results, or fewer than expected (issue 20)
+def _run_folder(tmp_path, tasks: list[dict], runs: dict | None = None, failed: list[dict] | None = None) -> dict:
+    """A finished run's folder, written by hand: corpus, tokenizer and pretraining artifacts, and an
+    evaluate stage over `tasks` whose only finished runs are `runs` ({(model, task): predictions},
+    one seed each, scored 0.5). Returns the recipe (a dict, for `config_from_dict`)."""
+    import json
+
+    from domainlm.layout import RunLayout
+
+    run_dir = RunLayout(tmp_path / "run")
+    files = {
+        run_dir.corpus_stats: {"read": 3, "kept": 2, "heldout": 0, "dropped": {"too_short": 1}, "pii": {},
+                               "steps": {"read": {"in": 3, "out": 3, "dropped": {}},
+                                         "quality": {"in": 3, "out": 2, "dropped": {"too_short": 1}}},
+                               "examples": {"too_short": [{"id": "d3", "text": "short"}]}},
+        run_dir.tokenizer_fit: {"domain": {"vocab_size": 100, "fertility": 1.2, "split_share": 0.25,
+                                           "unknown_share": 0.0, "most_split": ["kinase"]}},
+        run_dir.pretrain_summary: {"steps": 4, "parameters": 1000, "real_tokens_seen": 512, "final_loss": 6.2,
+                                   "real_tokens_per_s": 100.0, "device": "cpu", "export_max_abs_logit_diff": 1e-7,
+                                   "train_seconds": 5.0},
+        run_dir.pretrain_history: {"loss": [7.0, 6.8, 6.5, 6.2]},
+        run_dir.task_summaries: [{"name": t["name"], "type": "classification", "metric": "micro_f1",
+                                  "labels": ["neg", "pos"], "sizes": {"train": 4, "dev": 2, "test": 2}} for t in tasks],
+        run_dir.failures: {"failed": failed or [], "skipped": []},
+        run_dir.distance: {"note": "no general tokenizer (evaluate.general_tokenizer or tokenizer.reference)"},
+    }
+    selection, rows = {}, []
+    for (model, task), predictions in (runs or {}).items():
+        files[run_dir.run_file(model, task, 1e-4, 0)] = {"predictions": predictions, "dev_score": 0.5,
+                                                         "metrics": {"micro_f1": 0.5}}
+        selection.setdefault(model, {})[task] = {"lr": 1e-4, "seeds": [0], "dev": 0.5}
+        rows.append({"model": model, "task": task, "seed": 0, "metric": "micro_f1", "value": 0.5})
+        files[run_dir.gold(task)] = ["pos", "neg"]
+    files[run_dir.selection] = selection
+    for stage in ("corpus", "tokenizer", "pretrain", "evaluate"):
+        files[run_dir.manifest(stage)] = {"timings": {"seconds": 1.0}}
+    for path, content in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content))
+    run_dir.results.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for t in tasks:
+        (tmp_path / f"{t['name']}.jsonl").write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "neg"}\n')
+    return {"name": "x", "run_dir": str(run_dir.root), "corpus": {"sources": [{"format": "python-docs"}]},
+            "evaluate": {"seeds": [0], "lr": 1e-4},
+            "tasks": [{"name": t["name"], "type": "classification", "format": "jsonl",
+                       **{split: str(tmp_path / f"{t['name']}.jsonl") for split in ("train", "dev", "test")}}
+                      for t in tasks]}
+
+
+def _report(recipe: dict, partial: bool = False) -> tuple[str, str, dict, list[str]]:
+    """(report.md, report.html, results.json, the files written) of `recipe`'s run folder."""
+    import json
+    import re
+    from pathlib import Path
+
+    from domainlm.config import config_from_dict
+    from domainlm.report import run
+
+    out = Path(recipe["run_dir"]) / "report"
+    out.mkdir()
+    run(config_from_dict(recipe), out, partial=partial)
+    markdown, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert re.findall(r"^## (.+)$", markdown, re.M) == re.findall(r"<h2>(.+?)</h2>", page)  # the same sections
+    return markdown, page, json.loads((out / "results.json").read_text()), sorted(p.name for p in out.iterdir())
+
+
+def _headings(markdown: str) -> list[str]:
+    return [line[3:] for line in markdown.splitlines() if line.startswith("## ")]
+
+
+def test_a_run_without_tasks_reports_its_corpus_vocabulary_and_pretraining(tmp_path):  # case 24
+    markdown, page, results, files = _report(_run_folder(tmp_path, tasks=[]))
+    assert _headings(markdown) == ["Verdict", "Corpus", "What the corpus steps removed (examples)", "Tokenizer fit",
+                                   "Pretraining", "Stage timings"]
+    line = "No tasks were evaluated (the recipe has no `tasks`), so there are no results and no verdict."
+    assert markdown.split("## Verdict\n\n")[1].split("\n")[0] == line and f"<h2>Verdict</h2><p>{line}</p>" in page
+    assert results["verdict"] == line and results["rows"] == results["summary"] == []
+    assert files == ["loss.png", "report.html", "report.md", "results.json", "tokenizer_fit.png"]  # no empty plots
+
+
+def test_every_model_failing_on_every_task_gives_one_line_not_a_verdict(tmp_path):
+    failed = [{"model": m, "task": "cls", "error": f"ModelError: {m} cannot be loaded"} for m in ("domain", "tfidf")]
+    markdown, _, results, files = _report(_run_folder(tmp_path, tasks=[{"name": "cls"}], failed=failed))
+    assert _headings(markdown) == ["Verdict", "Domain distance", "Tasks", "Corpus",
+                                   "What the corpus steps removed (examples)", "Tokenizer fit", "Pretraining",
+                                   "Stage timings", "Models that failed or were skipped"]
+    assert results["verdict"] == "No model has test results on its task: no fine-tuning run finished, so there is " \
+                                 "no verdict."
+    assert "ModelError: tfidf cannot be loaded" in markdown and "results.png" not in files
+
+
+def test_a_task_without_finished_runs_is_named_and_the_others_reported(tmp_path):
+    recipe = _run_folder(tmp_path, tasks=[{"name": "cls"}, {"name": "empty"}],
+                         runs={("domain", "cls"): ["pos", "neg"], ("random-init", "cls"): ["neg", "pos"]})
+    markdown, _, results, files = _report(recipe)
+    assert _headings(markdown)[:4] == ["Verdict", "Results", "Against random-init", "Suite score"]
+    assert "No model has test results on empty: no fine-tuning run of it finished." in markdown
+    assert results["verdict"].startswith("**domain** against **random-init**: better on 1 of 1 (cls +100.0 [+100.0, ")
+    assert [(s["task"], s["model"]) for s in results["summary"]] == [("cls", "domain"), ("cls", "random-init")]
+    assert "results.png" in files
+
+
+def test_a_partial_report_with_no_finished_run_says_so(tmp_path):
+    markdown, _, results, _ = _report(_run_folder(tmp_path, tasks=[{"name": "cls"}, {"name": "ner"}]), partial=True)
+    assert results["verdict"].startswith("Partial report: 0 of 6 fine-tuning runs have finished; not yet: domain on "
+                                         "cls (0 of 1), domain on ner (0 of 1), random-init on cls (0 of 1), ")
+    assert results["verdict"].endswith("No model has test results on any of the 2 tasks: no fine-tuning run "
+                                       "finished, so there is no verdict.")
+    assert "## Results" not in markdown and "## Suite score" not in markdown and results["missing"][0] == {
+        "model": "domain", "task": "cls", "finished": 0, "expected": 1}
+
+
+def test_only_references_with_results_is_said_not_judged():
+    text = _verdict([], candidates=(), references=("general",))
+    assert text.startswith("No pretrained model to judge has test results; only general has.")
+
+
+def test_plots_and_the_pretraining_of_an_experiment_whose_arms_all_failed_cope_with_nothing(tmp_path):
+    from domainlm.report.plots import plot_distance, plot_loss, plot_results
+    from domainlm.report.sections import pretraining_section
+
+    assert plot_results([], [], tmp_path / "r.png") is False
+    assert plot_results([], [{"name": "cls", "metric": "micro_f1"}], tmp_path / "r.png") is False
+    assert plot_distance([], tmp_path / "d.png", "domain", "general") is False
+    assert plot_distance([{"task": "cls", "gain": None, "fertility": 1.3, "js_divergence": None}],
+                         tmp_path / "d.png", "domain", "general") is False
+    assert plot_loss({"arms": {}}, tmp_path / "l.png") is False and plot_loss({"loss": []}, tmp_path / "l.png") is False
+    assert list(tmp_path.iterdir()) == []
+    arms = [{"arm": a, "status": "failed", "reason": "OSError: disk full"} for a in ("a", "b")]
+    title, text, _, rows = pretraining_section({"arms": arms, "budget_tokens": 1000, "steps": 0, "device": "none"})
+    assert text == "No arm finished its pretraining (each one's reason is in the table)."
+    assert [row[:2] for row in rows] == [["a", "failed: OSError: disk full"], ["b", "failed: OSError: disk full"]]
+    assert plot_loss({"arms": {"a": [7.0, 6.0], "b": []}}, tmp_path / "l.png") is True
+
+
+def test_a_reference_alone_with_results_gets_no_empty_comparison(tmp_path):
+    failed = [{"model": "domain", "task": "cls", "error": "ModelError: domain cannot be loaded"}]
+    markdown, _, results, _ = _report(_run_folder(tmp_path, tasks=[{"name": "cls"}], failed=failed,
+                                                  runs={("random-init", "cls"): ["pos", "pos"]}))
+    assert _headings(markdown)[:4] == ["Verdict", "Results", "Suite score", "Domain distance"]  # no "Against ..."
+    assert results["intervals"] == [] and results["verdict"].startswith(
+        "No pretrained model to judge has test results; only random-init has. One fine-tuning seed for random-init")

@@ -129,14 +129,29 @@ def _against(model: str, reference: str, intervals: list[dict], degenerate: dict
     return f"against **{reference}**: " + ", ".join(parts) + mean
 
 
+def no_results(tasks: int) -> str:
+    """The verdict of a run without a single test result, given its number of `tasks`."""
+    if not tasks:
+        return "No tasks were evaluated (the recipe has no `tasks`), so there are no results and no verdict."
+    where = f"any of the {tasks} tasks" if tasks > 1 else "its task"
+    return f"No model has test results on {where}: no fine-tuning run finished, so there is no verdict."
+
+
 def verdict(candidates: list[str], references: list[str], intervals: list[dict], degenerate: dict,
             costs: dict[str, dict], distance: dict, seeds: dict[str, int], suites: dict[str, float]) -> str:
     """The report's first paragraph: per candidate (this run's domain model, or each experiment
     arm), against each reference (the general model, TF-IDF), how many tasks it won, lost or left
     undecided (an interval that includes zero is "no measurable difference", never "better"), the
     mean gain, what its pretraining cost; then which tasks sit far from general text, and whether
-    the seeds' variance was measured."""
+    the seeds' variance was measured. `distance`: `distance_vs_gain`'s, one row per task; `seeds`:
+    per model with test results, its number of seeds. With no task, or no model with a test result,
+    one line says so instead: a verdict would rest on nothing."""
+    if not seeds:
+        return no_results(len(distance.get("rows", [])))
     sentences = []
+    if not candidates:  # e.g. every pretrained model failed, while the references did not
+        sentences.append(f"No pretrained model to judge has test results; only {', '.join(references)} "
+                         f"{'has' if len(references) == 1 else 'have'}.")
     for model in candidates:
         said = "; ".join(_against(model, reference, intervals, degenerate) for reference in references
                          if reference != model) or "is compared with nothing: no reference model has test results"

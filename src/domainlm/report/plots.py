@@ -27,8 +27,13 @@ def save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_results(summary: list[dict], tasks: list[dict], path: Path, highlight: str = "domain") -> None:
-    """One panel per task: each model's test score, mean over seeds with a ± std error bar."""
+def plot_results(summary: list[dict], tasks: list[dict], path: Path, highlight: str = "domain") -> bool:
+    """One panel per task with results: each model's test score, mean over seeds with a ± std error
+    bar. Whether it drew anything: with no result at all (no tasks, every run failed) it writes
+    no file, and the report has no results section to show one in."""
+    tasks = [t for t in tasks if any(s["task"] == t["name"] for s in summary)]
+    if not tasks:
+        return False
     plt = pyplot()
     columns = min(4, len(tasks))
     rows = -(-len(tasks) // columns)
@@ -44,15 +49,20 @@ def plot_results(summary: list[dict], tasks: list[dict], path: Path, highlight: 
         ax.set_ylabel(f"{task['metric']} (test, %)")
         ax.tick_params(axis="x", rotation=30)
     save_figure(fig, path)
+    return True
 
 
-def plot_distance(rows: list[dict], path: Path, model: str, reference: str) -> None:
-    """Gain of `model` over `reference` against each distance measure, one point per task."""
-    plt = pyplot()
+def plot_distance(rows: list[dict], path: Path, model: str, reference: str) -> bool:
+    """Gain of `model` over `reference` against each distance measure, one point per task with a
+    gain. Whether it drew anything (no file without a task that has both a gain and a measure)."""
+    rows = [r for r in rows if r["gain"] is not None]
     measures = [k for k in ("fertility", "js_divergence") if any(r[k] is not None for r in rows)]
-    fig, axes = plt.subplots(1, max(1, len(measures)), figsize=(4.5 * max(1, len(measures)), 3.4), squeeze=False)
-    for ax, key in zip(axes[0], measures, strict=False):
-        points = [r for r in rows if r[key] is not None and r["gain"] is not None]
+    if not measures:
+        return False
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.5 * len(measures), 3.4), squeeze=False)
+    for ax, key in zip(axes[0], measures, strict=True):
+        points = [r for r in rows if r[key] is not None]
         ax.scatter([r[key] for r in points], [r["gain"] for r in points], color="#2b6cb0")
         for r in points:
             ax.annotate(r["task"], (r[key], r["gain"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
@@ -60,6 +70,7 @@ def plot_distance(rows: list[dict], path: Path, model: str, reference: str) -> N
         ax.set_xlabel({"fertility": "general-vocabulary fertility", "js_divergence": "unigram JS divergence"}[key])
         ax.set_ylabel(f"{model} - {reference} (points)")
     save_figure(fig, path)
+    return True
 
 
 def _smooth(losses: list[float]) -> tuple[list[float], int]:
@@ -68,14 +79,21 @@ def _smooth(losses: list[float]) -> tuple[list[float], int]:
             for i in range(len(losses))], window
 
 
-def plot_loss(history: dict, path: Path) -> None:
+def plot_loss(history: dict, path: Path) -> bool:
+    """The pretraining loss per step (an experiment: one smoothed curve per arm that finished).
+    Whether it drew anything (no file when no arm finished)."""
+    curves = {arm: losses for arm, losses in history.get("arms", {}).items() if losses}
+    if "arms" not in history and history.get("loss"):
+        curves = {"": history["loss"]}
+    if not curves:
+        return False
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    if "arms" in history:  # an experiment: one smoothed curve per arm
-        for arm, losses in history["arms"].items():
+    if "arms" in history:
+        for arm, losses in curves.items():
             ax.plot(range(1, len(losses) + 1), _smooth(losses)[0], label=arm)
     else:
-        losses = history["loss"]
+        losses = curves[""]
         smooth, window = _smooth(losses)
         ax.plot(range(1, len(losses) + 1), losses, color="#cbd5e0", linewidth=0.8, label="per step")
         ax.plot(range(1, len(losses) + 1), smooth, color="#2b6cb0", label=f"mean of {window}")
@@ -84,6 +102,7 @@ def plot_loss(history: dict, path: Path) -> None:
     ax.set_title("Pretraining loss")
     ax.legend()
     save_figure(fig, path)
+    return True
 
 
 def plot_tokenizer_fit(fit: dict, path: Path) -> None:

@@ -32,6 +32,9 @@ def results_section(config: RunConfig, art: dict, summary: list[dict], numbers: 
     text = (f"Test-set headline metric, mean ± std over seeds {e.seeds}. For each model and task the learning rate "
             f"with the best mean dev score among {e.learning_rates} was kept, and each run tested its best dev epoch "
             f"(at most {e.epochs}, early stopping after {e.patience} without improvement). ![results](results.png)")
+    scored = {s["task"] for s in summary}
+    if without := [t["name"] for t in art.get("tasks", []) if t["name"] not in scored]:
+        text += f" No model has test results on {', '.join(without)}: no fine-tuning run of it finished."
     for model, mismatch in numbers.get("casing", {}).items():
         text += f" **Warning, {model}**: {mismatch}."
     return ("Results", text, ["task", "model", "metric", "test (%)", "seeds", "lr",
@@ -74,7 +77,7 @@ def distance_section(config: RunConfig, art: dict, numbers: dict) -> Section:
     text = (f"Measured before any training: how many pieces {general} cuts each word of the task text into "
             f"(fertility), the share of words it splits or cannot spell at all (unknown), and the Jensen-Shannon "
             f"divergence of the task's word distribution from general text; next to the measured gain of {model} "
-            f"over {reference}. ![distance](distance.png)")
+            f"over {reference}." + (" ![distance](distance.png)" if distance["tasks_with_gain"] else ""))
     if not art["distance"].get("general_corpus"):
         text += " JS divergence not measured: no `evaluate.general_corpus`."
     if distance["tasks_with_gain"] >= 3:
@@ -152,6 +155,8 @@ def pretraining_section(pre: dict) -> Section:
             for r in pre["arms"]]
     text = (f"Every arm pretrained for the same steps of the same shape: {pre['budget_tokens']:,} row "
             f"positions split equally. {arm_differences(pre['arms'])} ![loss](loss.png)")
+    if not any(r["status"] == "done" for r in pre["arms"]):  # no loss curve, nothing equal to speak of
+        text = "No arm finished its pretraining (each one's reason is in the table)."
     return ("Pretraining", text, header, rows)
 
 
@@ -183,16 +188,19 @@ def arms_section(arms: dict[str, dict]) -> Section:
 
 
 def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> list[Section]:
-    """Every section in report order (the failures section only when something failed)."""
+    """Every section in report order. Only what has something to show: results and suite scores
+    when some model has a test result, a reference's intervals when another model has results
+    beside it, the tasks and their distance when there are tasks, the failures section when
+    something failed."""
     timings = [[stage, f"{seconds:.1f}"] for stage, seconds in art["timings"].items()]
     failures = [[f["model"], f.get("task", ""), f.get("error", f.get("reason", ""))]
                 for f in art["failures"]["failed"] + art["failures"]["skipped"]]
     sections = [
-        results_section(config, art, summary, numbers),
-        *(intervals_section(config, numbers, reference) for reference in numbers["references"]),
-        suite_section(numbers),
-        distance_section(config, art, numbers),
-        tasks_section(art),
+        *([results_section(config, art, summary, numbers)] if summary else []),
+        *(intervals_section(config, numbers, reference) for reference in numbers["references"]
+          if any(r["reference"] == reference for r in numbers["intervals"])),
+        *([suite_section(numbers)] if numbers["suite"] else []),
+        *([distance_section(config, art, numbers), tasks_section(art)] if art["tasks"] else []),
         *(corpus_sections(art["corpus"]) if art["corpus"] else []),
         *([tokenizer_section(art["tokenizer"])] if art["tokenizer"] else []),
         *([arms_section(art["arms"])] if art.get("arms") else []),
