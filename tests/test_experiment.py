@@ -2,7 +2,8 @@
 
 The recipe itself (`recipes/biomed-question.yaml`) runs end to end on synthetic stand-ins written
 in the shared data's formats (so CI, which has no ../shared/data, runs it too), with a tiny model,
-a few dozen steps per arm and small tasks; one extra arm is broken on purpose."""
+a few dozen steps per arm and small tasks; one extra arm is broken on purpose (its weights cannot be
+read, which no check before the first stage can tell)."""
 
 import gzip
 import json
@@ -13,8 +14,7 @@ import pytest
 import yaml
 
 from conftest import REPO
-from domainlm.config import config_from_dict
-from domainlm.experiment import arm_config, merge
+from domainlm.config import config_from_dict, merge
 
 DOMAIN = "kinase receptor tumor gene protein enzyme inhibitor pathway mutation cytokine antibody".split()
 GENERAL = "the house river music city train morning market garden story window letter".split()
@@ -73,7 +73,10 @@ def cpu_recipe(tmp_path, name="biomed-question.yaml") -> dict:
     recipe["experiment"]["budget_tokens"] = 5 * 12 * 4 * 32  # 12 steps per arm, five arms
     broken = tmp_path / "broken-checkpoint"
     broken.mkdir()
-    (broken / "config.json").write_text("{truncated")
+    (broken / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 128}))
+    (broken / "model.safetensors").write_bytes(b"cut off during the download")
     recipe["experiment"]["arms"].append({"name": "broken", "model": {"init_from": str(broken)}})
     recipe["evaluate"]["models"].append({"name": "broken", "kind": "domain", "arm": "broken"})
     recipe["evaluate"] |= {"seeds": [0], "epochs": 1, "lr": 1e-4, "batch_size": 8, "max_length": 40,
@@ -96,7 +99,7 @@ def standins(tmp_path, monkeypatch):
 def test_arm_config_merges_and_splits_the_budget(standins, name):
     assert merge({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"b": 3}, "l": [2]}) == {"a": {"b": 3, "c": 2}, "l": [2]}
     config = config_from_dict(yaml.safe_load((REPO / "recipes" / name).read_text()))
-    arms = {a.name: arm_config(config, a) for a in config.experiment.arms}
+    arms = {a.name: config.arm_config(a) for a in config.experiment.arms}
     steps = {name: c.pretrain.max_steps for name, c in arms.items()}
     assert len(set(steps.values())) == 1  # equal compute: the same steps of the same shape
     row = config.pretrain.batch_size * config.pretrain.seq_len

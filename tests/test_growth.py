@@ -9,7 +9,7 @@ import torch
 from conftest import synthetic_texts
 from domainlm.config import TokenizerConfig, config_from_dict
 from domainlm.errors import ConfigError
-from domainlm.pretrain import export_model, initial_model, inputs, settings
+from domainlm.pretrain import check, export_model, inputs, settings
 from domainlm.pretrain.architectures import ARCHITECTURES, new_model
 from domainlm.pretrain.growth import grow, grown_config, layer_sources
 from domainlm.pretrain.model import document_attention
@@ -141,8 +141,7 @@ def test_recipe_keys_refused_together_and_fingerprinted(tiny_recipe, small_expor
     assert settings(config)["model"]["grow_init"] == "fpi"
     assert "grow_init" not in settings(config_from_dict(tiny_recipe))["model"]  # older runs keep their fingerprint
     with pytest.raises(ConfigError, match=r"model.architecture is 'modernbert', but model.grow_from .* is a 'bert'"):
-        initial_model(config_from_dict(grown | {"model": grown["model"] | {"architecture": "modernbert"}}),
-                      write=False)
+        check(config_from_dict(grown | {"model": grown["model"] | {"architecture": "modernbert"}}))
 
 
 def test_an_electra_checkpoint_is_not_grown(tiny_recipe, tmp_path):
@@ -153,7 +152,7 @@ def test_an_electra_checkpoint_is_not_grown(tiny_recipe, tmp_path):
                           ).save_pretrained(tmp_path / "electra")
     config = config_from_dict(tiny_recipe | {"model": {"grow_from": str(tmp_path / "electra")}})
     with pytest.raises(ConfigError, match=r"is an ELECTRA checkpoint: growth starts from a BERT"):
-        initial_model(config, write=False)
+        check(config)
 
 
 def test_a_grown_model_pretrains_and_exports_with_its_sizes(tiny_recipe, small_export):

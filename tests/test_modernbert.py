@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from conftest import synthetic_texts
 from domainlm.config import PretrainConfig, TokenizerConfig, config_from_dict
 from domainlm.errors import ConfigError, ModelError
-from domainlm.pretrain import check_positions, export_model, initial_model, settings
+from domainlm.pretrain import check, check_positions, export_model, settings
 from domainlm.pretrain.architectures import load_checkpoint, to_hf_masked_lm
 from domainlm.pretrain.data import write_token_shards
 from domainlm.pretrain.model import document_attention, document_mask_mod
@@ -399,17 +399,17 @@ def test_layout_keys_must_fit_the_architecture(tiny_recipe):
 
 def test_extending_a_modernbert_vocabulary_fails_before_any_weights_load(tiny_recipe, modernbert_checkpoint,
                                                                          monkeypatch):
-    import domainlm.pretrain as stage
+    import domainlm.pretrain.hf_init as hf_init
 
     def never(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(stage, "load_checkpoint", never)
+    monkeypatch.setattr(hf_init, "load_file", never)  # every safetensors read goes through it
     tiny_recipe["model"] = {"init_from": str(modernbert_checkpoint), "extend_vocab": 10}
     config = config_from_dict(tiny_recipe)  # a WordPiece domain tokenizer: the config alone cannot tell
     with pytest.raises(ConfigError, match=r"model.extend_vocab 10: vocabulary extension adds WordPiece entries, "
                                           r"but the checkpoint .* has a BPE tokenizer: set model.extend_vocab: 0"):
-        initial_model(config, write=False)
+        check(config)
 
 
 def test_a_modernbert_architecture_needs_a_modernbert_checkpoint(tiny_recipe, tmp_path, monkeypatch):
@@ -420,7 +420,7 @@ def test_a_modernbert_architecture_needs_a_modernbert_checkpoint(tiny_recipe, tm
     tiny_recipe["model"] = {"architecture": "modernbert", "init_from": str(tmp_path / "bert")}
     with pytest.raises(ConfigError, match=r"model.architecture is 'modernbert', but model.init_from .* is a 'bert' "
                                           r"checkpoint"):
-        initial_model(config_from_dict(tiny_recipe), write=False)
+        check(config_from_dict(tiny_recipe))
 
 
 def test_bert_fingerprints_leave_out_the_modernbert_keys(tiny_recipe):

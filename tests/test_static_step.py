@@ -138,8 +138,10 @@ def test_static_shapes_refuse_what_would_change_a_steps_shape(tokenizer, shards,
         PretrainConfig(static_shapes=True, batch_size_start=2)
     with pytest.raises(ValueError, match="divide batch_size"):
         PretrainConfig(static_shapes=True, batch_size=6, micro_batch_size=4)
+    with pytest.raises(ValueError, match="static_shapes needs attention sdpa"):  # at load, whatever the device
+        PretrainConfig(static_shapes=True, attention="varlen")
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
-        trainer(tokenizer, shards, tmp_path, static_shapes=True, attention="varlen")
+        trainer(tokenizer, shards, tmp_path, attention="varlen")
 
 
 def test_an_automatic_micro_batch_is_the_largest_divisor_that_fits(tokenizer, shards, tmp_path):

@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from domainlm.config import load_config  # noqa: E402
-from domainlm.experiment import arm_config  # noqa: E402
 from domainlm.tasks.load import load_task  # noqa: E402
 from pretrain_throughput import model_flops_per_token  # noqa: E402
 
@@ -42,7 +41,7 @@ def main() -> None:
     total = 0.0
     print("| arm | steps | positions (M) | GFLOP/step | compute ms | host ms | seconds |\n|---|---|---|---|---|---|---|")
     for arm in config.experiment.arms:
-        settings = arm_config(config, arm)
+        settings = config.arm_config(arm)
         shape = MINILM if settings.model.init_from else settings.model.resolved()
         p = settings.pretrain
         flops = model_flops_per_token(shape["num_layers"], shape["hidden_size"], shape["intermediate_size"], p.seq_len)

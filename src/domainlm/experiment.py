@@ -16,52 +16,17 @@ corpus, tokenizer, evaluate and report stages. The pipeline and the stages know 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import traceback
-from fractions import Fraction
 from typing import Any
 
-from domainlm.config import ArmConfig, RunConfig, config_from_dict
+from domainlm.config import ArmConfig, RunConfig
 from domainlm.io import atomic_write_json, read_json
 from domainlm.layout import RunLayout
-from domainlm.pipeline import run_all, run_lock, run_stage, stage_fingerprint
+from domainlm.pipeline import check_stages, run_all, run_lock, run_stage, stage_fingerprint
 
 ARM_STAGES = ("corpus", "tokenizer", "pretrain")
 log = logging.getLogger(__name__)
-
-
-def merge(base: dict, changes: dict) -> dict:
-    """`base` with `changes` applied: nested mappings merged key by key, anything else replaced."""
-    out = dict(base)
-    for key, value in changes.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def arm_steps(config: RunConfig, pretrain: dict, share: float = 1.0) -> int:
-    """Steps that spend an arm's share of the budget (`share` over all arms' shares) with this
-    arm's batch shape. Exact integer arithmetic: equal shares give budget // arms // row positions."""
-    shares = [Fraction(arm.share) for arm in config.experiment.arms]
-    positions = Fraction(config.experiment.budget_tokens) * Fraction(share) / sum(shares)
-    return max(1, math.floor(positions / (pretrain["batch_size"] * pretrain["seq_len"])))
-
-
-def arm_config(config: RunConfig, arm: ArmConfig) -> RunConfig:
-    """The run configuration of one arm (validated like a recipe)."""
-    data = config.model_dump(mode="json", exclude={"experiment", "evaluate", "report"})  # an arm only pretrains
-    for section in ("corpus", "tokenizer", "model", "pretrain"):
-        data[section] = merge(data[section], getattr(arm, section))
-    for key, name in arm.arm_references().items():  # `arm:<name>`: that (earlier) arm's export
-        section, field = key.split(".")
-        data[section][field] = str(RunLayout(config.directory).arm(name).export)
-    pretrain = data["pretrain"]
-    pretrain["max_steps"] = arm_steps(config, pretrain, arm.share)
-    pretrain["checkpoint_every"] = min(pretrain["checkpoint_every"], pretrain["max_steps"])
-    data.update(name=f"{config.name}-{arm.name}", run_dir=str(RunLayout(config.directory).arm(arm.name).root))
-    if arm.seed is not None:
-        data["seed"] = arm.seed
-    return config_from_dict(data, origin=f"experiment arm '{arm.name}'")
 
 
 def reuse_stages(config: RunConfig, settings: RunConfig) -> list[str]:
@@ -91,7 +56,7 @@ def reuse_stages(config: RunConfig, settings: RunConfig) -> list[str]:
 
 def run_arm(config: RunConfig, arm: ArmConfig) -> dict[str, Any]:
     """Pretrain one arm (its corpus, tokenizer and pretrain stages); its budget and cost."""
-    settings = arm_config(config, arm)
+    settings = config.arm_config(arm)  # now an `arm:<name>` path must exist: that arm has run
     reuse_stages(config, settings)
     run_all(settings, stages=ARM_STAGES)
     run_dir = RunLayout(settings.directory)
@@ -142,6 +107,9 @@ def run(config: RunConfig, verb: str = "run", force: bool = False) -> list[str]:
     report; `pretrain`: the arms alone; any other stage: that stage of this run. Returns the
     stages of this run that ran (`pretrain` for the arms)."""
     with run_lock(config):
+        if verb in ("run", "pretrain"):  # every arm's recipe and checkpoints, before the first stage
+            for arm_config in config.arm_configs().values():
+                check_stages(arm_config, ARM_STAGES)
         if verb == "pretrain":
             run_arms(config)
             return ["pretrain"]

@@ -2,21 +2,26 @@
 
 The stage table is `STAGES`; each stage is a module `domainlm.<stage>` with four functions:
 `needs(config)` (the stages whose output it reads), `inputs(config)` (the files it reads),
-`settings(config)` (the part of the config that decides what it computes) and `run(config, out)`.
-Speed settings live in the `resources` section, which no stage's settings include, so changing
-them never reruns a stage.
+`settings(config)` (the part of the config that decides what it computes) and `run(config, out)`;
+and optionally `check(config)` (what can be refused before any stage runs, from the recipe and
+the files it names) and `discarded_work(config)` (what a restart would throw away, said before the
+folder is deleted). Speed settings live in the `resources` section, and bookkeeping keys (when to
+checkpoint, how many to keep, how often to log: each section's `BOOKKEEPING`) in no stage's
+settings, so changing them never reruns a stage: a killed one resumes.
 
 Each stage writes into `runs/<name>/<stage>/` and, last, `manifest.json` (resolved config, input
 hashes, the output ids of the stages it read, versions, timings, counts). The manifest is the
 completion marker: a stage is up to date when its manifest's fingerprint equals the one computed
 now and everything upstream is up to date too. While a stage runs, `in_progress.json` holds the
 fingerprint it is working for, so a killed stage resumes from its own partial work (checkpoints,
-finished fine-tunes) only when nothing it depends on changed.
+finished fine-tunes) only when nothing it depends on changed. A stage that reruns says why (the
+keys, inputs or upstream outputs that changed, old -> new) in the log and in its manifest.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import platform
 import shutil
@@ -66,6 +71,95 @@ def stage_fingerprint(config: RunConfig, stage: str) -> tuple[str, dict[str, Any
     return fingerprint(record), record
 
 
+RECORD_KEYS = ("settings", "inputs", "upstream", "domainlm")
+
+
+def _without_skipped(stored: Any, current: Any) -> Any:
+    """`stored` (settings an older manifest recorded) without the keys the `current` settings leave
+    out as bookkeeping (`config.Fingerprinted.skipped`), at every depth."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        skipped = getattr(current, "skipped", {})
+        return {k: _without_skipped(v, current.get(k)) for k, v in stored.items() if k not in skipped}
+    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+        return [_without_skipped(s, c) for s, c in zip(stored, current, strict=True)]
+    return stored
+
+
+def _with_skipped(current: Any) -> Any:
+    """The `current` settings with their bookkeeping values put back, as fingerprints recorded
+    them before those keys were declared bookkeeping."""
+    if isinstance(current, dict):
+        return {k: _with_skipped(v) for k, v in current.items()} | getattr(current, "skipped", {})
+    if isinstance(current, list):
+        return [_with_skipped(v) for v in current]
+    return current
+
+
+def _recorded(stored: dict[str, Any], record: dict[str, Any]) -> dict[str, Any] | None:
+    """The record a manifest or marker holds, read as `record`'s settings are built now (None
+    for a marker that holds only a fingerprint)."""
+    if not all(key in stored for key in RECORD_KEYS):
+        return None
+    return {key: stored[key] for key in RECORD_KEYS} | {"settings": _without_skipped(stored["settings"],
+                                                                                     record["settings"])}
+
+
+def same_work(stored: dict[str, Any], current: str, record: dict[str, Any]) -> bool:
+    """Whether a manifest or in-progress marker (`stored`) was written for the work `record`
+    describes (fingerprint `current`). One written before some keys were declared bookkeeping
+    still counts them: its recorded settings are read without them, or, for a marker holding only
+    a fingerprint, the fingerprint is compared with the one the keys' current values gave then."""
+    if stored.get("fingerprint") == current:
+        return True
+    old = _recorded(stored, record)
+    if old is not None:
+        return fingerprint(old) == current
+    return stored.get("fingerprint") == fingerprint(record | {"settings": _with_skipped(record["settings"])})
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of nested dicts and lists by dotted path (`pretrain.lr`, `tasks.0.name`)."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else None
+    if items is None or not value:
+        return {prefix: value}
+    out = {}
+    for key, item in items:
+        out |= _flat(item, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def changes(stored: dict[str, Any] | None, record: dict[str, Any]) -> list[str]:
+    """What differs between the work a stage folder was made for (its marker or manifest) and
+    the work asked for now: `key: old -> new` for settings, changed inputs, upstream outputs."""
+    if stored is None:
+        return []
+    old = _recorded(stored, record)
+    if old is None:
+        return ["its in-progress marker predates recorded settings (the fingerprint differs)"]
+    out = []
+    before, after = _flat(old["settings"]), _flat(json.loads(json.dumps(record["settings"], default=str)))
+    for key in sorted(before.keys() | after.keys()):
+        if before.get(key, "(unset)") != after.get(key, "(unset)"):
+            out.append(f"{key}: {_shown(before.get(key, '(unset)'))} -> {_shown(after.get(key, '(unset)'))}")
+    for path in sorted(old["inputs"].keys() | record["inputs"].keys()):
+        if path not in old["inputs"]:
+            out.append(f"new input {path}")
+        elif path not in record["inputs"]:
+            out.append(f"input {path} no longer read")
+        elif old["inputs"][path] != record["inputs"][path]:
+            out.append(f"input {path} changed")
+    out += [f"the {name} stage's output changed" for name in sorted(record["upstream"])
+            if old["upstream"].get(name) != record["upstream"][name]]
+    if old["domainlm"] != record["domainlm"]:
+        out.append(f"domainlm {old['domainlm']} -> {record['domainlm']}")
+    return out
+
+
 def is_fresh(config: RunConfig, stage: str) -> bool:
     """Whether `stage` and everything it depends on are up to date with the recipe."""
     if not all(is_fresh(config, name) for name in stage_module(stage).needs(config)):
@@ -73,8 +167,7 @@ def is_fresh(config: RunConfig, stage: str) -> bool:
     manifest = RunLayout(config.directory).manifest(stage)
     if not manifest.exists():
         return False
-    current, _ = stage_fingerprint(config, stage)
-    return read_json(manifest).get("fingerprint") == current
+    return same_work(read_json(manifest), *stage_fingerprint(config, stage))
 
 
 def _versions() -> dict[str, str]:
@@ -104,9 +197,19 @@ def remove_stage_folder(folder: Path, stage: str) -> None:
     shutil.rmtree(folder)
 
 
+def check_stages(config: RunConfig, stages: tuple[str, ...]) -> None:
+    """Each stage's `check`: what the recipe and the files it names already rule out, refused
+    before any of `stages` runs (not after the stages before it have spent their time)."""
+    for stage in stages:
+        check = getattr(stage_module(stage), "check", None)
+        if check is not None:
+            check(config)
+
+
 def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
     """Run one stage unless it is up to date. Returns True if it ran."""
     with run_lock(config):
+        check_stages(config, (stage,))
         return _run_stage(config, stage, force)
 
 
@@ -121,17 +224,22 @@ def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
     if stale:
         log.warning("%s: upstream %s out of date with the recipe; using their last outputs "
                     "(`domainlm run` refreshes everything)", stage, ", ".join(stale))
-    if not force and manifest_path.exists() and read_json(manifest_path).get("fingerprint") == current:
+    if not force and manifest_path.exists() and same_work(read_json(manifest_path), current, record):
         log.info("%-9s up to date (%s), skipped", stage, out)
         return False
 
-    resumable = marker.exists() and read_json(marker).get("fingerprint") == current and not force
+    stored = read_json(marker) if marker.is_file() else read_json(manifest_path) if manifest_path.is_file() else None
+    resumable = marker.is_file() and same_work(stored, current, record) and not force
     main_process = rank() == 0  # under torchrun (pretrain only), rank 0 owns the stage folder
     if main_process:
+        reasons = stored.get("reran_because", []) if resumable else \
+            ["forced (--force)"] if force and stored else changes(stored, record)
         if out.exists() and not resumable:
+            if stored is not None:
+                _say_what_is_discarded(config, stage, reasons)
             remove_stage_folder(out, stage)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(marker, {"fingerprint": current})
+        atomic_write_json(marker, {"fingerprint": current, **record, "reran_because": reasons})
         log.info("%-9s running -> %s%s", stage, out, " (resuming)" if resumable else "")
     barrier()
 
@@ -146,6 +254,7 @@ def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
         "fingerprint": current,
         "output_id": fingerprint([current, started]),
         **record,
+        "reran_because": read_json(marker).get("reran_because", []),
         "config": config.model_dump(mode="json"),
         "versions": _versions(),
         "timings": {"started": started, "seconds": round(seconds, 3)},
@@ -154,6 +263,15 @@ def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
     marker.unlink(missing_ok=True)
     log.info("%-9s done in %.1fs", stage, seconds)
     return True
+
+
+def _say_what_is_discarded(config: RunConfig, stage: str, reasons: list[str]) -> None:
+    """Before a stage folder with earlier work is deleted: why it reruns, and what that throws away
+    (a stage's `discarded_work`, e.g. the training steps its checkpoints hold)."""
+    discarded = getattr(stage_module(stage), "discarded_work", lambda _: None)(config)
+    why = "; ".join(reasons[:8]) + (f"; and {len(reasons) - 8} more" if len(reasons) > 8 else "")
+    log.warning("%-9s reruns from scratch because %s%s", stage, why or "its record differs",
+                f". {discarded}" if discarded else "")
 
 
 def partial_report(config: RunConfig) -> Path:
@@ -180,5 +298,7 @@ def required_stages(config: RunConfig) -> tuple[str, ...]:
 def run_all(config: RunConfig, force: bool = False, stages: tuple[str, ...] | None = None) -> list[str]:
     """Run `stages` (default: every stage this run has) in order; a changed stage makes everything
     downstream stale. Returns the stages that ran."""
+    stages = stages or required_stages(config)
     with run_lock(config):
-        return [stage for stage in stages or required_stages(config) if run_stage(config, stage, force=force)]
+        check_stages(config, stages)
+        return [stage for stage in stages if _run_stage(config, stage, force)]

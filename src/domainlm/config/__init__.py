@@ -9,6 +9,7 @@ directory the command runs in. Every field carries a docstring (`docs/recipes.md
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from domainlm.config.base import Section, existing_file, path_component, resolve_path, unique_names
+from domainlm.config.base import (
+    Fingerprinted,
+    Section,
+    existing_file,
+    path_component,
+    resolve_path,
+    unique_names,
+)
 from domainlm.config.corpus import (
     CorpusConfig,
     DecontaminationConfig,
@@ -25,24 +33,28 @@ from domainlm.config.corpus import (
     SourceConfig,
 )
 from domainlm.config.evaluate import EvaluateConfig, ModelEntry, ReportConfig
-from domainlm.config.experiment import ArmConfig, ExperimentConfig
+from domainlm.config.experiment import ARM_SECTIONS, ArmConfig, ExperimentConfig, arm_steps, merge
 from domainlm.config.model import PRESETS, ModelConfig
 from domainlm.config.pretrain import PretrainConfig
 from domainlm.config.resources import LEGACY_KEYS, ResourcesConfig
 from domainlm.config.tasks import SplitConfig, TaskConfig
 from domainlm.config.tokenizer import TokenizerConfig
 from domainlm.errors import ConfigError
+from domainlm.layout import RunLayout
 
 __all__ = [
     "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig", "EvaluateConfig",
-    "ExperimentConfig", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
+    "ExperimentConfig", "Fingerprinted", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
     "ResourcesConfig", "RunConfig", "Section", "SourceConfig", "SplitConfig", "TaskConfig", "TokenizerConfig",
-    "apply_override", "config_from_dict", "existing_file", "load_config", "resolve_path", "unique_names",
+    "apply_override", "arm_steps", "config_from_dict", "existing_file", "load_config", "merge", "resolve_path", "unique_names",
 ]
 log = logging.getLogger(__name__)
 
 
 class RunConfig(Section):
+    # Where the run is written, not what it computes (every stage folder lives inside it).
+    BOOKKEEPING = ("name", "run_dir")
+
     name: str
     """Names the run; its artifacts go to `runs/<name>/` unless `run_dir` says otherwise."""
     run_dir: str | None = None
@@ -162,6 +174,7 @@ class RunConfig(Section):
         problem = self.model.layout_problem()
         if problem:
             raise ValueError(problem)
+        self.model.resolved()  # sizes that do not fit together (hidden_size and num_heads)
         if self.model.architecture != "bert" and self.pretrain.objective == "electra":
             raise ValueError(f"pretrain.objective electra trains the bert layout (its generator and discriminator "
                              f"are BERTs), but model.architecture is '{self.model.architecture}': set "
@@ -194,6 +207,28 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _electra_from_scratch(self) -> RunConfig:
+        if self.model.init_from and self.pretrain.objective == "electra":
+            raise ValueError("model.init_from continues masked-language-model pretraining; pretrain.objective "
+                             "electra starts from scratch (a generator and a discriminator): set pretrain.objective: "
+                             "mlm, or remove model.init_from")
+        return self
+
+    @model_validator(mode="after")
+    def _mixture_names_sources(self) -> RunConfig:
+        """`pretrain.mixture` and `upsample_source` name corpus sources (by `corpus.source_names`)."""
+        if self.corpus is None:
+            return self
+        names = self.corpus.source_names()
+        for key, named in (("pretrain.mixture", list(self.pretrain.mixture)),
+                           ("pretrain.upsample_source", [self.pretrain.upsample_source or names[0]])):
+            unknown = [name for name in named if name not in names]
+            if unknown:
+                raise ValueError(f"{key} names {', '.join(repr(n) for n in unknown)}, not a corpus source; the sources "
+                                 f"are {', '.join(repr(n) for n in names)} (a source's `name`, else its file name)")
+        return self
+
+    @model_validator(mode="after")
     def _arms_named(self) -> RunConfig:
         arms = {a.name for a in self.experiment.arms} if self.experiment else set()
         for m in self.evaluate.models:
@@ -201,6 +236,46 @@ class RunConfig(Section):
                 raise ValueError(f"evaluate.models '{m.name}': arm '{m.arm}' is not one of experiment.arms "
                                  f"{sorted(arms) or '(no experiment)'}")
         return self
+
+    @model_validator(mode="after")
+    def _arms_valid(self) -> RunConfig:
+        """Every arm validated with its keys applied, now rather than when its turn comes: an
+        earlier arm's export that an `arm:<name>` path names counts as there."""
+        self.arm_configs()
+        return self
+
+    def arm_configs(self) -> dict[str, RunConfig]:
+        """Every experiment arm's run configuration (`arm_config`), by arm name, validated as at
+        load: an earlier arm's export that an `arm:<name>` path names counts as there."""
+        if self.experiment is None or self.corpus is None:
+            return {}
+        configs, produced = {}, set()
+        for arm in self.experiment.arms:
+            configs[arm.name] = self.arm_config(arm, produced=produced)
+            produced.add(str(RunLayout(self.directory).arm(arm.name).export))
+        return configs
+
+    def arm_config(self, arm: ArmConfig, produced: set[str] | None = None) -> RunConfig:
+        """The run configuration of one experiment arm: this recipe's corpus, tokenizer, model and
+        pretrain sections with the arm's keys put over them (nested mappings merged, lists
+        replaced), an `arm:<name>` path read as that arm's export, `max_steps` the arm's share of
+        the budget, and its own run folder. ConfigError naming the arm and the key. `produced`:
+        paths earlier arms will write, accepted where a file must exist (validation at load)."""
+        data = self.model_dump(mode="json", exclude={"experiment", "evaluate", "report"})  # an arm only pretrains
+        for section in ARM_SECTIONS:
+            data[section] = merge(data[section], getattr(arm, section))
+        arm_folder = RunLayout(self.directory).arm
+        for key, name in arm.arm_references().items():  # `arm:<name>`: that (earlier) arm's export
+            section, field = key.split(".")
+            data[section][field] = str(arm_folder(name).export)
+        pretrain = data["pretrain"]
+        pretrain["max_steps"] = arm_steps(self.experiment, pretrain, arm.share)
+        if isinstance(pretrain.get("checkpoint_every"), int):
+            pretrain["checkpoint_every"] = min(pretrain["checkpoint_every"], pretrain["max_steps"])
+        data.update(name=f"{self.name}-{arm.name}", run_dir=str(arm_folder(arm.name).root))
+        if arm.seed is not None:
+            data["seed"] = arm.seed
+        return config_from_dict(data, origin=f"experiment arm '{arm.name}'", context={"produced": produced or set()})
 
 
 # ------------------------------------------------------------------------------------ load / save
@@ -241,8 +316,10 @@ def _describe(error: dict[str, Any], schema: type[BaseModel]) -> str:
             annotation = getattr(field, "annotation", None) if field else None
             inner = getattr(annotation, "__args__", (annotation,))[0] if annotation else None
             parent = inner if isinstance(inner, type) and issubclass(inner, BaseModel) else parent
-        allowed = ", ".join(parent.model_fields)
-        return f"unknown key '{key}' (expected one of: {allowed})"
+        allowed, typed = list(parent.model_fields), str(error["loc"][-1])
+        close = difflib.get_close_matches(typed, allowed, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"unknown key '{key}' ({hint}expected one of: {', '.join(allowed)})"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] in ("missing",):
         return f"missing key '{key}'"
@@ -280,10 +357,11 @@ def moved_legacy_keys(data: dict[str, Any], origin: str) -> dict[str, Any]:
     return data
 
 
-def config_from_dict(data: dict[str, Any], origin: str = "config") -> RunConfig:
-    """Validate a recipe's mapping; ConfigError naming each problem's key and what was expected."""
+def config_from_dict(data: dict[str, Any], origin: str = "config", context: dict[str, Any] | None = None) -> RunConfig:
+    """Validate a recipe's mapping; ConfigError naming each problem's key and what was expected.
+    `context`: pydantic's validation context (`produced`: see `RunConfig.arm_config`)."""
     try:
-        return RunConfig.model_validate(moved_legacy_keys(data, origin))
+        return RunConfig.model_validate(moved_legacy_keys(data, origin), context=context)
     except ValidationError as err:
         problems = [_describe(e, RunConfig) for e in err.errors()]
         raise ConfigError(f"{origin}: " + "; ".join(problems)) from None

@@ -1,15 +1,54 @@
-"""What every section shares: strict keys, documented fields, paths (plain or inside an installed package)."""
+"""What every section shares: strict keys, documented fields, fingerprinting, paths (plain or inside an installed package)."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 
+class Fingerprinted(dict):
+    """A section as a stage's fingerprint records it. `skipped`: the values of the keys it leaves
+    out as bookkeeping, which a record written before those keys were declared bookkeeping still
+    holds (the pipeline reads such records as the same work, see `pipeline.same_work`)."""
+
+    def __init__(self, data: dict[str, Any], skipped: dict[str, Any]):
+        super().__init__(data)
+        self.skipped = skipped
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+    BOOKKEEPING: ClassVar[tuple[str, ...]] = ()
+    """Keys that never change what a stage computes, only when it saves, keeps, logs, probes or
+    shows progress: no fingerprint holds them, so changing one resumes the work instead of redoing
+    it (a killed run resumes bit-identically; tests/test_fingerprints.py)."""
+    LATER: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """Keys added after runs existed, each group under the key whose default means they are
+    unused: fingerprints leave the group out while that key is at its default, so the runs made
+    before them keep their fingerprints."""
+
+    def fingerprinted(self, leave_out: tuple[str, ...] = ()) -> Fingerprinted:
+        """The section as a fingerprint records it: the `model_dump` without the bookkeeping keys
+        (and `leave_out`, keys another stage reads), a `LATER` group only when its key is away from
+        its default, nested sections the same way."""
+        data, skipped, fields = self.model_dump(mode="json"), {}, type(self).model_fields
+        unused = {key for gate, keys in self.LATER.items()
+                  if getattr(self, gate) == fields[gate].get_default(call_default_factory=True) for key in keys}
+        for name in fields:
+            value = getattr(self, name)
+            if name in self.BOOKKEEPING or name in leave_out:
+                skipped[name] = data.pop(name)
+            elif name in unused:
+                del data[name]
+            elif isinstance(value, Section):
+                data[name] = value.fingerprinted()
+            elif isinstance(value, list) and any(isinstance(item, Section) for item in value):
+                data[name] = [item.fingerprinted() for item in value]
+        return Fingerprinted(data, skipped)
 
 
 def unique_names(items: list, what: str) -> list:
@@ -50,8 +89,11 @@ def path_component(value: str, what: str) -> str:
     return value
 
 
-def existing_file(value: str) -> str:
-    """`value` unchanged if the path (plain or `pkg://`) exists, else a ValueError naming it."""
-    if not resolve_path(value).exists():
+def existing_file(value: str, context: Any = None) -> str:
+    """`value` unchanged if the path (plain or `pkg://`) exists, or is among the paths an earlier
+    experiment arm will write (`context["produced"]`, while a recipe's arms are validated at
+    load), else a ValueError naming it."""
+    produced = (context or {}).get("produced", ()) if isinstance(context, dict) else ()
+    if value not in produced and not resolve_path(value).exists():
         raise ValueError(f"file not found: {value}")
     return value

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from domainlm.config.base import Section, existing_file
+from domainlm.config.base import Section, existing_file, resolve_path
 
 
 class SourceConfig(Section):
@@ -20,7 +22,9 @@ class SourceConfig(Section):
     a `datasets` folder from `save_to_disk`. hf-hub: a Hub dataset (needs a network). Files may
     end in .gz or .zst. `auto` picks from the path."""
     name: str = ""
-    """Label stored as each document's `source` (defaults to the file name)."""
+    """Label stored as each document's `source`, and the key of `pretrain.mixture` (default: the
+    file or folder name; where two sources share it, the path below the folder their paths have in
+    common, e.g. `pubmed/abstracts.txt`). Names must be unique."""
     text_field: str = "text"
     """jsonl, parquet, csv, HF datasets: the field / column holding the document text."""
     split: str = "train"
@@ -173,6 +177,9 @@ class DecontaminationConfig(Section):
 
 
 class CorpusConfig(Section):
+    # How the kept documents are cut into files: the documents, their order and every count stay the same.
+    BOOKKEEPING = ("shard_docs",)
+
     sources: list[SourceConfig] = Field(min_length=1)
     """Where the domain text comes from."""
     normalization: Literal["NFC", "NFKC", "none"] = "NFKC"
@@ -201,3 +208,32 @@ class CorpusConfig(Section):
         if self.min_words is not None:
             self.quality.min_words = self.min_words
         return self
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> CorpusConfig:
+        names = self.source_names()
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                first = names.index(name)
+                raise ValueError(f"corpus.sources {first} ({self.sources[first].path or self.sources[first].format}) "
+                                 f"and {i} ({self.sources[i].path or self.sources[i].format}) are both named "
+                                 f"'{name}': give each source a distinct `name` (documents, stats and "
+                                 "pretrain.mixture tell sources apart by it)")
+        return self
+
+    def source_names(self) -> list[str]:
+        """Each source's name (see `SourceConfig.name`), in the order of `sources`."""
+        return [s.name or label for s, label in zip(self.sources, self.source_labels(), strict=True)]
+
+    def source_labels(self) -> list[str]:
+        """What a source's document ids start with (`abstracts.txt:17`): its file or folder name,
+        or where two sources share that, the path below the folder their paths have in common."""
+        labels = [Path(s.path).name if s.path else s.format for s in self.sources]
+        clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1 and self.sources[i].path
+                    and self.sources[i].format != "hf-hub"]
+        if len(clashing) > 1:
+            paths = [os.path.abspath(resolve_path(self.sources[i].path)) for i in clashing]
+            root = os.path.commonpath([os.path.dirname(p) for p in paths])
+            for i, path in zip(clashing, paths, strict=True):
+                labels[i] = Path(os.path.relpath(path, root)).as_posix()
+        return labels

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -11,6 +13,8 @@ from domainlm.config.base import Section, unique_names
 # Arm keys that name a model directory, and so may name an earlier arm's export as `arm:<name>`.
 ARM_PATH_KEYS = (("model", "init_from"), ("model", "grow_from"), ("pretrain", "teacher"),
                  ("pretrain", "difficulty_model"))
+# The recipe sections an arm may replace keys of (an arm only pretrains).
+ARM_SECTIONS = ("corpus", "tokenizer", "model", "pretrain")
 
 
 class ArmConfig(Section):
@@ -70,3 +74,24 @@ class ExperimentConfig(Section):
                     raise ValueError(f"arm '{arm.name}': {key} arm:{name} must name an earlier arm (arms run in "
                                      f"order; earlier: {', '.join(earlier) or 'none'})")
         return arms
+
+
+def merge(base: dict, changes: dict) -> dict:
+    """`base` with `changes` applied: nested mappings merged key by key, anything else replaced."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def arm_steps(experiment: ExperimentConfig, pretrain: dict[str, Any], share: float = 1.0) -> int:
+    """Steps that spend an arm's share of the budget (`share` over all arms' shares) with this
+    arm's batch shape (`pretrain`: its section as a mapping). Exact integer arithmetic: equal
+    shares give budget // arms // row positions. A shape that is not a pair of positive integers
+    (which validation then names) counts 1 step."""
+    row = pretrain.get("batch_size"), pretrain.get("seq_len")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in row):
+        return 1
+    shares = [Fraction(arm.share) for arm in experiment.arms]
+    positions = Fraction(experiment.budget_tokens) * Fraction(share) / sum(shares)
+    return max(1, math.floor(positions / (row[0] * row[1])))

@@ -30,13 +30,16 @@ MODERNBERT_PRESETS: dict[str, dict[str, int]] = {
 }
 # One size table per layout, keyed by `model.architecture`.
 ARCHITECTURE_PRESETS = {"bert": PRESETS, "modernbert": MODERNBERT_PRESETS}
-# Keys only the modernbert layout reads. With the bert layout they stay unset, and they and
-# `architecture` are left out of the pretrain stage's fingerprint, which stays as it was before them.
+# Keys only the modernbert layout reads (with the bert layout they stay unset).
 MODERNBERT_KEYS = ("local_window", "global_every", "global_rope_theta", "local_rope_theta")
 GROWTH_KEYS = ("grow_from", "grow_depth", "grow_init")
 
 
 class ModelConfig(Section):
+    # Keys added with the modernbert layout and with model growth: a bert-layout model that is not
+    # grown keeps the fingerprint it had before them.
+    LATER = {"architecture": ("architecture", *MODERNBERT_KEYS), "grow_from": GROWTH_KEYS}
+
     architecture: Literal["bert", "modernbert"] = "bert"
     """The encoder layout trained from scratch: `bert` (post-LN, learned positions, GELU MLP;
     exported as BertForMaskedLM) or `modernbert` (Warner et al. 2024: pre-LN without biases, rotary
@@ -128,16 +131,3 @@ class ModelConfig(Section):
                                   f"even; got {sizes['hidden_size']} / {sizes['num_heads']}")
             sizes |= {key: getattr(self, key) for key in MODERNBERT_KEYS if getattr(self, key) is not None}
         return sizes
-
-    def fingerprinted(self) -> dict[str, Any]:
-        """The section as the pretrain stage's fingerprint records it: a bert-layout model without
-        the keys added with the modernbert layout, and a model not grown without the growth keys,
-        so existing runs keep their fingerprints."""
-        data = self.model_dump(mode="json")
-        if self.grow_from is None:  # keys added with model growth: left out until used
-            for key in GROWTH_KEYS:
-                data.pop(key)
-        if self.architecture == "bert":
-            for key in ("architecture", *MODERNBERT_KEYS):
-                data.pop(key)
-        return data

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from domainlm.config.base import Section, existing_file
 
-# Keys added after runs existed (distillation, SPDF, curricula): left out of the fingerprint at their defaults.
-LATER_KEYS = ("teacher", "distill_logits", "distill_hidden", "distill_temperature", "sparsity", "curriculum",
-              "difficulty", "difficulty_model", "curriculum_start", "curriculum_fraction", "curriculum_cycles")
-
 
 class PretrainConfig(Section):
+    # Checkpoint cadence and retention, logging, memory probing, when to give up on NaN losses:
+    # none changes the weights a run ends with, so none reruns the stage (a killed run resumes).
+    BOOKKEEPING = ("checkpoint_every", "keep_checkpoints", "log_every", "memory_fraction", "max_bad_steps")
+    # Keys added with the compute savers (distillation, SPDF, curricula).
+    LATER = {key: (key,) for key in ("teacher", "distill_logits", "distill_hidden", "distill_temperature", "sparsity",
+                                     "curriculum", "difficulty", "difficulty_model", "curriculum_start",
+                                     "curriculum_fraction", "curriculum_cycles")}
+
     max_steps: int = Field(default=1000, ge=1)
     """Optimizer steps."""
     batch_size: int = Field(default=32, ge=1)
@@ -144,18 +148,8 @@ class PretrainConfig(Section):
     log_every: int = Field(default=10, ge=1)
     """Steps between progress updates (loss, tokens/s) and TensorBoard points."""
 
-    def fingerprinted(self) -> dict:
-        """The section as the pretrain stage's fingerprint records it: the keys added with the
-        compute savers (`LATER_KEYS`) only when set away from their defaults, so runs that use
-        none of them keep the fingerprints they had before."""
-        data = self.model_dump(mode="json")
-        for key in LATER_KEYS:
-            if data[key] == type(self).model_fields[key].default:
-                data.pop(key)
-        return data
-
     @model_validator(mode="after")
-    def _check(self) -> PretrainConfig:
+    def _check(self, info: ValidationInfo) -> PretrainConfig:
         if self.short_seq_len and self.short_seq_len >= self.seq_len:
             raise ValueError(f"short_seq_len ({self.short_seq_len}) must be below seq_len ({self.seq_len})")
         if self.static_shapes and (self.batch_size_start or self.short_seq_len):
@@ -167,7 +161,7 @@ class PretrainConfig(Section):
         if self.batch_size_start and self.batch_size_start > self.batch_size:
             raise ValueError(f"batch_size_start ({self.batch_size_start}) exceeds batch_size ({self.batch_size})")
         if self.lexicon:
-            existing_file(self.lexicon)
+            existing_file(self.lexicon, info.context)
         if self.teacher and self.objective == "electra":
             raise ValueError("pretrain.teacher distils into a masked language model: it cannot be combined with "
                              "pretrain.objective electra")
@@ -181,7 +175,13 @@ class PretrainConfig(Section):
             raise ValueError(f"pretrain.difficulty_model is only read with difficulty: loss, but difficulty is "
                              f"'{self.difficulty}': set difficulty: loss or remove difficulty_model")
         if self.difficulty_model:
-            existing_file(self.difficulty_model)
+            existing_file(self.difficulty_model, info.context)
+        if self.static_shapes and self.attention not in ("auto", "sdpa"):
+            raise ValueError(f"pretrain.static_shapes needs attention sdpa (varlen's token count varies; flex builds a "
+                             f"mask per batch), got {self.attention}: set attention: sdpa (or auto)")
+        if self.sparsity and self.distributed == "fsdp":
+            raise ValueError("pretrain.sparsity keeps masks on whole weight matrices, which FSDP shards: set "
+                             "pretrain.distributed: ddp, or sparsity: 0")
         if any(w < 0 for w in self.mixture.values()) or (self.mixture and not sum(self.mixture.values())):
             raise ValueError(f"mixture weights must be >= 0 with a positive sum, got {self.mixture}")
         return self

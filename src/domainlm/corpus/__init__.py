@@ -60,6 +60,7 @@ from domainlm.io import (
     input_signature,
     read_json,
 )
+from domainlm.layout import RunLayout
 from domainlm.progress import progress_bar
 from domainlm.tasks.load import task_eval_texts
 
@@ -72,10 +73,6 @@ def heldout(text: str, fraction: float) -> bool:
     """Whether a document goes to the held-out set (stable across runs and machines)."""
     bucket = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
     return bucket / 2**64 < fraction
-
-
-def source_name(source: SourceConfig) -> str:
-    return source.name or (Path(source.path).name if source.path else source.format)
 
 
 # ------------------------------------------------------------------------------ per work unit
@@ -200,11 +197,13 @@ def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] 
     if config.decontamination.enabled and eval_texts:
         index = ContaminationIndex(eval_texts, config.decontamination.ngram, config.decontamination.min_words)
     jobs, unit_dirs = [], []
-    for source_index, source in enumerate(config.sources):
+    sources = zip(config.sources, config.source_names(), config.source_labels(), strict=True)
+    for source_index, (source, name, label) in enumerate(sources):
+        source = source.model_copy(update={"name": name})  # unique: documents and stats are keyed by it
         # A source with max_docs is read as one unit, so "the first max_docs" is well defined.
         units = plan_units([source], config.unit_bytes if source.max_docs is None else 2**62)
         for unit in units:
-            unit = dataclasses.replace(unit, source_index=source_index)
+            unit = dataclasses.replace(unit, source_index=source_index, label=label)
             folder = out / "work" / unit.key
             unit_dirs.append((folder, source))
             if not (folder / "stats.json").exists():
@@ -362,7 +361,7 @@ def write_outputs(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, S
                 shutil.copyfileobj(handle, dropped_file.handle)
     position = 0
     for (folder, source), unit in zip(unit_dirs, unit_stats, strict=True):
-        per_source = stats["sources"].setdefault(source_name(source), {
+        per_source = stats["sources"].setdefault(source.name, {
             "read": 0, "kept": 0, "weight": source.weight * source.repeat})
         per_source["read"] += unit["read"]
         with open(folder / "docs.jsonl", encoding="utf-8") as handle:
@@ -418,6 +417,12 @@ def inputs(config: RunConfig) -> list[str]:
     return [s.path for s in config.corpus.sources if s.path and s.format != "hf-hub"]
 
 
+def discarded_work(config: RunConfig) -> str | None:
+    """What rerunning the stage from scratch throws away: its finished work units."""
+    units = len(list((RunLayout(config.directory).stage("corpus") / "work").glob("*/stats.json")))
+    return f"Its {units} finished work units are discarded" if units else None
+
+
 _DIGESTS: dict[str, dict[str, str]] = {}  # (task settings, file contents) -> digests, per process
 
 
@@ -437,7 +442,7 @@ def eval_text_digests(config: RunConfig) -> dict[str, str]:
 def settings(config: RunConfig) -> dict[str, Any]:
     """What the stage computes from: the corpus section, the Python version (Unicode tables), and
     with decontamination the tasks' dev/test texts."""
-    out = {"corpus": config.corpus.model_dump(mode="json"), "python": platform.python_version()}
+    out = {"corpus": config.corpus.fingerprinted(), "python": platform.python_version()}
     if config.corpus.decontamination.enabled:
         out["decontamination_texts"] = eval_text_digests(config)
     return out

@@ -10,7 +10,8 @@ Hub offline) raises `InputError`.
 Ids name the place a record came from and do not depend on how a file was split into units:
 `name.txt:17` (1-based line, as editors count), `name.json[3]` (item of a top-level list),
 `name.parquet:2:40` (row group, row within it), `name.csv:40` / `folder:40` (0-based data row, as
-pandas and `datasets` index; a skipped CSV row keeps its number, blank lines have none), `folder/sub/a.txt` (txt-files). `name` is the file's base name.
+pandas and `datasets` index; a skipped CSV row keeps its number, blank lines have none), `folder/sub/a.txt` (txt-files). `name` is the file's base name, or where two sources' base names are the same,
+its path below the folder they share (`pubmed/abstracts.txt:17`; `CorpusConfig.source_labels`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Unit:
     files: tuple[str, ...] = ()  # txt-files: the unit's files, relative to `path`
     newlines_before: int | None = None  # in bytes [0, start), from planning (None: count when read)
     index: int = 0  # position among its source's units
+    label: str = ""  # what ids start with (default: the file's base name; see CorpusConfig.source_labels)
 
     @property
     def key(self) -> str:
@@ -259,10 +261,10 @@ def _offline() -> bool:
         return True
 
 
-def _read_hf(source: SourceConfig, fmt: str, name: str) -> Iterator[dict]:
+def _read_hf(source: SourceConfig, fmt: str, name: str, label: str) -> Iterator[dict]:
     import datasets
 
-    field, label = source.text_field, Path(source.path).name
+    field = source.text_field
     if fmt == "hf-hub":
         if _offline():
             raise InputError(f"hf-hub source '{source.path}': the Hugging Face Hub needs a network (offline "
@@ -351,7 +353,7 @@ def read_unit(unit: Unit, source: SourceConfig) -> Iterator[dict]:
     most one document (or one batch of rows) in memory; a `.json` list file is read whole."""
     fmt, field = source_format(source), source.text_field
     name = source.name or (Path(source.path).name if source.path else fmt)
-    file_name = Path(unit.path).name
+    file_name = unit.label or Path(unit.path).name
     if fmt == "txt":
         for number, raw in _numbered_lines(unit):
             text, invalid = decode_utf8(raw)  # a blank line is an empty document: every line counts
@@ -373,7 +375,7 @@ def read_unit(unit: Unit, source: SourceConfig) -> Iterator[dict]:
     elif fmt == "parquet":
         yield from _read_parquet(unit, field, file_name, name)
     elif fmt in ("hf-disk", "hf-hub"):
-        yield from _read_hf(source, fmt, name)
+        yield from _read_hf(source, fmt, name, file_name)
     elif fmt == "python-docs":
         from domainlm.demo import corpus_documents
 

@@ -72,8 +72,15 @@ def _exists(path: str) -> bool:
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
-    return {"evaluate": config.evaluate.model_dump(mode="json"),
-            "tasks": [t.model_dump(mode="json") for t in config.tasks], "python": platform.python_version()}
+    """The evaluate section (without `bootstrap_samples`, which only the report reads), the tasks, Python."""
+    return {"evaluate": config.evaluate.fingerprinted(leave_out=("bootstrap_samples",)),
+            "tasks": [t.fingerprinted() for t in config.tasks], "python": platform.python_version()}
+
+
+def discarded_work(config: RunConfig) -> str | None:
+    """What rerunning the stage from scratch throws away: its finished fine-tuning runs."""
+    finished = sum(1 for _ in RunLayout(config.directory).finished_runs())
+    return f"Its {finished} finished fine-tuning runs are discarded" if finished else None
 
 
 # ------------------------------------------------------------------------------------------ one run

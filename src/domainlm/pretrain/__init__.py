@@ -84,10 +84,7 @@ def initial_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM | Non
     from domainlm.pretrain.hf_init import extend_vocabulary, save_tokenizer_dir
 
     source = resolve_path(config.model.init_from)
-    if config.model.extend_vocab:
-        check_extensible(source, config)
-    model, info = load_checkpoint(source)
-    check_layout(config, info, "init_from")
+    model, info = load_checkpoint(source)  # what `check` refuses was refused before any stage ran
     specials = special_tokens(source)
     tokenizer_dir = run_dir.pretrain_tokenizer
     if config.model.extend_vocab:
@@ -106,20 +103,13 @@ def initial_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM | Non
 
 def grown_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM, Path, dict[str, str], dict[str, Any]]:
     """`model.grow_from` grown into the sizes of the `model` section (`growth.grow`), its tokenizer
-    copied (when `write`) to the stage's tokenizer folder. ConfigError for an ELECTRA source, a
-    layout other than `model.architecture` names, or sizes it cannot grow into. The info is the
-    checkpoint's, with "growth": the method and the source and target sizes."""
+    copied (when `write`) to the stage's tokenizer folder (what cannot grow, `check` refused). The
+    info is the checkpoint's, with "growth": the method and the source and target sizes."""
     from domainlm.pretrain.growth import grow, grown_config, growth_info
 
     source = resolve_path(config.model.grow_from)
     small, info = load_checkpoint(source)
-    if info["model_type"] == "electra":
-        raise ConfigError(f"model.grow_from {config.model.grow_from} is an ELECTRA checkpoint: growth starts from "
-                          "a BERT, RoBERTa or ModernBERT masked language model")
-    check_layout(config, info, "grow_from")
-    # Sizes from the source layout's presets (with the default architecture a ModernBERT source reads its own).
-    sizes = config.model.model_copy(update={"architecture": info["architecture"]}).resolved()
-    target = grown_config(small.config, sizes)
+    target = grown_config(small.config, growth_sizes(config, info["architecture"]))
     model = grow(small, target, config.model.grow_depth, config.model.grow_init)
     info["growth"] = growth_info(small.config, target, config.model.grow_depth, config.model.grow_init)
     tokenizer_dir = RunLayout(config.directory).pretrain_tokenizer
@@ -127,6 +117,71 @@ def grown_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM, Path, 
         with atomic_directory(tokenizer_dir) as tmp:
             copy_tokenizer_files(source, tmp, unicode_form=config.corpus.normalization)
     return model, tokenizer_dir, special_tokens(source), info
+
+
+def growth_sizes(config: RunConfig, architecture: str) -> dict[str, Any]:
+    """The sizes a grown model takes from the `model` section, read with the source's layout's
+    presets (with the default architecture a ModernBERT source reads its own)."""
+    return config.model.model_copy(update={"architecture": architecture}).resolved()
+
+
+def check(config: RunConfig) -> None:
+    """Refuse, before any stage runs, what the recipe and the checkpoints it names already rule
+    out (from each one's config.json and tokenizer, no weights): a layout other than
+    `model.architecture` names, growth from an ELECTRA checkpoint or into sizes it cannot take,
+    vocabulary extension of a tokenizer that is not WordPiece, rows longer than the positions of
+    the checkpoint, the grown model or the teacher, a teacher or difficulty model of another
+    vocabulary than a checkpoint's the model continues, an attention kernel this machine lacks.
+    A checkpoint that an earlier experiment arm is still to write is checked at that arm's turn."""
+    from domainlm.pretrain.architectures import checkpoint_config
+    from domainlm.pretrain.growth import grown_config
+    from domainlm.pretrain.trainer import resolve_attention
+
+    model, pretrain, layout = config.model, config.pretrain, None
+    key = "init_from" if model.init_from else "grow_from" if model.grow_from else None
+    source = resolve_path(getattr(model, key)) if key else None
+    if source is not None and source.exists():
+        layout, info = checkpoint_config(source)
+        check_layout(config, info, key)
+        if key == "grow_from":
+            if info["model_type"] == "electra":
+                raise ConfigError(f"model.grow_from {model.grow_from} is an ELECTRA checkpoint: growth starts from "
+                                  "a BERT, RoBERTa or ModernBERT masked language model")
+            layout = grown_config(layout, growth_sizes(config, info["architecture"]))
+        if model.extend_vocab:
+            check_extensible(source, config)
+        check_positions(layout, config)
+    vocabulary = source if source is not None and source.exists() and not model.extend_vocab else None
+    for role, path in (("teacher", pretrain.teacher), ("difficulty_model", pretrain.difficulty_model)):
+        if path and resolve_path(path).exists():
+            check_scorer(config, role, resolve_path(path), vocabulary)
+    if layout is None and source is None:
+        layout = encoder_config(config, vocab_size=8, pad_id=0)  # a layout's shape; its vocabulary is not known yet
+    if layout is not None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dropout = layout.dropout if pretrain.dropout is None else pretrain.dropout
+        resolve_attention(pretrain.attention, device, dropout, pretrain.static_shapes,
+                          windowed=hasattr(layout, "local_window"))
+
+
+def check_scorer(config: RunConfig, role: str, path: Path, vocabulary: Path | None) -> None:
+    """A teacher or difficulty model (`pretrain.<role>`, at `path`): a masked LM with a tokenizer,
+    positions for a packed row (teacher), and, when the model's vocabulary is already known (the
+    tokenizer folder `vocabulary` of the checkpoint it continues), the same vocabulary."""
+    from domainlm.pretrain.architectures import checkpoint_config
+
+    layout, _ = checkpoint_config(path)
+    if role == "teacher":
+        check_positions(layout, config, f"teacher {config.pretrain.teacher}")
+    if not (path / "tokenizer.json").exists():
+        raise ConfigError(f"pretrain.{role} {path} has no tokenizer.json: its vocabulary (and [MASK] id) is needed")
+    if vocabulary is not None:
+        ours, theirs = read_tokenizer(vocabulary).get_vocab(), read_tokenizer(path).get_vocab()
+        if ours != theirs:
+            differ = len(set(ours.items()) ^ set(theirs.items())) // 2
+            raise ConfigError(f"pretrain.{role} {path} has another vocabulary than the model's ({len(theirs)} vs "
+                              f"{len(ours)} entries, about {differ} differ): use one trained with the tokenizer of "
+                              f"{vocabulary}")
 
 
 def check_layout(config: RunConfig, info: dict[str, Any], key: str) -> None:
@@ -229,6 +284,15 @@ def settings(config: RunConfig) -> dict[str, Any]:
             "seed": config.seed}
 
 
+def discarded_work(config: RunConfig) -> str | None:
+    """What rerunning the stage from scratch throws away: the steps its newest checkpoint holds."""
+    steps = [int(p.name.removeprefix("step-")) for p in RunLayout(config.directory).checkpoints.glob("step-*")
+             if (p / "state.json").exists()]
+    if not steps:
+        return None
+    return f"Training restarts from step 0: the {max(steps)} steps its newest checkpoint holds are discarded"
+
+
 def non_embedding_parameters(model: torch.nn.Module) -> int:
     """Parameters outside the token, position and type embeddings and the vocabulary bias: what
     sets a step's compute apart from the vocabulary's size (equal-compute arms must match here)."""
@@ -250,21 +314,18 @@ def check_positions(checkpoint: LayoutConfig, config: RunConfig, name: str | Non
 
 def load_teacher(config: RunConfig, tokenizer: Tokenizer) -> MaskedLM | None:
     """The frozen teacher `pretrain.teacher` names (None without one). ConfigError when its
-    vocabulary is not the model's (distillation compares distributions over the same entries) or
-    a packed row is longer than its positions."""
+    vocabulary is not the model's (distillation compares distributions over the same entries):
+    the one check `check` cannot make before the domain tokenizer exists."""
     if not config.pretrain.teacher:
         return None
     source = resolve_path(config.pretrain.teacher)
     teacher, _ = load_checkpoint(source)
-    if isinstance(teacher, Electra) or not hasattr(teacher, "mlm_logits"):
-        raise ConfigError(f"pretrain.teacher {config.pretrain.teacher}: expected a masked language model")
     ours, theirs = tokenizer.get_vocab(), read_tokenizer(source).get_vocab()
     if ours != theirs:
         differ = len(set(ours.items()) ^ set(theirs.items())) // 2
         raise ConfigError(f"pretrain.teacher {config.pretrain.teacher} has another vocabulary than the model's "
                           f"({len(theirs)} vs {len(ours)} entries, about {differ} differ): distil from a teacher "
                           "trained with this run's tokenizer (or init_from checkpoint)")
-    check_positions(teacher.config, config, f"teacher {config.pretrain.teacher}")
     return teacher
 
 
@@ -300,11 +361,6 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     run_dir, main_process = RunLayout(config.directory), rank() == 0  # under torchrun, rank 0 writes
     model, tokenizer_dir, specials, init_info = initial_model(config, write=main_process)
     barrier()
-    if model is not None:
-        check_positions(model.config, config)
-    if model is not None and config.pretrain.objective == "electra":
-        raise ConfigError("model.init_from continues masked-language-model pretraining; "
-                          "pretrain.objective electra starts from scratch")
     tokenizer = read_tokenizer(tokenizer_dir)
     if main_process:
         shards = prepare_data(run_dir, tokenizer, specials)

@@ -22,6 +22,7 @@ class Architecture:
     model: type  # the module, built as model(config)
     to_hf: Callable  # (model, config) -> the stock transformers masked LM holding its weights
     load: Callable  # (checkpoint directory, dropout) -> (model, info)
+    read_config: Callable  # (checkpoint directory, its config.json as a dict, dropout) -> config
     model_types: tuple[str, ...]  # the transformers model_type values `load` reads
 
 
@@ -30,9 +31,9 @@ LayoutConfig = model.EncoderConfig | modernbert.ModernBertConfig
 
 ARCHITECTURES = {
     "bert": Architecture(model.EncoderConfig, model.Encoder, model.to_hf_masked_lm, hf_init.load_hf_encoder,
-                         hf_init.SUPPORTED),
+                         hf_init.bert_config, hf_init.SUPPORTED),
     "modernbert": Architecture(modernbert.ModernBertConfig, modernbert.ModernBert, modernbert.to_hf_masked_lm,
-                               modernbert.load_hf_modernbert, ("modernbert",)),
+                               modernbert.load_hf_modernbert, modernbert.modernbert_config, ("modernbert",)),
 }
 
 
@@ -53,14 +54,31 @@ def to_hf_masked_lm(trained: model.MaskedLM, config=None):
     return ARCHITECTURES[architecture_of(trained.config)].to_hf(trained, config)
 
 
+def _layout_of(path: Path) -> tuple[str, dict]:
+    """(the layout a checkpoint's model_type loads into, its config.json); ModelError naming the
+    model_type and those supported when none does."""
+    hf = hf_init.read_checkpoint_config(path)
+    supported = {t: name for name, a in ARCHITECTURES.items() for t in a.model_types}
+    if hf.get("model_type") not in supported:
+        raise ModelError(f"{path}: model_type {hf.get('model_type')!r} is not supported; supported: "
+                         f"{', '.join(sorted(supported))}")
+    return supported[hf["model_type"]], hf
+
+
 def load_checkpoint(path: Path, dropout: float | None = None) -> tuple[model.MaskedLM, dict]:
     """Our model of a local transformers checkpoint directory, in the layout its model_type
-    loads into; ModelError naming the model_type and those supported when none does. Returns
-    (model, info) with info["architecture"] the layout chosen."""
-    model_type = hf_init.read_checkpoint_config(path).get("model_type")
-    supported = {t: name for name, a in ARCHITECTURES.items() for t in a.model_types}
-    if model_type not in supported:
-        raise ModelError(f"{path}: model_type {model_type!r} is not supported; supported: "
-                         f"{', '.join(sorted(supported))}")
-    loaded, info = ARCHITECTURES[supported[model_type]].load(Path(path), dropout)
-    return loaded, info | {"architecture": supported[model_type]}
+    loads into; ModelError as `checkpoint_config`. Returns (model, info) with info["architecture"]
+    the layout chosen."""
+    layout, _ = _layout_of(Path(path))
+    loaded, info = ARCHITECTURES[layout].load(Path(path), dropout)
+    return loaded, info | {"architecture": layout}
+
+
+def checkpoint_config(path: Path) -> tuple[LayoutConfig, dict]:
+    """What a checkpoint would load as, read from its config.json alone (no weights): (our config
+    of it, {"model_type", "architecture"}). ModelError for an unreadable config.json, an unsupported
+    model_type, settings our layout cannot reproduce, or no safetensors weights."""
+    layout, hf = _layout_of(Path(path))
+    config = ARCHITECTURES[layout].read_config(Path(path), hf, None)
+    hf_init.check_weights_file(Path(path))
+    return config, {"model_type": hf["model_type"], "architecture": layout}

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import nn
@@ -42,7 +43,9 @@ _HEAD_PARTS = {"dense": "head_dense.", "norm": "head_norm.", "bias": "head_bias"
 _HEAD_KEPT = {name for ours, name in _HF_NAMES.items() if ours.startswith("head")} | {"cls.predictions.decoder.weight"}
 
 
-def _encoder_config(path: Path, hf: dict, dropout: float | None) -> EncoderConfig:
+def bert_config(path: Path, hf: dict, dropout: float | None) -> EncoderConfig:
+    """Our config of a transformers BERT / ELECTRA / RoBERTa config.json, or ModelError naming an
+    unsupported model_type or what ours cannot reproduce."""
     family = hf.get("model_type")
     if family not in SUPPORTED:
         raise ModelError(f"{path}: model_type {family!r} is not supported; supported: {', '.join(SUPPORTED)}")
@@ -77,16 +80,26 @@ def read_checkpoint_config(path: Path) -> dict:
         raise ModelError(f"{path}: not a readable checkpoint directory (config.json: {err})") from None
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint directory's weights (model.safetensors, or its shards); never a pickle."""
-    if (path / "model.safetensors").exists():
-        return load_file(path / "model.safetensors")
-    if (path / "model.safetensors.index.json").exists():  # sharded
-        shards = set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"].values())
-        return {k: v for shard in sorted(shards) for k, v in load_file(path / shard).items()}
+def check_weights_file(path: Path) -> None:
+    """ModelError naming the directory when it holds no safetensors weights (model.safetensors or
+    a sharded index), and which pickled weights it has instead."""
+    if (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists():
+        return
     found = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".h5"))
     raise ModelError(f"{path}: no model.safetensors (found {found or 'no weights'}); safetensors is required "
-                            "because pickled weights can run code on load. Convert the checkpoint first.")
+                     "because pickled weights can run code on load. Convert the checkpoint first.")
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint directory's weights (model.safetensors, or its shards); never a pickle."""
+    check_weights_file(path)
+    try:
+        if (path / "model.safetensors").exists():
+            return load_file(path / "model.safetensors")
+        shards = set(json.loads((path / "model.safetensors.index.json").read_text())["weight_map"].values())
+        return {k: v for shard in sorted(shards) for k, v in load_file(path / shard).items()}
+    except (SafetensorError, OSError, ValueError, KeyError) as err:  # a truncated download, a broken index
+        raise ModelError(f"{path}: its safetensors weights cannot be read ({type(err).__name__}: {err})") from None
 
 
 def _bert_names(weights: dict[str, torch.Tensor], family: str) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -115,7 +128,7 @@ def load_hf_encoder(path: Path, dropout: float | None = None) -> tuple[Encoder, 
     """
     path = Path(path)
     hf = read_checkpoint_config(path)
-    config = _encoder_config(path, hf, dropout)
+    config = bert_config(path, hf, dropout)
     weights, ignored = _bert_names(read_safetensors(path), hf["model_type"])
     decoder = weights.pop("cls.predictions.decoder.weight", None)
     embeddings = weights.get("bert.embeddings.word_embeddings.weight")

@@ -58,6 +58,8 @@ from domainlm.progress import Curves, progress_bar
 
 log = logging.getLogger(__name__)
 
+# `final_loss` is the mean over this many last steps (a fixed window: no bookkeeping key moves it).
+FINAL_LOSS_STEPS = 10
 # Every loss a step can have, and the batch count each is normalised by: masked positions, or real tokens.
 LOSSES = {"mlm": "masked", "rtd": "real", "kd": "masked", "hidden": "real"}
 
@@ -91,14 +93,12 @@ def resolve_attention(kind: str, device: torch.device, dropout: float, static: b
     """`auto`: varlen where its flash kernel runs (CUDA, no attention-probability dropout asked
     for, shapes free to vary, and for a `windowed` model (local attention layers) a kernel that
     takes a sliding window), else sdpa. An explicit choice the device (or static shapes) cannot
-    run is an error, not a silent fallback."""
+    run is an error, not a silent fallback (static shapes with another kind are refused by the recipe)."""
     if kind == "auto":
         varlen = device.type == "cuda" and dropout == 0 and not static and (not windowed or varlen_has_window())
         return "varlen" if varlen else "sdpa"
     if kind in ("flex", "varlen") and device.type != "cuda":
         raise ConfigError(f"pretrain.attention: {kind} needs a CUDA GPU (its CPU kernels have no backward); use sdpa")
-    if static and kind != "sdpa":
-        raise ConfigError(f"pretrain.static_shapes needs attention sdpa (varlen's token count varies), got {kind}")
     if kind == "varlen" and windowed and not varlen_has_window():
         raise ConfigError(f"pretrain.attention: varlen in torch {torch.__version__} takes no sliding window, which "
                           "the model's local attention layers need; use flex or sdpa")
@@ -156,9 +156,6 @@ class Trainer:
             model = Electra(model_config, config.generator_fraction) if config.objective == "electra" \
                 else new_model(model_config)
         self.model = model.to(self.device)
-        if config.sparsity and self.world > 1 and config.distributed == "fsdp":
-            raise ConfigError("pretrain.sparsity keeps masks on whole weight matrices; FSDP shards them: use "
-                              "pretrain.distributed: ddp")
         self.sparse_masks = magnitude_masks(self.model, config.sparsity)  # SPDF: fixed from the start
         apply_masks(self.model, self.sparse_masks)
         self.distiller = None
@@ -578,7 +575,7 @@ class Trainer:
         return {"loss": self.losses, "lr": self.learning_rates, "log_every": self.config.log_every, **self.parts}
 
     def summary(self) -> dict:
-        tail = self.losses[-max(1, self.config.log_every) :]
+        tail = self.losses[-FINAL_LOSS_STEPS:]
         return {
             "steps": self.step,
             "objective": self.config.objective,

@@ -51,7 +51,8 @@ def inputs(config: RunConfig) -> list[str]:
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
-    return {"report": config.report.model_dump(mode="json")}
+    """The report section, and the bootstrap's resamples (an evaluate key that only the report reads)."""
+    return {"report": config.report.fingerprinted(), "bootstrap_samples": config.evaluate.bootstrap_samples}
 
 
 def load_artifacts(config: RunConfig, partial: bool = False) -> dict[str, Any]:

@@ -286,7 +286,7 @@ def settings(config: RunConfig) -> dict[str, Any]:
     # Both go into the saved tokenizer: max_position as its model_max_length, the corpus's Unicode
     # form as its first normaliser. `tokenizer.model` is recorded under its old name, `kind`, so
     # the WordPiece runs made before BPE and Unigram keep their fingerprint.
-    tokenizer = config.tokenizer.model_dump(mode="json")
+    tokenizer = config.tokenizer.fingerprinted()
     tokenizer["kind"] = tokenizer.pop("model")
     return {"tokenizer": tokenizer, "max_position": config.model.max_position,
             "normalization": config.corpus.normalization}
