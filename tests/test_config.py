@@ -125,3 +125,58 @@ def test_vocabulary_extension_needs_a_wordpiece_domain_tokenizer(tiny_recipe):
     tiny_recipe["tokenizer"]["model"] = "bpe"
     with pytest.raises(ConfigError, match=r"model.extend_vocab 10 .* tokenizer.model is 'bpe'.*wordpiece"):
         config_from_dict(tiny_recipe)
+
+
+def _with_arms(recipe: dict, *arms: dict) -> dict:
+    return recipe | {"experiment": {"budget_tokens": 8 * 64 * 12, "arms": [{"name": "plain"}, *arms]}}
+
+
+def test_a_typo_inside_an_arm_fails_at_load_naming_the_arm_and_the_key(tiny_recipe):
+    with pytest.raises(ConfigError, match=r"experiment arm 'short': unknown key 'pretrain.seq_lenn' \(did you mean "
+                                          r"'seq_len'\?"):
+        config_from_dict(_with_arms(tiny_recipe, {"name": "short", "pretrain": {"seq_lenn": 64}}))
+    with pytest.raises(ConfigError, match=r"experiment arm 'wide': key 'model.hidden_size'"):
+        config_from_dict(_with_arms(tiny_recipe, {"name": "wide", "model": {"hidden_size": "wide"}}))
+    with pytest.raises(ConfigError, match=r"experiment arm 'mixed': pretrain.mixture names 'pubmed', not a corpus "
+                                          r"source; the sources are 'corpus.txt.gz'"):
+        config_from_dict(_with_arms(tiny_recipe, {"name": "mixed", "pretrain": {"mixture": {"pubmed": 1.0}}}))
+    # The arm's keys over the recipe's: an arm longer than the run's position table is refused too.
+    with pytest.raises(ConfigError, match=r"experiment arm 'long': pretrain.seq_len 128 exceeds model.max_position 64"):
+        config_from_dict(_with_arms(tiny_recipe, {"name": "long", "pretrain": {"seq_len": 128}}))
+
+
+def test_an_arm_may_name_an_earlier_arms_export_before_it_exists(tiny_recipe):
+    config = config_from_dict(_with_arms(tiny_recipe, {"name": "scored", "pretrain": {
+        "curriculum": "easy-first", "difficulty": "loss", "difficulty_model": "arm:plain"}}))
+    scored = config.arm_configs()["scored"]
+    assert scored.pretrain.difficulty_model == str(config.directory / "arms" / "plain" / "pretrain" / "export")
+    with pytest.raises(ConfigError, match="file not found"):  # at its turn, the export must be there
+        config.arm_config(config.experiment.arms[1])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model": {"init_from": "{tmp}/model"}, "pretrain": {"objective": "electra"}},
+     r"model.init_from continues masked-language-model pretraining; pretrain.objective electra starts from scratch"),
+    ({"pretrain": {"sparsity": 0.5, "distributed": "fsdp"}}, r"pretrain.sparsity keeps masks on whole weight matrices"),
+    ({"pretrain": {"static_shapes": True, "attention": "flex"}}, r"pretrain.static_shapes needs attention sdpa"),
+    ({"pretrain": {"upsample_source": "pubmed"}}, r"pretrain.upsample_source names 'pubmed', not a corpus source"),
+    ({"model": {"hidden_size": 100, "num_heads": 3}}, r"hidden_size 100 must be divisible by num_heads 3"),
+])
+def test_what_the_recipe_alone_rules_out_is_refused_at_load(tiny_recipe, tmp_path, changes, message):
+    (tmp_path / "model").mkdir()
+    for section, keys in changes.items():
+        tiny_recipe[section] = tiny_recipe[section] | {k: v.format(tmp=tmp_path) if isinstance(v, str) else v
+                                                       for k, v in keys.items()}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(tiny_recipe)
+
+
+def test_the_cli_refuses_an_arm_typo_before_any_stage_runs(tiny_recipe, tmp_path, capsys):
+    from domainlm.cli import main
+
+    recipe = tmp_path / "arms.yaml"
+    recipe.write_text(yaml.safe_dump(_with_arms(tiny_recipe, {"name": "short", "pretrain": {"seq_lenn": 64}})))
+    assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "experiment arm 'short': unknown key 'pretrain.seq_lenn'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing ran, nothing was written

@@ -199,3 +199,32 @@ def test_pii_counts_in_stats_are_only_the_real_addresses(tmp_path):
     assert stats["pii"] == {"email": 1, "ip": 1, "phone": 0}
     assert sorted(iter_corpus_texts(tmp_path / "out")) == sorted(lines[:2] + [
         "The server at <IP> held the database; write to <EMAIL> for access."])
+
+
+def test_sources_with_the_same_file_name_stay_apart(tmp_path):
+    """Two `abstracts.txt` in different folders: two sources, each with its weight, and ids that
+    name each file (they merged before: the second weight was lost, ids collided)."""
+    for folder, words in (("pubmed", "kinase receptor"), ("pmc", "tumor therapy")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "abstracts.txt").write_text(f"the {words} binds the cell membrane here\n")
+    config = _config(tmp_path, sources=[{"path": str(tmp_path / "pubmed" / "abstracts.txt")},
+                                        {"path": str(tmp_path / "pmc" / "abstracts.txt"), "weight": 3.0}])
+    assert config.source_names() == ["pubmed/abstracts.txt", "pmc/abstracts.txt"]
+    stats = _curate(config, tmp_path / "out")
+    assert stats["sources"] == {"pubmed/abstracts.txt": {"read": 1, "kept": 1, "weight": 1.0},
+                                "pmc/abstracts.txt": {"read": 1, "kept": 1, "weight": 3.0}}
+    docs = [json.loads(line) for line in (tmp_path / "out" / "train-00000.jsonl").read_text().splitlines()]
+    assert [(d["id"], d["source"]) for d in docs] == [("pubmed/abstracts.txt:1", "pubmed/abstracts.txt"),
+                                                      ("pmc/abstracts.txt:1", "pmc/abstracts.txt")]
+    named = _config(tmp_path, sources=[{"path": str(tmp_path / "pubmed" / "abstracts.txt"), "name": "pubmed"},
+                                       {"path": str(tmp_path / "pmc" / "abstracts.txt"), "name": "pmc"}])
+    assert named.source_names() == ["pubmed", "pmc"]  # the recipe's names win; ids still name each file
+    assert named.source_labels() == ["pubmed/abstracts.txt", "pmc/abstracts.txt"]
+
+
+def test_two_sources_of_one_name_are_refused_naming_both(tmp_path):
+    (tmp_path / "a.txt").write_text("one two three four five\n")
+    with pytest.raises(ValueError, match=r"corpus.sources 0 \(.*a.txt\) and 1 \(.*a.txt\) are both named 'a.txt'"):
+        _config(tmp_path, sources=[{"path": str(tmp_path / "a.txt")}, {"path": str(tmp_path / "a.txt")}])
+    with pytest.raises(ValueError, match=r"are both named 'x'"):
+        _config(tmp_path, sources=[{"path": str(tmp_path / "a.txt"), "name": "x"}, {"format": "python-docs", "name": "x"}])

@@ -237,3 +237,35 @@ def test_a_partial_report_is_built_from_the_runs_that_finished(tiny_recipe, tmp_
     assert "tfidf-b | cls" not in partial["verdict"] and "(1 seed)" in (
         config.directory / "partial-report" / "report.md").read_text()
     assert json.loads((config.directory / "report" / "results.json").read_text()) == full  # the stage's report untouched
+
+
+def _short_checkpoint(folder):
+    """A BERT checkpoint directory with 32 positions (its weights are never read by the checks)."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 32}))
+    (folder / "model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_a_checkpoint_that_cannot_serve_is_refused_before_the_first_stage(tiny_recipe, tmp_path, capsys):
+    tiny_recipe["model"] = {"init_from": str(_short_checkpoint(tmp_path / "short"))}
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "pretrain.seq_len 64 exceeds the 32 positions the checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "corpus").exists()  # not after curating and training a vocabulary
+
+
+def test_an_arm_that_would_fail_fails_the_experiment_before_its_first_stage(tiny_recipe, tmp_path, capsys):
+    short = _short_checkpoint(tmp_path / "short")
+    tiny_recipe["experiment"] = {"budget_tokens": 8 * 64 * 12, "arms": [
+        {"name": "scratch"}, {"name": "continued", "model": {"init_from": str(short)}}]}
+    tiny_recipe["evaluate"]["models"] = [{"name": "scratch", "kind": "domain", "arm": "scratch"}]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["run", str(recipe)]) == 2
+    assert "exceeds the 32 positions" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "corpus").exists() and not (tmp_path / "run" / "arms").exists()

@@ -261,7 +261,9 @@ class RunConfig(Section):
         replaced), an `arm:<name>` path read as that arm's export, `max_steps` the arm's share of
         the budget, and its own run folder. ConfigError naming the arm and the key. `produced`:
         paths earlier arms will write, accepted where a file must exist (validation at load)."""
-        data = self.model_dump(mode="json", exclude={"experiment", "evaluate", "report"})  # an arm only pretrains
+        data = self.model_dump(mode="json", exclude={"experiment", "report"})
+        # An arm only pretrains its own model; the evaluation's lengths stay, checked against its positions.
+        data["evaluate"]["models"] = [{"name": "domain", "kind": "domain"}]
         for section in ARM_SECTIONS:
             data[section] = merge(data[section], getattr(arm, section))
         arm_folder = RunLayout(self.directory).arm
