@@ -396,16 +396,29 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def input_signature(path: str | Path) -> str:
+def input_signature(path: str | Path, leave_out: tuple[str, ...] = ()) -> str:
     """What identifies an input: a file's sha256; for a folder (a model directory, a folder of
     text files, a saved dataset), a hash of every file's relative name and sha256 (content, not
-    modification times: a copy or a `touch` changes nothing)."""
+    modification times: a copy or a `touch` changes nothing), but the files `leave_out` names."""
     path = Path(path)
     if path.is_file():
         return file_digest(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.relative_to(path).as_posix() not in leave_out):
         digest.update(f"{file.relative_to(path)}:{file_digest(file)};".encode())
+    return digest.hexdigest()
+
+
+def stream_digest(paths: Iterable[str | Path], extra: Any = None) -> str:
+    """sha256 of the bytes of `paths` read one after another, where one file ends and the next
+    begins not counting (a corpus cut into shards of another size has the same digest), and of
+    `extra` as JSON."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    digest.update(json.dumps(extra, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 

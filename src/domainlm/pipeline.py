@@ -4,8 +4,9 @@ The stage table is `STAGES`; each stage is a module `domainlm.<stage>` with four
 `needs(config)` (the stages whose output it reads), `inputs(config)` (the files it reads),
 `settings(config)` (the part of the config that decides what it computes) and `run(config, out)`;
 and optionally `check(config)` (what can be refused before any stage runs, from the recipe and
-the files it names) and `discarded_work(config)` (what a restart would throw away, said before the
-folder is deleted). Speed settings live in the `resources` section, and bookkeeping keys (when to
+the files it names), `discarded_work(config)` (what a restart would throw away, said before the
+folder is deleted) and `output_digest(config)` (what later stages read of its output: a rerun that
+gives the same keeps its output id, so the stages after it stay up to date). Speed settings live in the `resources` section, and bookkeeping keys (when to
 checkpoint, how many to keep, how often to log: each section's `BOOKKEEPING`) in no stage's
 settings, so changing them never reruns a stage: a killed one resumes.
 
@@ -59,9 +60,13 @@ def stage_fingerprint(config: RunConfig, stage: str) -> tuple[str, dict[str, Any
         if not manifest.exists():
             raise StageError(f"stage '{stage}' needs '{name}' first: {manifest} does not exist "
                              f"(run `domainlm {name}` or `domainlm run`)")
-        # The upstream *output* id, not its config fingerprint: a forced rerun of a stage makes
-        # everything after it stale (a rerun need not give the same bytes: pretraining on a GPU).
-        upstream[name] = read_json(manifest)["output_id"]
+        # The upstream *output* id, not its config fingerprint: it changes when a rerun changed
+        # what later stages read (`output_digest`; a rerun need not give the same bytes:
+        # pretraining on a GPU). A stage that reads every artifact (the report: fit reports,
+        # counts) takes the id of the upstream's last run instead.
+        ran = read_json(manifest)
+        upstream[name] = ran.get("run_id", ran["output_id"]) if getattr(module, "READS_EVERY_ARTIFACT", False) \
+            else ran["output_id"]
     record = {
         "settings": module.settings(config),
         "inputs": {path: input_signature(resolve_path(path)) for path in module.inputs(config)},
@@ -153,7 +158,7 @@ def changes(stored: dict[str, Any] | None, record: dict[str, Any]) -> list[str]:
             out.append(f"input {path} no longer read")
         elif old["inputs"][path] != record["inputs"][path]:
             out.append(f"input {path} changed")
-    out += [f"the {name} stage's output changed" for name in sorted(record["upstream"])
+    out += [f"the {name} stage has run since" for name in sorted(record["upstream"])
             if old["upstream"].get(name) != record["upstream"][name]]
     if old["domainlm"] != record["domainlm"]:
         out.append(f"domainlm {old['domainlm']} -> {record['domainlm']}")
@@ -234,12 +239,14 @@ def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
     if main_process:
         reasons = stored.get("reran_because", []) if resumable else \
             ["forced (--force)"] if force and stored else changes(stored, record)
+        previous = (stored or {}).get("previous_output") if marker.is_file() else _output_of(config, stage, stored)
         if out.exists() and not resumable:
             if stored is not None:
                 _say_what_is_discarded(config, stage, reasons)
             remove_stage_folder(out, stage)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(marker, {"fingerprint": current, **record, "reran_because": reasons})
+        atomic_write_json(marker, {"fingerprint": current, **record, "reran_because": reasons,
+                                   "previous_output": previous})
         log.info("%-9s running -> %s%s", stage, out, " (resuming)" if resumable else "")
     barrier()
 
@@ -249,12 +256,20 @@ def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
     barrier()
     if not main_process:
         return True
+    digest = getattr(stage_module(stage), "output_digest", lambda _: None)(config)
+    progress = read_json(marker)
+    previous, run_id = progress.get("previous_output") or {}, fingerprint([current, started])
+    unchanged = digest is not None and previous.get("digest") == digest
+    if unchanged:
+        log.info("%-9s output unchanged: the stages after it stay up to date", stage)
     atomic_write_json(manifest_path, {
         "stage": stage,
         "fingerprint": current,
-        "output_id": fingerprint([current, started]),
+        "output_id": previous["output_id"] if unchanged else run_id,
+        "output_digest": digest,
+        "run_id": run_id,
         **record,
-        "reran_because": read_json(marker).get("reran_because", []),
+        "reran_because": progress.get("reran_because", []),
         "config": config.model_dump(mode="json"),
         "versions": _versions(),
         "timings": {"started": started, "seconds": round(seconds, 3)},
@@ -263,6 +278,19 @@ def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
     marker.unlink(missing_ok=True)
     log.info("%-9s done in %.1fs", stage, seconds)
     return True
+
+
+def _output_of(config: RunConfig, stage: str, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A finished stage's output id and the digest of what later stages read of it (from its
+    manifest, or computed now for one written before manifests held it), so that a rerun giving
+    the same output keeps the id; None without a finished output or a way to digest it."""
+    digest_of = getattr(stage_module(stage), "output_digest", None)
+    if not manifest or "output_id" not in manifest or digest_of is None:
+        return None
+    try:
+        return {"output_id": manifest["output_id"], "digest": manifest.get("output_digest") or digest_of(config)}
+    except OSError:  # its files are gone or unreadable: the rerun's output counts as new
+        return None
 
 
 def _say_what_is_discarded(config: RunConfig, stage: str, reasons: list[str]) -> None:

@@ -59,6 +59,7 @@ from domainlm.io import (
     fingerprint,
     input_signature,
     read_json,
+    stream_digest,
 )
 from domainlm.layout import RunLayout
 from domainlm.progress import progress_bar
@@ -415,6 +416,15 @@ def needs(config: RunConfig) -> tuple[str, ...]:
 def inputs(config: RunConfig) -> list[str]:
     """The source files (the tasks' dev/test text, which decontamination reads, is in `settings`)."""
     return [s.path for s in config.corpus.sources if s.path and s.format != "hf-hub"]
+
+
+def output_digest(config: RunConfig) -> str:
+    """What later stages read of this stage's output: the kept documents in order (however they are
+    cut into shards), the held-out ones, each source's weight. A rerun that gives the same keeps
+    its output id, so nothing downstream reruns (another `keep_dropped`, `unit_bytes`, ...)."""
+    run_dir = RunLayout(config.directory)
+    shards = sorted(run_dir.stage("corpus").glob("train-*.jsonl"))
+    return stream_digest([*shards, run_dir.stage("corpus") / "heldout.jsonl"], run_dir.corpus_source_weights())
 
 
 def discarded_work(config: RunConfig) -> str | None:

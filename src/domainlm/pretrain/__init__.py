@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 from domainlm.config import RunConfig, resolve_path
 from domainlm.distributed import barrier, rank
 from domainlm.errors import ConfigError
-from domainlm.io import atomic_directory, atomic_write_json, atomic_write_text
+from domainlm.io import atomic_directory, atomic_write_json, atomic_write_text, input_signature
 from domainlm.layout import RunLayout
 from domainlm.pretrain.architectures import (
     ARCHITECTURES,
@@ -282,6 +282,11 @@ def inputs(config: RunConfig) -> list[str]:
 def settings(config: RunConfig) -> dict[str, Any]:
     return {"model": config.model.fingerprinted(), "pretrain": config.pretrain.fingerprinted(),
             "seed": config.seed}
+
+
+def output_digest(config: RunConfig) -> str:
+    """What later stages read of this stage's output: the exported model directory."""
+    return input_signature(RunLayout(config.directory).export)
 
 
 def discarded_work(config: RunConfig) -> str | None:

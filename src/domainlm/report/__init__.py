@@ -35,6 +35,11 @@ PLOTS = ("results.png", "distance.png", "loss.png", "tokenizer_fit.png")
 log = logging.getLogger(__name__)
 
 
+# The report shows fit reports, counts and timings besides what later stages read: it reruns
+# whenever a stage before it ran, even one whose output for the other stages stayed the same.
+READS_EVERY_ARTIFACT = True
+
+
 def needs(config: RunConfig) -> tuple[str, ...]:
     """Every stage this run has before it: corpus and tokenizer when it has a corpus, pretrain when
     it pretrains a model of its own (an experiment's arms stand in for that), evaluate always."""

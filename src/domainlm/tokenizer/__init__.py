@@ -30,7 +30,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 
 from domainlm.config import RunConfig, TokenizerConfig
 from domainlm.errors import ConfigError
-from domainlm.io import atomic_write_json
+from domainlm.io import atomic_write_json, input_signature
 from domainlm.layout import RunLayout
 from domainlm.vocabulary import (
     BERT_SPECIAL_TOKENS,
@@ -290,6 +290,13 @@ def settings(config: RunConfig) -> dict[str, Any]:
     tokenizer["kind"] = tokenizer.pop("model")
     return {"tokenizer": tokenizer, "max_position": config.model.max_position,
             "normalization": config.corpus.normalization}
+
+
+def output_digest(config: RunConfig) -> str:
+    """What later stages read of this stage's output: the tokenizer files, not the fit report (a
+    rerun for another `reference` gives the same vocabulary, and pretraining stays up to date)."""
+    return input_signature(RunLayout(config.directory).tokenizer,
+                           leave_out=("fit.json", "manifest.json", "in_progress.json"))
 
 
 def reference_fit(config: TokenizerConfig, heldout: list[str]) -> dict[str, Any]:
