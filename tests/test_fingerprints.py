@@ -318,3 +318,18 @@ def test_a_stage_that_reruns_says_why_and_what_it_discards(uninterrupted, tmp_pa
     assert "Training restarts from step 0: the 6 steps its newest checkpoint holds are discarded" in line
     manifest = read_json(config.directory / "pretrain" / "manifest.json")
     assert manifest["reran_because"] == ["pretrain.lr: 0.0005 -> 0.001", "pretrain.max_steps: 6 -> 4"]
+
+
+@pytest.mark.slow
+def test_a_corpus_rerun_that_keeps_the_same_documents_leaves_pretraining_alone(uninterrupted, tmp_path):
+    import shutil
+
+    from domainlm.pipeline import run_all
+
+    recipe, _ = uninterrupted
+    shutil.copytree(recipe["run_dir"], tmp_path / "run")
+    recipe = json.loads(json.dumps(recipe)) | {"run_dir": str(tmp_path / "run")}
+    recipe["corpus"] |= {"keep_dropped": True, "unit_bytes": 4096}  # other files, other work units, same documents
+    config = config_from_dict(recipe)
+    assert run_all(config, stages=("corpus", "tokenizer", "pretrain")) == ["corpus"]
+    assert (config.directory / "corpus" / "dropped.jsonl").exists()

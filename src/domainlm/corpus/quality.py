@@ -299,9 +299,10 @@ def _mask(pattern: re.Pattern[str], token: str, text: str, valid: Any = None) ->
 # Words after which dotted numbers name an enzyme, a release or a place in a document, never a
 # machine (compared in lower case without dots or other non-letters: "E.C." is "ec", "ver." "ver").
 _IDENTIFIER_WORDS = frozenset((
-    "ec", "enzyme", "enzymes",  # EC 3.4.21.4, "enzyme commission number 2.7.11.1"
+    "ec", "enzyme", "enzymes", "iubmb",  # EC 3.4.21.4, "enzyme commission number 2.7.11.1"
     "version", "versions", "ver", "v", "release", "released", "rel", "build", "firmware", "fw", "software",
-    "patch", "update", "updated", "upgraded",
+    "patch", "update", "updated", "upgraded", "rev", "revision",
+    "accession", "lot", "batch", "catalog", "catalogue", "cat", "clone", "ref", "id",  # labels of reagents, records
     "section", "sections", "sec", "sect", "§", "chapter", "clause", "paragraph", "para", "appendix", "table",
     "figure", "fig",
     "code", "codes", "icd", "icdcm", "icdpcs", "atc", "oid",  # ICD-10-CM code 1.2.3.4
@@ -311,7 +312,11 @@ _IDENTIFIER_WORDS = frozenset((
 _FILLER_WORDS = frozenset(("commission", "number", "numbers", "no", "nos", "and", "or", "to", "&"))
 _RELEASE_WORDS_AFTER = frozenset(("firmware", "release", "build", "version", "patch", "update"))
 _DOTTED = re.compile(r"(?:\d+|-)(?:\.(?:\d+|-))+\.?")  # 1.1.1.2, 3.4.-.- (a partial EC number)
-_WORD_SPLIT = re.compile(r"[\s,;:()\[\]]+")
+_WORD_SPLIT = re.compile(r"[\s,;:()\[\]/]+")  # a slash too: "EC 1.1.1.1/1.1.1.2"
+# Enzyme names end in -ase ("nitric oxide synthase (1.14.13.39)"); these words do too, and are not.
+_NOT_ENZYMES = frozenset(("database", "databases", "codebase", "base", "case", "cases", "release", "increase",
+                          "decrease", "disease", "diseases", "phase", "lease", "please", "purchase", "showcase",
+                          "testcase", "use", "erase", "ease", "chase", "firebase", "vase", "cease", "phrase"))
 _CONTEXT_CHARS = 80  # how far back the deciding word is looked for
 
 
@@ -325,7 +330,8 @@ def is_ipv4_address(text: str, start: int, end: int) -> bool:
     dotted numbers an identifier (`_IDENTIFIER_WORDS`: `EC:3.4.21.4`, `E.C. 3.4.21.5`, `SPSS version
     25.0.0.1`, `Section 1.2.3.4`, `EC 1.1.1.1, 1.1.1.2`), and the word right after it is not a
     release word (`2.1.0.3 firmware`). Any other word decides for an address (`IP 8.8.8.8`, "the
-    server at 10.0.0.5", "firmware on host 10.0.0.5"), as does no word: `192.168.1.10` alone.
+    server at 10.0.0.5", "firmware on host 10.0.0.5"), as does no word: `192.168.1.10` alone. An
+    enzyme's name (a word ending in -ase, "synthase (1.14.13.39)") counts as an identifier word.
     """
     if not all(part == "0" or (part[0] != "0" and int(part) <= 255) for part in text[start:end].split(".")):
         return False
@@ -333,7 +339,7 @@ def is_ipv4_address(text: str, start: int, end: int) -> bool:
         name = _word_name(word)
         if not word or _DOTTED.fullmatch(word) or name in _FILLER_WORDS:
             continue
-        if name in _IDENTIFIER_WORDS:
+        if name in _IDENTIFIER_WORDS or (name.endswith(("ase", "ases")) and name not in _NOT_ENZYMES):
             return False
         break  # the nearest other word ("at", "host", "IP"): nothing says it is not an address
     following = _WORD_SPLIT.split(text[end : end + 20].lstrip(), maxsplit=1)[0]
