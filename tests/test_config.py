@@ -161,11 +161,13 @@ def test_an_arm_may_name_an_earlier_arms_export_before_it_exists(tiny_recipe):
     ({"pretrain": {"static_shapes": True, "attention": "flex"}}, r"pretrain.static_shapes needs attention sdpa"),
     ({"pretrain": {"upsample_source": "pubmed"}}, r"pretrain.upsample_source names 'pubmed', not a corpus source"),
     ({"model": {"hidden_size": 100, "num_heads": 3}}, r"hidden_size 100 must be divisible by num_heads 3"),
+    ({"report": {"reference_model": "random_init"}}, r"report.reference_model 'random_init' is not one of "
+                                                     r"evaluate.models \(domain, random-init, tfidf\)"),
 ])
 def test_what_the_recipe_alone_rules_out_is_refused_at_load(tiny_recipe, tmp_path, changes, message):
     (tmp_path / "model").mkdir()
     for section, keys in changes.items():
-        tiny_recipe[section] = tiny_recipe[section] | {k: v.format(tmp=tmp_path) if isinstance(v, str) else v
+        tiny_recipe[section] = tiny_recipe.get(section, {}) | {k: v.format(tmp=tmp_path) if isinstance(v, str) else v
                                                        for k, v in keys.items()}
     with pytest.raises(ConfigError, match=message):
         config_from_dict(tiny_recipe)

@@ -7,7 +7,7 @@ import torch
 from conftest import synthetic_texts
 from domainlm.config import PretrainConfig, TokenizerConfig, config_from_dict
 from domainlm.errors import ConfigError
-from domainlm.pretrain import export_model, load_teacher
+from domainlm.pretrain import check, export_model, load_teacher
 from domainlm.pretrain.data import write_token_shards
 from domainlm.pretrain.distill import Distiller, hidden_distillation, logit_distillation
 from domainlm.pretrain.flops import forward_flops, pretraining_flops
@@ -172,6 +172,16 @@ def test_teacher_with_another_vocabulary_is_refused(tokenizer, tmp_path):
     with pytest.raises(ConfigError, match="another vocabulary"):
         load_teacher(config, tokenizer)
     assert load_teacher(config, other) is not None
+
+    # Continuing a checkpoint of another vocabulary: known before any stage runs, so refused then.
+    save_for_transformers(tokenizer, tmp_path / "ours")
+    export_model(Encoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=1,
+                                       num_heads=2, intermediate_size=64, max_position=64)),
+                 tmp_path / "ours", tmp_path / "start")
+    continued = config.model_copy(update={"model": config.model.model_copy(update={"init_from": str(tmp_path / "start")})})
+    with pytest.raises(ConfigError, match=r"pretrain.teacher .* has another vocabulary than the model's"):
+        check(continued)
+    check(config)  # from scratch: the domain vocabulary is not there yet; load_teacher checks it
 
 
 def test_teacher_keys_are_checked():

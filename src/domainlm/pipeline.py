@@ -6,9 +6,10 @@ The stage table is `STAGES`; each stage is a module `domainlm.<stage>` with four
 and optionally `check(config)` (what can be refused before any stage runs, from the recipe and
 the files it names), `discarded_work(config)` (what a restart would throw away, said before the
 folder is deleted) and `output_digest(config)` (what later stages read of its output: a rerun that
-gives the same keeps its output id, so the stages after it stay up to date). Speed settings live in the `resources` section, and bookkeeping keys (when to
-checkpoint, how many to keep, how often to log: each section's `BOOKKEEPING`) in no stage's
-settings, so changing them never reruns a stage: a killed one resumes.
+gives the same keeps its output id, so the stages after it stay up to date). Speed settings live
+in the `resources` section, and bookkeeping keys (when to checkpoint, how many to keep, how often
+to log: each section's `BOOKKEEPING`) in no stage's settings, so changing them never reruns a
+stage: a killed one resumes.
 
 Each stage writes into `runs/<name>/<stage>/` and, last, `manifest.json` (resolved config, input
 hashes, the output ids of the stages it read, versions, timings, counts). The manifest is the

@@ -238,6 +238,17 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _report_names_models(self) -> RunConfig:
+        """A reference or domain model the recipe names must be one of evaluate.models (the
+        defaults, `random-init` and `domain`, may be absent: the report then says so)."""
+        names = [m.name for m in self.evaluate.models]
+        for key in ("reference_model", "domain_model"):
+            value = getattr(self.report, key)
+            if key in self.report.model_fields_set and value not in names:
+                raise ValueError(f"report.{key} '{value}' is not one of evaluate.models ({', '.join(names)})")
+        return self
+
+    @model_validator(mode="after")
     def _arms_valid(self) -> RunConfig:
         """Every arm validated with its keys applied, now rather than when its turn comes: an
         earlier arm's export that an `arm:<name>` path names counts as there."""

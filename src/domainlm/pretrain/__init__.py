@@ -176,12 +176,17 @@ def check_scorer(config: RunConfig, role: str, path: Path, vocabulary: Path | No
     if not (path / "tokenizer.json").exists():
         raise ConfigError(f"pretrain.{role} {path} has no tokenizer.json: its vocabulary (and [MASK] id) is needed")
     if vocabulary is not None:
-        ours, theirs = read_tokenizer(vocabulary).get_vocab(), read_tokenizer(path).get_vocab()
-        if ours != theirs:
-            differ = len(set(ours.items()) ^ set(theirs.items())) // 2
-            raise ConfigError(f"pretrain.{role} {path} has another vocabulary than the model's ({len(theirs)} vs "
-                              f"{len(ours)} entries, about {differ} differ): use one trained with the tokenizer of "
-                              f"{vocabulary}")
+        check_same_vocabulary(f"pretrain.{role} {path}", path, read_tokenizer(vocabulary).get_vocab())
+
+
+def check_same_vocabulary(what: str, path: Path, ours: dict[str, int]) -> None:
+    """ConfigError naming `what` when the tokenizer at `path` has another vocabulary than `ours`
+    (distillation and difficulty scoring compare distributions over the same entries)."""
+    theirs = read_tokenizer(path).get_vocab()
+    if ours != theirs:
+        differ = len(set(ours.items()) ^ set(theirs.items())) // 2
+        raise ConfigError(f"{what} has another vocabulary than the model's ({len(theirs)} vs {len(ours)} entries, "
+                          f"about {differ} differ): use one trained with this run's tokenizer (or init_from checkpoint)")
 
 
 def check_layout(config: RunConfig, info: dict[str, Any], key: str) -> None:
@@ -324,13 +329,8 @@ def load_teacher(config: RunConfig, tokenizer: Tokenizer) -> MaskedLM | None:
     if not config.pretrain.teacher:
         return None
     source = resolve_path(config.pretrain.teacher)
+    check_same_vocabulary(f"pretrain.teacher {config.pretrain.teacher}", source, tokenizer.get_vocab())
     teacher, _ = load_checkpoint(source)
-    ours, theirs = tokenizer.get_vocab(), read_tokenizer(source).get_vocab()
-    if ours != theirs:
-        differ = len(set(ours.items()) ^ set(theirs.items())) // 2
-        raise ConfigError(f"pretrain.teacher {config.pretrain.teacher} has another vocabulary than the model's "
-                          f"({len(theirs)} vs {len(ours)} entries, about {differ} differ): distil from a teacher "
-                          "trained with this run's tokenizer (or init_from checkpoint)")
     return teacher
 
 
