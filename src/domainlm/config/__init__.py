@@ -244,7 +244,8 @@ class RunConfig(Section):
         names = [m.name for m in self.evaluate.models]
         for key in ("reference_model", "domain_model"):
             value = getattr(self.report, key)
-            if key in self.report.model_fields_set and value not in names:
+            default = type(self.report).model_fields[key].default
+            if value != default and value not in names:  # a dumped recipe repeats the defaults
                 raise ValueError(f"report.{key} '{value}' is not one of evaluate.models ({', '.join(names)})")
         return self
 
