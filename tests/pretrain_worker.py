@@ -19,8 +19,8 @@ from tokenizers import Tokenizer
 
 from domainlm.config import PretrainConfig
 from domainlm.pretrain.architectures import load_checkpoint
+from domainlm.pretrain.bert import BertConfig
 from domainlm.pretrain.data import TokenShards
-from domainlm.pretrain.model import EncoderConfig
 from domainlm.pretrain.trainer import Trainer
 
 
@@ -37,7 +37,7 @@ def main() -> None:
         model, _ = load_checkpoint(Path(spec["init_from"]))
         model_config = model.config
     else:
-        model_config = EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **spec["model"])
+        model_config = BertConfig(vocab_size=tokenizer.get_vocab_size(), **spec["model"])
     trainer = Trainer(model_config, PretrainConfig(**spec["pretrain"]), TokenShards.load(Path(spec["shards"])),
                       tokenizer, Path(spec["checkpoints"]), seed=0, model=model)
     trainer.resume_if_possible()

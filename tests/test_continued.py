@@ -7,14 +7,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from domainlm.config import TokenizerConfig
 from domainlm.errors import ModelError
-from domainlm.pretrain.hf_init import extend_vocabulary, load_hf_encoder, save_tokenizer_dir
-from domainlm.pretrain.model import (
-    Encoder,
-    EncoderConfig,
-    segment_attention_mask,
-    to_hf_masked_lm,
-    to_hf_state_dict,
-)
+from domainlm.pretrain.attention import segment_attention_mask
+from domainlm.pretrain.bert import Bert, BertConfig, load_hf_bert, to_hf_masked_lm, to_hf_state_dict
+from domainlm.pretrain.vocab_extension import extend_vocabulary, save_tokenizer_dir
 from domainlm.tokenizer import train_wordpiece
 from domainlm.vocabulary import special_tokens
 
@@ -47,7 +42,7 @@ def padded_batch(pad_id: int, vocab_size: int = 100, length: int = 12) -> tuple[
 
 
 @torch.no_grad()
-def our_hidden(model: Encoder, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+def our_hidden(model: Bert, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     T = ids.shape[1]
     segments = torch.where(real, 0, -1 - torch.arange(T).expand_as(ids))  # each pad token alone
     return model.eval()(ids, torch.arange(T).expand_as(ids), segment_attention_mask(segments))
@@ -57,7 +52,7 @@ def our_hidden(model: Encoder, ids: torch.Tensor, real: torch.Tensor) -> torch.T
 def test_masked_lm_checkpoint_gives_transformers_logits(family, tmp_path):
     hf = tiny_masked_lm(family)
     hf.save_pretrained(tmp_path)
-    model, info = load_hf_encoder(tmp_path)
+    model, info = load_hf_bert(tmp_path)
     assert info["head_created"] == [] and info["head_loaded"] == ["dense", "norm", "bias"]
     ids, real = padded_batch(hf.config.pad_token_id)
     with torch.no_grad():
@@ -80,7 +75,7 @@ def test_checkpoint_without_head_gives_transformers_hidden_states_and_a_new_tied
         directory = tmp_path
         tiny_masked_lm("electra", "ForPreTraining").save_pretrained(directory)
         ids, real = padded_batch(pad_id=0)
-    model, info = load_hf_encoder(directory)
+    model, info = load_hf_bert(directory)
     with torch.no_grad():
         theirs = AutoModel.from_pretrained(directory).eval()(input_ids=ids, attention_mask=real.long()).last_hidden_state
     assert (our_hidden(model, ids, real) - theirs)[real].abs().max() <= 1e-5
@@ -100,7 +95,7 @@ def test_roberta_family_exports_as_roberta_and_round_trips(tmp_path):
     from transformers import AutoModelForMaskedLM
 
     tiny_masked_lm("roberta", type_vocab_size=1).save_pretrained(tmp_path / "source")
-    model, _ = load_hf_encoder(tmp_path / "source")
+    model, _ = load_hf_bert(tmp_path / "source")
     assert (model.config.family, model.config.position_offset, model.config.type_vocab_size) == ("roberta", 2, 1)
     to_hf_masked_lm(model).save_pretrained(tmp_path / "export")
     reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "export").eval()
@@ -117,18 +112,18 @@ def test_unloadable_checkpoints_fail_with_the_reason(tmp_path):
     (tmp_path / "pickle" / "config.json").write_text(json.dumps(tiny_masked_lm("bert").config.to_dict()))
     (tmp_path / "pickle" / "pytorch_model.bin").write_bytes(b"never unpickled")
     with pytest.raises(ModelError, match=r"(?s)pickle.*safetensors is required"):
-        load_hf_encoder(tmp_path / "pickle")
+        load_hf_bert(tmp_path / "pickle")
 
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ModelError, match=r"gpt2.*'gpt2' is not supported; supported: bert, electra, roberta"):
-        load_hf_encoder(tmp_path / "gpt2")
+        load_hf_bert(tmp_path / "gpt2")
 
     (tmp_path / "electra").mkdir()
     (tmp_path / "electra" / "config.json").write_text(json.dumps(
         {"model_type": "electra", "hidden_size": 32, "embedding_size": 16}))
     with pytest.raises(ModelError, match="embedding_size 16 != hidden_size 32"):
-        load_hf_encoder(tmp_path / "electra")
+        load_hf_bert(tmp_path / "electra")
 
 
 def test_special_tokens_of_bert_and_roberta_style_directories(tmp_path):
@@ -163,7 +158,7 @@ def test_extension_ranks_by_tokens_saved_and_initialises_from_old_pieces():
     # Saved per text: kinase 3 x (6 - 1) = 15, go 10 x (2 - 1) = 10, ##ase (in "lipase") 1 x (3 - 1) = 2.
     texts = ["the kinase " * 3 + "go " * 10 + "lipase"]
     torch.manual_seed(0)
-    model = Encoder(EncoderConfig(vocab_size=old.get_vocab_size(), hidden_size=16, num_layers=1, num_heads=2,
+    model = Bert(BertConfig(vocab_size=old.get_vocab_size(), hidden_size=16, num_layers=1, num_heads=2,
                                   intermediate_size=32, max_position=32))
     model.head_bias.data.normal_()
 
@@ -186,7 +181,7 @@ def test_extension_ranks_by_tokens_saved_and_initialises_from_old_pieces():
 
 @pytest.fixture(scope="module")
 def minilm():
-    return load_hf_encoder(MINILM)[0]
+    return load_hf_bert(MINILM)[0]
 
 
 def test_extending_minilm_shortens_domain_words_and_round_trips_through_autotokenizer(minilm, tmp_path):

@@ -14,9 +14,9 @@ from domainlm.config import PretrainConfig, config_from_dict
 from domainlm.errors import ConfigError
 from domainlm.pretrain import export_model, inputs
 from domainlm.pretrain.architectures import new_model
+from domainlm.pretrain.bert import BertConfig
 from domainlm.pretrain.data import TokenShards, epoch_order
 from domainlm.pretrain.difficulty import document_difficulty, loss_scores, rarity_scores
-from domainlm.pretrain.model import EncoderConfig
 from domainlm.pretrain.plan import DataPlan, competence, curriculum_steps
 from domainlm.tokenizer import save_for_transformers
 from test_engine import _run_worker, _spec
@@ -155,7 +155,7 @@ def scorer(tokenizer, tmp_path_factory) -> Path:
     """A tiny untrained masked LM of the shards' vocabulary, exported as a transformers directory."""
     folder = tmp_path_factory.mktemp("scorer")
     torch.manual_seed(0)
-    model = new_model(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), dropout=0.0, **SMALL))
+    model = new_model(BertConfig(vocab_size=tokenizer.get_vocab_size(), dropout=0.0, **SMALL))
     save_for_transformers(tokenizer, folder / "tokenizer")
     export_model(model, folder / "tokenizer", folder / "model")
     return folder / "model"

@@ -13,13 +13,13 @@ import torch
 from conftest import synthetic_texts
 from domainlm.config import PretrainConfig
 from domainlm.pretrain import export_model
+from domainlm.pretrain.bert import BertConfig
 from domainlm.pretrain.data import (
     lexicon_sequences,
     lexicon_word_starts,
     mask_tokens,
     word_start_table,
 )
-from domainlm.pretrain.model import EncoderConfig
 from domainlm.pretrain.plan import DataPlan
 from domainlm.pretrain.trainer import Trainer
 from domainlm.tokenizer import save_for_transformers
@@ -34,7 +34,7 @@ def _config(**overrides) -> PretrainConfig:
 
 
 def _trainer(tokenizer, shards, folder, dropout=0.0, **overrides):
-    model_config = EncoderConfig(vocab_size=tokenizer.get_vocab_size(), dropout=dropout, **SMALL)
+    model_config = BertConfig(vocab_size=tokenizer.get_vocab_size(), dropout=dropout, **SMALL)
     return Trainer(model_config, _config(**overrides), shards, tokenizer, folder, seed=0)
 
 
@@ -229,10 +229,10 @@ def test_two_processes_match_one_process(tokenizer, shards, tmp_path, distribute
 
 # ------------------------------------------------------------------------------ attention backends
 def _packed_example():
-    from domainlm.pretrain.model import Encoder
+    from domainlm.pretrain.bert import Bert
 
     torch.manual_seed(0)
-    model = Encoder(EncoderConfig(vocab_size=50, **SMALL)).eval()
+    model = Bert(BertConfig(vocab_size=50, **SMALL)).eval()
     segments = torch.tensor([[0] * 5 + [1] * 7 + [-2, -3, -4, -5], [0] * 16])
     positions = torch.tensor([list(range(5)) + list(range(7)) + [0] * 4, list(range(16))])
     ids = torch.randint(5, 50, (2, 16))
@@ -245,7 +245,7 @@ def test_unpadded_varlen_layout_equals_the_masked_layout(monkeypatch):
     hidden states and loss. The flash kernel needs a GPU, so a per-document reference stands in."""
     import torch.nn.attention.varlen as varlen
 
-    from domainlm.pretrain.model import document_attention
+    from domainlm.pretrain.attention import document_attention
 
     def reference(q, k, v, cu_q, cu_k, max_q, max_k):
         out = torch.empty_like(q)
@@ -264,7 +264,7 @@ def test_unpadded_varlen_layout_equals_the_masked_layout(monkeypatch):
         torch.testing.assert_close(model.mlm_loss(ids, positions, unpadded, labels),
                                    model.mlm_loss(ids, positions, masked, labels))
         from domainlm.pretrain.electra import Electra
-        from domainlm.pretrain.model import masked_targets
+        from domainlm.pretrain.encoder import masked_targets
 
         electra = Electra(model.config, 0.5).eval()
         real = segments >= 0
@@ -278,7 +278,7 @@ def test_unpadded_varlen_layout_equals_the_masked_layout(monkeypatch):
 
 @pytest.mark.slow
 def test_flex_block_mask_equals_the_boolean_mask():
-    from domainlm.pretrain.model import document_attention
+    from domainlm.pretrain.attention import document_attention
 
     model, ids, positions, segments, _ = _packed_example()
     with torch.no_grad():  # FlexAttention has no CPU backward; its forward is compiled here

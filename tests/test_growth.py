@@ -11,8 +11,8 @@ from domainlm.config import TokenizerConfig, config_from_dict
 from domainlm.errors import ConfigError
 from domainlm.pretrain import check, export_model, inputs, settings
 from domainlm.pretrain.architectures import ARCHITECTURES, new_model
+from domainlm.pretrain.attention import document_attention
 from domainlm.pretrain.growth import grow, grown_config, layer_sources
-from domainlm.pretrain.model import document_attention
 from domainlm.tokenizer import save_for_transformers, train_wordpiece
 
 LAYOUT_KEYS = {"bert": {}, "modernbert": {"local_window": 8, "global_every": 2}}  # layer 1 local (+-4 tokens)

@@ -14,8 +14,8 @@ from domainlm.config import PretrainConfig, TokenizerConfig, config_from_dict
 from domainlm.errors import ConfigError, ModelError
 from domainlm.pretrain import check, check_positions, export_model, settings
 from domainlm.pretrain.architectures import load_checkpoint, to_hf_masked_lm
+from domainlm.pretrain.attention import document_attention, document_mask_mod
 from domainlm.pretrain.data import write_token_shards
-from domainlm.pretrain.model import document_attention, document_mask_mod
 from domainlm.pretrain.modernbert import ModernBert, ModernBertConfig, modernbert_config
 from domainlm.pretrain.trainer import Trainer
 from domainlm.tokenizer import save_for_transformers, train_tokenizer
@@ -399,12 +399,12 @@ def test_layout_keys_must_fit_the_architecture(tiny_recipe):
 
 def test_extending_a_modernbert_vocabulary_fails_before_any_weights_load(tiny_recipe, modernbert_checkpoint,
                                                                          monkeypatch):
-    import domainlm.pretrain.hf_init as hf_init
+    import domainlm.pretrain.hf_checkpoint as hf_checkpoint
 
     def never(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(hf_init, "load_file", never)  # every safetensors read goes through it
+    monkeypatch.setattr(hf_checkpoint, "load_file", never)  # every safetensors read goes through it
     tiny_recipe["model"] = {"init_from": str(modernbert_checkpoint), "extend_vocab": 10}
     config = config_from_dict(tiny_recipe)  # a WordPiece domain tokenizer: the config alone cannot tell
     with pytest.raises(ConfigError, match=r"model.extend_vocab 10: vocabulary extension adds WordPiece entries, "

@@ -5,8 +5,9 @@ import torch
 from conftest import synthetic_texts
 from domainlm.config import PretrainConfig, TokenizerConfig
 from domainlm.pretrain import export_model
+from domainlm.pretrain.attention import segment_attention_mask
+from domainlm.pretrain.bert import Bert, BertConfig
 from domainlm.pretrain.data import TokenShards, mask_tokens, word_start_table, write_token_shards
-from domainlm.pretrain.model import Encoder, EncoderConfig, segment_attention_mask
 from domainlm.pretrain.trainer import Trainer
 from domainlm.tokenizer import save_for_transformers
 
@@ -55,7 +56,7 @@ def test_token_shards_round_trip(tokenizer, tmp_path):
 
 def test_attention_never_crosses_documents():
     torch.manual_seed(0)
-    model = Encoder(EncoderConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)).eval()
+    model = Bert(BertConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)).eval()
     segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1, -5]])
     ids = torch.randint(5, 50, (1, 8))
     positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 0]])
@@ -71,7 +72,7 @@ def test_attention_never_crosses_documents():
 
 def test_masked_only_head_equals_full_head():
     torch.manual_seed(0)
-    model = Encoder(EncoderConfig(vocab_size=60, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)).eval()
+    model = Bert(BertConfig(vocab_size=60, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)).eval()
     ids = torch.randint(5, 60, (2, 10))
     positions = torch.arange(10).expand(2, 10)
     mask = segment_attention_mask(torch.zeros(2, 10, dtype=torch.long))
@@ -104,7 +105,7 @@ def test_whole_word_masking_masks_all_pieces(tokenizer):
 
 def _trainer(tokenizer, data, folder, steps=6, dropout=0.1):
     config = PretrainConfig(max_steps=steps, batch_size=4, seq_len=32, lr=1e-3, checkpoint_every=2, log_every=1)
-    model_config = EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=2,
+    model_config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=2,
                                  intermediate_size=64, max_position=32, dropout=dropout)
     return Trainer(model_config, config, data, tokenizer, folder, seed=0)
 
@@ -134,7 +135,7 @@ def test_export_loads_in_stock_transformers_and_matches(tokenizer, tmp_path):
 
     save_for_transformers(tokenizer, tmp_path / "tok")
     torch.manual_seed(0)
-    model = Encoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=2,
+    model = Bert(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=2, num_heads=2,
                                   intermediate_size=64, max_position=64))
     for p in model.parameters():  # move away from the init so every weight matters
         p.data += 0.05 * torch.randn_like(p)

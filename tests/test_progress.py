@@ -8,8 +8,8 @@ from tokenizers import Tokenizer
 
 from conftest import synthetic_texts
 from domainlm.config import PretrainConfig
+from domainlm.pretrain.bert import BertConfig
 from domainlm.pretrain.data import write_token_shards
-from domainlm.pretrain.model import EncoderConfig
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
 from test_golden import GOLDEN, MODEL
@@ -29,7 +29,7 @@ def test_pretraining_writes_loss_lr_tokens_per_second_and_gradient_norm(tmp_path
     shards = write_token_shards(tokenizer, ((t, "domain") for t in synthetic_texts(60, seed=1)), tmp_path / "shards")
     curves = Curves(tmp_path / "tensorboard")
     config = PretrainConfig(max_steps=4, batch_size=4, seq_len=32, log_every=2, checkpoint_every=100)
-    trainer = Trainer(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **MODEL), config, shards, tokenizer,
+    trainer = Trainer(BertConfig(vocab_size=tokenizer.get_vocab_size(), **MODEL), config, shards, tokenizer,
                       tmp_path / "checkpoints", curves=curves)
     trainer.train()
     curves.close()

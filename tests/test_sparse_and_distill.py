@@ -8,10 +8,12 @@ from conftest import synthetic_texts
 from domainlm.config import PretrainConfig, TokenizerConfig, config_from_dict
 from domainlm.errors import ConfigError
 from domainlm.pretrain import check, export_model, load_teacher
+from domainlm.pretrain.attention import segment_attention_mask
+from domainlm.pretrain.bert import Bert, BertConfig
 from domainlm.pretrain.data import write_token_shards
 from domainlm.pretrain.distill import Distiller, hidden_distillation, logit_distillation
+from domainlm.pretrain.encoder import MaskedTargets
 from domainlm.pretrain.flops import forward_flops, pretraining_flops
-from domainlm.pretrain.model import Encoder, EncoderConfig, MaskedTargets, segment_attention_mask
 from domainlm.pretrain.modernbert import ModernBert, ModernBertConfig
 from domainlm.pretrain.sparsity import density, magnitude_masks, sparse_linears
 from domainlm.pretrain.trainer import Trainer
@@ -25,7 +27,7 @@ def data(tokenizer, tmp_path_factory):
 
 
 def _model_config(tokenizer, hidden=32, layers=2):
-    return EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden, num_layers=layers,
+    return BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=hidden, num_layers=layers,
                          num_heads=2, intermediate_size=2 * hidden, max_position=32, dropout=0.0)
 
 
@@ -50,7 +52,7 @@ def _batch(vocab, rows=2, length=16):
 @pytest.mark.parametrize("sparsity", [0.5, 0.75])
 def test_magnitude_masks_keep_the_largest_weights_of_each_transformer_layer(sparsity):
     torch.manual_seed(0)
-    model = Encoder(EncoderConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
+    model = Bert(BertConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
     masks = magnitude_masks(model, sparsity)
     linears = sparse_linears(model)
     assert set(masks) == {f"blocks.{i}.{n}" for i in range(2) for n in ("qkv", "attn_out", "mlp_in", "mlp_out")}
@@ -96,13 +98,13 @@ def test_spdf_masks_hold_through_training_and_resume_and_are_gone_in_the_export(
 
 def test_flops_count_sparse_layers_at_their_density(tokenizer):
     torch.manual_seed(0)
-    model = Encoder(_model_config(tokenizer))
+    model = Bert(_model_config(tokenizer))
     dense = pretraining_flops(model, 32, positions=1000, masked=150)
     sparse = pretraining_flops(model, 32, positions=1000, masked=150, sparsity=0.5)
     assert dense["flops"] == dense["flops_dense_equivalent"] == sparse["flops_dense_equivalent"]
     block = sum(linear.weight.numel() for linear in sparse_linears(model).values())
     assert dense["flops"] - sparse["flops"] == pytest.approx(3 * 2 * 0.5 * block * 1000)
-    teacher = Encoder(_model_config(tokenizer, hidden=64))
+    teacher = Bert(_model_config(tokenizer, hidden=64))
     with_teacher = pretraining_flops(model, 32, 1000, 150, teacher=teacher)
     assert with_teacher["flops"] - dense["flops"] == pytest.approx(forward_flops(teacher, 32, 1000, 150))
 
@@ -112,7 +114,7 @@ def test_flops_count_sparse_layers_at_their_density(tokenizer):
 def test_distillation_loss_is_zero_when_student_is_teacher(layout):
     torch.manual_seed(0)
     if layout == "bert":
-        teacher = Encoder(EncoderConfig(vocab_size=60, hidden_size=32, num_layers=2, num_heads=2,
+        teacher = Bert(BertConfig(vocab_size=60, hidden_size=32, num_layers=2, num_heads=2,
                                         intermediate_size=64, dropout=0.0))
     else:
         teacher = ModernBert(ModernBertConfig(vocab_size=60, hidden_size=32, num_layers=3, num_heads=2,
@@ -143,7 +145,7 @@ def test_distillation_losses_leave_out_padding_slots():
 
 def test_a_small_student_learns_from_a_wider_teacher_and_resumes_exactly(tokenizer, data, tmp_path):
     torch.manual_seed(1)
-    teacher = Encoder(_model_config(tokenizer, hidden=64, layers=2))
+    teacher = Bert(_model_config(tokenizer, hidden=64, layers=2))
     straight = _trainer(tokenizer, data, tmp_path / "a", teacher=teacher, distill_temperature=2.0)
     assert straight.distiller.projection.weight.shape == (64, 32)  # student width -> teacher width
     straight.train()
@@ -163,7 +165,7 @@ def test_teacher_with_another_vocabulary_is_refused(tokenizer, tmp_path):
     other = train_wordpiece(synthetic_texts(300, seed=5), TokenizerConfig(vocab_size=130, min_frequency=1))
     save_for_transformers(other, tmp_path / "tok")
     torch.manual_seed(0)
-    model = Encoder(EncoderConfig(vocab_size=other.get_vocab_size(), hidden_size=32, num_layers=1, num_heads=2,
+    model = Bert(BertConfig(vocab_size=other.get_vocab_size(), hidden_size=32, num_layers=1, num_heads=2,
                                   intermediate_size=64, max_position=64))
     export_model(model, tmp_path / "tok", tmp_path / "teacher")
     config = config_from_dict({"name": "t", "run_dir": str(tmp_path / "run"), "corpus": {"sources": [
@@ -175,7 +177,7 @@ def test_teacher_with_another_vocabulary_is_refused(tokenizer, tmp_path):
 
     # Continuing a checkpoint of another vocabulary: known before any stage runs, so refused then.
     save_for_transformers(tokenizer, tmp_path / "ours")
-    export_model(Encoder(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=1,
+    export_model(Bert(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_layers=1,
                                        num_heads=2, intermediate_size=64, max_position=64)),
                  tmp_path / "ours", tmp_path / "start")
     continued = config.model_copy(update={"model": config.model.model_copy(update={"init_from": str(tmp_path / "start")})})

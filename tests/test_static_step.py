@@ -10,8 +10,10 @@ from tokenizers import Tokenizer
 from conftest import synthetic_texts
 from domainlm.config import PretrainConfig
 from domainlm.errors import ConfigError, TrainingDiverged
+from domainlm.pretrain.attention import document_attention
+from domainlm.pretrain.bert import Bert, BertConfig
 from domainlm.pretrain.data import write_token_shards
-from domainlm.pretrain.model import Encoder, EncoderConfig, MaskedTargets, document_attention, masked_capacity
+from domainlm.pretrain.encoder import MaskedTargets, masked_capacity
 from domainlm.pretrain.trainer import Trainer
 from test_golden import GOLDEN
 
@@ -33,7 +35,7 @@ def shards(tokenizer, tmp_path_factory):
 def trainer(tokenizer, shards, folder, **settings) -> Trainer:
     base = {"max_steps": 20, "batch_size": 4, "seq_len": 32, "lr": 1e-3, "checkpoint_every": 100, "log_every": 5}
     config = PretrainConfig(**{**base, **settings})
-    return Trainer(EncoderConfig(vocab_size=tokenizer.get_vocab_size(), **MODEL), config, shards, tokenizer, folder)
+    return Trainer(BertConfig(vocab_size=tokenizer.get_vocab_size(), **MODEL), config, shards, tokenizer, folder)
 
 
 OBJECTIVES = [{"masking": "whole-word"}, {"masking": "token", "mask_rate": 0.3}, {"masking": "span"},
@@ -103,7 +105,7 @@ def test_masked_positions_fill_a_fixed_buffer_and_overflow_is_left_out():
     assert masked_capacity(32 * 128, 0.15) == 832  # 614 expected + 8 sigma (185), rounded up to 64
     assert masked_capacity(8, 0.5) == 8  # never more slots than positions
 
-    model = Encoder(EncoderConfig(vocab_size=20, **MODEL)).eval()
+    model = Bert(BertConfig(vocab_size=20, **MODEL)).eval()
     ids, positions = torch.randint(5, 20, (1, 8)), torch.arange(8)[None]
     attn = document_attention(torch.zeros(1, 8, dtype=torch.long))
     with torch.no_grad():

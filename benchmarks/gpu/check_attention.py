@@ -5,13 +5,14 @@ import time
 
 import torch
 
-from domainlm.pretrain.model import Encoder, EncoderConfig, document_attention
+from domainlm.pretrain.attention import document_attention
+from domainlm.pretrain.bert import Bert, BertConfig
 
 
 def main() -> None:
     torch.manual_seed(0)
     device = torch.device("cuda")
-    model = Encoder(EncoderConfig(vocab_size=30522, dropout=0.0)).to(device)  # BERT-base shape
+    model = Bert(BertConfig(vocab_size=30522, dropout=0.0)).to(device)  # BERT-base shape
     B, T = 16, 512
     lengths = torch.randint(20, 400, (B, 8))
     segments = torch.full((B, T), -1, dtype=torch.long)

@@ -13,8 +13,8 @@ import torch._dynamo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from domainlm.config import PretrainConfig  # noqa: E402
+from domainlm.pretrain.bert import BertConfig  # noqa: E402
 from domainlm.pretrain.data import TokenShards  # noqa: E402
-from domainlm.pretrain.model import EncoderConfig  # noqa: E402
 from domainlm.pretrain.trainer import Trainer  # noqa: E402
 from pretrain_throughput import SPECIAL, VOCAB, documents, synthetic_tokenizer  # noqa: E402
 
@@ -32,7 +32,7 @@ def shards(seq_len: int) -> TokenShards:
 def run(data: TokenShards, sizes: dict, steps: int, **settings) -> tuple[list[float], float, Trainer]:
     config = PretrainConfig(max_steps=steps, batch_size=32, seq_len=128, lr=5e-4, checkpoint_every=10**6,
                             log_every=5, attention="sdpa", **settings)
-    model = EncoderConfig(vocab_size=VOCAB, max_position=512, dropout=0.0, **sizes)
+    model = BertConfig(vocab_size=VOCAB, max_position=512, dropout=0.0, **sizes)
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(model, config, data, synthetic_tokenizer(), Path(folder))
         started = time.perf_counter()
@@ -62,7 +62,7 @@ def main() -> None:
     config = PretrainConfig(max_steps=1, batch_size=256, seq_len=512, micro_batch_size="auto", attention="sdpa",
                             static_shapes=True, checkpoint_every=10**6)
     with tempfile.TemporaryDirectory() as folder:
-        trainer = Trainer(EncoderConfig(vocab_size=VOCAB, max_position=512, dropout=0.0, **base), config, shards(512),
+        trainer = Trainer(BertConfig(vocab_size=VOCAB, max_position=512, dropout=0.0, **base), config, shards(512),
                           synthetic_tokenizer(), Path(folder))
         print(f"micro_batch_size auto at BERT-base, seq 512, 60% of memory: {trainer._micro_batch(256)} rows")
 

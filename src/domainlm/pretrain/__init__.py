@@ -35,11 +35,12 @@ from domainlm.pretrain.architectures import (
     load_checkpoint,
     to_hf_masked_lm,
 )
+from domainlm.pretrain.attention import segment_attention_mask
 from domainlm.pretrain.data import TokenShards, write_token_shards
 from domainlm.pretrain.difficulty import document_difficulty
 from domainlm.pretrain.electra import Electra, to_hf_electra
+from domainlm.pretrain.encoder import MaskedLM
 from domainlm.pretrain.flops import pretraining_flops
-from domainlm.pretrain.model import MaskedLM, segment_attention_mask
 from domainlm.pretrain.sparsity import density
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
@@ -81,7 +82,7 @@ def initial_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM | Non
         return grown_model(config, write)
     if not config.model.init_from:
         return None, run_dir.tokenizer, special_tokens(run_dir.tokenizer), {}
-    from domainlm.pretrain.hf_init import extend_vocabulary, save_tokenizer_dir
+    from domainlm.pretrain.vocab_extension import extend_vocabulary, save_tokenizer_dir
 
     source = resolve_path(config.model.init_from)
     model, info = load_checkpoint(source)  # what `check` refuses was refused before any stage ran

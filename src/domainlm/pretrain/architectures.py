@@ -3,7 +3,7 @@ its module, its export to stock `transformers`, and how a local checkpoint of th
 `model_type`s it reads is loaded into it (continued pretraining).
 
 The stage and the trainer look a layout up here and never branch on it: every module takes
-(input_ids, position_ids, attention) and has `mlm_logits` and `mlm_loss` (`model.MaskedLM`).
+(input_ids, position_ids, attention) and has `mlm_logits` and `mlm_loss` (`encoder.MaskedLM`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from domainlm.errors import ModelError
-from domainlm.pretrain import hf_init, model, modernbert
+from domainlm.pretrain import bert, hf_checkpoint, modernbert
+from domainlm.pretrain.encoder import MaskedLM
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,11 @@ class Architecture:
 
 
 # A model config of any layout (not the recipe's `model:` section, `domainlm.config.ModelConfig`).
-LayoutConfig = model.EncoderConfig | modernbert.ModernBertConfig
+LayoutConfig = bert.BertConfig | modernbert.ModernBertConfig
 
 ARCHITECTURES = {
-    "bert": Architecture(model.EncoderConfig, model.Encoder, model.to_hf_masked_lm, hf_init.load_hf_encoder,
-                         hf_init.bert_config, hf_init.SUPPORTED),
+    "bert": Architecture(bert.BertConfig, bert.Bert, bert.to_hf_masked_lm, bert.load_hf_bert,
+                         bert.bert_config, bert.SUPPORTED),
     "modernbert": Architecture(modernbert.ModernBertConfig, modernbert.ModernBert, modernbert.to_hf_masked_lm,
                                modernbert.load_hf_modernbert, modernbert.modernbert_config, ("modernbert",)),
 }
@@ -42,12 +43,12 @@ def architecture_of(config) -> str:
     return next(name for name, a in ARCHITECTURES.items() if isinstance(config, a.config))
 
 
-def new_model(config) -> model.MaskedLM:
+def new_model(config) -> MaskedLM:
     """A freshly initialised model of the layout `config` describes (from the global torch RNG)."""
     return ARCHITECTURES[architecture_of(config)].model(config)
 
 
-def to_hf_masked_lm(trained: model.MaskedLM, config=None):
+def to_hf_masked_lm(trained: MaskedLM, config=None):
     """The stock transformers masked LM (BertForMaskedLM, RobertaForMaskedLM or
     ModernBertForMaskedLM) holding `trained`'s weights; `config` (default: the model's) is what
     its config says, e.g. dropout."""
@@ -57,7 +58,7 @@ def to_hf_masked_lm(trained: model.MaskedLM, config=None):
 def _layout_of(path: Path) -> tuple[str, dict]:
     """(the layout a checkpoint's model_type loads into, its config.json); ModelError naming the
     model_type and those supported when none does."""
-    hf = hf_init.read_checkpoint_config(path)
+    hf = hf_checkpoint.read_checkpoint_config(path)
     supported = {t: name for name, a in ARCHITECTURES.items() for t in a.model_types}
     if hf.get("model_type") not in supported:
         raise ModelError(f"{path}: model_type {hf.get('model_type')!r} is not supported; supported: "
@@ -65,7 +66,7 @@ def _layout_of(path: Path) -> tuple[str, dict]:
     return supported[hf["model_type"]], hf
 
 
-def load_checkpoint(path: Path, dropout: float | None = None) -> tuple[model.MaskedLM, dict]:
+def load_checkpoint(path: Path, dropout: float | None = None) -> tuple[MaskedLM, dict]:
     """Our model of a local transformers checkpoint directory, in the layout its model_type
     loads into; ModelError as `checkpoint_config`. Returns (model, info) with info["architecture"]
     the layout chosen."""
@@ -80,5 +81,5 @@ def checkpoint_config(path: Path) -> tuple[LayoutConfig, dict]:
     model_type, settings our layout cannot reproduce, or no safetensors weights."""
     layout, hf = _layout_of(Path(path))
     config = ARCHITECTURES[layout].read_config(Path(path), hf, None)
-    hf_init.check_weights_file(Path(path))
+    hf_checkpoint.check_weights_file(Path(path))
     return config, {"model_type": hf["model_type"], "architecture": layout}

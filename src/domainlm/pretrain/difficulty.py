@@ -23,8 +23,8 @@ from domainlm.config import PretrainConfig, resolve_path
 from domainlm.errors import ConfigError, ModelError
 from domainlm.io import atomic_write_bytes, fingerprint, input_signature
 from domainlm.pretrain.architectures import load_checkpoint
+from domainlm.pretrain.attention import segment_attention_mask
 from domainlm.pretrain.data import TokenShards
-from domainlm.pretrain.model import segment_attention_mask
 from domainlm.progress import progress_bar
 from domainlm.vocabulary import read_tokenizer, special_tokens
 

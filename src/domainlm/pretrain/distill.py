@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainlm.pretrain.model import Attention, MaskedLM, MaskedTargets
+from domainlm.pretrain.attention import Attention
+from domainlm.pretrain.encoder import MaskedLM, MaskedTargets
 
 
 def logit_distillation(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,

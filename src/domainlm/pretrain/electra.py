@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainlm.pretrain.model import Attention, Encoder, EncoderConfig, MaskedTargets, to_hf_state_dict
+from domainlm.pretrain.attention import Attention
+from domainlm.pretrain.bert import Bert, BertConfig, to_hf_state_dict
+from domainlm.pretrain.encoder import MaskedTargets
 
 
-def generator_config(c: EncoderConfig, fraction: float) -> EncoderConfig:
+def generator_config(c: BertConfig, fraction: float) -> BertConfig:
     """Same depth and head size, `fraction` of the heads and of the MLP width."""
     heads = max(1, round(c.num_heads * fraction))
     return dataclasses.replace(c, hidden_size=heads * (c.hidden_size // c.num_heads), num_heads=heads,
@@ -28,11 +30,11 @@ def generator_config(c: EncoderConfig, fraction: float) -> EncoderConfig:
 
 
 class Electra(nn.Module):
-    def __init__(self, c: EncoderConfig, generator_fraction: float = 0.25):
+    def __init__(self, c: BertConfig, generator_fraction: float = 0.25):
         super().__init__()
         self.config = c
-        self.discriminator = Encoder(c, mlm_head=False)
-        self.generator = Encoder(generator_config(c, generator_fraction))
+        self.discriminator = Bert(c, mlm_head=False)
+        self.generator = Bert(generator_config(c, generator_fraction))
         for name in ("tok_embed", "pos_embed", "type_embed", "embed_norm"):  # shared embeddings
             setattr(self.generator, name, getattr(self.discriminator, name))
         # ELECTRA's discriminator head: dense + GELU, then one logit per token.
@@ -89,7 +91,7 @@ def to_hf_electra_state_dict(model: Electra) -> dict[str, torch.Tensor]:
     return out
 
 
-def to_hf_electra(model: Electra, config: EncoderConfig | None = None):
+def to_hf_electra(model: Electra, config: BertConfig | None = None):
     """A stock `transformers.ElectraForPreTraining` holding the discriminator."""
     from transformers import ElectraConfig, ElectraForPreTraining
 

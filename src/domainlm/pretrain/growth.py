@@ -27,7 +27,7 @@ import torch
 
 from domainlm.errors import ConfigError, ModelError
 from domainlm.pretrain.architectures import LayoutConfig, architecture_of, new_model
-from domainlm.pretrain.model import MaskedLM
+from domainlm.pretrain.encoder import MaskedLM
 
 SIZE_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 

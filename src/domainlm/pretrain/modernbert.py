@@ -1,6 +1,6 @@
 """The ModernBERT layout (Warner et al. 2024, "Smarter, Better, Faster, Longer: A Modern
 Bidirectional Encoder for Fast, Memory Efficient, and Long Context Finetuning and Inference",
-arXiv:2412.13663), written for packed training like `model.Encoder`.
+arXiv:2412.13663), written for packed training like `bert.Bert`.
 
 Token embeddings and a LayerNorm (no position table); pre-LayerNorm layers with no biases, whose
 attention rotates queries and keys by position (RoPE, Su et al. 2021) with one base on global
@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainlm.errors import ModelError
-from domainlm.pretrain.hf_init import read_checkpoint_config, read_safetensors
-from domainlm.pretrain.model import Attention, MaskedLM, attend
+from domainlm.pretrain.attention import Attention, attend
+from domainlm.pretrain.encoder import MaskedLM
+from domainlm.pretrain.hf_checkpoint import read_checkpoint_config, read_safetensors
 
 
 @dataclass
@@ -119,7 +120,7 @@ class Block(nn.Module):
 
 
 class ModernBert(MaskedLM):
-    """The encoder and its MLM head; weights named as `model.Encoder`'s where they play the same part
+    """The encoder and its MLM head; weights named as `bert.Bert`'s where they play the same part
     (tok_embed, blocks.{i}.qkv, head_bias, ...), so code that reads those (vocabulary extension,
     parameter counts) works on both."""
 
@@ -282,7 +283,7 @@ def load_hf_modernbert(path: Path, dropout: float | None = None) -> tuple[Modern
     """Our `ModernBert` with the weights of a local ModernBERT checkpoint directory (safetensors
     only). dropout: overrides the checkpoint's. A missing MLM head (a `ModernBertModel` directory)
     is created with ModernBERT's initialisation from the global torch RNG. Returns (model, info)
-    as `hf_init.load_hf_encoder` does."""
+    as `bert.load_hf_bert` does."""
     path = Path(path)
     hf = read_checkpoint_config(path)
     config = modernbert_config(path, hf, dropout)

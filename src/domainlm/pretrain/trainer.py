@@ -36,6 +36,7 @@ from domainlm.errors import ConfigError, TrainingDiverged
 from domainlm.io import atomic_directory, atomic_write_json, read_json
 from domainlm.optim import lr_schedule, parameter_groups
 from domainlm.pretrain.architectures import LayoutConfig, new_model
+from domainlm.pretrain.attention import document_attention, varlen_has_window
 from domainlm.pretrain.data import (
     TokenShards,
     lexicon_sequences,
@@ -45,13 +46,7 @@ from domainlm.pretrain.data import (
 )
 from domainlm.pretrain.distill import Distiller
 from domainlm.pretrain.electra import Electra
-from domainlm.pretrain.model import (
-    MaskedTargets,
-    document_attention,
-    masked_capacity,
-    masked_targets,
-    varlen_has_window,
-)
+from domainlm.pretrain.encoder import MaskedTargets, masked_capacity, masked_targets
 from domainlm.pretrain.plan import DataPlan
 from domainlm.pretrain.sparsity import apply_masks, magnitude_masks
 from domainlm.progress import Curves, progress_bar
