@@ -270,7 +270,7 @@ def test_unpadded_varlen_layout_equals_the_masked_layout(monkeypatch):
         real = segments >= 0
         noise = torch.rand(labels.shape, generator=torch.Generator().manual_seed(0))
         losses = [electra.losses(ids, positions, attn, real, masked_targets(labels, real if attn is unpadded else None,
-                                                                            noise))
+                                                                            {"noise": noise}))
                   for attn in (unpadded, masked)]
         for key in ("mlm", "rtd"):
             torch.testing.assert_close(losses[0][key], losses[1][key])

@@ -97,9 +97,9 @@ def test_a_static_run_resumes_exactly(tokenizer, shards, tmp_path, monkeypatch):
 def test_masked_positions_fill_a_fixed_buffer_and_overflow_is_left_out():
     labels = torch.tensor([-100, 7, -100, 8, 9, -100, 10, 11])
     noise = torch.arange(8) / 8
-    padded = MaskedTargets.of(labels, noise, capacity=8)
+    padded = MaskedTargets.of(labels, {"noise": noise}, capacity=8)
     assert padded.index.tolist() == [1, 3, 4, 6, 7, 0, 0, 0] and padded.labels.tolist() == [7, 8, 9, 10, 11] + [-100] * 3
-    assert padded.noise.tolist() == [0.125, 0.375, 0.5, 0.75, 0.875, 0, 0, 0] and padded.overflow == 0
+    assert padded.draws["noise"].tolist() == [0.125, 0.375, 0.5, 0.75, 0.875, 0, 0, 0] and padded.overflow == 0
     cut = MaskedTargets.of(labels, capacity=3)
     assert cut.index.tolist() == [1, 3, 4] and cut.labels.tolist() == [7, 8, 9] and cut.overflow == 2
     assert masked_capacity(32 * 128, 0.15) == 832  # 614 expected + 8 sigma (185), rounded up to 64

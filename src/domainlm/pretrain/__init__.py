@@ -39,7 +39,7 @@ from domainlm.pretrain.attention import segment_attention_mask
 from domainlm.pretrain.data import TokenShards, write_token_shards
 from domainlm.pretrain.difficulty import document_difficulty
 from domainlm.pretrain.electra import Electra, to_hf_electra
-from domainlm.pretrain.encoder import MaskedLM
+from domainlm.pretrain.encoder import MaskedLM, non_embedding_parameters
 from domainlm.pretrain.flops import pretraining_flops
 from domainlm.pretrain.sparsity import density
 from domainlm.pretrain.trainer import Trainer
@@ -162,7 +162,7 @@ def check(config: RunConfig) -> None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dropout = layout.dropout if pretrain.dropout is None else pretrain.dropout
         resolve_attention(pretrain.attention, device, dropout, pretrain.static_shapes,
-                          windowed=hasattr(layout, "local_window"))
+                          windowed=layout.attention_window is not None)
 
 
 def check_scorer(config: RunConfig, role: str, path: Path, vocabulary: Path | None) -> None:
@@ -250,7 +250,7 @@ def output_difference(model: MaskedLM | Electra, hf_model, batch_size: int = 2, 
     model, hf_model = model.float().eval().cpu(), hf_model.float().eval()
     c = model.config
     if length is None:
-        length = min(c.max_position, 2 * max(12, getattr(c, "local_window", 12)))
+        length = min(c.max_position, 2 * max(12, c.attention_window or 12))
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(5, c.vocab_size, (batch_size, length), generator=generator)
     lengths = torch.tensor([length, length // 2])[:batch_size]
@@ -304,13 +304,6 @@ def discarded_work(config: RunConfig) -> str | None:
     return f"Training restarts from step 0: the {max(steps)} steps its newest checkpoint holds are discarded"
 
 
-def non_embedding_parameters(model: torch.nn.Module) -> int:
-    """Parameters outside the token, position and type embeddings and the vocabulary bias: what
-    sets a step's compute apart from the vocabulary's size (equal-compute arms must match here)."""
-    return sum(p.numel() for name, p in model.named_parameters()
-               if not any(part in name for part in ("tok_embed", "pos_embed", "type_embed", "head_bias")))
-
-
 def check_positions(checkpoint: LayoutConfig, config: RunConfig, name: str | None = None) -> None:
     """ConfigError when a packed row is longer than the checkpoint's usable positions (its table
     minus RoBERTa's offset, or ModernBERT's max_position_embeddings), naming both and the fix,
@@ -337,7 +330,7 @@ def load_teacher(config: RunConfig, tokenizer: Tokenizer) -> MaskedLM | None:
 
 def check_window(model_config: LayoutConfig, config: RunConfig) -> None:
     """A local window that covers whole rows is legal but makes local layers global: say so."""
-    window = getattr(model_config, "local_window", None)
+    window = model_config.attention_window
     if window is not None and window // 2 >= config.pretrain.seq_len - 1:
         log.warning("pretrain: model.local_window %d covers every pair of tokens in a %d-token row: the local "
                     "layers attend as the global ones do", window, config.pretrain.seq_len)

@@ -46,6 +46,11 @@ class BertConfig:
     family: str = "bert"
     """The transformers architecture the export writes: "bert" (BertForMaskedLM) or "roberta"."""
 
+    @property
+    def attention_window(self) -> int | None:
+        """Tokens a local attention layer sees (None: every layer attends globally)."""
+        return None
+
     def usable_positions(self) -> tuple[int, str]:
         """The longest row this model can take, and where that limit comes from."""
         offset = f", minus an offset of {self.position_offset}" if self.position_offset else ""

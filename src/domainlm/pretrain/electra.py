@@ -18,7 +18,7 @@ from torch import nn
 
 from domainlm.pretrain.attention import Attention
 from domainlm.pretrain.bert import Bert, BertConfig, to_hf_state_dict
-from domainlm.pretrain.encoder import MaskedTargets
+from domainlm.pretrain.encoder import GROUPS, Encoder, MaskedTargets
 
 
 def generator_config(c: BertConfig, fraction: float) -> BertConfig:
@@ -29,7 +29,9 @@ def generator_config(c: BertConfig, fraction: float) -> BertConfig:
                                embedding_size=c.embedding_size or c.hidden_size)
 
 
-class Electra(nn.Module):
+class Electra(Encoder):
+    """The discriminator (the model kept), the generator, and the discriminator's head."""
+
     def __init__(self, c: BertConfig, generator_fraction: float = 0.25):
         super().__init__()
         self.config = c
@@ -43,6 +45,26 @@ class Electra(nn.Module):
         for layer in (self.rtd_dense, self.rtd_out):
             nn.init.normal_(layer.weight, std=c.initializer_range)
             nn.init.zeros_(layer.bias)
+
+    def layers(self) -> list[nn.Module]:
+        return self.discriminator.layers() + self.generator.layers()
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        own = dict(self.named_parameters())  # the shared embeddings once, under the discriminator
+        groups = {group: [] for group in GROUPS}
+        for prefix in ("discriminator", "generator"):
+            for group, names in getattr(self, prefix).parameter_groups().items():
+                groups[group] += [f"{prefix}.{name}" for name in names if f"{prefix}.{name}" in own]
+        groups["head"] += [name for name in own if name.startswith(("rtd_dense.", "rtd_out."))]
+        return groups
+
+    def flops_per_position(self, seq_len: int, density: float = 1.0) -> float:
+        head = 2 * (self.rtd_dense.weight.numel() + self.rtd_out.weight.numel())
+        return (self.discriminator.flops_per_position(seq_len, density)
+                + self.generator.flops_per_position(seq_len, density) + head)
+
+    def flops_per_masked(self) -> float:
+        return self.generator.flops_per_masked()
 
     def rtd_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.rtd_out(F.gelu(self.rtd_dense(hidden))).squeeze(-1)
@@ -62,7 +84,7 @@ class Electra(nn.Module):
         valid = targets.labels != -100
         with torch.no_grad():  # sampling is not differentiated (ELECTRA trains the generator by MLM only)
             cumulative = logits.softmax(-1).cumsum(-1)
-            sampled = torch.searchsorted(cumulative, targets.noise.unsqueeze(-1)).squeeze(-1)
+            sampled = torch.searchsorted(cumulative, targets.draws["noise"].unsqueeze(-1)).squeeze(-1)
             sampled = sampled.clamp(max=logits.shape[-1] - 1)
         flat_ids = attn.select(input_ids).reshape(-1)
         # Padding slots add 0: scatter_add keeps them harmless however many share index 0.

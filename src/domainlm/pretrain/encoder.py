@@ -16,7 +16,7 @@ A layout is a `MaskedLM`: `forward(input_ids, position_ids, attn)` gives hidden 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,12 +25,84 @@ from torch import nn
 from domainlm.pretrain.attention import Attention
 
 GROUPS = ("embedding", "encoder", "head")
+# The members every trained module provides (`tests/test_architecture.py` calls each on every layout and objective).
+PROTOCOL = ("layers", "parameter_groups", "flops_per_position", "flops_per_masked")
 
 
-class MaskedLM(nn.Module):
-    """What the training encoders share: `forward(input_ids, position_ids, attn)` gives hidden
-    states, `mlm_logits` turns them into vocabulary logits, and the loss is computed on the masked
-    positions only."""
+class Encoder(nn.Module):
+    """What compile, FSDP, SPDF, growth and the FLOP counter ask of a trained module."""
+
+    def layers(self) -> list[nn.Module]:
+        """The transformer layers, in order."""
+        raise NotImplementedError(f"{type(self).__name__}.layers")
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Parameter names (as `named_parameters` gives them) by role, one of `GROUPS`."""
+        raise NotImplementedError(f"{type(self).__name__}.parameter_groups")
+
+    def flops_per_position(self, seq_len: int, density: float = 1.0) -> float:
+        """Forward FLOPs of one row position in a row of `seq_len`, the layers' linear weights at `density`."""
+        raise NotImplementedError(f"{type(self).__name__}.flops_per_position")
+
+    def flops_per_masked(self) -> float:
+        """Forward FLOPs of the MLM head on one predicted position (0 without a head)."""
+        raise NotImplementedError(f"{type(self).__name__}.flops_per_masked")
+
+
+def layer_linears(model: Encoder) -> dict[str, nn.Linear]:
+    """The linear layers directly inside the model's transformer layers, by qualified name."""
+    return {f"{name}.{child}": linear for name, layer in zip(layer_names(model), model.layers(), strict=True)
+            for child, linear in layer.named_children() if isinstance(linear, nn.Linear)}
+
+
+def layer_names(model: Encoder) -> list[str]:
+    """The qualified names of the model's transformer layers, in order."""
+    names = {id(module): name for name, module in model.named_modules()}
+    return [names[id(layer)] for layer in model.layers()]
+
+
+def non_embedding_parameters(model: Encoder) -> int:
+    """Parameters outside the embedding group (token, position and type tables, the vocabulary
+    bias): what sets a step's compute apart from the vocabulary's size (equal-compute arms must
+    match here)."""
+    embedding = set(model.parameter_groups()["embedding"])
+    return sum(p.numel() for name, p in model.named_parameters() if name not in embedding)
+
+
+class MaskedLM(Encoder):
+    """What the layouts share: `forward(input_ids, position_ids, attn)` gives hidden states,
+    `mlm_logits` turns them into vocabulary logits, and the loss is computed on the masked
+    positions only. A layout keeps its layers in `blocks`, names its top-level parameters by role
+    in `EMBEDDING` and `HEAD`, and (with an MLM head) has `head_dense` and a decoder tied to `tok_embed`."""
+
+    EMBEDDING = ("tok_embed", "pos_embed", "type_embed", "head_bias")
+    HEAD = ("head_dense", "head_norm")
+
+    def layers(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        groups = {group: [] for group in GROUPS}
+        for name, _ in self.named_parameters():
+            root = name.split(".")[0]
+            groups["embedding" if root in self.EMBEDDING else "head" if root in self.HEAD else "encoder"].append(name)
+        return groups
+
+    def flops_per_position(self, seq_len: int, density: float = 1.0) -> float:
+        """Every linear weight once (the layers' at `density`; the MLM head's dense layer is per
+        masked position), plus attention's two matrix products over the row: 4 x seq_len x width per layer."""
+        inside = layer_linears(self).values()
+        head = {id(getattr(self, name, None)) for name in self.HEAD}
+        other = sum(m.weight.numel() for m in self.modules()
+                    if isinstance(m, nn.Linear) and m not in inside and id(m) not in head)
+        attention = 4 * seq_len * self.config.hidden_size * len(self.layers())
+        return 2 * (density * sum(m.weight.numel() for m in inside) + other) + attention
+
+    def flops_per_masked(self) -> float:
+        """The head's dense layer and the vocabulary projection (the tied embeddings)."""
+        if not hasattr(self, "head_dense"):
+            return 0
+        return 2 * (self.head_dense.weight.numel() + self.tok_embed.weight.numel())
 
     def mlm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -56,49 +128,50 @@ class MaskedLM(nn.Module):
 @dataclass
 class MaskedTargets:
     """The masked positions of a (micro-)batch in the layout the model computes in: `index` (K,)
-    their flat positions, `labels` (K,) the original ids, `noise` (K,) uniform draws for ELECTRA's
-    sampling (or None). With a fixed capacity K the buffers are padded (index 0, label -100, noise
-    0), so their shapes never change between steps; `overflow` counts masked positions that did not
-    fit (left out of the loss)."""
+    their flat positions, `labels` (K,) the original ids, `draws` an objective's per-position
+    random draws (K,) each (ELECTRA's "noise" samples its replacements; `objectives.OBJECTIVES`).
+    With a fixed capacity K the buffers are padded (index 0, label -100, draws 0), so their shapes
+    never change between steps; `overflow` counts masked positions that did not fit (left out of
+    the loss)."""
 
     index: torch.Tensor
     labels: torch.Tensor
-    noise: torch.Tensor | None = None
+    draws: dict[str, torch.Tensor] = field(default_factory=dict)
     overflow: int = 0
 
     @classmethod
-    def of(cls, flat_labels: torch.Tensor, flat_noise: torch.Tensor | None = None,
+    def of(cls, flat_labels: torch.Tensor, flat_draws: dict[str, torch.Tensor] | None = None,
            capacity: int | None = None) -> MaskedTargets:
-        """From (N,) labels (-100 where nothing is predicted) and per-position noise, in order."""
+        """From (N,) labels (-100 where nothing is predicted) and (N,) per-position draws, in order."""
         index = torch.nonzero(flat_labels != -100).flatten()
         overflow = 0
         if capacity is not None:
             overflow = max(0, len(index) - capacity)
             index = index[:capacity]
         labels = flat_labels.index_select(0, index)
-        noise = None if flat_noise is None else flat_noise.index_select(0, index)
+        draws = {name: values.index_select(0, index) for name, values in (flat_draws or {}).items()}
         if capacity is not None and len(index) < capacity:
             pad = capacity - len(index)
             index = torch.cat([index, index.new_zeros(pad)])
             labels = torch.cat([labels, labels.new_full((pad,), -100)])
-            noise = None if noise is None else torch.cat([noise, noise.new_zeros(pad)])
-        return cls(index, labels, noise, overflow)
+            draws = {name: torch.cat([values, values.new_zeros(pad)]) for name, values in draws.items()}
+        return cls(index, labels, draws, overflow)
 
     def to(self, device: torch.device | str) -> MaskedTargets:
         move = {"device": device, "non_blocking": True}
         return MaskedTargets(self.index.to(**move), self.labels.to(**move),
-                             None if self.noise is None else self.noise.to(**move), self.overflow)
+                             {name: values.to(**move) for name, values in self.draws.items()}, self.overflow)
 
 
-def masked_targets(labels: torch.Tensor, real: torch.Tensor | None, noise: torch.Tensor | None = None,
+def masked_targets(labels: torch.Tensor, real: torch.Tensor | None, draws: dict[str, torch.Tensor] | None = None,
                    capacity: int | None = None) -> MaskedTargets:
     """The masked positions (label != -100) of a host batch in the layout the model computes in:
     `labels` (B, T), `real` the (B, T) real-token mask when padding is removed (varlen; None
-    otherwise), `noise` (B, T) ELECTRA's sampling draws (or None); `capacity` pads to a fixed size."""
+    otherwise), `draws` (B, T) each, an objective's per-position draws; `capacity` pads to a fixed size."""
     def flat(tensor):
         return tensor.reshape(-1) if real is None else tensor[real]
 
-    return MaskedTargets.of(flat(labels), None if noise is None else flat(noise), capacity)
+    return MaskedTargets.of(flat(labels), {name: flat(values) for name, values in (draws or {}).items()}, capacity)
 
 
 def masked_capacity(positions: int, rate: float) -> int:

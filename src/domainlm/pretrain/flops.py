@@ -13,32 +13,20 @@ on the masked positions.
 
 from __future__ import annotations
 
-from torch import nn
-
-from domainlm.pretrain.sparsity import sparse_linears
+from domainlm.pretrain.encoder import Encoder
 
 
-def forward_flops(model: nn.Module, seq_len: int, positions: int, masked: int, density: float = 1.0,
+def forward_flops(model: Encoder, seq_len: int, positions: int, masked: int, density: float = 1.0,
                   head: bool = True) -> float:
     """FLOPs of one forward of `model` over `positions` row positions of length `seq_len`, of which
     `masked` go through the MLM head (`head` False: none do); the transformer layers' linear
-    weights at `density` (1.0: dense)."""
-    blocks = sparse_linears(model)
-    block_weights = sum(linear.weight.numel() for linear in blocks.values())
-    head_names = ("head_dense",)
-    other_weights = sum(m.weight.numel() for name, m in model.named_modules()
-                        if isinstance(m, nn.Linear) and m not in blocks.values() and name.split(".")[-1] not in head_names)
-    attention = sum(4 * seq_len * m.in_features for name, m in blocks.items() if name.endswith(".attn_out"))
-    per_position = 2 * (density * block_weights + other_weights) + attention
-    per_masked = 0
-    if head:
-        per_masked = sum(2 * (m.head_dense.weight.numel() + m.tok_embed.weight.numel())
-                         for m in model.modules() if hasattr(m, "head_bias"))  # every encoder with an MLM head
-    return per_position * positions + per_masked * masked
+    weights at `density` (1.0: dense). What a position costs, the model says (`Encoder`)."""
+    per_masked = model.flops_per_masked() if head else 0
+    return model.flops_per_position(seq_len, density) * positions + per_masked * masked
 
 
-def pretraining_flops(model: nn.Module, seq_len: int, positions: int, masked: int, sparsity: float = 0.0,
-                      teacher: nn.Module | None = None, teacher_logits: bool = True) -> dict[str, float]:
+def pretraining_flops(model: Encoder, seq_len: int, positions: int, masked: int, sparsity: float = 0.0,
+                      teacher: Encoder | None = None, teacher_logits: bool = True) -> dict[str, float]:
     """Training FLOPs of a run that computed `positions` row positions (padding included: the
     kernels compute on it) with `masked` predicted positions: `flops` as spent (sparse layers at
     1 - sparsity), `flops_dense_equivalent` as the same steps would cost dense; both include the

@@ -27,11 +27,11 @@ import torch
 
 from domainlm.errors import ConfigError, ModelError
 from domainlm.pretrain.architectures import LayoutConfig, architecture_of, new_model
-from domainlm.pretrain.encoder import MaskedLM
+from domainlm.pretrain.encoder import MaskedLM, layer_names
 
 SIZE_KEYS = ("num_layers", "hidden_size", "num_heads", "intermediate_size")
 
-# The role of each axis of each parameter, by name (a layer's without `blocks.{i}.`): "width" the
+# The role of each axis of each parameter, by name inside its layer (`local_name`): "width" the
 # residual stream, "heads" the attention heads' units (head-major), "qkv" [q | k | v] each split by
 # heads, "inner" the MLP's units; None an axis that keeps its size (vocabulary, positions, token
 # types). "/copies": the axis a Linear sums over, divided by the copies of each source unit.
@@ -121,9 +121,13 @@ def new_units(index: torch.Tensor) -> torch.Tensor:
     return order != first[index]
 
 
-def local_name(name: str) -> str:
-    """A parameter's name without its layer's `blocks.{i}.`, as `ROLES` has it."""
-    return name.split(".", 2)[2] if name.startswith("blocks.") else name
+def local_name(name: str, layers: list[str]) -> tuple[int | None, str]:
+    """(the index of the layer a parameter belongs to, or None; its name inside that layer, as
+    `ROLES` has it). `layers`: the model's layer names (`encoder.layer_names`)."""
+    for index, layer in enumerate(layers):
+        if name.startswith(layer + "."):
+            return index, name[len(layer) + 1 :]
+    return None, name
 
 
 def layer_sources(source_layers: int, target_layers: int, depth: str) -> list[int]:
@@ -142,22 +146,25 @@ def grow(source: MaskedLM, target_config: LayoutConfig, depth: str = "stack", in
     roles = LAYOUT_ROLES[architecture_of(source.config)]
     sources = unit_sources(source.config, target_config)
     weights = source.state_dict()
-    unknown = sorted(name for name in weights if local_name(name) not in roles)
+    source_layers = layer_names(source)
+    unknown = sorted(name for name in weights if local_name(name, source_layers)[1] not in roles)
     if unknown:
         raise ModelError(f"model growth has no rule for the parameters {unknown}")
 
     def widened(name: str) -> torch.Tensor:
-        return grow_tensor(weights[name], roles[local_name(name)], sources)
+        return grow_tensor(weights[name], roles[local_name(name, source_layers)[1]], sources)
 
     target = new_model(target_config)
     state = target.state_dict()
-    copied = layer_sources(source.config.num_layers, target_config.num_layers, depth)
+    target_layers = layer_names(target)
+    copied = layer_sources(len(source_layers), len(target_layers), depth)
     for name in state:
-        if not name.startswith("blocks."):
+        layer, local = local_name(name, target_layers)
+        if layer is None:
             state[name] = widened(name)
             continue
-        _, layer, local = name.split(".", 2)
-        own, above = (f"blocks.{copied[int(layer)] + step}.{local}" for step in (0, 1))
+        own, above = (f"{source_layers[i]}.{local}" if i < len(source_layers) else None
+                      for i in (copied[layer], copied[layer] + 1))
         if own not in weights:
             continue
         tensor = widened(own)

@@ -55,6 +55,11 @@ class ModernBertConfig:
     token_ids: dict[str, int | None] = field(default_factory=dict)
     """bos / eos / cls / sep ids for config.json (a continued checkpoint's own, kept on export)."""
 
+    @property
+    def attention_window(self) -> int | None:
+        """Tokens a local attention layer sees (`local_window`)."""
+        return self.local_window
+
     def is_global(self, layer: int) -> bool:
         return layer % self.global_every == 0
 

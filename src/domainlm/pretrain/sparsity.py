@@ -18,16 +18,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from domainlm.pretrain.encoder import Encoder, layer_linears
 
-def sparse_linears(model: nn.Module) -> dict[str, nn.Linear]:
-    """The linear layers SPDF sparsifies: every `nn.Linear` inside a transformer layer (a module
-    named `Block`, in any layout), by qualified name."""
-    out = {}
-    for name, module in model.named_modules():
-        if type(module).__name__ == "Block":
-            out |= {f"{name}.{child}": linear for child, linear in module.named_children()
-                    if isinstance(linear, nn.Linear)}
-    return out
+
+def sparse_linears(model: Encoder) -> dict[str, nn.Linear]:
+    """The linear layers SPDF sparsifies: every `nn.Linear` directly inside one of the model's
+    transformer layers (`Encoder.layers`), by qualified name."""
+    return layer_linears(model)
 
 
 def magnitude_masks(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:

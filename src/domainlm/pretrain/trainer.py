@@ -76,11 +76,11 @@ class Objective(torch.nn.Module):
 
 
 def static_losses(objective: torch.nn.Module, input_ids, position_ids, segment_ids, real, index, labels,
-                  noise) -> dict[str, torch.Tensor]:
+                  draws) -> dict[str, torch.Tensor]:
     """The objective on tensors of fixed shapes only (the same-document mask is built inside), the
     function `torch.compile` takes whole: forward and loss here, the backward through AOTAutograd."""
     attn = document_attention(segment_ids, kind="sdpa", device=segment_ids.device)
-    return objective(input_ids, position_ids, attn, real, MaskedTargets(index, labels, noise))
+    return objective(input_ids, position_ids, attn, real, MaskedTargets(index, labels, draws))
 
 
 def resolve_attention(kind: str, device: torch.device, dropout: float, static: bool = False,
@@ -165,7 +165,7 @@ class Trainer:
         self.trainable = self.model if projection is None else torch.nn.ModuleDict(
             {"model": self.model, "projection": projection})
         self.static = config.static_shapes
-        windowed = hasattr(model_config, "local_window")  # ModernBERT's local layers
+        windowed = model_config.attention_window is not None  # ModernBERT's local layers
         self.attention = resolve_attention(config.attention, self.device, model_config.dropout, self.static, windowed)
         if config.compile and not self.static:
             self.compile_blocks()
@@ -211,9 +211,8 @@ class Trainer:
     def compile_blocks(self) -> None:
         """torch.compile each transformer layer (the loss's data-dependent indexing stays eager)."""
         try:
-            for module in self.model.modules():
-                if module.__class__.__name__ == "Block":
-                    module.compile(dynamic=self.attention == "varlen" or None)
+            for layer in self.model.layers():
+                layer.compile(dynamic=self.attention == "varlen" or None)
         except Exception as err:  # noqa: BLE001 - compilation support varies by platform; eager still works
             log.warning("pretrain: torch.compile unavailable (%s); running eager", err)
 
@@ -233,9 +232,8 @@ class Trainer:
         if self.config.distributed == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
-            for module in self.model.modules():
-                if module.__class__.__name__ == "Block":
-                    fully_shard(module)
+            for layer in self.model.layers():
+                fully_shard(layer)
             return fully_shard(objective)
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(objective, device_ids=ids)
@@ -257,7 +255,7 @@ class Trainer:
         )
         if isinstance(self.model, Electra):  # one uniform draw per masked position samples its replacement
             masked = batch["labels"] != -100
-            batch["noise"] = torch.zeros(masked.shape).masked_scatter_(
+            batch["draw.noise"] = torch.zeros(masked.shape).masked_scatter_(
                 masked, torch.rand(int(masked.sum()), generator=self.generator))
         if self.device.type == "cuda":  # page-locked, so that the copies to the GPU do not wait for it
             batch = {key: value.pin_memory() for key, value in batch.items()}
@@ -337,7 +335,7 @@ class Trainer:
         labels = torch.where(torch.rand(rows, seq_len, generator=draws) < self.config.mask_rate, ids, -100)
         part = {"masked_ids": ids, "position_ids": torch.arange(seq_len).expand(rows, seq_len),
                 "segment_ids": torch.zeros(rows, seq_len, dtype=torch.long), "labels": labels,
-                "real": torch.ones(rows, seq_len, dtype=torch.bool), "noise": torch.rand(rows, seq_len, generator=draws)}
+                "real": torch.ones(rows, seq_len, dtype=torch.bool), "draw.noise": torch.rand(rows, seq_len, generator=draws)}
         torch.cuda.reset_peak_memory_stats()
         self.static = False  # the eager step: trying sizes must not compile a graph for each
         try:
@@ -359,7 +357,8 @@ class Trainer:
         """A micro-batch's masked positions, found on the host (a fixed-capacity buffer under static shapes)."""
         capacity = masked_capacity(part["labels"].numel(), self.config.mask_rate) if self.static else None
         real = part["real"] if self.attention == "varlen" else None
-        return masked_targets(part["labels"], real, part.get("noise"), capacity)
+        draws = {key.removeprefix("draw."): value for key, value in part.items() if key.startswith("draw.")}
+        return masked_targets(part["labels"], real, draws, capacity)
 
     def _backward(self, part: dict[str, torch.Tensor], targets: MaskedTargets, totals: dict[str, int],
                   weights: dict[str, float], sums: torch.Tensor, last: bool) -> None:
@@ -370,7 +369,7 @@ class Trainer:
             if self.static:
                 losses = self.forward(part["masked_ids"].to(**to), part["position_ids"].to(**to),
                                       part["segment_ids"].to(**to), part["real"].to(**to), targets.index,
-                                      targets.labels, targets.noise)
+                                      targets.labels, targets.draws)
             else:
                 attn = document_attention(part["segment_ids"], part["position_ids"], self.attention, self.device)
                 losses = self.objective(part["masked_ids"].to(**to), part["position_ids"].to(**to), attn,
