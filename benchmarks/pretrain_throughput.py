@@ -214,17 +214,17 @@ def run_domainlm(args, docs, device, attention: str, compiled: bool, static: boo
         trainer = domainlm_trainer(args, docs, attention, compiled, Path(folder), static, compile_mode)
         before, started, elapsed = 0, 0.0, 0.0
         # `batches` is the training loop's: on a GPU the next batch is prepared on a thread, overlapped.
-        for step, batch in trainer.batches(0, args.warmup + args.steps + 1):
+        for step, batch in trainer.batches.batches(0, args.warmup + args.steps + 1):
             if step == args.warmup:
                 sync(device)
-                before, started = trainer.real_tokens, time.perf_counter()
+                before, started = trainer.record.real_tokens, time.perf_counter()
             if step == args.warmup + args.steps:  # the timed steps are done; one more, profiled
                 sync(device)
-                elapsed, real = time.perf_counter() - started, trainer.real_tokens - before
+                elapsed, real = time.perf_counter() - started, trainer.record.real_tokens - before
                 count = dispatches(lambda s=step, b=batch: trainer.train_step(s, b), device)
                 break
             trainer.train_step(step, batch)
-        trainer._flush()
+        trainer.record.flush()
         return real, elapsed, count
 
 

@@ -128,11 +128,11 @@ def test_objectives_and_masking_modes_train_and_export(tokenizer, shards, tmp_pa
     trainer.train()
     assert len(trainer.losses) == 4 and np.isfinite(trainer.losses).all()
     if objective == "electra":
-        assert set(trainer.parts) == {"mlm", "rtd"}
+        assert set(trainer.record.parts) == {"mlm", "rtd"}
         assert trainer.model.generator.tok_embed is trainer.model.discriminator.tok_embed  # shared embeddings
         assert trainer.model.generator.config.hidden_size < trainer.model.config.hidden_size
     save_for_transformers(tokenizer, tmp_path / "tok")
-    assert export_model(trainer.model, tmp_path / "tok", tmp_path / "export") <= 1e-4  # stock transformers, same outputs
+    assert export_model(trainer.model, tmp_path / "tok", tmp_path / "export", objective=objective) <= 1e-4  # stock, same outputs
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["model_type"] == ("electra" if objective == "electra" else "bert")
     AutoModel.from_pretrained(tmp_path / "export")  # the encoder alone, as fine-tuning loads it
@@ -141,7 +141,7 @@ def test_objectives_and_masking_modes_train_and_export(tokenizer, shards, tmp_pa
 def test_electra_learns_to_detect_replacements(tokenizer, shards, tmp_path):
     trainer = _trainer(tokenizer, shards, tmp_path, objective="electra", max_steps=30, lr=3e-3, mask_rate=0.3)
     trainer.train()
-    rtd = trainer.parts["rtd"]
+    rtd = trainer.record.parts["rtd"]
     assert np.mean(rtd[-5:]) < np.mean(rtd[:5])
 
 
@@ -149,7 +149,7 @@ def test_prefetching_the_next_batch_changes_nothing_and_resumes_exactly(tokenize
     plain = _trainer(tokenizer, shards, tmp_path / "plain", dropout=0.1, max_steps=6)
     plain.train()
     ahead = _trainer(tokenizer, shards, tmp_path / "ahead", dropout=0.1, max_steps=6)
-    ahead.prefetch = True  # what a GPU run does: batches 4 and 5 are drawn before step 5 fails
+    ahead.batches.prefetch = True  # what a GPU run does: batches 4 and 5 are drawn before step 5 fails
     original = ahead.train_step
 
     def crash_at_5(step, batch=None):
@@ -161,7 +161,7 @@ def test_prefetching_the_next_batch_changes_nothing_and_resumes_exactly(tokenize
     with pytest.raises(KeyboardInterrupt):
         ahead.train()
     resumed = _trainer(tokenizer, shards, tmp_path / "ahead", dropout=0.1, max_steps=6)
-    resumed.prefetch = True
+    resumed.batches.prefetch = True
     assert resumed.resume_if_possible() and resumed.step == 4
     resumed.train()
     assert resumed.losses == plain.losses

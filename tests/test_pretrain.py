@@ -236,7 +236,7 @@ def test_a_nan_step_is_skipped_and_reported(data, tokenizer, tmp_path, monkeypat
     _poison(trainer, {1}, monkeypatch)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train()
-    assert trainer.skipped_steps == [1]
+    assert trainer.record.skipped_steps == [1]
     assert np.isnan(trainer.losses[1]) and np.isfinite([trainer.losses[i] for i in (0, 2, 3)]).all()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))

@@ -37,7 +37,7 @@ def test_pretraining_writes_loss_lr_tokens_per_second_and_gradient_norm(tmp_path
     assert set(found) == {"pretrain/loss", "pretrain/lr", "pretrain/real_tokens_per_s", "pretrain/grad_norm"}
     assert [step for step, _ in found["pretrain/loss"]] == [2, 4]
     assert found["pretrain/loss"][1][1] == pytest.approx(sum(trainer.losses[2:]) / 2, rel=1e-6)
-    assert found["pretrain/lr"][0][1] == pytest.approx(trainer.learning_rates[1], rel=1e-6)
+    assert found["pretrain/lr"][0][1] == pytest.approx(trainer.record.learning_rates[1], rel=1e-6)
     assert all(value > 0 for _, value in found["pretrain/grad_norm"])
 
 

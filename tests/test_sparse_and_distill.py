@@ -147,10 +147,10 @@ def test_a_small_student_learns_from_a_wider_teacher_and_resumes_exactly(tokeniz
     torch.manual_seed(1)
     teacher = Bert(_model_config(tokenizer, hidden=64, layers=2))
     straight = _trainer(tokenizer, data, tmp_path / "a", teacher=teacher, distill_temperature=2.0)
-    assert straight.distiller.projection.weight.shape == (64, 32)  # student width -> teacher width
+    assert straight.trainable["projection"].weight.shape == (64, 32)  # student width -> teacher width
     straight.train()
-    assert set(straight.parts) == {"mlm", "kd", "hidden"}
-    assert straight.parts["hidden"][-1] < straight.parts["hidden"][0]
+    assert set(straight.record.parts) == {"mlm", "kd", "hidden"}
+    assert straight.record.parts["hidden"][-1] < straight.record.parts["hidden"][0]
     assert all(not p.requires_grad for p in teacher.parameters())
     interrupted = _trainer(tokenizer, data, tmp_path / "b", teacher=teacher, distill_temperature=2.0)
     interrupted.config.max_steps = 4

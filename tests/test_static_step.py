@@ -50,9 +50,9 @@ def test_static_steps_give_the_eager_losses(tokenizer, shards, tmp_path, setting
     static.train()
     assert static.masked_overflow == 0
     np.testing.assert_allclose(static.losses, eager.losses, rtol=1e-5)
-    for key, values in eager.parts.items():
-        np.testing.assert_allclose(static.parts[key], values, rtol=1e-5)
-    assert static.learning_rates == eager.learning_rates and static.real_tokens == eager.real_tokens
+    for key, values in eager.record.parts.items():
+        np.testing.assert_allclose(static.record.parts[key], values, rtol=1e-5)
+    assert static.record.learning_rates == eager.record.learning_rates and static.record.real_tokens == eager.record.real_tokens
 
 
 @pytest.mark.slow
@@ -131,7 +131,7 @@ def test_static_nan_steps_are_found_on_the_device_and_stop_the_run(tokenizer, sh
     monkeypatch.setattr(run.model, "mlm_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="3 steps in a row .*last at step 7"):
         run.train()
-    assert run.skipped_steps == [1, 5, 6, 7] and run.step == 10  # read at the log boundary, after step 10
+    assert run.record.skipped_steps == [1, 5, 6, 7] and run.step == 10  # read at the log boundary, after step 10
     assert all(torch.isfinite(p).all() for p in run.model.parameters())  # the device skipped the updates
 
 
@@ -147,7 +147,7 @@ def test_static_shapes_refuse_what_would_change_a_steps_shape(tokenizer, shards,
 
 
 def test_an_automatic_micro_batch_is_the_largest_divisor_that_fits(tokenizer, shards, tmp_path):
-    from domainlm.pretrain.trainer import choose_micro_batch
+    from domainlm.pretrain.engine import choose_micro_batch
 
     tried = []
 

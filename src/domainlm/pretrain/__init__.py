@@ -33,14 +33,13 @@ from domainlm.pretrain.architectures import (
     LayoutConfig,
     architecture_of,
     load_checkpoint,
-    to_hf_masked_lm,
 )
 from domainlm.pretrain.attention import segment_attention_mask
 from domainlm.pretrain.data import TokenShards, write_token_shards
 from domainlm.pretrain.difficulty import document_difficulty
-from domainlm.pretrain.electra import Electra, to_hf_electra
-from domainlm.pretrain.encoder import MaskedLM, non_embedding_parameters
+from domainlm.pretrain.encoder import Encoder, MaskedLM, non_embedding_parameters
 from domainlm.pretrain.flops import pretraining_flops
+from domainlm.pretrain.objectives import OBJECTIVES, masked_lm_logits
 from domainlm.pretrain.sparsity import density
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
@@ -135,8 +134,8 @@ def check(config: RunConfig) -> None:
     vocabulary than a checkpoint's the model continues, an attention kernel this machine lacks.
     A checkpoint that an earlier experiment arm is still to write is checked at that arm's turn."""
     from domainlm.pretrain.architectures import checkpoint_config
+    from domainlm.pretrain.engine import resolve_attention
     from domainlm.pretrain.growth import grown_config
-    from domainlm.pretrain.trainer import resolve_attention
 
     model, pretrain, layout = config.model, config.pretrain, None
     key = "init_from" if model.init_from else "grow_from" if model.grow_from else None
@@ -227,26 +226,30 @@ def check_extensible(source: Path, config: RunConfig) -> None:
                           "model.extend_vocab: 0, or start from a WordPiece checkpoint (BERT, MiniLM, ELECTRA)")
 
 
-def export_model(model: MaskedLM | Electra, tokenizer_dir: Path, out: Path, config: LayoutConfig | None = None) -> float:
-    """Write a `transformers` directory (BertForMaskedLM / RobertaForMaskedLM / ModernBertForMaskedLM,
-    or ELECTRA's discriminator as ElectraForPreTraining) and check that stock transformers, loading
-    it from disk, gives our outputs. Returns the max abs difference. `config` (default: the
-    model's) is what the exported config.json says, e.g. fine-tuning dropout."""
-    from transformers import AutoModelForMaskedLM, AutoModelForPreTraining
+def export_model(model: Encoder, tokenizer_dir: Path, out: Path, config: LayoutConfig | None = None,
+                 objective: str = "mlm") -> float:
+    """Write the `transformers` directory the objective exports (BertForMaskedLM /
+    RobertaForMaskedLM / ModernBertForMaskedLM, or ELECTRA's discriminator as
+    ElectraForPreTraining; `objectives.OBJECTIVES`) and check that stock transformers, loading it
+    from disk, gives our outputs. Returns the max abs difference. `config` (default: the model's)
+    is what the exported config.json says, e.g. fine-tuning dropout."""
+    import transformers
 
-    hf = to_hf_electra(model, config) if isinstance(model, Electra) else to_hf_masked_lm(model, config)
+    row = OBJECTIVES[objective]
+    hf = row.export(model, config)
     with atomic_directory(out) as tmp:
         hf.save_pretrained(str(tmp), safe_serialization=True)
         copy_tokenizer_files(tokenizer_dir, tmp)
-    loader = AutoModelForPreTraining if isinstance(model, Electra) else AutoModelForMaskedLM
-    return output_difference(model, loader.from_pretrained(str(out)))
+    return output_difference(model, getattr(transformers, row.loader).from_pretrained(str(out)), outputs=row.outputs)
 
 
 @torch.no_grad()
-def output_difference(model: MaskedLM | Electra, hf_model, batch_size: int = 2, length: int | None = None) -> float:
-    """Max |ours - hf| of the output logits (MLM, or ELECTRA's replaced-token logits) on a random
-    right-padded batch (fp32, eval mode, real tokens). `length` (default 24, or for a model with
-    local attention twice its window, so that the window is tested, within the longest row)."""
+def output_difference(model: Encoder, hf_model, batch_size: int = 2, length: int | None = None,
+                      outputs=masked_lm_logits) -> float:
+    """Max |ours - hf| of the output logits (`outputs(model, ids, positions, attn)`: MLM logits, or
+    an objective's, such as ELECTRA's replaced-token logits) on a random right-padded batch (fp32,
+    eval mode, real tokens). `length` (default 24, or for a model with local attention twice its
+    window, so that the window is tested, within the longest row)."""
     model, hf_model = model.float().eval().cpu(), hf_model.float().eval()
     c = model.config
     if length is None:
@@ -258,12 +261,8 @@ def output_difference(model: MaskedLM | Electra, hf_model, batch_size: int = 2, 
     ids = torch.where(real, ids, torch.full_like(ids, c.pad_token_id))
     segments = torch.where(real, 0, -1 - torch.arange(length).expand_as(ids))
     positions, attn = torch.arange(length).expand_as(ids), segment_attention_mask(segments)
-    if isinstance(model, Electra):
-        ours = model.rtd_logits(model.discriminator(ids, positions, attn))
-    else:
-        ours = model.mlm_logits(model(ids, positions, attn))
     theirs = hf_model(input_ids=ids, attention_mask=real.long()).logits
-    return float((ours - theirs)[real].abs().max())
+    return float((outputs(model, ids, positions, attn) - theirs)[real].abs().max())
 
 
 def set_dropout(model: torch.nn.Module, p: float) -> None:
@@ -382,7 +381,8 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if not main_process:
         return trainer.summary()
     atomic_write_json(run_dir.pretrain_history, trainer.history())
-    difference = export_model(final_model, tokenizer_dir, run_dir.export, config=model_config)
+    difference = export_model(final_model, tokenizer_dir, run_dir.export, config=model_config,
+                              objective=trainer.objective_name)
     if difference > 1e-4:
         raise RuntimeError(f"exported model disagrees with the training model: max |Δ| = {difference:.2e}")
     summary = trainer.summary()

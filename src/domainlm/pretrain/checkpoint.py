@@ -1,0 +1,140 @@
+"""Checkpoints over stateful parts: each part (model, optimizer, scheduler, RNG, the data position,
+sparsity masks, projection heads, progress) gives its state and restores it; the `Checkpointer`
+holds one list of them and knows only which file each goes to.
+
+A checkpoint is a folder `step-NNNNNNNN/`, written atomically (the layout of every checkpoint so
+far, so older ones resume):
+- `model.safetensors`: the weights (a tensor shared by two names, as ELECTRA's embeddings, once);
+- `optimizer.pt`: {"optimizer", "scheduler"} (read with `weights_only`);
+- `rng.safetensors`: the masking generator and torch's CPU (and CUDA) generators;
+- `extras.safetensors`: "mask.<layer>" SPDF masks, "<part>.<name>" an objective's extra parts;
+- `state.json`: progress (`record.TrainingRecord`), written last: a folder without it is incomplete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from domainlm.errors import ModelError
+from domainlm.io import atomic_directory, atomic_write_json, read_json
+
+FILES = ("model.safetensors", "optimizer.pt", "rng.safetensors", "extras.safetensors", "state.json")
+
+
+@dataclass
+class Part:
+    """A stateful part: `state()` what it saves (a tensor, or a dict), `load(state)` restores it.
+    In its file the state sits under the part's name (`prefixed`), or its keys at the top."""
+
+    name: str
+    file: str
+    state: Callable[[], Any]
+    load: Callable[[Any], None]
+    prefixed: bool = True
+
+
+class Checkpointer:
+    """Saves every part into `folder/step-NNNNNNNN/` (keeping the newest `keep`) and loads the
+    newest complete checkpoint back. Every rank calls `save` (a part's state may be a collective,
+    as FSDP's gathered weights); only the `writer` writes."""
+
+    def __init__(self, folder: Path, keep: int, parts: list[Part], writer: bool = True):
+        assert all(p.file in FILES for p in parts), [p.file for p in parts]
+        self.folder, self.keep, self.parts, self.writer = folder, keep, parts, writer
+
+    def save(self, step: int) -> Path:
+        final = self.folder / f"step-{step:08d}"
+        by_file: dict[str, dict[str, Any]] = {}
+        for part in self.parts:
+            state = part.state()
+            if state is None or (isinstance(state, dict) and not state and part.prefixed):
+                continue  # nothing to save (no masks, no extra part)
+            entry = by_file.setdefault(part.file, {})
+            entry.update({part.name: state} if part.prefixed else state)
+        if self.writer:
+            with atomic_directory(final) as tmp:
+                for file in FILES:  # state.json last
+                    if file in by_file:
+                        write(tmp / file, by_file[file])
+            for old in sorted(self.folder.glob("step-*"))[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def newest(self) -> Path | None:
+        complete = sorted(p for p in self.folder.glob("step-*") if (p / "state.json").exists())
+        return complete[-1] if complete else None
+
+    def load(self, checkpoint: Path) -> None:
+        """Restore every part that `checkpoint` holds state for, in the list's order."""
+        contents = {file: read(checkpoint / file) for file in FILES if (checkpoint / file).exists()}
+        for part in self.parts:
+            stored = contents.get(part.file, {})
+            if not part.prefixed:  # everything in its file that no prefixed part claims
+                others = [p.name for p in self.parts if p.prefixed and p.file == part.file]
+                part.load({k: v for k, v in stored.items() if k.split(".")[0] not in others})
+            elif part.name in stored:
+                part.load(stored[part.name])
+            elif own := {k[len(part.name) + 1 :]: v for k, v in stored.items() if k.startswith(part.name + ".")}:
+                part.load(own)
+
+
+def write(path: Path, content: dict[str, Any]) -> None:
+    if path.suffix == ".json":
+        atomic_write_json(path, content)
+    elif path.suffix == ".pt":
+        torch.save(content, path)
+    else:
+        save_file(unique_tensors(flatten(content)), path)
+
+
+def read(path: Path) -> dict[str, Any]:
+    """A checkpoint file's content (tensors on the CPU; the parts move what they keep)."""
+    if path.suffix == ".json":
+        return read_json(path)
+    if path.suffix == ".pt":
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return load_file(path)
+
+
+def flatten(content: dict[str, Any]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in content.items():
+        if isinstance(value, dict):
+            out |= {f"{key}.{k}": v for k, v in value.items()}
+        else:
+            out[key] = value
+    return out
+
+
+def unique_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous tensors, a tensor that several names share (tied weights) under its first name only."""
+    seen, out = set(), {}
+    for key, value in tensors.items():
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if value.numel() and ident in seen:
+            continue
+        seen.add(ident)
+        out[key] = value.contiguous()
+    return out
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load weights saved by `Checkpointer` (tied weights stored under one of their names);
+    ModelError naming what is missing or unexpected."""
+    own = model.state_dict()
+    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    aliases = {}
+    for key, value in own.items():
+        aliases.setdefault((value.untyped_storage().data_ptr(), value.storage_offset()), []).append(key)
+    covered = {key for names in aliases.values() if any(n in state for n in names) for key in names}
+    unexpected = sorted(set(state) - set(own))
+    if unexpected or set(missing) - covered:
+        raise ModelError(f"checkpoint weights do not fit the model: missing {sorted(set(missing) - covered)}, "
+                         f"unexpected {unexpected}")
