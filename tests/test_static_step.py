@@ -159,4 +159,4 @@ def test_an_automatic_micro_batch_is_the_largest_divisor_that_fits(tokenizer, sh
     assert choose_micro_batch(7, lambda rows: False) == 1
     run = trainer(tokenizer, shards, tmp_path, micro_batch_size="auto", max_steps=2)
     run.train()  # on a CPU: the whole batch, no trying
-    assert run._auto_micro == 4
+    assert run.micro.auto == 4

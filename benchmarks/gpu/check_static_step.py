@@ -64,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(BertConfig(vocab_size=VOCAB, max_position=512, dropout=0.0, **base), config, shards(512),
                           synthetic_tokenizer(), Path(folder))
-        print(f"micro_batch_size auto at BERT-base, seq 512, 60% of memory: {trainer._micro_batch(256)} rows")
+        print(f"micro_batch_size auto at BERT-base, seq 512, 60% of memory: {trainer.micro.size(256)} rows")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from domainlm.config.base import (
     Section,
     existing_file,
     path_component,
+    picked,
     resolve_path,
     unique_names,
 )
@@ -46,7 +47,7 @@ __all__ = [
     "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig", "EvaluateConfig",
     "ExperimentConfig", "Fingerprinted", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
     "ResourcesConfig", "RunConfig", "Section", "SourceConfig", "SplitConfig", "TaskConfig", "TokenizerConfig",
-    "apply_override", "arm_steps", "config_from_dict", "existing_file", "load_config", "merge", "resolve_path", "unique_names",
+    "apply_override", "arm_steps", "config_from_dict", "existing_file", "load_config", "merge", "picked", "resolve_path", "unique_names",
 ]
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +50,12 @@ class Section(BaseModel):
             elif isinstance(value, list) and any(isinstance(item, Section) for item in value):
                 data[name] = [item.fingerprinted() for item in value]
         return Fingerprinted(data, skipped)
+
+
+def picked(kind: type, section: BaseModel):
+    """The settings dataclass `kind` filled from the section's keys of the same names: a part of a
+    stage takes the few settings it reads, not the whole section."""
+    return kind(**{f.name: getattr(section, f.name) for f in dataclasses.fields(kind)})
 
 
 def unique_names(items: list, what: str) -> list:

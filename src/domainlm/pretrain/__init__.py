@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from domainlm.config import RunConfig, resolve_path
+from domainlm.config import RunConfig, picked, resolve_path
 from domainlm.distributed import barrier, rank
 from domainlm.errors import ConfigError
 from domainlm.io import atomic_directory, atomic_write_json, atomic_write_text, input_signature
@@ -36,7 +36,7 @@ from domainlm.pretrain.architectures import (
 )
 from domainlm.pretrain.attention import segment_attention_mask
 from domainlm.pretrain.data import TokenShards, write_token_shards
-from domainlm.pretrain.difficulty import document_difficulty
+from domainlm.pretrain.difficulty import DifficultySettings, document_difficulty
 from domainlm.pretrain.encoder import Encoder, MaskedLM, non_embedding_parameters
 from domainlm.pretrain.flops import pretraining_flops
 from domainlm.pretrain.objectives import OBJECTIVES, masked_lm_logits
@@ -363,7 +363,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if main_process:
         shards = prepare_data(run_dir, tokenizer, specials)
         if config.pretrain.curriculum != "none":  # scored and cached once, before any rank's data plan reads it
-            document_difficulty(shards, config.pretrain, tokenizer.get_vocab_size())
+            document_difficulty(shards, picked(DifficultySettings, config.pretrain), tokenizer.get_vocab_size())
     barrier()
     data = prepare_data(run_dir, tokenizer, specials)
     model_config, train_config = training_configs(config, model, tokenizer, specials)
@@ -380,7 +380,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     final_model = trainer.unsharded_model()  # a collective under FSDP: every rank takes part
     if not main_process:
         return trainer.summary()
-    atomic_write_json(run_dir.pretrain_history, trainer.history())
+    atomic_write_json(run_dir.pretrain_history, trainer.record.history(config.pretrain.log_every))
     difference = export_model(final_model, tokenizer_dir, run_dir.export, config=model_config,
                               objective=trainer.objective_name)
     if difference > 1e-4:

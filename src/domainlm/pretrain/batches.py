@@ -20,6 +20,7 @@ from domainlm.pretrain.data import (
     mask_tokens,
     word_start_table,
 )
+from domainlm.pretrain.encoder import MaskedTargets, masked_targets
 from domainlm.pretrain.plan import DataPlan
 
 
@@ -96,6 +97,13 @@ class MaskedBatches:
 
     def load_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
+
+
+def batch_targets(part: dict[str, torch.Tensor], unpadded: bool, capacity: int | None) -> MaskedTargets:
+    """The masked positions of a (micro-)batch with its draws, found on the host, in the layout the
+    model computes in (`unpadded`: real tokens only, as varlen attention); `capacity`: a fixed size."""
+    draws = {key.removeprefix("draw."): value for key, value in part.items() if key.startswith("draw.")}
+    return masked_targets(part["labels"], part["real"] if unpadded else None, draws, capacity)
 
 
 def special_names(tokenizer: Tokenizer) -> set[str]:

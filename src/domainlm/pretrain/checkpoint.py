@@ -13,6 +13,8 @@ far, so older ones resume):
 
 from __future__ import annotations
 
+import functools
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from domainlm.errors import ModelError
 from domainlm.io import atomic_directory, atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
 
 FILES = ("model.safetensors", "optimizer.pt", "rng.safetensors", "extras.safetensors", "state.json")
 
@@ -66,6 +70,16 @@ class Checkpointer:
             for old in sorted(self.folder.glob("step-*"))[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         return final
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint, if any; whether there was one."""
+        newest = self.newest()
+        if newest is None:
+            return False
+        self.load(newest)
+        if self.writer:
+            log.info("pretrain: resumed from %s", newest.name)
+        return True
 
     def newest(self) -> Path | None:
         complete = sorted(p for p in self.folder.glob("step-*") if (p / "state.json").exists())
@@ -138,3 +152,50 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None
     if unexpected or set(missing) - covered:
         raise ModelError(f"checkpoint weights do not fit the model: missing {sorted(set(missing) - covered)}, "
                          f"unexpected {unexpected}")
+
+
+def model_parts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> list[Part]:
+    """The weights and the optimizer state, as whole tensors (gathered from FSDP's shards when
+    `sharded`: a collective, every rank takes part)."""
+    from torch.distributed.checkpoint import state_dict as dcp
+
+    gather = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+    scatter = dcp.StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+    if not sharded:
+        return [Part("model", "model.safetensors", model.state_dict, functools.partial(load_weights, model),
+                     prefixed=False),
+                Part("optimizer", "optimizer.pt", optimizer.state_dict, optimizer.load_state_dict)]
+    return [Part("model", "model.safetensors", lambda: dcp.get_model_state_dict(model, options=gather),
+                 lambda s: dcp.set_model_state_dict(model, s, options=scatter), prefixed=False),
+            Part("optimizer", "optimizer.pt", lambda: dcp.get_optimizer_state_dict(model, optimizer, options=gather),
+                 lambda s: dcp.set_optimizer_state_dict(model, optimizer, s, options=scatter))]
+
+
+def rng_part(masking: Callable[[], torch.Tensor], load_masking: Callable[[torch.Tensor], None]) -> Part:
+    """The masking generator (`masking()`: its state before the next step's batch) and torch's
+    CPU and CUDA generators (dropout)."""
+    def state() -> dict[str, torch.Tensor]:
+        cuda = {"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}
+        return {"masking": masking(), "torch": torch.get_rng_state()} | cuda
+
+    def load(state: dict[str, torch.Tensor]) -> None:
+        load_masking(state["masking"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+
+    return Part("rng", "rng.safetensors", state, load, prefixed=False)
+
+
+def tensors_part(name: str, tensors: dict[str, torch.Tensor], device: torch.device) -> Part:
+    """A dict of tensors kept as it is (SPDF masks), replaced in place on load."""
+    def load(state: dict[str, torch.Tensor]) -> None:
+        tensors.clear()
+        tensors.update({key: value.to(device) for key, value in state.items()})
+
+    return Part(name, "extras.safetensors", lambda: tensors, load)
+
+
+def module_part(name: str, module: torch.nn.Module) -> Part:
+    """A module an objective trains beside the model (a distillation projection)."""
+    return Part(name, "extras.safetensors", module.state_dict, module.load_state_dict)

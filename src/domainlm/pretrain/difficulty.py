@@ -13,13 +13,14 @@ written atomically), so a resumed run, and every rank, ranks the documents the s
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from domainlm.config import PretrainConfig, resolve_path
+from domainlm.config import resolve_path
 from domainlm.errors import ConfigError, ModelError
 from domainlm.io import atomic_write_bytes, fingerprint, input_signature
 from domainlm.pretrain.architectures import load_checkpoint
@@ -28,13 +29,23 @@ from domainlm.pretrain.data import TokenShards
 from domainlm.progress import progress_bar
 from domainlm.vocabulary import read_tokenizer, special_tokens
 
+
+@dataclass(frozen=True)
+class DifficultySettings:
+    """The `pretrain` keys scoring reads (`config.picked(DifficultySettings, section)`)."""
+
+    difficulty: str
+    difficulty_model: str | None
+    seq_len: int
+
+
 SCORING_MASK_RATE = 0.15  # BERT's rate, fixed so that the scores are the model's, not the recipe's
 SCORING_SEED = 0
 SCORING_BATCH = 64  # documents per forward pass
 TOKEN_BLOCK = 1 << 24  # tokens read from the memory map at a time (rarity)
 
 
-def document_difficulty(shards: TokenShards, config: PretrainConfig, vocab_size: int | None = None) -> np.ndarray:
+def document_difficulty(shards: TokenShards, config: DifficultySettings, vocab_size: int | None = None) -> np.ndarray:
     """(D,) float64 difficulty of every document under `config.difficulty` (see the module
     docstring), read from the shards' cache when there, else computed and cached.
     vocab_size: the training vocabulary's size, which `difficulty_model` must have (ConfigError

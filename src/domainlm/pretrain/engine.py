@@ -10,6 +10,7 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from domainlm.errors import ConfigError
@@ -111,6 +112,33 @@ def optimizer_and_schedule(model: torch.nn.Module, settings: OptimizerSettings):
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_schedule(settings.schedule, warmup, settings.max_steps, settings.decay_fraction))
     return optimizer, scheduler
+
+
+class MicroBatching:
+    """Each rank's micro-batches: its slice of the global batch (rows split evenly over `world`
+    ranks), cut every `setting` rows (0: none; "auto": the largest divisor of a rank's rows that
+    `fits`, decided once on the first step's size, on a GPU only, and kept)."""
+
+    def __init__(self, setting: int | str, world: int, fits, probe: bool):
+        self.setting, self.world, self.fits, self.probe = setting, world, fits, probe
+        self.auto: int | None = None
+
+    def size(self, rows: int) -> int:
+        """Rows per forward/backward for a rank holding `rows` of the batch."""
+        if self.setting != "auto":
+            return self.setting or rows
+        if self.auto is None:
+            self.auto = choose_micro_batch(rows, self.fits) if self.probe else rows
+            log.info("pretrain: micro_batch_size auto -> %d rows", self.auto)
+        return self.auto
+
+    def chunks(self, rows: int) -> list[list[np.ndarray]]:
+        """Per rank, the row indices of its micro-batches."""
+        out = []
+        for mine in np.array_split(np.arange(rows), self.world):
+            micro = self.size(len(mine))
+            out.append([mine[i : i + micro] for i in range(0, len(mine), micro)])
+        return out
 
 
 def choose_micro_batch(rows: int, fits) -> int:

@@ -21,11 +21,11 @@ another, so a resume reads the same rows. Later steps read the per-epoch permuta
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from domainlm.config import PretrainConfig
 from domainlm.errors import ConfigError
 from domainlm.pretrain.data import Packing, TokenShards, epoch_order, pack
 from domainlm.pretrain.difficulty import document_difficulty
@@ -33,14 +33,37 @@ from domainlm.pretrain.difficulty import document_difficulty
 CURRICULUM_DRAWS = 3  # tags the seeds of curriculum draws apart from the mixture's and the epochs'
 
 
-def curriculum_steps(config: PretrainConfig) -> int:
+@dataclass(frozen=True)
+class PlanSettings:
+    """The `pretrain` keys the plan reads (`config.picked(PlanSettings, section)`)."""
+
+    max_steps: int
+    batch_size: int
+    seq_len: int
+    batch_size_start: int | None
+    batch_warmup_fraction: float
+    short_seq_len: int | None
+    short_seq_fraction: float
+    mixture: dict[str, float]
+    upsample_source: str | None
+    upsample_factor: float
+    upsample_fraction: float
+    curriculum: str
+    curriculum_fraction: float
+    curriculum_start: float
+    curriculum_cycles: int
+    difficulty: str
+    difficulty_model: str | None
+
+
+def curriculum_steps(config: PlanSettings) -> int:
     """How many first steps the data-order curriculum shapes (0 for `curriculum: none`)."""
     if config.curriculum == "none":
         return 0
     return max(1, int(round(config.curriculum_fraction * config.max_steps)))
 
 
-def competence(config: PretrainConfig) -> np.ndarray:
+def competence(config: PlanSettings) -> np.ndarray:
     """(max_steps,) the share c(s) of each stream's rows that step s may read.
 
     easy-first / hard-first: square-root pacing (Platanios et al. 2019, their best),
@@ -59,7 +82,7 @@ def competence(config: PretrainConfig) -> np.ndarray:
 
 
 class DataPlan:
-    def __init__(self, shards: TokenShards, config: PretrainConfig, seed: int = 0,
+    def __init__(self, shards: TokenShards, config: PlanSettings, seed: int = 0,
                  source_weights: dict[str, float] | None = None, difficulty: np.ndarray | None = None):
         """source_weights: the corpus sources' `weight x repeat`, used when `config.mixture` is
         empty (each source then weighs its token count times that). difficulty: (D,) each

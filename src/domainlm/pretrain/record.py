@@ -75,10 +75,19 @@ class TrainingRecord:
                 f"{self.bad_in_a_row} steps in a row ended with a non-finite loss (last at step "
                 f"{step}); stopped. Lower pretrain.lr; the last good checkpoint is in {where}.")
 
-    def recent(self, steps: int) -> tuple[float, float]:
-        """(mean finite loss of the last `steps` steps, real tokens per second so far)."""
+    def log(self, progress, curves, steps: int) -> None:
+        """The mean loss of the last `steps` steps and tokens/s on the progress bar, and every
+        curve to `curves` (TensorBoard; None: none)."""
         finite = [x for x in self.losses[-steps:] if math.isfinite(x)] or [math.nan]
-        return sum(finite) / len(finite), self.real_tokens / max(self.elapsed, 1e-9)
+        loss, tokens_per_s = sum(finite) / len(finite), self.real_tokens / max(self.elapsed, 1e-9)
+        progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
+        if curves is not None:
+            curves.add(self.step, **{"pretrain/loss": loss, "pretrain/lr": self.learning_rates[-1],
+                                     "pretrain/real_tokens_per_s": tokens_per_s, "pretrain/grad_norm": self.grad_norm})
+
+    def history(self, log_every: int) -> dict[str, Any]:
+        """What the stage's history.json holds: per-step loss, learning rate and objective losses."""
+        return {"loss": self.losses, "lr": self.learning_rates, "log_every": log_every, **self.parts}
 
     def state(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.SAVED}

@@ -9,47 +9,33 @@ Under `torchrun` every rank builds the same global batch (a cheap gather from th
 masks it with the same generator, and computes on its own slice of rows; losses are normalised by
 the global batch's masked / real token counts, so N processes compute the gradient one process
 would (DDP, or FSDP for models that do not fit one device).
-
-The trainer orchestrates parts, each given the settings it reads: the objective (`objectives`),
-the masked batches (`batches`), where the step runs (`engine`), the record of what was done
-(`record`) and the checkpoint (`checkpoint`).
+The parts it orchestrates: `objectives`, `batches`, `engine` (device, kernels, DDP/FSDP), `record`, `checkpoint`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tokenizers import Tokenizer
 
-from domainlm.config import PretrainConfig
+from domainlm.config import PretrainConfig, picked
 from domainlm.distributed import rank, world_size
 from domainlm.pretrain import engine
 from domainlm.pretrain.architectures import LayoutConfig
 from domainlm.pretrain.attention import document_attention
-from domainlm.pretrain.batches import MaskedBatches, MaskingSettings
-from domainlm.pretrain.checkpoint import Checkpointer, Part, load_weights
+from domainlm.pretrain.batches import MaskedBatches, MaskingSettings, batch_targets
+from domainlm.pretrain.checkpoint import Checkpointer, Part, model_parts, module_part, rng_part, tensors_part
 from domainlm.pretrain.data import TokenShards
-from domainlm.pretrain.encoder import MaskedTargets, masked_capacity, masked_targets
+from domainlm.pretrain.encoder import MaskedTargets, masked_capacity
 from domainlm.pretrain.objectives import OBJECTIVES, objective_name
-from domainlm.pretrain.plan import DataPlan
+from domainlm.pretrain.plan import DataPlan, PlanSettings
 from domainlm.pretrain.record import TrainingRecord
 from domainlm.pretrain.sparsity import apply_masks, magnitude_masks
 from domainlm.progress import Curves, progress_bar
-
-log = logging.getLogger(__name__)
-
-
-def settings(kind: type, config: PretrainConfig):
-    """The settings dataclass `kind` filled from the `pretrain` section (the keys a part reads)."""
-    return kind(**{f.name: getattr(config, f.name) for f in dataclasses.fields(kind)})
 
 
 class Trainer:
@@ -86,13 +72,13 @@ class Trainer:
         self.forward = engine.static_forward(self.objective, config.compile, config.compile_mode, self.world == 1) \
             if self.static else None
         self.optimizer, self.scheduler = engine.optimizer_and_schedule(
-            self.trainable, settings(engine.OptimizerSettings, config))
+            self.trainable, picked(engine.OptimizerSettings, config))
         cuda = self.device.type == "cuda"  # on a CPU a prefetching thread would compete for the same cores
-        self.batches = MaskedBatches(data, DataPlan(data, config, seed, source_weights), tokenizer, mask_token,
-                                     settings(MaskingSettings, config), row.draws, seed, pin=cuda, prefetch=cuda)
+        self.batches = MaskedBatches(data, DataPlan(data, picked(PlanSettings, config), seed, source_weights), tokenizer, mask_token,
+                                     picked(MaskingSettings, config), row.draws, seed, pin=cuda, prefetch=cuda)
         self.record = TrainingRecord(list(self.weights), world_size=self.world)
         self.masked_overflow = 0  # masked positions a fixed-capacity buffer could not hold (static shapes)
-        self._auto_micro: int | None = None  # micro_batch_size: auto, once decided
+        self.micro = engine.MicroBatching(config.micro_batch_size, self.world, self._fits, probe=cuda)
         self.checkpointer = Checkpointer(checkpoint_dir, config.keep_checkpoints, self._parts(extra), self.rank == 0)
 
     @property
@@ -109,15 +95,15 @@ class Trainer:
         given). Its losses stay on the device until the record's `flush`; a non-finite loss or
         gradient skips the update (found on the device: the step itself never waits for it)."""
         batch = self.batches.batch(step) if batch is None else batch
-        chunks = self._chunks(len(batch["input_ids"]))  # every rank's micro-batches, as row indices
+        chunks = self.micro.chunks(len(batch["input_ids"]))  # every rank's micro-batches, as row indices
         parts = [batch if len(rows) == len(batch["input_ids"]) else {k: v[rows] for k, v in batch.items()}
                  for rows in chunks[self.rank]]
         # Normalise by the global batch's counts: micro-batches and ranks then add up to the
         # gradient of the whole batch (DDP/FSDP average over ranks, hence the factor `world`).
         counts = {"masked": max(1, int((batch["labels"] != -100).sum())), "real": max(1, int(batch["real"].sum()))}
-        targets = [self._targets(part) for part in parts]
+        targets = [self._targets(part, self.static) for part in parts]
         if self.static:  # masked positions that did not fit a buffer (on any rank) are not predicted
-            overflow = sum(self._targets({k: v[rows] for k, v in batch.items()}).overflow
+            overflow = sum(self._targets({k: v[rows] for k, v in batch.items()}, static=True).overflow
                            for rank, mine in enumerate(chunks) if rank != self.rank for rows in mine)
             overflow += sum(t.overflow for t in targets)
             self.masked_overflow += overflow
@@ -127,62 +113,37 @@ class Trainer:
         self.objective.train()
         sums = torch.zeros(len(totals), dtype=torch.float64, device=self.device)  # summed losses, on the device
         for index, (part, target) in enumerate(zip(parts, targets, strict=True)):
-            self._backward(part, target.to(self.device), totals, sums, last=index == len(parts) - 1)
+            self._backward(part, target.to(self.device), totals, sums, index == len(parts) - 1, self.static)
         self._update(step, batch, sums, totals)
-
-    def _chunks(self, rows: int) -> list[list[np.ndarray]]:
-        """Per rank, the row indices of its micro-batches (its slice of the batch, cut every
-        `micro_batch_size` rows)."""
-        out = []
-        for mine in np.array_split(np.arange(rows), self.world):
-            micro = self._micro_batch(len(mine))
-            out.append([mine[i : i + micro] for i in range(0, len(mine), micro)])
-        return out
-
-    def _micro_batch(self, rows: int) -> int:
-        """Rows per forward/backward for a rank holding `rows` of the batch (`auto` is decided once,
-        on the first step's size, on a GPU by trying sizes, and kept)."""
-        setting = self.config.micro_batch_size
-        if setting != "auto":
-            return setting or rows
-        if self._auto_micro is None:
-            self._auto_micro = engine.choose_micro_batch(rows, self._fits) if self.device.type == "cuda" else rows
-            log.info("pretrain: micro_batch_size auto -> %d rows", self._auto_micro)
-        return self._auto_micro
 
     def _fits(self, rows: int) -> bool:
         """Whether an eager step of `rows` full rows fits (`engine.fits_in_memory`; trying sizes
         must not compile a graph for each); gradients cleared after."""
-        ones, static = dict.fromkeys(self.counts, 1), self.static
-        step = functools.partial(self._eager_backward, totals=ones)
-        self.static = False
+        def step(part):
+            sums = torch.zeros(len(self.counts), dtype=torch.float64, device=self.device)
+            targets = self._targets(part, static=False).to(self.device)
+            self._backward(part, targets, dict.fromkeys(self.counts, 1), sums, last=True, static=False)
+
+        c = self.config
         try:
-            c = self.config
             return engine.fits_in_memory(step, rows, c.seq_len, self.model.config.vocab_size, c.mask_rate,
                                          self.batches.draws, self.device, c.memory_fraction)
         finally:
-            self.static = static
             self.optimizer.zero_grad(set_to_none=True)
 
-    def _eager_backward(self, part: dict[str, torch.Tensor], totals: dict[str, int]) -> None:
-        sums = torch.zeros(len(totals), dtype=torch.float64, device=self.device)
-        self._backward(part, self._targets(part).to(self.device), totals, sums, last=True)
-
-    def _targets(self, part: dict[str, torch.Tensor]) -> MaskedTargets:
-        """A micro-batch's masked positions, found on the host (a fixed-capacity buffer under static shapes)."""
-        capacity = masked_capacity(part["labels"].numel(), self.config.mask_rate) if self.static else None
-        real = part["real"] if self.attention == "varlen" else None
-        draws = {key.removeprefix("draw."): value for key, value in part.items() if key.startswith("draw.")}
-        return masked_targets(part["labels"], real, draws, capacity)
+    def _targets(self, part: dict[str, torch.Tensor], static: bool) -> MaskedTargets:
+        """A micro-batch's masked positions (a fixed-capacity buffer under static shapes)."""
+        capacity = masked_capacity(part["labels"].numel(), self.config.mask_rate) if static else None
+        return batch_targets(part, self.attention == "varlen", capacity)
 
     def _backward(self, part: dict[str, torch.Tensor], targets: MaskedTargets, totals: dict[str, int],
-                  sums: torch.Tensor, last: bool) -> None:
+                  sums: torch.Tensor, last: bool, static: bool) -> None:
         """Forward and backward of one micro-batch; its summed losses are added to `sums` (in `totals`' order)."""
         to = {"device": self.device, "non_blocking": True}
         ids, positions, real = (part[k].to(**to) for k in ("masked_ids", "position_ids", "real"))
         defer_sync = self.objective.no_sync() if hasattr(self.objective, "no_sync") and not last else nullcontext()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"), defer_sync:
-            if self.static:
+            if static:
                 losses = self.forward(ids, positions, part["segment_ids"].to(**to), real, targets.index,
                                       targets.labels, targets.draws)
             else:
@@ -237,59 +198,21 @@ class Trainer:
                     record.elapsed += time.perf_counter() - started
                     progress.update()
                     if logged:
-                        self._log(progress)
+                        record.log(progress, self.curves, config.log_every)
                     if record.step % config.checkpoint_every == 0 or last:
                         self.save_checkpoint()
             finally:
                 batches.close()  # stops a prefetching thread
 
-    def _log(self, progress) -> None:
-        """The recent loss and tokens/s on the progress bar, and every curve to TensorBoard."""
-        loss, tokens_per_s = self.record.recent(self.config.log_every)
-        progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:.0f}")
-        if self.curves is not None:
-            self.curves.add(self.step, **{"pretrain/loss": loss, "pretrain/lr": self.record.learning_rates[-1],
-                                          "pretrain/real_tokens_per_s": tokens_per_s,
-                                          "pretrain/grad_norm": self.record.grad_norm})
-
     # ------------------------------------------------------------------------- checkpoints
     def _parts(self, extra: dict[str, torch.nn.Module]) -> list[Part]:
         """Every stateful part of the run, in the order a checkpoint restores them."""
-        sharded = self.world > 1 and self.config.distributed == "fsdp"
-        from torch.distributed.checkpoint import state_dict as fsdp
-
-        options = fsdp.StateDictOptions(full_state_dict=True, cpu_offload=True)
-        loading = fsdp.StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
-        model, optimizer = self.model, self.optimizer
-        return [
-            Part("model", "model.safetensors", prefixed=False,
-                 state=lambda: fsdp.get_model_state_dict(model, options=options) if sharded else model.state_dict(),
-                 load=lambda s: fsdp.set_model_state_dict(model, s, options=loading) if sharded else load_weights(model, s)),
-            Part("optimizer", "optimizer.pt",
-                 state=lambda: fsdp.get_optimizer_state_dict(model, optimizer, options=options) if sharded
-                 else optimizer.state_dict(),
-                 load=lambda s: fsdp.set_optimizer_state_dict(model, optimizer, s, options=loading) if sharded
-                 else optimizer.load_state_dict(s)),
-            Part("scheduler", "optimizer.pt", self.scheduler.state_dict, self.scheduler.load_state_dict),
-            Part("rng", "rng.safetensors", self._rng_state, self._load_rng, prefixed=False),
-            Part("mask", "extras.safetensors", lambda: self.sparse_masks, self._load_masks),
-            *(Part(name, "extras.safetensors", module.state_dict, module.load_state_dict)
-              for name, module in extra.items()),
-            Part("progress", "state.json", self.record.state, self.record.load_state, prefixed=False),
-        ]
-
-    def _rng_state(self) -> dict[str, torch.Tensor]:
-        state = {"masking": self.batches.state(self.step), "torch": torch.get_rng_state()}
-        return state | ({"cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {})
-
-    def _load_rng(self, state: dict[str, torch.Tensor]) -> None:
-        self.batches.load_state(state["masking"])
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda"])
-
-    def _load_masks(self, masks: dict[str, torch.Tensor]) -> None:
-        self.sparse_masks = {name: mask.to(self.device) for name, mask in masks.items()}
+        return [*model_parts(self.model, self.optimizer, self.world > 1 and self.config.distributed == "fsdp"),
+                Part("scheduler", "optimizer.pt", self.scheduler.state_dict, self.scheduler.load_state_dict),
+                rng_part(lambda: self.batches.state(self.step), self.batches.load_state),
+                tensors_part("mask", self.sparse_masks, self.device),
+                *(module_part(name, module) for name, module in extra.items()),
+                Part("progress", "state.json", self.record.state, self.record.load_state, prefixed=False)]
 
     def save_checkpoint(self) -> Path:
         final = self.checkpointer.save(self.step)
@@ -299,13 +222,7 @@ class Trainer:
 
     def resume_if_possible(self) -> bool:
         """Load the newest complete checkpoint, if any. Returns True if it resumed."""
-        newest = self.checkpointer.newest()
-        if newest is None:
-            return False
-        self.checkpointer.load(newest)
-        if self.rank == 0:
-            log.info("pretrain: resumed from %s", newest.name)
-        return True
+        return self.checkpointer.resume()
 
     def unsharded_model(self) -> torch.nn.Module:
         """The trained model with whole tensors: the model itself, or under FSDP a copy assembled
@@ -319,10 +236,6 @@ class Trainer:
         return copy
 
     # ------------------------------------------------------------------------------ report
-    def history(self) -> dict:
-        r = self.record
-        return {"loss": r.losses, "lr": r.learning_rates, "log_every": self.config.log_every, **r.parts}
-
     def summary(self) -> dict:
         return {**self.record.summary(), "objective": self.config.objective, "attention": self.attention,
                 "corpus_documents": self.data.num_docs, "corpus_tokens": int(self.data.offsets[-1]),
