@@ -48,7 +48,7 @@ from domainlm.corpus.dedup import (
     near_duplicates,
     word_hashes,
 )
-from domainlm.corpus.filters import normalize_text
+from domainlm.corpus.normalize import normalize_text
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 from domainlm.corpus.readers import Unit, plan_units, read_unit
 from domainlm.errors import InputError

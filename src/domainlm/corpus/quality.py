@@ -2,7 +2,7 @@
 
 The rules follow C4 (Raffel et al. 2020), Gopher / MassiveText (Rae et al. 2021, appendix A) and
 FineWeb (Penedo et al. 2024); every threshold lives in `QualityConfig`. Texts arrive normalised by
-`filters.normalize_text`: spaces collapsed, lines stripped, paragraphs separated by one blank line.
+`normalize.normalize_text`: spaces collapsed, lines stripped, paragraphs separated by one blank line.
 Speed: cheap checks run first, and the costly ones (n-gram counts, most regexes) are skipped when a
 cheaper test shows they cannot fire.
 """
