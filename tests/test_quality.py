@@ -4,7 +4,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from domainlm.config import QUALITY_STEPS, ConfigError, QualityConfig, config_from_dict
+from domainlm.config import DEFAULT_QUALITY_STEPS, QUALITY_STEPS, ConfigError, QualityConfig, config_from_dict
 from domainlm.corpus import quality
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 
@@ -248,9 +248,10 @@ def test_config_rejects_bad_ngram_limits():
 
 
 # -------------------------------------------------------------------------------------- steps
-def test_the_config_names_every_step_of_the_table_in_its_default_order():
+def test_the_config_names_every_step_of_the_table_and_defaults_to_the_old_chain():
     assert tuple(quality.STEPS) == QUALITY_STEPS
-    assert QualityConfig().steps == list(QUALITY_STEPS)
+    assert QualityConfig().steps == list(DEFAULT_QUALITY_STEPS) == [
+        "length", "c4", "gopher_quality", "gopher_repetition", "fineweb", "language"]
 
 
 def test_the_steps_run_in_the_recipes_order_and_only_those_named():

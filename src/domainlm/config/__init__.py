@@ -26,6 +26,7 @@ from domainlm.config.base import (
     unique_names,
 )
 from domainlm.config.corpus import (
+    DEFAULT_QUALITY_STEPS,
     QUALITY_STEPS,
     CorpusConfig,
     DecontaminationConfig,
@@ -44,10 +45,11 @@ from domainlm.errors import ConfigError
 from domainlm.layout import RunLayout
 
 __all__ = [
-    "PRESETS", "QUALITY_STEPS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig",
-    "EvaluateConfig", "ExperimentConfig", "Fingerprinted", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
+    "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig", "EvaluateConfig",
+    "ExperimentConfig", "Fingerprinted", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
     "ResourcesConfig", "RunConfig", "Section", "SourceConfig", "SplitConfig", "TaskConfig", "TokenizerConfig",
     "apply_override", "arm_steps", "config_from_dict", "existing_file", "load_config", "merge", "resolve_path", "unique_names",
+    "DEFAULT_QUALITY_STEPS", "QUALITY_STEPS",
 ]
 log = logging.getLogger(__name__)
 

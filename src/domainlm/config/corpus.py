@@ -48,8 +48,11 @@ class SourceConfig(Section):
         return self
 
 
-# The quality steps, in their default order (what each one does: `corpus.quality.STEPS`).
+# Every quality step a recipe may name (what each one does: `corpus.quality.STEPS`, same order).
 QUALITY_STEPS = ("length", "c4", "gopher_quality", "gopher_repetition", "fineweb", "language")
+# The steps of a recipe that names none. A step added later stays out of this list: it runs only
+# where a recipe names it, so the runs made before it keep their results (and fingerprints).
+DEFAULT_QUALITY_STEPS = ("length", "c4", "gopher_quality", "gopher_repetition", "fineweb", "language")
 
 
 class QualityConfig(Section):
@@ -61,7 +64,7 @@ class QualityConfig(Section):
     # Added after runs existed: at its default (today's order) it stays out of fingerprints.
     LATER = {"steps": ("steps",)}
 
-    steps: list[str] = Field(default_factory=lambda: list(QUALITY_STEPS))
+    steps: list[str] = Field(default_factory=lambda: list(DEFAULT_QUALITY_STEPS))
     """The quality steps to run, in order: `length` (min/max words, max chars), `c4`, `gopher_quality`,
     `gopher_repetition`, `fineweb`, `language`. A step left out does not run; each group's switch
     below (`c4_docs`, `gopher_quality`, ...) still turns it off. Order decides which reason a document
