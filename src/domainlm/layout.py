@@ -3,8 +3,8 @@
 A run lives in one folder (`runs/<name>/`), one sub-folder per stage, each finished by a
 `manifest.json`. A stage writes only into its own folder and reads what other stages wrote only
 through this module, never through their code, so the paths below are the whole interface
-between stages. The corpus, tokenizer, evaluate and report stages also write through it (no file
-name of theirs is spelled anywhere else; tests/test_layout.py): `RunLayout` for a run's folders,
+between stages. The corpus, tokenizer, evaluate and report stages also write through it, and their
+code spells none of the file names (tests/test_layout.py): `RunLayout` for a run's folders,
 `CorpusFiles` and `ReportFiles` for the folder a corpus or a report is written into, wherever that is.
 
     corpus/      train-NNNNN.jsonl shards, heldout.jsonl, stats.json, dropped.jsonl, work/<unit>/
