@@ -16,7 +16,7 @@ from itertools import islice
 from pathlib import Path
 
 from domainlm.config import QualityConfig
-from domainlm.corpus.filters import normalize_text
+from domainlm.corpus.normalize import normalize_text
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 
 CORPORA = Path(__file__).resolve().parents[2] / "shared" / "data" / "corpora"

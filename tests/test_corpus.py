@@ -10,7 +10,7 @@ import pytest
 from conftest import synthetic_texts
 from domainlm.config import CorpusConfig
 from domainlm.corpus import curate
-from domainlm.corpus.filters import normalize_text
+from domainlm.corpus.normalize import normalize_text
 
 
 def _prose(count: int, seed: int) -> list[str]:

@@ -67,7 +67,7 @@ def test_a_text_is_looked_for_in_every_unicode_form_a_corpus_may_hold_it_counted
     """The corpus is NFKC-normalised by default ("µg" becomes "μg", "ﬁ" becomes "fi"); a test text
     quoted from the same source must still match, also in an NFC corpus that kept "µg" (issue 20)."""
     from domainlm.corpus.dedup import corpus_forms
-    from domainlm.corpus.filters import normalize_text
+    from domainlm.corpus.normalize import normalize_text
 
     text = "patients received 5 \u00b5g of the ﬁbrosis inhibitor twice daily for twelve weeks in the trial"
     index = ContaminationIndex({"qa": [text]}, n=13)

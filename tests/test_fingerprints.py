@@ -86,6 +86,7 @@ def values_to_try(section: Section, name: str, tmp_path: Path) -> list:
         "SourceConfig.text_field": ["abstract"], "SourceConfig.split": ["validation"],
         "QualityConfig.language_model": [corpus], "QualityConfig.languages": [["en"]],
         "QualityConfig.gopher_max_top_ngram": [{2: 0.5}], "QualityConfig.gopher_max_dup_ngram": [{5: 0.5}],
+        "QualityConfig.steps": [["c4", "length"]],
         "TokenizerConfig.reference": [model],
         "ModelConfig.init_from": [model], "ModelConfig.grow_from": [model], "ModelConfig.extend_vocab": [10],
         "PretrainConfig.teacher": [model], "PretrainConfig.difficulty_model": [model2],

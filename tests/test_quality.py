@@ -4,7 +4,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from domainlm.config import QualityConfig
+from domainlm.config import DEFAULT_QUALITY_STEPS, QUALITY_STEPS, ConfigError, QualityConfig, config_from_dict
 from domainlm.corpus import quality
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 
@@ -245,6 +245,31 @@ def test_config_rejects_bad_ngram_limits():
         QualityConfig(gopher_max_top_ngram={0: 0.2})
     with pytest.raises(ValidationError):
         QualityConfig(gopher_max_dup_ngram={5: 1.5})
+
+
+# -------------------------------------------------------------------------------------- steps
+def test_the_config_names_every_step_of_the_table_and_defaults_to_the_old_chain():
+    assert tuple(quality.STEPS) == QUALITY_STEPS
+    assert QualityConfig().steps == list(DEFAULT_QUALITY_STEPS) == [
+        "length", "c4", "gopher_quality", "gopher_repetition", "fineweb", "language"]
+
+
+def test_the_steps_run_in_the_recipes_order_and_only_those_named():
+    short = "Lorem ipsum dolor."  # too short, and C4's lorem ipsum
+    assert reason(short) == "too_short"
+    assert reason(short, steps=["c4", "length"]) == "c4:lorem_ipsum"
+    assert reason(short, steps=["gopher_quality", "fineweb"]) is None
+    assert reason(short, steps=[]) is None
+    assert reason(GOOD + " Lorem ipsum dolor sit amet.", steps=["length", "fineweb"]) is None
+
+
+def test_a_step_the_table_does_not_hold_is_refused_naming_the_key_and_the_steps(tiny_recipe):
+    tiny_recipe["corpus"]["quality"] = {"steps": ["length", "gopher"]}
+    with pytest.raises(ConfigError, match=r"corpus\.quality\.steps.*'gopher'.*length, c4, gopher_quality, "
+                                          r"gopher_repetition, fineweb, language"):
+        config_from_dict(tiny_recipe)
+    with pytest.raises(ValidationError, match="'c4' named twice"):
+        QualityConfig(steps=["c4", "length", "c4"])
 
 
 # ---------------------------------------------------------------------------------------- PII

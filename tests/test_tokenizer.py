@@ -45,7 +45,7 @@ def test_trained_tokenizer_loads_in_transformers(tmp_path):
 # ------------------------------------------------ what a model sees = what its vocabulary was trained on
 def corpus_tokenizer(lines: list[str], tmp_path, lowercase: bool, form: str = "NFKC"):
     """A domain tokenizer trained as the stages do (corpus-normalised text), saved for transformers."""
-    from domainlm.corpus.filters import normalize_text
+    from domainlm.corpus.normalize import normalize_text
 
     texts = [normalize_text(line, form) for line in lines]
     tokenizer = train_wordpiece(texts, TokenizerConfig(vocab_size=400, min_frequency=1, lowercase=lowercase), form)
@@ -66,7 +66,7 @@ GENES = ["EGFR strongly regulates the cohort and NF-kB binds cell growth in samp
 def test_raw_text_gets_the_ids_of_its_corpus_normalised_form(tmp_path):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from domainlm.corpus.filters import normalize_text
+    from domainlm.corpus.normalize import normalize_text
 
     tokenizer, folder = corpus_tokenizer(SKEWED, tmp_path, lowercase=False)
     raw = "the dose was 33 µg per m² daily and ﬁbrosis of the liver"
@@ -158,7 +158,7 @@ PROBES = ["Protein kinase binds", "EGFR binds BRCA1 and NF-kB in sample 12.",
 
 def trained(model: str, lowercase: bool, tmp_path, lines=None):
     """A `model` tokenizer trained by the stage's function on corpus-normalised text, and its saved folder."""
-    from domainlm.corpus.filters import normalize_text
+    from domainlm.corpus.normalize import normalize_text
     from domainlm.tokenizer import train_tokenizer
 
     texts = [normalize_text(line) for line in (lines or GENES + SKEWED + ACCENTS)]

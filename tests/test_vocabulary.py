@@ -5,7 +5,7 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
 from domainlm.config import TokenizerConfig
-from domainlm.corpus.filters import normalize_text
+from domainlm.corpus.normalize import normalize_text
 from domainlm.tokenizer import bert_pipeline, train_tokenizer, train_wordpiece
 from domainlm.vocabulary import unknown_id, vocabulary_casing, vocabulary_fit, word_pieces
 

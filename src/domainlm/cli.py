@@ -19,6 +19,7 @@ import traceback
 from domainlm import distributed, experiment
 from domainlm.config import load_config
 from domainlm.errors import DomainlmError
+from domainlm.layout import ReportFiles, RunLayout
 from domainlm.pipeline import STAGES, partial_report, run_all, run_stage
 
 log = logging.getLogger("domainlm")
@@ -52,7 +53,7 @@ def execute(verb: str, recipe: str, overrides: list[str], force: bool, partial: 
     """Load the recipe and run what `verb` asks for (raises DomainlmError on anything the user can fix)."""
     config = load_config(recipe, overrides)
     if partial:
-        log.info("partial report: %s", partial_report(config) / "report.html")
+        log.info("partial report: %s", ReportFiles(partial_report(config)).html)
         return
     if distributed.launched_by_torchrun():
         distributed.init_process_group()
@@ -63,7 +64,7 @@ def execute(verb: str, recipe: str, overrides: list[str], force: bool, partial: 
     else:
         run_stage(config, verb, force=force)
     if verb == "run":
-        log.info("report: %s", config.directory / "report" / "report.html")
+        log.info("report: %s", RunLayout(config.directory).report_files.html)
 
 
 def main(argv: list[str] | None = None) -> int:

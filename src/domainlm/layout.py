@@ -3,18 +3,21 @@
 A run lives in one folder (`runs/<name>/`), one sub-folder per stage, each finished by a
 `manifest.json`. A stage writes only into its own folder and reads what other stages wrote only
 through this module, never through their code, so the paths below are the whole interface
-between stages:
+between stages. The corpus, tokenizer, evaluate and report stages also write through it, and their
+code spells none of the file names (tests/test_layout.py): `RunLayout` for a run's folders,
+`CorpusFiles` and `ReportFiles` for the folder a corpus or a report is written into, wherever that is.
 
-    corpus/      train-NNNNN.jsonl shards, heldout.jsonl, stats.json, dropped.jsonl, work/
-    tokenizer/   tokenizer.json (+ transformers files), fit.json
+    corpus/      train-NNNNN.jsonl shards, heldout.jsonl, stats.json, dropped.jsonl, work/<unit>/
+                 (docs.jsonl, dropped.jsonl, exact.bin, signatures.bin, band-NN.bin, stats.json)
+    tokenizer/   a transformers tokenizer directory (tokenizer.json, tokenizer_config.json, ...), fit.json
     pretrain/    data/ (token shards), checkpoints/, history.json, summary.json, tensorboard/,
                  tokenizer/ (continued pretraining), export/ (a Hugging Face model directory)
     arms/<arm>/  an experiment's arm: a run folder of its own (corpus, tokenizer, pretrain)
     experiment/  arms.json (each arm's status, cost, failure), summary.json, history.json
     evaluate/    tasks.json (each task's type, classes, sizes, notes, labels never seen in training,
                  invalid UTF-8 replaced), gold/<task>.json, distance.json, selection.json, results.jsonl,
-                 failures.json, runs/<model>/<task>/lr-<lr>/seed-<n>.json, tensorboard/
-    report/      report.md, report.html, results.json, *.png
+                 failures.json, distillation.json, runs/<model>/<task>/lr-<lr>/seed-<n>.json, tensorboard/
+    report/      report.md, report.html, results.json, results.png, distance.png, loss.png, tokenizer_fit.png
     partial-report/  the same, from the fine-tuning runs finished so far (`domainlm report --partial`)
 """
 
@@ -24,9 +27,118 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from domainlm.io import read_json, read_jsonl
+
+
+# ------------------------------------------------------------------ folders a stage writes into
+@dataclass(frozen=True)
+class CorpusFiles:
+    """The corpus stage's folder: a run's `corpus/`, or wherever `corpus.curate` is told to write."""
+
+    folder: Path
+
+    @property
+    def stats(self) -> Path:
+        """`read`, `kept`, `dropped` per reason, per step and per source (see the corpus stage)."""
+        return self.folder / "stats.json"
+
+    def shard(self, index: int) -> Path:
+        """The `index`-th shard of kept training documents (`{"id", "text", "source"}` per line)."""
+        return self.folder / f"train-{index:05d}.jsonl"
+
+    def shards(self) -> list[Path]:
+        """The training shards written, in order."""
+        return sorted(self.folder.glob("train-*.jsonl"))
+
+    @property
+    def heldout(self) -> Path:
+        """The kept documents set aside to measure the tokenizer's fit."""
+        return self.folder / "heldout.jsonl"
+
+    @property
+    def dropped(self) -> Path:
+        """With `keep_dropped`: every dropped document with its reason."""
+        return self.folder / "dropped.jsonl"
+
+    @property
+    def work(self) -> Path:
+        """The work units' folders (kept, so a killed run redoes only the unfinished units)."""
+        return self.folder / "work"
+
+    def unit(self, key: str) -> Path:
+        """One work unit's folder (its files: `CorpusUnitFiles`)."""
+        return self.work / key
+
+    def finished_units(self) -> list[Path]:
+        """The work units' folders that hold their completion marker."""
+        return [folder for folder in sorted(self.work.glob("*")) if CorpusUnitFiles(folder).stats.exists()]
+
+
+@dataclass(frozen=True)
+class CorpusUnitFiles:
+    """One corpus work unit's folder (or the temporary folder it is written in): its surviving
+    documents, raw uint64 / uint32 arrays of their exact hashes, MinHash signatures and LSH band
+    keys, its dropped documents, and stats.json, written last as the completion marker."""
+
+    folder: Path
+
+    @property
+    def docs(self) -> Path:
+        return self.folder / "docs.jsonl"
+
+    @property
+    def dropped(self) -> Path:
+        return self.folder / "dropped.jsonl"
+
+    @property
+    def exact(self) -> Path:
+        return self.folder / "exact.bin"
+
+    @property
+    def signatures(self) -> Path:
+        return self.folder / "signatures.bin"
+
+    def band(self, index: int) -> Path:
+        """The LSH keys of one band, one uint64 per document (a file per band)."""
+        return self.folder / f"band-{index:02d}.bin"
+
+    @property
+    def stats(self) -> Path:
+        return self.folder / "stats.json"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The report's folder: a run's `report/`, or `partial-report/`."""
+
+    folder: Path
+    PLOTS: ClassVar[tuple[str, ...]] = ("results", "distance", "loss", "tokenizer_fit")
+    """The figures, each `<name>.png`, linked from report.md by file name and embedded in report.html."""
+
+    @property
+    def markdown(self) -> Path:
+        return self.folder / "report.md"
+
+    @property
+    def html(self) -> Path:
+        return self.folder / "report.html"
+
+    @property
+    def results(self) -> Path:
+        """Every number the report shows, and the recipe, as JSON."""
+        return self.folder / "results.json"
+
+    @classmethod
+    def plot_name(cls, name: str) -> str:
+        """The file name of figure `name` (one of `PLOTS`), as report.md links it."""
+        if name not in cls.PLOTS:
+            raise KeyError(f"no report figure '{name}': the figures are {', '.join(cls.PLOTS)}")
+        return f"{name}.png"
+
+    def plot(self, name: str) -> Path:
+        return self.folder / self.plot_name(name)
 
 
 @dataclass(frozen=True)
@@ -58,14 +170,18 @@ class RunLayout:
 
     # --------------------------------------------------------------------------------- corpus
     @property
+    def corpus_files(self) -> CorpusFiles:
+        return CorpusFiles(self.root / "corpus")
+
+    @property
     def corpus_stats(self) -> Path:
         """`read`, `kept`, `dropped` per reason, per step and per source (see the corpus stage)."""
-        return self.root / "corpus" / "stats.json"
+        return self.corpus_files.stats
 
     def corpus_documents(self, split: str = "train") -> Iterator[dict]:
         """The curated documents (`{"id", "text", "source"}`): the `train` shards, or the `heldout` set."""
-        corpus = self.root / "corpus"
-        files = sorted(corpus.glob("train-*.jsonl")) if split == "train" else [corpus / "heldout.jsonl"]
+        corpus = self.corpus_files
+        files = corpus.shards() if split == "train" else [corpus.heldout]
         for path in files:
             with open(path, encoding="utf-8") as handle:
                 for line in handle:
@@ -169,6 +285,11 @@ class RunLayout:
     def failures(self) -> Path:
         return self.root / "evaluate" / "failures.json"
 
+    @property
+    def distillation(self) -> Path:
+        """Per distilled (model, task): the student's and the teacher's score, speed and size."""
+        return self.root / "evaluate" / "distillation.json"
+
     def run_file(self, model: str, task: str, lr: float, seed: int) -> Path:
         """One fine-tuning run's metrics, dev curve and test predictions."""
         return self.root / "evaluate" / "runs" / model / task / f"lr-{lr:g}" / f"seed-{seed}.json"
@@ -199,6 +320,10 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def report_files(self) -> ReportFiles:
+        return ReportFiles(self.report)
 
     @property
     def partial_report(self) -> Path:

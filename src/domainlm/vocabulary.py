@@ -64,7 +64,7 @@ def untruncated(tokenizer: Tokenizer) -> Tokenizer:
 
 
 def corpus_normalizers(unicode_form: str) -> list[normalizers.Normalizer]:
-    """The corpus stage's text handling (`corpus.filters.normalize_text`) as `tokenizers` normalisers,
+    """The corpus stage's text handling (`corpus.normalize.normalize_text`) as `tokenizers` normalisers,
     to run before a BERT normaliser, so raw text gets the ids its corpus-normalised form gets.
 
     `unicode_form`: `corpus.normalization` ("NFKC", "NFC" or "none"; KeyError otherwise). Besides the
@@ -79,7 +79,7 @@ def corpus_normalizers(unicode_form: str) -> list[normalizers.Normalizer]:
 
 
 def corpus_whitespace_normalizers() -> list[normalizers.Normalizer]:
-    """The rest of `corpus.filters.normalize_text` (control characters dropped, runs of spaces and of
+    """The rest of `corpus.normalize.normalize_text` (control characters dropped, runs of spaces and of
     blank lines collapsed, lines stripped) as `tokenizers` normalisers, for tokenizers that keep
     whitespace (byte-level BPE): there, unlike behind BERT's normaliser, a tab or a doubled space
     changes the ids. Runs after `corpus_normalizers`."""

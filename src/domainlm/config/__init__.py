@@ -27,6 +27,8 @@ from domainlm.config.base import (
     unique_names,
 )
 from domainlm.config.corpus import (
+    DEFAULT_QUALITY_STEPS,
+    QUALITY_STEPS,
     CorpusConfig,
     DecontaminationConfig,
     DedupConfig,
@@ -47,7 +49,8 @@ __all__ = [
     "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig", "EvaluateConfig",
     "ExperimentConfig", "Fingerprinted", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
     "ResourcesConfig", "RunConfig", "Section", "SourceConfig", "SplitConfig", "TaskConfig", "TokenizerConfig",
-    "apply_override", "arm_steps", "config_from_dict", "existing_file", "load_config", "merge", "picked", "resolve_path", "unique_names",
+    "apply_override", "arm_steps", "config_from_dict", "existing_file", "load_config", "merge", "picked", "resolve_path",
+    "unique_names", "DEFAULT_QUALITY_STEPS", "QUALITY_STEPS",
 ]
 log = logging.getLogger(__name__)
 

@@ -48,11 +48,27 @@ class SourceConfig(Section):
         return self
 
 
+# Every quality step a recipe may name (what each one does: `corpus.quality.STEPS`, same order).
+QUALITY_STEPS = ("length", "c4", "gopher_quality", "gopher_repetition", "fineweb", "language")
+# The steps of a recipe that names none. A step added later stays out of this list: it runs only
+# where a recipe names it, so the runs made before it keep their results (and fingerprints).
+DEFAULT_QUALITY_STEPS = ("length", "c4", "gopher_quality", "gopher_repetition", "fineweb", "language")
+
+
 class QualityConfig(Section):
-    """Heuristic quality filters, applied to each normalised document in this order; a document
-    is dropped by the first rule it fails, and that rule is its reason in stats.json. Rules come
-    from C4 (Raffel et al. 2020), Gopher (Rae et al. 2021, appendix A) and FineWeb (Penedo et al.
-    2024), with their published thresholds unless a field says otherwise."""
+    """Heuristic quality filters, applied to each normalised document as steps in the order of
+    `steps`; a document is dropped by the first rule it fails, and that rule is its reason in
+    stats.json. Rules come from C4 (Raffel et al. 2020), Gopher (Rae et al. 2021, appendix A) and
+    FineWeb (Penedo et al. 2024), with their published thresholds unless a field says otherwise."""
+
+    # Added after runs existed: at its default (today's order) it stays out of fingerprints.
+    LATER = {"steps": ("steps",)}
+
+    steps: list[str] = Field(default_factory=lambda: list(DEFAULT_QUALITY_STEPS))
+    """The quality steps to run, in order: `length` (min/max words, max chars), `c4`, `gopher_quality`,
+    `gopher_repetition`, `fineweb`, `language`. A step left out does not run; each group's switch
+    below (`c4_docs`, `gopher_quality`, ...) still turns it off. Order decides which reason a document
+    failing several rules is counted under (and the speed: cheap steps first)."""
 
     min_words: int = Field(default=5, ge=0)
     """Documents with fewer words are dropped as `too_short`."""
@@ -143,6 +159,18 @@ class QualityConfig(Section):
     """Labels to keep, as the model names them (`en`; `eng_Latn` for GlotLID); empty: any."""
     language_threshold: float = Field(default=0.65, ge=0, le=1)
     """Documents whose top language scores lower are dropped as `lang:low_confidence`."""
+
+    @field_validator("steps")
+    @classmethod
+    def _known_steps(cls, steps: list[str]) -> list[str]:
+        unknown = [step for step in steps if step not in QUALITY_STEPS]
+        if unknown:
+            raise ValueError(f"unknown quality step {', '.join(map(repr, unknown))}: the steps are "
+                             f"{', '.join(QUALITY_STEPS)}")
+        repeated = sorted({step for step in steps if steps.count(step) > 1})
+        if repeated:
+            raise ValueError(f"quality step {', '.join(map(repr, repeated))} named twice: each step runs once")
+        return steps
 
     @field_validator("gopher_max_top_ngram", "gopher_max_dup_ngram")
     @classmethod

@@ -6,7 +6,8 @@ Steps, in order (each document leaves at the first step that drops it, with that
              (`invalid_json`, `not_an_object`, `missing_text`) are counted, never fatal;
 2. normalise Unicode NFC/NFKC, control characters, whitespace; invalid UTF-8 bytes were replaced
              and are counted; C4 line rules remove boilerplate lines; PII is masked (counted);
-3. quality   length limits, C4 / Gopher quality and repetition / FineWeb rules, language id;
+3. quality   length limits, C4 / Gopher quality and repetition / FineWeb rules, language id (in
+             the order `corpus.quality.steps` names);
 4. decontaminate  documents sharing a 13-word n-gram with any task's dev/test text;
 5. exact dedup    identical normalised text (the first occurrence in corpus order is kept);
 6. near dedup     MinHash LSH clusters (one document kept per cluster);
@@ -48,7 +49,7 @@ from domainlm.corpus.dedup import (
     near_duplicates,
     word_hashes,
 )
-from domainlm.corpus.filters import normalize_text
+from domainlm.corpus.normalize import normalize_text
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 from domainlm.corpus.readers import Unit, plan_units, read_unit
 from domainlm.errors import InputError
@@ -61,7 +62,7 @@ from domainlm.io import (
     read_json,
     stream_digest,
 )
-from domainlm.layout import RunLayout
+from domainlm.layout import CorpusFiles, CorpusUnitFiles, RunLayout
 from domainlm.progress import progress_bar
 from domainlm.tasks.load import task_eval_texts
 
@@ -84,13 +85,14 @@ class _UnitWriter:
 
     CHUNK = 4096
 
-    def __init__(self, folder: Path, config: CorpusConfig):
-        self.folder, self.config, self.count = folder, config, 0
+    def __init__(self, files: CorpusUnitFiles, config: CorpusConfig):
+        self.config, self.count = config, 0
         self.bands = lsh_bands(config.dedup.threshold, config.dedup.permutations)
-        self.docs = open(folder / "docs.jsonl", "w", encoding="utf-8")
-        self.dropped = open(folder / "dropped.jsonl", "w", encoding="utf-8")
-        names = ("exact", "signatures", *(f"band-{b:02d}" for b in range(self.bands[0])))  # a file per band
-        self.arrays = {name: open(folder / f"{name}.bin", "wb") for name in names}
+        self.docs = open(files.docs, "w", encoding="utf-8")
+        self.dropped = open(files.dropped, "w", encoding="utf-8")
+        paths = {"exact": files.exact, "signatures": files.signatures,
+                 **{f"band-{b:02d}": files.band(b) for b in range(self.bands[0])}}  # a file per band
+        self.arrays = {name: open(path, "wb") for name, path in paths.items()}
         self.exact: list[bytes] = []
         self.signatures: list[np.ndarray] = []
         self.wordless: list[bool] = []
@@ -141,7 +143,8 @@ def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: 
     stats: dict[str, Any] = {"read": 0, "steps": {s: {} for s in STEPS[:3]}, "pii": {}, "invalid_bytes": 0,
                              "line_removals": 0, "examples": {}}
     with atomic_directory(folder) as tmp:
-        writer = _UnitWriter(tmp, config)
+        files = CorpusUnitFiles(tmp)
+        writer = _UnitWriter(files, config)
 
         def drop(step: str, reason: str, doc_id: str, text: str) -> None:
             counts = stats["steps"][step]
@@ -181,7 +184,7 @@ def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: 
             writer.add({"id": record["id"], "text": text, "source": record["source"]}, words)
         writer.close()
         stats["survivors"] = writer.count
-        atomic_write_json(tmp / "stats.json", stats)  # last: the completion marker
+        atomic_write_json(files.stats, stats)  # last: the completion marker
     return stats
 
 
@@ -197,7 +200,7 @@ def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] 
     index = None
     if config.decontamination.enabled and eval_texts:
         index = ContaminationIndex(eval_texts, config.decontamination.ngram, config.decontamination.min_words)
-    jobs, unit_dirs = [], []
+    jobs, unit_dirs, corpus = [], [], CorpusFiles(out)
     sources = zip(config.sources, config.source_names(), config.source_labels(), strict=True)
     for source_index, (source, name, label) in enumerate(sources):
         source = source.model_copy(update={"name": name})  # unique: documents and stats are keyed by it
@@ -205,9 +208,9 @@ def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] 
         units = plan_units([source], config.unit_bytes if source.max_docs is None else 2**62)
         for unit in units:
             unit = dataclasses.replace(unit, source_index=source_index, label=label)
-            folder = out / "work" / unit.key
+            folder = corpus.unit(unit.key)
             unit_dirs.append((folder, source))
-            if not (folder / "stats.json").exists():
+            if not CorpusUnitFiles(folder).stats.exists():
                 jobs.append((unit, source, config, index, folder, source.max_docs))
     return jobs, unit_dirs, index
 
@@ -254,7 +257,7 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
            decontamination: dict[str, int] | None = None) -> dict[str, Any]:
     """Steps 5-7 over the finished units: dedup across the corpus, split, write shards and stats.
     `decontamination`: how many dev/test texts it could check (`ContaminationIndex.coverage`)."""
-    unit_stats = [read_json(folder / "stats.json") for folder, _ in unit_dirs]
+    unit_stats = [read_json(CorpusUnitFiles(folder).stats) for folder, _ in unit_dirs]
     removed = duplicates(config, unit_dirs, unit_stats)
     stats = merge_unit_stats(unit_stats)
     stats["decontamination"] = decontamination
@@ -264,7 +267,7 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
     if stats["read"] != stats["kept"] + sum(stats["dropped"].values()):  # the accounting invariant
         raise AssertionError(f"corpus accounting broken: read {stats['read']}, kept {stats['kept']}, "
                              f"dropped {stats['dropped']}")
-    atomic_write_json(out / "stats.json", stats)
+    atomic_write_json(CorpusFiles(out).stats, stats)
     return stats
 
 
@@ -272,7 +275,8 @@ def duplicates(config: CorpusConfig, unit_dirs: list[tuple[Path, SourceConfig]],
                unit_stats: list[dict]) -> dict[int, str]:
     """Survivors of steps 1-4 that dedup removes: global survivor index -> `duplicate` (an exact
     copy of an earlier document) or `near_duplicate` (a MinHash LSH cluster's non-first member)."""
-    exact = np.concatenate([read_rows(folder / "exact.bin", np.uint64, 2) for folder, _ in unit_dirs])
+    units = [CorpusUnitFiles(folder) for folder, _ in unit_dirs]
+    exact = np.concatenate([read_rows(unit.exact, np.uint64, 2) for unit in units])
     total = len(exact)
     removed: dict[int, str] = {}
     if config.dedup.exact and total:
@@ -287,17 +291,16 @@ def duplicates(config: CorpusConfig, unit_dirs: list[tuple[Path, SourceConfig]],
         survivors[list(removed)] = False
         candidates = np.flatnonzero(survivors)
         bands, _ = lsh_bands(config.dedup.threshold, config.dedup.permutations)
-        columns = (np.concatenate([np.fromfile(folder / f"band-{b:02d}.bin", dtype=np.uint64)
-                                   for folder, _ in unit_dirs])[candidates] for b in range(bands))
+        columns = (np.concatenate([np.fromfile(unit.band(b), dtype=np.uint64) for unit in units])[candidates]
+                   for b in range(bands))
         starts = np.cumsum([0] + [unit["survivors"] for unit in unit_stats])
         permutations = config.dedup.permutations
 
         def signature_of(members: np.ndarray) -> np.ndarray:
             rows = candidates[members]
-            units = np.searchsorted(starts, rows, side="right") - 1
-            return np.concatenate([read_rows(unit_dirs[u][0] / "signatures.bin", np.uint32, permutations,
-                                             np.array([r - starts[u]])) for u, r in zip(units.tolist(), rows.tolist(),
-                                                                                         strict=True)])
+            owners = np.searchsorted(starts, rows, side="right") - 1
+            return np.concatenate([read_rows(units[u].signatures, np.uint32, permutations, np.array([r - starts[u]]))
+                                   for u, r in zip(owners.tolist(), rows.tolist(), strict=True)])
 
         clusters = near_duplicates(columns, signature_of, config.dedup.threshold)
         removed.update({int(candidates[i]): "near_duplicate" for i in clusters})
@@ -324,18 +327,18 @@ def merge_unit_stats(unit_stats: list[dict]) -> dict[str, Any]:
 
 
 class ShardWriter:
-    """Kept documents into `train-NNNNN.jsonl` shards of `shard_docs` lines, each written under a
-    temporary name and renamed when complete."""
+    """Kept documents into `train-NNNNN.jsonl` shards (`CorpusFiles.shard`) of `shard_docs` lines,
+    each written under a temporary name and renamed when complete."""
 
-    def __init__(self, out: Path, shard_docs: int):
-        self.out, self.shard_docs = out, shard_docs
+    def __init__(self, files: CorpusFiles, shard_docs: int):
+        self.files, self.shard_docs = files, shard_docs
         self.paths: list[str] = []
         self.current: PendingFile | None = None
         self.count = 0
 
     def write(self, line: str) -> None:
         if self.current is None:
-            self.current = PendingFile(self.out / f"train-{len(self.paths):05d}.jsonl")
+            self.current = PendingFile(self.files.shard(len(self.paths)))
         self.current.write(line)
         self.count += 1
         if self.count >= self.shard_docs:
@@ -353,19 +356,20 @@ def write_outputs(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, S
     """Stream every unit's survivors to the train shards or the held-out set (dedup's removals to
     `dropped.jsonl` with `keep_dropped`), counting into `stats`. Memory stays flat however large the
     corpus. Returns the shard file names."""
-    shards = ShardWriter(out, config.shard_docs)
-    held_out = PendingFile(out / "heldout.jsonl")
-    dropped_file = PendingFile(out / "dropped.jsonl") if config.keep_dropped else None
+    corpus = CorpusFiles(out)
+    shards = ShardWriter(corpus, config.shard_docs)
+    held_out = PendingFile(corpus.heldout)
+    dropped_file = PendingFile(corpus.dropped) if config.keep_dropped else None
     if dropped_file:
         for folder, _ in unit_dirs:  # the per-unit drops (read, quality, decontaminate) first
-            with open(folder / "dropped.jsonl", encoding="utf-8") as handle:
+            with open(CorpusUnitFiles(folder).dropped, encoding="utf-8") as handle:
                 shutil.copyfileobj(handle, dropped_file.handle)
     position = 0
     for (folder, source), unit in zip(unit_dirs, unit_stats, strict=True):
         per_source = stats["sources"].setdefault(source.name, {
             "read": 0, "kept": 0, "weight": source.weight * source.repeat})
         per_source["read"] += unit["read"]
-        with open(folder / "docs.jsonl", encoding="utf-8") as handle:
+        with open(CorpusUnitFiles(folder).docs, encoding="utf-8") as handle:
             for line in handle:
                 reason = removed.get(position)
                 position += 1
@@ -423,13 +427,12 @@ def output_digest(config: RunConfig) -> str:
     cut into shards), the held-out ones, each source's weight. A rerun that gives the same keeps
     its output id, so nothing downstream reruns (another `keep_dropped`, `unit_bytes`, ...)."""
     run_dir = RunLayout(config.directory)
-    shards = sorted(run_dir.stage("corpus").glob("train-*.jsonl"))
-    return stream_digest([*shards, run_dir.stage("corpus") / "heldout.jsonl"], run_dir.corpus_source_weights())
+    return stream_digest([*run_dir.corpus_files.shards(), run_dir.corpus_files.heldout], run_dir.corpus_source_weights())
 
 
 def discarded_work(config: RunConfig) -> str | None:
     """What rerunning the stage from scratch throws away: its finished work units."""
-    units = len(list((RunLayout(config.directory).stage("corpus") / "work").glob("*/stats.json")))
+    units = len(RunLayout(config.directory).corpus_files.finished_units())
     return f"Its {units} finished work units are discarded" if units else None
 
 
@@ -468,5 +471,5 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         sources = ", ".join(s.path or s.format for s in config.corpus.sources)
         raise InputError(f"corpus: no documents left to train on: read {stats['read']} from {sources}, kept "
                          f"{stats['kept']} ({stats['heldout']} held out), dropped: {dropped} "
-                         f"(every count in {out / 'stats.json'})")
+                         f"(every count in {CorpusFiles(out).stats})")
     return {k: stats[k] for k in ("read", "kept", "heldout", "dropped")}

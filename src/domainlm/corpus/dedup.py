@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 import xxhash
 
-from domainlm.corpus.filters import normalize_text
+from domainlm.corpus.normalize import normalize_text
 
 # A word is a run of word characters: punctuation and the spacing around it never count, so a
 # tokenised "phosphate ( EMP ) ," and the running text "phosphate (EMP)," give the same words.

@@ -1,8 +1,10 @@
 """Heuristic quality filters, PII masking and optional language id: plain functions over text.
 
 The rules follow C4 (Raffel et al. 2020), Gopher / MassiveText (Rae et al. 2021, appendix A) and
-FineWeb (Penedo et al. 2024); every threshold lives in `QualityConfig`. Texts arrive normalised by
-`filters.normalize_text`: spaces collapsed, lines stripped, paragraphs separated by one blank line.
+FineWeb (Penedo et al. 2024); every threshold lives in `QualityConfig`. The document rules are
+steps (`STEPS`), run in the order `QualityConfig.steps` names, each returning None to keep a
+document or the reason to drop it, as datatrove's filters do. Texts arrive normalised by
+`normalize.normalize_text`: spaces collapsed, lines stripped, paragraphs separated by one blank line.
 Speed: cheap checks run first, and the costly ones (n-gram counts, most regexes) are skipped when a
 cheaper test shows they cannot fire.
 """
@@ -11,6 +13,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from itertools import compress
 from typing import Any
 
@@ -50,36 +55,58 @@ def clean_lines(text: str, config: QualityConfig) -> tuple[str, int]:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip(), removed
 
 
-# ------------------------------------------------------------------------------------- reasons
-def quality_reason(text: str, config: QualityConfig) -> str | None:
-    """The reason of the first rule a normalised document fails, or None to keep it.
+# --------------------------------------------------------------------------------------- steps
+@dataclass
+class QualityText:
+    """A normalised document as the quality steps read it. Its views (lower case, words, lines)
+    are computed once, when a step first asks, so a step that decides early costs nothing more."""
 
-    Order: length (`too_short`, `too_long`), C4 (`c4:*`), Gopher quality and repetition
-    (`gopher:*`), FineWeb (`fineweb:*`), language (`lang:*`); each group can be switched off.
-    """
-    if len(text) > config.max_chars:
+    text: str
+
+    @cached_property
+    def lower(self) -> str:
+        return self.text.lower()
+
+    @cached_property
+    def words(self) -> list[str]:
+        return self.lower.split()
+
+    @cached_property
+    def lines(self) -> list[str]:
+        return [line for line in self.text.split("\n") if line]
+
+
+def quality_reason(text: str, config: QualityConfig) -> str | None:
+    """The reason of the first step in `config.steps` (`STEPS`) that drops a normalised document,
+    or None to keep it."""
+    doc = QualityText(text)
+    for name in config.steps:
+        reason = STEPS[name](doc, config)
+        if reason:
+            return reason
+    return None
+
+
+def length_reason(doc: QualityText, config: QualityConfig) -> str | None:
+    """`too_long` by characters, then `too_short` / `too_long` by words."""
+    if len(doc.text) > config.max_chars:
         return "too_long"  # before splitting, so a 50 MB line costs nothing
-    lower = text.lower()
-    words = lower.split()
-    if len(words) < config.min_words:
+    if len(doc.words) < config.min_words:
         return "too_short"
-    if len(words) > config.max_words:
+    if len(doc.words) > config.max_words:
         return "too_long"
-    if not words:
+    return None
+
+
+def c4_reason(doc: QualityText, config: QualityConfig) -> str | None:
+    """C4's document rules (`c4:*`), with `c4_docs`."""
+    if not config.c4_docs:
         return None
-    lines = [line for line in text.split("\n") if line]
-    if config.c4_docs:
-        if "lorem ipsum" in lower:
-            return "c4:lorem_ipsum"
-        if config.c4_curly_bracket and "{" in text:
-            return "c4:curly_bracket"
-    reason = (
-        (config.gopher_quality and _gopher_quality_reason(text, words, lines, config))
-        or (config.gopher_repetition and _gopher_repetition_reason(text, words, lines, config))
-        or (config.fineweb and _fineweb_reason(text, words, lines, config))
-        or (config.language_model and _language_reason(text, config))
-    )
-    return reason or None
+    if "lorem ipsum" in doc.lower:
+        return "c4:lorem_ipsum"
+    if config.c4_curly_bracket and "{" in doc.text:
+        return "c4:curly_bracket"
+    return None
 
 
 # a whitespace-led token without a letter ("12.5", "(p<0.05)", ","); the text gets a leading space
@@ -90,7 +117,12 @@ _ELLIPSES = ("...", "…")
 _STOP_WORDS = frozenset(("the", "be", "to", "of", "and", "that", "have", "with"))
 
 
-def _gopher_quality_reason(text: str, words: list[str], lines: list[str], config: QualityConfig) -> str | None:
+def gopher_quality_reason(doc: QualityText, config: QualityConfig) -> str | None:
+    """Gopher's quality rules (word length, symbols, bullets, ellipses, alphabetic words, stop
+    words: `gopher:*`), with `gopher_quality`."""
+    if not config.gopher_quality or not doc.words:  # no words: nothing to measure
+        return None
+    text, words, lines = doc.text, doc.words, doc.lines
     # Word length and stop words count only tokens with a letter: numbers, and punctuation that
     # pre-tokenised corpora split off ("1 . 8 mg / kg"), say nothing about how words look.
     letterless = _LETTERLESS_WORD.findall(" " + text)
@@ -118,9 +150,11 @@ def _gopher_quality_reason(text: str, words: list[str], lines: list[str], config
     return None
 
 
-def _gopher_repetition_reason(text: str, words: list[str], lines: list[str], config: QualityConfig) -> str | None:
-    if len(words) < config.gopher_repetition_min_words:
+def gopher_repetition_reason(doc: QualityText, config: QualityConfig) -> str | None:
+    """Gopher's repetition rules (`gopher:dup_*`, `gopher:top_*`), with `gopher_repetition`."""
+    if not config.gopher_repetition or not doc.words or len(doc.words) < config.gopher_repetition_min_words:
         return None
+    text, words, lines = doc.text, doc.words, doc.lines
     if len(lines) > 1:
         share, char_share = _duplicate_shares(lines)
         if share > config.gopher_max_dup_lines:
@@ -200,7 +234,11 @@ def _covered_share(lengths: list[int], n: int, starts: list[int], total_chars: i
     return sum(compress(lengths, covered)) / total_chars
 
 
-def _fineweb_reason(text: str, words: list[str], lines: list[str], config: QualityConfig) -> str | None:
+def fineweb_reason(doc: QualityText, config: QualityConfig) -> str | None:
+    """FineWeb's rules (`fineweb:*`), with `fineweb`."""
+    if not config.fineweb or not doc.words:
+        return None
+    text, words, lines = doc.text, doc.words, doc.lines
     if len(lines) < 2:
         return None  # the rules describe a page's lines; one line says nothing
     if sum(line.endswith(_TERMINAL) for line in lines) < config.fineweb_min_line_punct * len(lines):
@@ -232,16 +270,30 @@ def _language_model(path: str) -> Any:
     return _LANGUAGE_MODELS[path]
 
 
-def _language_reason(text: str, config: QualityConfig) -> str | None:
-    assert config.language_model is not None
+def language_reason(doc: QualityText, config: QualityConfig) -> str | None:
+    """fastText language id (`lang:*`), with a `language_model`."""
+    if not config.language_model or not doc.words:
+        return None
     # fastText predicts one line at a time; its labels look like "__label__en"
-    labels, scores = _language_model(config.language_model).predict(text.replace("\n", " "))
+    labels, scores = _language_model(config.language_model).predict(doc.text.replace("\n", " "))
     language = labels[0].removeprefix("__label__")
     if config.languages and language not in config.languages:
         return f"lang:{language}"
     if scores[0] < config.language_threshold:
         return "lang:low_confidence"
     return None
+
+
+# The quality steps by name, in their default order (`corpus.quality.steps` chooses which run, and
+# in which order): each returns None to keep a document, or the reason it is dropped.
+STEPS: dict[str, Callable[[QualityText, QualityConfig], str | None]] = {
+    "length": length_reason,
+    "c4": c4_reason,
+    "gopher_quality": gopher_quality_reason,
+    "gopher_repetition": gopher_repetition_reason,
+    "fineweb": fineweb_reason,
+    "language": language_reason,
+}
 
 
 # ---------------------------------------------------------------------------------------- PII

@@ -360,7 +360,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     atomic_write_json(run_dir.failures, {"failed": failures, "skipped": skipped})
     if any(m.kind == "distilled" for m in models):
         distilled = distillation_summary(done, selection, tasks)
-        atomic_write_json(out / "distillation.json", distilled)
+        atomic_write_json(run_dir.distillation, distilled)
         for d in distilled:
             student, teacher = d["student"], d["teacher"]
             log.info("evaluate: %s on %s: student %s %.2f (%d parameters, %.0f examples/s), teacher %s %.2f (%d, %.0f/s)",

@@ -18,7 +18,7 @@ from typing import Any
 from domainlm.config import RunConfig
 from domainlm.errors import StageError
 from domainlm.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
-from domainlm.layout import RunLayout
+from domainlm.layout import ReportFiles, RunLayout
 from domainlm.report.comparison import (
     bootstrap_rows,
     degenerate_models,
@@ -31,7 +31,6 @@ from domainlm.report.sections import arm_differences, build_sections
 from domainlm.tasks.metrics import select_runs, summarize
 from domainlm.vocabulary import read_tokenizer, vocabulary_fit
 
-PLOTS = ("results.png", "distance.png", "loss.png", "tokenizer_fit.png")
 log = logging.getLogger(__name__)
 
 
@@ -253,20 +252,22 @@ def pretraining_costs(config: RunConfig, pre: dict[str, Any], candidates: list[s
 
 
 def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
-    """Write report.md, report.html, results.json and the plots into `out`. `partial`: from the
-    fine-tuning runs finished so far, saying which are missing (`domainlm report --partial`)."""
+    """Write report.md, report.html, results.json and the plots into `out` (`ReportFiles`).
+    `partial`: from the fine-tuning runs finished so far, saying which are missing (`domainlm
+    report --partial`)."""
     art = load_artifacts(config, partial)
     summary = summarize(art["rows"], art["tasks"])
     model, reference = config.report.domain_model, config.report.reference_model
     numbers = compare(config, art, summary)
     costs = pretraining_costs(config, art["pretrain"], numbers["candidates"])
-    images = {name: out / name for name in PLOTS}
-    plot_results(summary, art["tasks"], images["results.png"], highlight=model)
-    plot_distance(numbers["distance"]["rows"], images["distance.png"], model, reference)
+    files = ReportFiles(out)
+    plot_results(summary, art["tasks"], files.plot("results"), highlight=model)
+    plot_distance(numbers["distance"]["rows"], files.plot("distance"), model, reference)
     if art["history"]:
-        plot_loss(art["history"], images["loss.png"])
+        plot_loss(art["history"], files.plot("loss"))
     if art["tokenizer"]:
-        plot_tokenizer_fit(art["tokenizer"], images["tokenizer_fit.png"])
+        plot_tokenizer_fit(art["tokenizer"], files.plot("tokenizer_fit"))
+    images = {path.name: path for path in map(files.plot, files.PLOTS)}  # as report.md links them
     text = verdict(numbers["candidates"], numbers["references"], numbers["intervals"], numbers["degenerate"],
                    costs, numbers["distance"], numbers["seeds"], numbers["suite"])
     if art["pretrain"] and "arms" in art["pretrain"] and (differences := arm_differences(art["pretrain"]["arms"])):
@@ -275,9 +276,9 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
         text = partial_note(art["missing"], art["expected_runs"]) + " " + text
     title = config.report.title or f"domainlm report: {config.name}"
     markdown, page = render(title, text, build_sections(config, art, summary, numbers), images)
-    atomic_write_text(out / "report.md", markdown + "\n")
-    atomic_write_bytes(out / "report.html", page.encode())
-    atomic_write_json(out / "results.json", {
+    atomic_write_text(files.markdown, markdown + "\n")
+    atomic_write_bytes(files.html, page.encode())
+    atomic_write_json(files.results, {
         "rows": art["rows"], "summary": summary, "verdict": text, "config": config.model_dump(mode="json"),
         "selection": art["selection"], "intervals": numbers["intervals"], "suite": numbers["suite"],
         "distance": art["distance"] | {"versus_gain": numbers["distance"]}, "pretraining_cost": costs,
@@ -285,5 +286,5 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
         "timings": art["timings"], "corpus": art["corpus"], "tokenizer": art["tokenizer"],
         "pretrain": art["pretrain"], "failures": art["failures"], "missing": art["missing"],
     })
-    log.info("report: %s", out / "report.html")
+    log.info("report: %s", files.html)
     return {"models": len({s['model'] for s in summary}), "tasks": len(art["tasks"])}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from domainlm.config import RunConfig
+from domainlm.layout import ReportFiles
 from domainlm.report.comparison import outcome
 
 Section = tuple[str, str, list[str], list[list[Any]]]
@@ -31,7 +32,7 @@ def results_section(config: RunConfig, art: dict, summary: list[dict], numbers: 
     e = config.evaluate
     text = (f"Test-set headline metric, mean ± std over seeds {e.seeds}. For each model and task the learning rate "
             f"with the best mean dev score among {e.learning_rates} was kept, and each run tested its best dev epoch "
-            f"(at most {e.epochs}, early stopping after {e.patience} without improvement). ![results](results.png)")
+            f"(at most {e.epochs}, early stopping after {e.patience} without improvement). {_figure('results')}")
     scored = {s["task"] for s in summary}
     if without := [t["name"] for t in art.get("tasks", []) if t["name"] not in scored]:
         text += f" No model has test results on {', '.join(without)}: no fine-tuning run of it finished."
@@ -77,7 +78,7 @@ def distance_section(config: RunConfig, art: dict, numbers: dict) -> Section:
     text = (f"Measured before any training: how many pieces {general} cuts each word of the task text into "
             f"(fertility), the share of words it splits or cannot spell at all (unknown), and the Jensen-Shannon "
             f"divergence of the task's word distribution from general text; next to the measured gain of {model} "
-            f"over {reference}." + (" ![distance](distance.png)" if distance["tasks_with_gain"] else ""))
+            f"over {reference}." + (" " + _figure("distance") if distance["tasks_with_gain"] else ""))
     if not art["distance"].get("general_corpus"):
         text += " JS divergence not measured: no `evaluate.general_corpus`."
     if distance["tasks_with_gain"] >= 3:
@@ -132,7 +133,7 @@ def tokenizer_section(fit: dict) -> Section:
     return ("Tokenizer fit", "On the held-out corpus documents; lower fertility means fewer pieces per known word. "
                              "An unknown word (one the vocabulary cannot spell) counts as not fitting: it is in "
                              "'words split' and 'unknown words', not in the fertility. "
-                             "![tokenizer fit](tokenizer_fit.png)",
+                             + _figure("tokenizer_fit"),
             ["vocabulary", "size", "fertility", "words split", "unknown words", "most often split",
              "most often unknown"], rows)
 
@@ -144,7 +145,7 @@ def pretraining_section(pre: dict) -> Section:
                 ["real tokens seen", f"{pre['real_tokens_seen']:,}"], ["final loss", f"{pre['final_loss']:.3f}"],
                 ["real tokens / s", f"{pre['real_tokens_per_s']:.0f}"], ["device", pre["device"]],
                 ["export max abs logit diff vs transformers", f"{pre['export_max_abs_logit_diff']:.1e}"]]
-        return ("Pretraining", "![loss](loss.png)", ["", ""], rows)
+        return ("Pretraining", _figure("loss"), ["", ""], rows)
     header = ["arm", "status", "steps", "row positions", "real tokens", "parameters", "non-embedding", "vocabulary",
               "final loss", "train s", "wall s (all its stages)", "tokens / s"]
     rows = [[r["arm"], r["status"] if r["status"] == "done" else f"failed: {r['reason'][:200]}"]
@@ -154,7 +155,7 @@ def pretraining_section(pre: dict) -> Section:
                if r["status"] == "done" else [""] * 10)
             for r in pre["arms"]]
     text = (f"Every arm pretrained for the same steps of the same shape: {pre['budget_tokens']:,} row "
-            f"positions split equally. {arm_differences(pre['arms'])} ![loss](loss.png)")
+            f"positions split equally. {arm_differences(pre['arms'])} {_figure('loss')}")
     if not any(r["status"] == "done" for r in pre["arms"]):  # no loss curve, nothing equal to speak of
         text = "No arm finished its pretraining (each one's reason is in the table)."
     return ("Pretraining", text, header, rows)
@@ -210,3 +211,8 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
     if failures:
         sections.append(("Models that failed or were skipped", "", ["model", "task", "reason"], failures))
     return sections
+
+
+def _figure(name: str) -> str:
+    """A Markdown image of one of the report's figures (`ReportFiles.PLOTS`); the HTML embeds it."""
+    return f"![{name.replace('_', ' ')}]({ReportFiles.plot_name(name)})"

@@ -295,8 +295,9 @@ def settings(config: RunConfig) -> dict[str, Any]:
 def output_digest(config: RunConfig) -> str:
     """What later stages read of this stage's output: the tokenizer files, not the fit report (a
     rerun for another `reference` gives the same vocabulary, and pretraining stays up to date)."""
-    return input_signature(RunLayout(config.directory).tokenizer,
-                           leave_out=("fit.json", "manifest.json", "in_progress.json"))
+    run_dir = RunLayout(config.directory)
+    return input_signature(run_dir.tokenizer, leave_out=tuple(path.name for path in (
+        run_dir.tokenizer_fit, run_dir.manifest("tokenizer"), run_dir.in_progress("tokenizer"))))
 
 
 def reference_fit(config: TokenizerConfig, heldout: list[str]) -> dict[str, Any]:
@@ -316,7 +317,7 @@ def reference_fit(config: TokenizerConfig, heldout: list[str]) -> dict[str, Any]
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     run_dir = RunLayout(config.directory)
     tokenizer = train_tokenizer(CorpusTexts(run_dir, "train"), config.tokenizer, config.corpus.normalization)
-    save_for_transformers(tokenizer, out, model_max_length=config.model.max_position)
+    save_for_transformers(tokenizer, run_dir.tokenizer, model_max_length=config.model.max_position)
 
     heldout = list(run_dir.corpus_texts("heldout"))
     if not heldout:  # tiny corpora: fall back to a slice of the training text
@@ -326,7 +327,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         log.warning(note)
     fit = {"domain": vocabulary_fit(tokenizer, heldout)} | reference_fit(config.tokenizer, heldout) | {
         "requested_vocab_size": config.tokenizer.vocab_size, "vocab_size_note": note}
-    atomic_write_json(out / "fit.json", fit)
+    atomic_write_json(run_dir.tokenizer_fit, fit)
     log.info("tokenizer: vocab %d, fertility %.3f, unknown words %.2f%%%s", tokenizer.get_vocab_size(),
              fit["domain"]["fertility"], 100 * fit["domain"]["unknown_share"],
              f" (reference {fit['reference']['fertility']:.3f})" if fit["reference"] else "")
