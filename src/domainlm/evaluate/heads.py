@@ -204,6 +204,14 @@ def _fill_words(out: list, confidence: list[float], item: dict, probs: torch.Ten
         confidence[i] = min(confidence[i], sure)
 
 
+def _softmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.softmax(-1)
+
+
+def _sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    return logits.sigmoid()
+
+
 def _decide_class(probs: torch.Tensor, names: list[str]) -> tuple[str, float]:
     best = int(probs.argmax())
     return names[best], float(probs[best])
@@ -287,7 +295,7 @@ class Layout:
 TEXT = Layout(gold="label", cut="truncated", inputs=_one_row_each, stack=_per_example,
               blank=lambda x, unreached: None, fill=_fill_example, soft=lambda it, targets, zeros: targets,
               mask=lambda labels: None, pieces=lambda text: [text])
-CHOICES = replace(TEXT, inputs=_row_per_choice)
+CHOICES = replace(TEXT, inputs=_row_per_choice)  # as TEXT, but an item's rows are its (text, choice) pairs
 WORDS = Layout(gold="tags", cut="split into windows", inputs=_one_row_each, stack=_per_position,
                blank=lambda x, unreached: [unreached] * len(x["tokens"]), fill=_fill_words,
                soft=lambda it, targets, zeros: [zeros if w is None else targets[w] for w in it["words"]],
@@ -318,14 +326,6 @@ class Head:
     None when it has no words (None: unlabeled text cannot be put in this shape)."""
     baseline: Callable[[Task, int], tuple[list, list]]
     """(task, seed) -> TF-IDF baseline predictions on (dev, test)."""
-
-
-def _softmax(logits: torch.Tensor) -> torch.Tensor:
-    return logits.softmax(-1)
-
-
-def _sigmoid(logits: torch.Tensor) -> torch.Tensor:
-    return logits.sigmoid()
 
 
 HEADS: dict[str, Head] = {
