@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import platform
 import random
-import re
 import statistics
 import traceback
 from pathlib import Path
@@ -34,8 +33,6 @@ from domainlm.tasks.load import Task, load_task
 from domainlm.tasks.metrics import select_runs, summarize, task_metrics
 from domainlm.tasks.types import TASK_TYPES
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-_WORDS = re.compile(r"\w+|[^\w\s]")
 PRETRAINED_KINDS = ("domain", "random-init")  # models read from a pretrain stage's export
 log = logging.getLogger(__name__)
 
@@ -93,19 +90,20 @@ def model_location(entry: ModelEntry, run_dir: RunLayout) -> tuple[Path, bool]:
 
 
 def unlabeled_examples(entry: ModelEntry, task: Task, run_dir: RunLayout, seed: int) -> list[dict]:
-    """Unlabeled in-domain inputs in the task's shape: texts, or sentences split into words."""
+    """Unlabeled in-domain inputs in the task's shape (its target's `unlabeled` in
+    `evaluate.heads`): texts, or sentences split into words."""
+    from domainlm.evaluate.heads import HEADS
+
+    head = HEADS[task.target]
     limit = 20 * entry.max_unlabeled
     texts = run_dir.corpus_texts() if entry.unlabeled == "corpus" else read_lines(entry.unlabeled, limit)
-    words = task.target == "tags"
     pool = []
     for text in texts:
-        pool += _SENTENCE.split(text) if words else [text]
+        pool += head.layout.pieces(text)
         if len(pool) >= limit:
             break
     chosen = random.Random(seed).sample(pool, min(entry.max_unlabeled, len(pool)))
-    if words:
-        return [{"tokens": w[:128], "tags": ["O"] * len(w[:128])} for w in (_WORDS.findall(s) for s in chosen) if w]
-    return [{"text": t, "label": [] if task.target == "classes" else ""} for t in chosen]
+    return [x for x in map(head.unlabeled, chosen) if x is not None]
 
 
 def check_unlabeled_fits(task: Task, method: str) -> None:
@@ -136,6 +134,7 @@ def self_train(entry: ModelEntry, teacher: ModelEntry, task: Task, seed: int, lr
     """Teacher fine-tuned on gold -> pseudo-labels on unlabeled text (kept when confident) ->
     a fresh student trains one epoch on them, then fine-tunes on gold."""
     from domainlm.evaluate.finetune import finetune, predict
+    from domainlm.evaluate.heads import HEADS
 
     check_unlabeled_fits(task, "self-training")
     first, model, tokenizer, examples, data = teacher_on_unlabeled(entry, teacher, task, seed, lr, config)
@@ -143,7 +142,7 @@ def self_train(entry: ModelEntry, teacher: ModelEntry, task: Task, seed: int, lr
     if examples:
         labels, confidence = predict(model, data, task, examples, config.evaluate.batch_size,
                                      tokenizer.pad_token_id or 0, next(model.parameters()).device)
-    key = "tags" if task.target == "tags" else "label"
+    key = HEADS[task.target].layout.gold
     pseudo = [x | {key: y} for x, y, c in zip(examples, labels, confidence, strict=True) if c >= entry.confidence]
     del model
     path, pretrained = model_location(teacher, RunLayout(config.directory))

@@ -5,6 +5,8 @@ pretraining and shows how much of a task can be read off its surface words.
   logistic regression (one-vs-rest for multi-label; ridge for regression);
 - token tasks: the word, its affixes and shape, and the words around it;
 - multiple choice: a logistic regression scores each (text, choice) pair; the best choice wins.
+
+Which model a target gets is its row's `baseline` in `evaluate.heads.HEADS`.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def _columns(examples: list[dict]) -> list[list[str]]:
     return [[x["text"] for x in examples]] + ([[x["text_pair"] for x in examples]] if "text_pair" in examples[0] else [])
 
 
-def _tokens(task: Task, seed: int) -> tuple[list, list]:
+def tfidf_words(task: Task, seed: int) -> tuple[list, list]:
+    """Token tasks: a logistic regression tags each word from its features (dev, test predictions)."""
     model = DictVectorizer()
     classifier = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
     features = [_word_features(x["tokens"], i) for x in task.train for i in range(len(x["tokens"]))]
@@ -71,7 +74,8 @@ def _tokens(task: Task, seed: int) -> tuple[list, list]:
     return predict(task.dev), predict(task.test)
 
 
-def _choices(task: Task, seed: int) -> tuple[list, list]:
+def tfidf_choices(task: Task, seed: int) -> tuple[list, list]:
+    """Multiple choice: a logistic regression scores each (text, choice) pair; the best one wins."""
     features = _TextFeatures(paired=True)
 
     def pairs(split):
@@ -100,14 +104,16 @@ def _text_model(task: Task, fit, predict) -> tuple[list, list]:
     return tuple(predict(model, features.transform(_columns(split))) for split in (task.dev, task.test))
 
 
-def _labels(task: Task, seed: int) -> tuple[list, list]:
+def tfidf_labels(task: Task, seed: int) -> tuple[list, list]:
+    """One label per text: logistic regression on TF-IDF (dev, test predictions)."""
     def fit(X, train):
         return LogisticRegression(max_iter=2000, C=10.0, random_state=seed).fit(X, [x["label"] for x in train])
 
     return _text_model(task, fit, lambda model, X: [str(v) for v in model.predict(X)])
 
 
-def _label_sets(task: Task, seed: int) -> tuple[list, list]:
+def tfidf_label_sets(task: Task, seed: int) -> tuple[list, list]:
+    """A set of labels per text: one-vs-rest logistic regression on TF-IDF."""
     binarizer = MultiLabelBinarizer(classes=task.labels)
 
     def fit(X, train):
@@ -117,18 +123,17 @@ def _label_sets(task: Task, seed: int) -> tuple[list, list]:
     return _text_model(task, fit, lambda model, X: [sorted(row) for row in binarizer.inverse_transform(model.predict(X))])
 
 
-def _numbers(task: Task, seed: int) -> tuple[list, list]:
+def tfidf_numbers(task: Task, seed: int) -> tuple[list, list]:
+    """A number per text: ridge regression on TF-IDF."""
     def fit(X, train):
         return Ridge(alpha=1.0).fit(X, [x["label"] for x in train])
 
     return _text_model(task, fit, lambda model, X: [float(v) for v in model.predict(X)])
 
 
-# Per target: the baseline model (logistic regression; one-vs-rest for label sets; ridge for numbers;
-# word-window features for tags; a pair scorer for choices).
-_MODELS = {"class": _labels, "classes": _label_sets, "number": _numbers, "tags": _tokens, "choice": _choices}
-
-
 def tfidf_predict(task: Task, seed: int) -> tuple[list, list]:
-    """Fit on train, predict dev and test. Returns (dev predictions, test predictions)."""
-    return _MODELS[task.target](task, seed)
+    """Fit on train, predict dev and test with the model of the task's target (its `baseline` in
+    `evaluate.heads.HEADS`). Returns (dev predictions, test predictions)."""
+    from domainlm.evaluate.heads import HEADS  # imported here: the table imports this module's models
+
+    return HEADS[task.target].baseline(task, seed)

@@ -8,7 +8,8 @@ epochs without improvement, and test the epoch that scored best on dev.
 Heads: sequence classification (single-label, multi-label with sigmoid outputs, regression with
 one output), token classification (the first sub-word of each word is scored; inputs longer than
 `max_length` are cut into overlapping windows, each word predicted from the window where it sits
-most centrally), multiple choice (one score per (text, choice) pair).
+most centrally), multiple choice (one score per (text, choice) pair). What differs between them is
+the task target's row of `evaluate.heads.HEADS`; nothing here asks which target a task has.
 
 Knowledge distillation (Hinton et al. 2015, "Distilling the knowledge in a neural network"; the
 task-specific stage of DistilBERT / TinyBERT students) goes through the same loop: a teacher's
@@ -30,24 +31,15 @@ import torch
 
 from domainlm.config import EvaluateConfig
 from domainlm.errors import ModelError
+from domainlm.evaluate.heads import HEADS, Encoded
+from domainlm.evaluate.heads import encode_tokens as encode_tokens  # importable from here, as before
 from domainlm.optim import lr_schedule, parameter_groups, seed_everything
 from domainlm.progress import Curves
 from domainlm.tasks.load import Task
 from domainlm.tasks.metrics import task_metrics
-from domainlm.tasks.tagging import to_scheme
-from domainlm.tasks.types import AUTO_CLASSES, PROBLEM_TYPES
 from domainlm.vocabulary import vocabulary_casing
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Encoded:
-    items: list[dict]
-    """One per input: input_ids (a list, or a list per choice), token_type_ids (or None), label,
-    example (its index); token tasks add `words` (the word of each position, None elsewhere) and
-    `owned` (positions whose prediction counts)."""
-    truncated: int  # examples that lost text to max_length (token tasks: were split into windows)
 
 
 @dataclass
@@ -70,18 +62,14 @@ def quiet_transformers() -> None:
 def _auto_class(task: Task):
     import transformers
 
-    return getattr(transformers, AUTO_CLASSES[task.target])
+    return getattr(transformers, HEADS[task.target].auto_class)
 
 
 def head_config(task: Task) -> dict:
     """The head's settings for transformers' config: how many outputs, their names, which loss."""
-    config = {"problem_type": PROBLEM_TYPES[task.target]} if task.target in PROBLEM_TYPES else {}
-    if task.target == "number":
-        config["num_labels"] = 1
-    elif task.target != "choice":  # multiple choice scores each (text, choice) pair with one output
-        config |= {"num_labels": len(task.labels), "id2label": dict(enumerate(task.labels)),
-                   "label2id": {label: i for i, label in enumerate(task.labels)}}
-    return config
+    head = HEADS[task.target]
+    config = {"problem_type": head.problem_type} if head.problem_type else {}
+    return config | head.outputs(task.labels)
 
 
 def model_config(path: Path, task: Task):
@@ -196,97 +184,12 @@ def tokenizer_casing(tokenizer) -> dict:
 
 
 # ------------------------------------------------------------------------------------ encoding
-def _windows(n: int, width: int) -> list[tuple[int, int]]:
-    """Overlapping [start, end) windows of `width` covering n positions (stride width // 2)."""
-    if n <= width:
-        return [(0, n)]
-    stride = max(1, width // 2)
-    starts = list(range(0, n - width, stride)) + [n - width]
-    return [(s, s + width) for s in starts]
-
-
-def encode_tokens(tokenizer, task: Task, examples: list[dict], max_length: int) -> Encoded:
-    label_id = {label: i for i, label in enumerate(task.labels)}
-    batch = tokenizer([x["tokens"] for x in examples], is_split_into_words=True, add_special_tokens=False)
-    before, after = special_frame(tokenizer)
-    items, split = [], 0
-    for i, x in enumerate(examples):
-        ids, words = batch["input_ids"][i], batch.word_ids(i)
-        tags = to_scheme(x["tags"], task.tagging)
-        firsts = [p for p, w in enumerate(words) if w is not None and (p == 0 or words[p - 1] != w)]
-        spans = _windows(len(ids), max_length - 2)
-        split += len(spans) > 1
-        # Each word's first piece is owned by the window where it sits farthest from an edge.
-        owner = {p: max(range(len(spans)), key=lambda k: min(p - spans[k][0], spans[k][1] - 1 - p))
-                 for p in firsts}
-        for k, (start, end) in enumerate(spans):
-            full, lead = before + ids[start:end] + after, len(before)
-            position_words = [None] * len(full)
-            labels = [-100] * len(full)
-            owned = []
-            for p in range(start, end):
-                if p in owner:
-                    q = lead + p - start
-                    position_words[q] = words[p]
-                    labels[q] = label_id.get(tags[words[p]], label_id["O"])
-                    if owner[p] == k:
-                        owned.append(q)
-            items.append({"input_ids": full, "token_type_ids": None, "label": labels, "example": i,
-                          "words": position_words, "owned": owned})
-    return Encoded(items, split)
-
-
-def special_frame(tokenizer) -> tuple[list[int], list[int]]:
-    """The special tokens a tokenizer puts before and after one text ([CLS] / [SEP], <s> / </s>)."""
-    plain = tokenizer("domain", add_special_tokens=False)["input_ids"]
-    framed = tokenizer("domain")["input_ids"]
-    for lead in range(len(framed) - len(plain) + 1):
-        if framed[lead : lead + len(plain)] == plain:
-            return framed[:lead], framed[lead + len(plain) :]
-    raise ModelError(f"tokenizer {type(tokenizer).__name__} does not keep the text between its special tokens")
-
-
-# Per target (tags are encoded per word, in encode_tokens): one example's training label from the
-# example, the class -> index map and the class names; and the label tensor's dtype.
-_LABELS = {
-    "class": (lambda x, index, names: index.get(x["label"], -100), torch.long),  # unseen in train: not learnt
-    "choice": (lambda x, index, names: int(x["label"]), torch.long),
-    "classes": (lambda x, index, names: [float(name in x["label"]) for name in names], torch.float),
-    "number": (lambda x, index, names: float(x["label"]), torch.float),
-}
-
-
 def encode(tokenizer, task: Task, examples: list[dict], max_length: int) -> Encoded:
     """Token ids (and token types) of each example, cut to `max_length`, with its training label:
     a pair is cut from its longer side first (the context, for question + context); each choice
-    of a multiple-choice example is a (text, choice) pair; token tasks go through `encode_tokens`."""
-    if task.target == "tags":
-        return encode_tokens(tokenizer, task, examples, max_length)
-    label_id = {label: i for i, label in enumerate(task.labels)}
-    choice = task.target == "choice"
-    if choice:
-        firsts = [x["text"] for x in examples for _ in x["choices"]]
-        seconds = [c for x in examples for c in x["choices"]]
-    else:
-        firsts = [x["text"] for x in examples]
-        seconds = [x["text_pair"] for x in examples] if "text_pair" in examples[0] else None
-    full = tokenizer(firsts, seconds, truncation=False)["input_ids"]
-    cut = tokenizer(firsts, seconds, truncation="longest_first" if seconds else True, max_length=max_length)
-    types = cut.get("token_type_ids")
-    too_long = [len(a) > max_length for a in full]
-    encode_label = _LABELS[task.target][0]
-    items, truncated, row = [], 0, 0
-    for i, x in enumerate(examples):
-        rows = range(row, row + (len(x["choices"]) if choice else 1))
-        row = rows.stop
-        truncated += any(too_long[r] for r in rows)
-        if choice:
-            ids, type_ids = [cut["input_ids"][r] for r in rows], [types[r] for r in rows] if types else None
-        else:
-            ids, type_ids = cut["input_ids"][rows[0]], types[rows[0]] if types else None
-        items.append({"input_ids": ids, "token_type_ids": type_ids, "label": encode_label(x, label_id, task.labels),
-                      "example": i})
-    return Encoded(items, truncated)
+    of a multiple-choice example is a (text, choice) pair; token tasks go through `encode_tokens`
+    (the task target's `encode` in `evaluate.heads`)."""
+    return HEADS[task.target].encode(tokenizer, task, examples, max_length)
 
 
 def batches(lengths: list[int], batch_size: int, rng: random.Random | None = None) -> list[list[int]]:
@@ -312,63 +215,16 @@ def _length(item: dict) -> int:
 
 
 def collate(items: list[dict], task: Task, pad_id: int) -> dict[str, torch.Tensor]:
-    """Padded tensors; multiple choice as (batch, choices, length)."""
-    choice = task.target == "choice"
-    sequences = [s for it in items for s in (it["input_ids"] if choice else [it["input_ids"]])]
-    type_rows = [s for it in items for s in (it["token_type_ids"] if choice else [it["token_type_ids"]])] \
-        if items[0]["token_type_ids"] is not None else None
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    types = torch.zeros((len(sequences), width), dtype=torch.long) if type_rows else None
-    for r, s in enumerate(sequences):
-        ids[r, : len(s)] = torch.tensor(s)
-        mask[r, : len(s)] = 1
-        if types is not None:
-            types[r, : len(s)] = torch.tensor(type_rows[r])
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if types is not None:
-        batch["token_type_ids"] = types
-    if choice:
-        batch = {k: v.view(len(items), -1, width) for k, v in batch.items()}
-    if task.target == "tags":
-        labels = torch.full((len(items), width), -100, dtype=torch.long)
-        for r, it in enumerate(items):
-            labels[r, : len(it["label"])] = torch.tensor(it["label"])
-    else:
-        labels = torch.tensor([it["label"] for it in items], dtype=_LABELS[task.target][1])
-    batch["labels"] = labels
-    if "soft" in items[0]:  # a teacher's probabilities: (batch, classes), token tasks (batch, length, classes)
-        if task.target == "tags":
-            soft = torch.zeros((len(items), width, len(task.labels)))
-            for r, it in enumerate(items):
-                soft[r, : len(it["soft"])] = torch.tensor(it["soft"])
-        else:
-            soft = torch.tensor([it["soft"] for it in items], dtype=torch.float)
-        batch["soft_targets"] = soft
+    """Padded tensors, (batch, length) or, multiple choice, (batch, choices, length); `labels`,
+    and `soft_targets` when the items carry a teacher's probabilities: (batch, classes), token
+    tasks (batch, length, classes)."""
+    layout = HEADS[task.target].layout
+    batch = layout.inputs(items, pad_id)
+    width = batch["input_ids"].shape[-1]
+    batch["labels"] = layout.stack([it["label"] for it in items], width, -100)
+    if "soft" in items[0]:
+        batch["soft_targets"] = layout.stack([it["soft"] for it in items], width, 0.0)
     return batch
-
-
-def _decode_class(row: torch.Tensor, names: list[str]) -> tuple[str, float]:
-    probs = row.softmax(-1)
-    best = int(probs.argmax())
-    return names[best], float(probs[best])
-
-
-def _decode_choice(row: torch.Tensor, names: list[str]) -> tuple[str, float]:
-    probs = row.softmax(-1)  # one score per choice
-    best = int(probs.argmax())
-    return str(best), float(probs[best])
-
-
-def _decode_classes(row: torch.Tensor, names: list[str]) -> tuple[list[str], float]:
-    probs = row.sigmoid()  # each class on its own; confidence: the least certain decision
-    return [names[k] for k in range(len(names)) if probs[k] > 0.5], float(torch.where(probs > 0.5, probs, 1 - probs).min())
-
-
-# Per target (tags are decoded per word, in predict): one example's output row -> (prediction, confidence).
-_DECODERS = {"class": _decode_class, "choice": _decode_choice, "classes": _decode_classes,
-             "number": lambda row, names: (float(row[0]), 1.0)}
 
 
 @torch.no_grad()
@@ -387,50 +243,29 @@ def predict(model, data: Encoded, task: Task, examples: list[dict], batch_size: 
     (multi-label), a number (regression), a choice index, or the word tags (token tasks, in the
     task's tagging scheme). Confidence: the predicted class's probability (token tasks: the
     lowest over the words; regression: 1)."""
-    tags = task.target == "tags"
-    # Token tasks: every word starts as O (a word no window reaches stays O).
-    out: list = [["O"] * len(x["tokens"]) for x in examples] if tags else [None] * len(examples)
+    head = HEADS[task.target]
+    out = [head.layout.blank(x, "O") for x in examples]  # token tasks: a word no window reaches stays O
     confidence = [1.0] * len(examples)
     for it, logits in _outputs(model, data, task, batch_size, pad_id, device):
-        i = it["example"]
-        if not tags:
-            out[i], confidence[i] = _DECODERS[task.target](logits, task.labels)
-            continue
-        probs = logits.softmax(-1)
-        for q in it["owned"]:
-            best = int(probs[q].argmax())
-            out[i][it["words"][q]] = task.labels[best]
-            confidence[i] = min(confidence[i], float(probs[q, best]))
+        head.layout.fill(out, confidence, it, head.probabilities(logits), lambda row: head.decide(row, task.labels))
     return out, confidence
 
 
 # ------------------------------------------------------------------------------ distillation
-# Per target: a teacher's logits -> probabilities (multi-label: each class on its own; regression has none).
-_SOFTEN = {"class": lambda z: z.softmax(-1), "choice": lambda z: z.softmax(-1), "tags": lambda z: z.softmax(-1),
-           "classes": lambda z: z.sigmoid()}
-
-
 def soft_targets(model, data: Encoded, task: Task, examples: list[dict], temperature: float, batch_size: int,
                  pad_id: int, device) -> list:
     """A teacher's probabilities at `temperature`, one entry per example in input order: a list
     over the classes (or choices), one sigmoid probability per class (multi-label), or per word a
     list over the tags (token tasks: from the word's first piece, in the window that owns it, as
     `predict` reads it; a word no window reaches gets O). ValueError for regression."""
-    if task.target not in _SOFTEN:
+    head = HEADS[task.target]
+    if head.soft_loss is None:
         raise ValueError(f"no soft targets for {task.type} (target {task.target})")
-    soften = _SOFTEN[task.target]
-    if task.target == "tags":
-        outside = [float(label == "O") for label in task.labels]
-        out: list = [[outside] * len(x["tokens"]) for x in examples]
-    else:
-        out = [None] * len(examples)
+    outside = [float(label == "O") for label in task.labels]  # token tasks: a word no window reaches
+    out = [head.layout.blank(x, outside) for x in examples]
+    unused = [1.0] * len(examples)  # `fill` also keeps confidences, which soft targets do not need
     for it, logits in _outputs(model, data, task, batch_size, pad_id, device):
-        probs = soften(logits / temperature)
-        if task.target == "tags":
-            for q in it["owned"]:
-                out[it["example"]][it["words"][q]] = probs[q].tolist()
-        else:
-            out[it["example"]] = probs.tolist()
+        head.layout.fill(out, unused, it, head.probabilities(logits / temperature), lambda row: (row.tolist(), 1.0))
     return out
 
 
@@ -438,11 +273,9 @@ def with_soft_targets(data: Encoded, targets: list, task: Task) -> Encoded:
     """`data` with each item carrying its example's teacher probabilities (`soft`); token tasks:
     its word's at each word's first piece, zeros elsewhere (where the label is -100). The
     student's own tokenizer may split words differently from the teacher's."""
-    if task.target != "tags":
-        return Encoded([it | {"soft": targets[it["example"]]} for it in data.items], data.truncated)
-    zeros = [0.0] * len(task.labels)
-    return Encoded([it | {"soft": [zeros if w is None else targets[it["example"]][w] for w in it["words"]]}
-                    for it in data.items], data.truncated)
+    layout, zeros = HEADS[task.target].layout, [0.0] * len(task.labels)
+    return Encoded([it | {"soft": layout.soft(it, targets[it["example"]], zeros)} for it in data.items],
+                   data.truncated)
 
 
 def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, target: str, temperature: float,
@@ -456,16 +289,7 @@ def distillation_loss(logits: torch.Tensor, targets: torch.Tensor, target: str, 
     binary cross-entropy against the soft probabilities minus their own entropy (the binary KL:
     the same gradients), averaged over examples and classes as the head's BCE is. Zero when the
     student's probabilities at T equal the targets."""
-    z = logits.float() / temperature
-    p = targets.float()
-    if target == "classes":
-        entropy = -(torch.special.xlogy(p, p) + torch.special.xlogy(1 - p, 1 - p))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, p, reduction="none") - entropy
-        return loss.mean() * temperature**2
-    kl = (torch.special.xlogy(p, p) - p * z.log_softmax(-1)).sum(-1)  # (B,) or (B, L)
-    if mask is not None:
-        return (kl * mask).sum() / mask.sum().clamp_min(1) * temperature**2
-    return kl.mean() * temperature**2
+    return HEADS[target].soft_loss(logits.float() / temperature, targets.float(), mask) * temperature**2
 
 
 def _train_epoch(model, data: Encoded, task: Task, pad_id: int, device, optimizer, scheduler, batch_size: int,
@@ -481,7 +305,7 @@ def _train_epoch(model, data: Encoded, task: Task, pad_id: int, device, optimize
             loss = model(**batch).loss
         else:
             labels = batch.pop("labels")  # placeholders on unlabeled text: only where they are -100 is read
-            mask = labels != -100 if task.target == "tags" else None
+            mask = HEADS[task.target].layout.mask(labels)
             loss = distillation_loss(model(**batch).logits, soft, task.target, temperature, mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -558,7 +382,7 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: floa
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train, dev, test = (encode(tokenizer, task, getattr(task, s), max_length) for s in ("train", "dev", "test"))
     if seed == 0 and (train.truncated or test.truncated):
-        cut = "split into windows" if task.target == "tags" else "truncated"
+        cut = HEADS[task.target].layout.cut
         log.info("finetune: %s: %d train and %d test inputs longer than %d tokens were %s (%s)", task.name,
                  train.truncated, test.truncated, max_length, cut, Path(model_path).name)
     seed_everything(seed)

@@ -2,7 +2,9 @@
 
 Everything that differs between task types is a column here; config, task loading, metrics,
 fine-tuning and the TF-IDF baseline look a type up instead of branching on its name. What a type
-predicts per example (its `target`) decides most of it:
+predicts per example (its `target`) decides most of it; what fine-tuning and the TF-IDF baseline
+do for a target (head, loss, encoding, batches, decoding, soft targets) is that target's row of
+`domainlm.evaluate.heads.HEADS`, kept there because it needs torch and this table must not:
 
 | target    | gold of one example           | transformers head                 | statistics (metrics) |
 |-----------|-------------------------------|-----------------------------------|----------------------|
@@ -44,19 +46,6 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
     TaskType("multiple-choice", "choice", "accuracy"),                               # text + choices -> index
     TaskType("yes-no-qa", "class", "accuracy", text_pair="yes"),                     # question, context -> answer
 )}
-
-# The transformers head class of each target (all exist for BERT, RoBERTa, ELECTRA and ModernBERT).
-AUTO_CLASSES = {
-    "class": "AutoModelForSequenceClassification",
-    "classes": "AutoModelForSequenceClassification",
-    "number": "AutoModelForSequenceClassification",
-    "tags": "AutoModelForTokenClassification",
-    "choice": "AutoModelForMultipleChoice",
-}
-# transformers' `problem_type` (which loss the head uses) of each target that has one.
-PROBLEM_TYPES = {"class": "single_label_classification", "classes": "multi_label_classification",
-                 "number": "regression"}
-
 
 def task_type(name: str) -> TaskType:
     """The table entry of a task type; ValueError naming the known types for anything else."""
