@@ -114,3 +114,109 @@ def test_the_report_imports_no_torch():
     loaded = subprocess.run([sys.executable, "-c", "import sys, domainlm.report; print('torch' in sys.modules)"],
                             capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "False"
+
+
+# ------------------------------------------------------------------------ the encoder protocol
+def protocol_problems(model) -> list[str]:
+    """What a trained module gets wrong about `encoder.Encoder` (empty: nothing): a member left to
+    the base class, layers that are not its modules, parameter groups that do not partition its
+    parameters, FLOP counts that do not grow with the row or shrink with density."""
+    from domainlm.pretrain.encoder import GROUPS, PROTOCOL, Encoder
+
+    missing = [m for m in PROTOCOL if getattr(type(model), m, None) is getattr(Encoder, m)]
+    if not isinstance(model, Encoder) or missing:
+        return [f"{type(model).__name__} does not implement {', '.join(missing) or 'Encoder'}"]
+    problems = []
+    modules = {id(m) for m in model.modules()}
+    if not model.layers() or any(id(layer) not in modules for layer in model.layers()):
+        problems.append("layers() are not the model's own modules")
+    groups = model.parameter_groups()
+    listed = sorted(name for names in groups.values() for name in names)
+    if set(groups) != set(GROUPS) or listed != sorted(name for name, _ in model.named_parameters()):
+        problems.append(f"parameter_groups() do not partition the parameters into {GROUPS}")
+    if not (groups.get("embedding") and groups.get("encoder")):
+        problems.append("parameter_groups() have no embedding or no encoder parameters")
+    dense = model.flops_per_position(64)
+    if not (model.flops_per_position(128) > dense > model.flops_per_position(64, density=0.5) > 0):
+        problems.append("flops_per_position() does not grow with the row and shrink with density")
+    if model.flops_per_masked() < 0:
+        problems.append("flops_per_masked() is negative")
+    return problems
+
+
+def tiny_layouts():
+    from domainlm.pretrain.architectures import ARCHITECTURES
+
+    sizes = {"hidden_size": 16, "num_layers": 2, "num_heads": 2, "intermediate_size": 32, "max_position": 32}
+    return {name: row.config(vocab_size=40, **sizes) for name, row in ARCHITECTURES.items()}
+
+
+def test_every_layout_and_objective_implements_the_encoder_protocol():
+    import torch
+
+    from domainlm.config import PretrainConfig
+    from domainlm.pretrain.objectives import OBJECTIVES
+
+    for name, layout in tiny_layouts().items():
+        for objective, row in OBJECTIVES.items():
+            if objective == "electra" and name != "bert":
+                continue  # ELECTRA trains the bert layout (the recipe refuses the other)
+            torch.manual_seed(0)
+            model = row.build(layout, PretrainConfig(objective="electra" if objective == "electra" else "mlm"))
+            assert not protocol_problems(model), (name, objective, protocol_problems(model))
+
+
+def test_a_module_that_misses_a_protocol_member_is_caught():
+    import torch
+
+    from domainlm.pretrain.encoder import Encoder
+
+    class NoLayers(Encoder):  # a new layout that forgot `layers`
+        def __init__(self):
+            super().__init__()
+            self.tok_embed, self.block = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4)
+
+        def parameter_groups(self):
+            return {"embedding": ["tok_embed.weight"], "encoder": ["block.weight", "block.bias"], "head": []}
+
+        def flops_per_position(self, seq_len, density=1.0):
+            return 2 * density * 16 + seq_len
+
+        def flops_per_masked(self):
+            return 0
+
+    assert protocol_problems(NoLayers()) == ["NoLayers does not implement layers"]
+    wrong_groups = type("WrongGroups", (NoLayers,), {"layers": lambda self: [self.block],
+                                                      "parameter_groups": lambda self: {"encoder": ["block.weight"]}})
+    assert any("partition" in p for p in protocol_problems(wrong_groups()))
+
+
+def test_every_objective_row_computes_its_declared_losses_and_exports_what_it_trained(tmp_path):
+    import torch
+
+    from domainlm.config import PretrainConfig
+    from domainlm.pretrain import export_model
+    from domainlm.pretrain.architectures import new_model
+    from domainlm.pretrain.attention import segment_attention_mask
+    from domainlm.pretrain.encoder import masked_targets
+    from domainlm.pretrain.objectives import COUNTS, OBJECTIVES
+
+    layout = tiny_layouts()["bert"]
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 40, (2, 12), generator=generator)
+    labels = torch.where(torch.rand(2, 12, generator=generator) < 0.3, ids, -100)
+    labels[0, 0] = ids[0, 0]  # at least one masked position
+    real = torch.ones(2, 12, dtype=torch.bool)
+    attn = segment_attention_mask(torch.zeros(2, 12, dtype=torch.long))
+    for name, row in OBJECTIVES.items():
+        config = PretrainConfig(objective="electra" if name == "electra" else "mlm", distill_logits=1.0,
+                                distill_hidden=1.0)
+        torch.manual_seed(0)
+        model = row.build(layout, config)
+        teacher = new_model(layout) if name == "distill" else None
+        draws = row.draws(labels, torch.Generator().manual_seed(1))
+        losses = row.loss_module(model, config, teacher)(ids, torch.arange(12).expand(2, 12), attn, real,
+                                                         masked_targets(labels, None, draws))
+        assert set(row.weights(config)) == set(losses) <= set(row.counts), name
+        assert set(row.counts.values()) <= set(COUNTS) and all(torch.isfinite(v) for v in losses.values()), name
+        assert export_model(model, tmp_path / "no-tokenizer", tmp_path / name, objective=name) <= 1e-4, name
