@@ -170,6 +170,10 @@ def test_repetition_rules_skip_short_documents():
     short = "Mr. and Mrs. Smith and Mr. and Mrs. Jones of Boston attended the party."
     assert reason(short) is None
     assert reason(short, gopher_repetition_min_words=5) == "gopher:top_3gram"  # "mr. and mrs." twice
+    # A document shorter than an n-gram size the limits name has no such n-gram: kept, no crash.
+    tiny = "alpha beta gamma alpha beta"
+    assert reason(tiny, gopher_repetition_min_words=1, gopher_max_top_ngram={2: 0.9, 8: 0.1}, min_words=1,
+                  gopher_min_stop_words=0) is None
 
 
 def test_ngram_share_definitions():

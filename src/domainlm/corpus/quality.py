@@ -206,6 +206,8 @@ def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
 def _top_ngram_share(words: list[str], lengths: list[int], n: int, total_chars: int) -> float:
     """Share of word characters covered by the most frequent n-gram, 0 if no n-gram repeats."""
     grams = _ngrams(words, n)
+    if not grams:
+        return 0.0  # fewer than n words (gopher_repetition_min_words below n): no n-gram at all
     ((top, count),) = Counter(grams).most_common(1)
     starts = [i for i, gram in enumerate(grams) if gram == top] if count > 1 else []
     return _covered_share(lengths, n, starts, total_chars)
