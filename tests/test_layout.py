@@ -1,5 +1,6 @@
 """The run folder's layout is the writers' contract too: the corpus, tokenizer, evaluate and report
-stages write only files `domainlm.layout` names, and spell no file name of their own."""
+stages write only files `domainlm.layout` names, and no stage spells a file name of its own (but
+the modules that own a format inside a folder the layout names: a checkpoint, token shards)."""
 
 import ast
 import re
@@ -16,12 +17,22 @@ from domainlm.pipeline import partial_report, required_stages, run_all
 from domainlm.tokenizer import save_for_transformers
 from domainlm.vocabulary import read_tokenizer
 
-WRITERS = ("corpus", "tokenizer", "evaluate", "report")
+WRITERS = ("corpus", "tokenizer", "evaluate", "report", "pretrain")
 FILE_NAME = re.compile(r"[\w.*-]+\.(?:json|jsonl|bin|png|md|html|txt|safetensors|pt)\b")
 # Names of files outside the run folder, which the layout has no say over.
 INPUT_FILES = {("corpus/quality.py", "lid.176.bin"),  # a fastText model, in a message
                ("evaluate/finetune.py", "config.json"),  # a model directory's
                ("evaluate/finetune.py", "tokenizer_config.json")}
+# A transformers model or tokenizer directory's own files (read from a checkpoint, copied into an export).
+INPUT_FILES |= {(f"pretrain/{module}", name) for module, names in {
+    "__init__.py": ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"),
+    "difficulty.py": ("tokenizer.json",), "vocab_extension.py": ("tokenizer_config.json",),
+    "hf_checkpoint.py": ("config.json", "model.safetensors", "model.safetensors.index.json")}.items() for name in names}
+# The files inside a checkpoint folder (`layout.checkpoints`) and token shards (`layout.token_shards`):
+# their formats are the modules' own, one module each.
+INPUT_FILES |= {("pretrain/checkpoint.py", name) for name in ("model.safetensors", "optimizer.pt", "rng.safetensors",
+                                                             "extras.safetensors", "state.json")}
+INPUT_FILES |= {("pretrain/data.py", "meta.json"), ("pretrain/data.py", "tokens.bin")}
 
 
 def test_the_writing_stages_spell_no_file_name_of_the_run_folder():

@@ -232,6 +232,11 @@ class RunLayout:
     def pretrain_history(self) -> Path:
         return self.root / "pretrain" / "history.json"
 
+    @property
+    def pretrain_curves(self) -> Path:
+        """TensorBoard event files of pretraining (written when tensorboard is installed)."""
+        return self.root / "pretrain" / "tensorboard"
+
     # ----------------------------------------------------------------------------- experiment
     def arm(self, name: str) -> RunLayout:
         """The run folder of an experiment's arm."""

@@ -35,6 +35,7 @@ from domainlm.pretrain.architectures import (
     load_checkpoint,
 )
 from domainlm.pretrain.attention import segment_attention_mask
+from domainlm.pretrain.checkpoint import Checkpointer, checkpoint_step
 from domainlm.pretrain.data import TokenShards, write_token_shards
 from domainlm.pretrain.difficulty import DifficultySettings, document_difficulty
 from domainlm.pretrain.encoder import Encoder, MaskedLM, non_embedding_parameters
@@ -65,7 +66,7 @@ def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> LayoutCon
 def prepare_data(run_dir: RunLayout, tokenizer: Tokenizer, specials: dict[str, str]) -> TokenShards:
     """Tokenise the corpus once into token shards; reuse them on resume."""
     folder = run_dir.token_shards
-    if not (folder / "meta.json").exists():
+    if not TokenShards.written(folder):
         docs = ((d["text"], d.get("source", "corpus")) for d in run_dir.corpus_documents())
         write_token_shards(tokenizer, docs, folder, specials=specials)
     return TokenShards.load(folder)
@@ -296,11 +297,10 @@ def output_digest(config: RunConfig) -> str:
 
 def discarded_work(config: RunConfig) -> str | None:
     """What rerunning the stage from scratch throws away: the steps its newest checkpoint holds."""
-    steps = [int(p.name.removeprefix("step-")) for p in RunLayout(config.directory).checkpoints.glob("step-*")
-             if (p / "state.json").exists()]
-    if not steps:
+    newest = Checkpointer(RunLayout(config.directory).checkpoints, keep=1, parts=[]).newest()
+    if newest is None:
         return None
-    return f"Training restarts from step 0: the {max(steps)} steps its newest checkpoint holds are discarded"
+    return f"Training restarts from step 0: the {checkpoint_step(newest)} steps its newest checkpoint holds are discarded"
 
 
 def check_positions(checkpoint: LayoutConfig, config: RunConfig, name: str | None = None) -> None:
@@ -369,7 +369,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     model_config, train_config = training_configs(config, model, tokenizer, specials)
     check_window(model_config, config)
     teacher = load_teacher(config, tokenizer)
-    curves = Curves(out / "tensorboard", enabled=main_process)
+    curves = Curves(run_dir.pretrain_curves, enabled=main_process)
     trainer = Trainer(train_config, config.pretrain, data, tokenizer, run_dir.checkpoints, seed=config.seed,
                       model=model, mask_token=specials["mask"], source_weights=run_dir.corpus_source_weights(),
                       curves=curves, teacher=teacher)

@@ -29,6 +29,7 @@ from domainlm.io import atomic_directory, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
+PREFIX = "step-"  # a checkpoint folder is step-NNNNNNNN
 FILES = ("model.safetensors", "optimizer.pt", "rng.safetensors", "extras.safetensors", "state.json")
 
 
@@ -54,7 +55,7 @@ class Checkpointer:
         self.folder, self.keep, self.parts, self.writer = folder, keep, parts, writer
 
     def save(self, step: int) -> Path:
-        final = self.folder / f"step-{step:08d}"
+        final = self.folder / f"{PREFIX}{step:08d}"
         by_file: dict[str, dict[str, Any]] = {}
         for part in self.parts:
             state = part.state()
@@ -67,7 +68,7 @@ class Checkpointer:
                 for file in FILES:  # state.json last
                     if file in by_file:
                         write(tmp / file, by_file[file])
-            for old in sorted(self.folder.glob("step-*"))[: -self.keep]:
+            for old in sorted(self.folder.glob(f"{PREFIX}*"))[: -self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         return final
 
@@ -82,7 +83,7 @@ class Checkpointer:
         return True
 
     def newest(self) -> Path | None:
-        complete = sorted(p for p in self.folder.glob("step-*") if (p / "state.json").exists())
+        complete = sorted(p for p in self.folder.glob(f"{PREFIX}*") if (p / FILES[-1]).exists())
         return complete[-1] if complete else None
 
     def load(self, checkpoint: Path) -> None:
@@ -97,6 +98,11 @@ class Checkpointer:
                 part.load(stored[part.name])
             elif own := {k[len(part.name) + 1 :]: v for k, v in stored.items() if k.startswith(part.name + ".")}:
                 part.load(own)
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint folder was saved after."""
+    return int(folder.name.removeprefix(PREFIX))
 
 
 def write(path: Path, content: dict[str, Any]) -> None:
@@ -199,3 +205,13 @@ def tensors_part(name: str, tensors: dict[str, torch.Tensor], device: torch.devi
 def module_part(name: str, module: torch.nn.Module) -> Part:
     """A module an objective trains beside the model (a distillation projection)."""
     return Part(name, "extras.safetensors", module.state_dict, module.load_state_dict)
+
+
+def scheduler_part(scheduler) -> Part:
+    """The learning-rate schedule's position, beside the optimizer's state."""
+    return Part("scheduler", "optimizer.pt", scheduler.state_dict, scheduler.load_state_dict)
+
+
+def progress_part(state: Callable[[], dict], load: Callable[[dict], None]) -> Part:
+    """What the run has done so far (`record.TrainingRecord`), written last."""
+    return Part("progress", "state.json", state, load, prefixed=False)

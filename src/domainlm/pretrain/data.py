@@ -45,6 +45,11 @@ class TokenShards:
     source_names: list[str]
     special: dict[str, int]  # ids of cls, sep, pad
 
+    @staticmethod
+    def written(folder: Path) -> bool:
+        """Whether `folder` holds complete token shards (`write_token_shards` writes them atomically)."""
+        return (folder / "meta.json").exists()
+
     @classmethod
     def load(cls, folder: Path) -> TokenShards:
         meta = json.loads((folder / "meta.json").read_text())

@@ -24,11 +24,10 @@ from tokenizers import Tokenizer
 
 from domainlm.config import PretrainConfig, picked
 from domainlm.distributed import rank, world_size
-from domainlm.pretrain import engine
+from domainlm.pretrain import checkpoint, engine
 from domainlm.pretrain.architectures import LayoutConfig
 from domainlm.pretrain.attention import document_attention
 from domainlm.pretrain.batches import MaskedBatches, MaskingSettings, batch_targets
-from domainlm.pretrain.checkpoint import Checkpointer, Part, model_parts, module_part, rng_part, tensors_part
 from domainlm.pretrain.data import TokenShards
 from domainlm.pretrain.encoder import MaskedTargets, masked_capacity
 from domainlm.pretrain.objectives import OBJECTIVES, objective_name
@@ -79,7 +78,7 @@ class Trainer:
         self.record = TrainingRecord(list(self.weights), world_size=self.world)
         self.masked_overflow = 0  # masked positions a fixed-capacity buffer could not hold (static shapes)
         self.micro = engine.MicroBatching(config.micro_batch_size, self.world, self._fits, probe=cuda)
-        self.checkpointer = Checkpointer(checkpoint_dir, config.keep_checkpoints, self._parts(extra), self.rank == 0)
+        self.checkpointer = checkpoint.Checkpointer(checkpoint_dir, config.keep_checkpoints, self._parts(extra), self.rank == 0)
 
     @property
     def step(self) -> int:
@@ -205,14 +204,14 @@ class Trainer:
                 batches.close()  # stops a prefetching thread
 
     # ------------------------------------------------------------------------- checkpoints
-    def _parts(self, extra: dict[str, torch.nn.Module]) -> list[Part]:
+    def _parts(self, extra: dict[str, torch.nn.Module]) -> list[checkpoint.Part]:
         """Every stateful part of the run, in the order a checkpoint restores them."""
-        return [*model_parts(self.model, self.optimizer, self.world > 1 and self.config.distributed == "fsdp"),
-                Part("scheduler", "optimizer.pt", self.scheduler.state_dict, self.scheduler.load_state_dict),
-                rng_part(lambda: self.batches.state(self.step), self.batches.load_state),
-                tensors_part("mask", self.sparse_masks, self.device),
-                *(module_part(name, module) for name, module in extra.items()),
-                Part("progress", "state.json", self.record.state, self.record.load_state, prefixed=False)]
+        return [*checkpoint.model_parts(self.model, self.optimizer, self.world > 1 and self.config.distributed == "fsdp"),
+                checkpoint.scheduler_part(self.scheduler),
+                checkpoint.rng_part(lambda: self.batches.state(self.step), self.batches.load_state),
+                checkpoint.tensors_part("mask", self.sparse_masks, self.device),
+                *(checkpoint.module_part(name, module) for name, module in extra.items()),
+                checkpoint.progress_part(self.record.state, self.record.load_state)]
 
     def save_checkpoint(self) -> Path:
         final = self.checkpointer.save(self.step)
