@@ -33,7 +33,8 @@ def recipe_with_everything(tiny_recipe: dict, tmp_path: Path) -> dict:
         "evaluate": tiny_recipe["evaluate"] | {"models": [
             {"name": "domain", "kind": "domain"}, {"name": "tfidf", "kind": "tfidf"},
             {"name": "general", "kind": "hf", "path": str(tmp_path / "model")},
-            {"name": "st", "kind": "self-training", "teacher": "general"}]},
+            {"name": "st", "kind": "self-training", "teacher": "general"}],
+            "learning_curve": {}},
     }
 
 
@@ -107,6 +108,7 @@ def values_to_try(section: Section, name: str, tmp_path: Path) -> list:
         "ModelEntry.kind": ["random-init"],
         "EvaluateConfig.lr": [[1e-3, 1e-4]], "EvaluateConfig.seeds": [[0]], "EvaluateConfig.general_corpus": [corpus],
         "EvaluateConfig.general_tokenizer": [model], "EvaluateConfig.models": [[{"name": "tfidf", "kind": "tfidf"}]],
+        "LearningCurveConfig.sizes": [[2, 4]], "LearningCurveConfig.seeds": [[0]],
         "ReportConfig.title": ["t"], "ReportConfig.reference_model": ["tfidf"], "ReportConfig.domain_model": ["st"],
         "ArmConfig.name": ["c"], "ArmConfig.corpus": [{"heldout_fraction": 0.1}],
         "ArmConfig.tokenizer": [{"vocab_size": 300}], "ArmConfig.model": [{"dropout": 0.0}],
@@ -201,6 +203,22 @@ def test_the_keys_fingerprints_hold_at_the_defaults_are_pinned(tiny_recipe, tmp_
                                                    if type(section).model_fields[k].is_required()})
         held[type(section).__name__] = sorted(default.fingerprinted())
     assert held == json.loads(GOLDEN.read_text())
+
+
+def test_a_learning_curve_left_off_leaves_the_evaluate_and_report_fingerprints_as_they_were(tiny_recipe):
+    """`evaluate.learning_curve` came after runs existed: off, no fingerprint holds it; on, the
+    evaluate stage's holds its sizes and seeds, and the report's the one key only it reads."""
+    off = config_from_dict(tiny_recipe)
+    assert set(stage_module("evaluate").settings(off)["evaluate"]) == set(
+        json.loads(GOLDEN.read_text())["EvaluateConfig"]) - {"bootstrap_samples"}
+    assert set(stage_module("report").settings(off)) == {"report", "bootstrap_samples"}
+    on = config_from_dict(tiny_recipe | {"evaluate": tiny_recipe["evaluate"] | {"learning_curve": {"sizes": [4, 2]}}})
+    assert stage_module("evaluate").settings(on)["evaluate"]["learning_curve"] == {"sizes": [2, 4], "seeds": [0, 1, 2]}
+    assert stage_module("report").settings(on)["learning_curve_include_full"] is True
+    without_full = on.model_copy(deep=True)
+    without_full.evaluate.learning_curve.include_full = False  # the report's key: evaluate keeps its work
+    assert stage_module("evaluate").settings(without_full) == stage_module("evaluate").settings(on)
+    assert stage_module("report").settings(without_full) != stage_module("report").settings(on)
 
 
 def test_a_manifest_written_before_keys_were_bookkeeping_is_still_the_same_work(tiny_recipe):

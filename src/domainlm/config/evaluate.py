@@ -71,7 +71,41 @@ class ModelEntry(Section):
         return self.kind in ("self-training", "distilled")
 
 
+class LearningCurveConfig(Section):
+    """Few labels: every model fine-tuned again on nested subsamples of each task's training split
+    (docs/evaluation.md, "Learning curves")."""
+
+    sizes: list[int] = Field(default_factory=lambda: [8, 16, 32, 64, 128], min_length=1)
+    """The curve's points. Tasks with classes (classification, multi-label, pair, relation, yes/no/maybe,
+    multiple choice: the answer's position is the class): labelled examples per class. Token tasks
+    (sentences) and regression (examples): examples in all. Each sample holds the smaller ones."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    """Subsample seeds: each draws its own nested samples; every one is fine-tuned with every
+    `evaluate.seeds` (so a point has len(seeds) x len(evaluate.seeds) runs)."""
+    include_full: bool = True
+    """Whether the report ends each curve with the full training split (the evaluation's own runs,
+    not run again) and measures label savings against a model's full-data score; false: against its
+    score at the largest size. Read by the report only."""
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, sizes: list[int]) -> list[int]:
+        if any(size < 1 for size in sizes) or len(set(sizes)) != len(sizes):
+            raise ValueError(f"sizes must be distinct counts >= 1, got {sizes}")
+        return sorted(sizes)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        return seeds
+
+
 class EvaluateConfig(Section):
+    # Added after runs existed: while it is off (None), fingerprints leave it out.
+    LATER = {"learning_curve": ("learning_curve",)}
+
     models: list[ModelEntry] = Field(
         default_factory=lambda: [
             ModelEntry(name="domain", kind="domain"),
@@ -103,6 +137,10 @@ class EvaluateConfig(Section):
     """The general vocabulary for the domain-distance score (default: tokenizer.reference)."""
     bootstrap_samples: int = Field(default=1000, ge=100)
     """Resamples of the test set in the paired bootstrap (the report's intervals)."""
+    learning_curve: LearningCurveConfig | None = None
+    """Few labels (None: off): fine-tune every model on nested subsamples of each task's training
+    split, dev drawn the same way within the same budget; the report plots score against labels
+    and says how many labels each model needs to reach another's score."""
 
     @property
     def learning_rates(self) -> list[float]:

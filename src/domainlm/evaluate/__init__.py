@@ -69,9 +69,13 @@ def _exists(path: str) -> bool:
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
-    """The evaluate section (without `bootstrap_samples`, which only the report reads), the tasks, Python."""
-    return {"evaluate": config.evaluate.fingerprinted(leave_out=("bootstrap_samples",)),
-            "tasks": [t.fingerprinted() for t in config.tasks], "python": platform.python_version()}
+    """The evaluate section (without `bootstrap_samples` and `learning_curve.include_full`, which
+    only the report reads), the tasks, Python."""
+    evaluate = config.evaluate.fingerprinted(leave_out=("bootstrap_samples",))
+    if "learning_curve" in evaluate:
+        evaluate["learning_curve"].pop("include_full")
+    return {"evaluate": evaluate, "tasks": [t.fingerprinted() for t in config.tasks],
+            "python": platform.python_version()}
 
 
 def discarded_work(config: RunConfig) -> str | None:

@@ -55,8 +55,13 @@ def inputs(config: RunConfig) -> list[str]:
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
-    """The report section, and the bootstrap's resamples (an evaluate key that only the report reads)."""
-    return {"report": config.report.fingerprinted(), "bootstrap_samples": config.evaluate.bootstrap_samples}
+    """The report section, and the evaluate keys only the report reads: the bootstrap's resamples,
+    and with a learning curve whether it ends at the full training split (left out while there is
+    no curve, so the runs made before curves keep their fingerprints)."""
+    found = {"report": config.report.fingerprinted(), "bootstrap_samples": config.evaluate.bootstrap_samples}
+    if config.evaluate.learning_curve:
+        found["learning_curve_include_full"] = config.evaluate.learning_curve.include_full
+    return found
 
 
 def load_artifacts(config: RunConfig, partial: bool = False) -> dict[str, Any]:
