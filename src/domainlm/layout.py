@@ -16,8 +16,11 @@ code spells none of the file names (tests/test_layout.py): `RunLayout` for a run
     experiment/  arms.json (each arm's status, cost, failure), summary.json, history.json
     evaluate/    tasks.json (each task's type, classes, sizes, notes, labels never seen in training,
                  invalid UTF-8 replaced), gold/<task>.json, distance.json, selection.json, results.jsonl,
-                 failures.json, distillation.json, runs/<model>/<task>/lr-<lr>/seed-<n>.json, tensorboard/
-    report/      report.md, report.html, results.json, results.png, distance.png, loss.png, tokenizer_fit.png
+                 failures.json, distillation.json, runs/<model>/<task>/lr-<lr>/seed-<n>.json, tensorboard/;
+                 with a learning curve also learning_curve.json and
+                 curve-runs/<model>/<task>/size-<k>/sample-<s>/lr-<lr>/seed-<n>.json, curve-tensorboard/
+    report/      report.md, report.html, results.json, results.png, distance.png, loss.png, tokenizer_fit.png,
+                 learning_curves.png
     partial-report/  the same, from the fine-tuning runs finished so far (`domainlm report --partial`)
 """
 
@@ -114,7 +117,7 @@ class ReportFiles:
     """The report's folder: a run's `report/`, or `partial-report/`."""
 
     folder: Path
-    PLOTS: ClassVar[tuple[str, ...]] = ("results", "distance", "loss", "tokenizer_fit")
+    PLOTS: ClassVar[tuple[str, ...]] = ("results", "distance", "loss", "tokenizer_fit", "learning_curves")
     """The figures, each `<name>.png`, linked from report.md by file name and embedded in report.html."""
 
     @property
@@ -283,8 +286,17 @@ class RunLayout:
 
     @property
     def results(self) -> Path:
-        """One JSON row per (model, task, seed, metric) of the selected learning rate."""
+        """One JSON row per (model, task, seed, metric) of the selected learning rate; with a
+        learning curve also one per (model, task, size, subsample seed, seed, metric), which holds
+        `size`, `subsample_seed` and `train_examples` besides."""
         return self.root / "evaluate" / "results.jsonl"
+
+    @property
+    def learning_curve(self) -> Path:
+        """With a learning curve: per task its unit (per class, or examples) and each sample's
+        counts (`tasks.subsample.CurveSample.record`), and per (model, task, size, subsample seed)
+        the learning rate chosen on that sample's dev (`selection`)."""
+        return self.root / "evaluate" / "learning_curve.json"
 
     @property
     def failures(self) -> Path:
@@ -303,6 +315,24 @@ class RunLayout:
         """TensorBoard event files of one fine-tuning run (written when tensorboard is installed)."""
         return self.root / "evaluate" / "tensorboard" / model / task / f"lr-{lr:g}" / f"seed-{seed}"
 
+    def curve_run_file(self, model: str, task: str, size: int, sample: int, lr: float, seed: int) -> Path:
+        """One learning-curve fine-tuning run: on the `size` sample of subsample seed `sample`."""
+        return (self.root / "evaluate" / "curve-runs" / model / task / f"size-{size}" / f"sample-{sample}"
+                / f"lr-{lr:g}" / f"seed-{seed}.json")
+
+    def curve_curves(self, model: str, task: str, size: int, sample: int, lr: float, seed: int) -> Path:
+        """TensorBoard event files of one learning-curve fine-tuning run."""
+        return (self.root / "evaluate" / "curve-tensorboard" / model / task / f"size-{size}" / f"sample-{sample}"
+                / f"lr-{lr:g}" / f"seed-{seed}")
+
+    def curve_point_runs(self, model: str, task: str, size: int) -> list[dict[str, Any]]:
+        """The saved runs of one curve point, at the learning rate chosen for each subsample seed:
+        every (subsample seed, seed) run."""
+        chosen = [c for c in read_json(self.learning_curve)["selection"]
+                  if (c["model"], c["task"], c["size"]) == (model, task, size)]
+        return [read_json(self.curve_run_file(model, task, size, c["subsample_seed"], c["lr"], seed))
+                for c in chosen for seed in c["seeds"]]
+
     def finished_runs(self) -> Iterator[tuple[str, str, float, int, dict[str, Any]]]:
         """Every fine-tuning run saved so far: (model, task, lr, seed, run), finished or not the stage."""
         for path in sorted((self.root / "evaluate" / "runs").glob("*/*/lr-*/seed-*.json")):
@@ -319,7 +349,12 @@ class RunLayout:
         return [run["predictions"] for run in self.selected_runs(model, task)]
 
     def result_rows(self) -> list[dict[str, Any]]:
-        return read_jsonl(self.results)
+        """The full-data rows of results.jsonl (a learning curve's rows are `curve_rows`)."""
+        return [row for row in read_jsonl(self.results) if "size" not in row]
+
+    def curve_rows(self) -> list[dict[str, Any]]:
+        """The learning curve's rows of results.jsonl (those with a `size`)."""
+        return [row for row in read_jsonl(self.results) if "size" in row]
 
     # --------------------------------------------------------------------------------- report
     @property

@@ -9,7 +9,9 @@ score next to the teacher's). Each (model, task, lr, seed) result is saved when 
 (`runs/<model>/<task>/lr-<lr>/seed-N.json`, with the test predictions for the bootstrap), so a
 killed evaluation resumes where it stopped. Per (model, task) the learning rate with the best mean
 dev score is selected (`selection.json`); `results.jsonl` holds its rows (model, task, seed,
-metric, value). A model that fails (a corrupt or unsupported directory) is recorded in
+metric, value). With `evaluate.learning_curve` every model is also fine-tuned on nested subsamples
+of each task (`tasks.subsample`), the rate chosen per sample on its own small dev; those rows carry
+`size` and `subsample_seed` too (`learning_curve.json`: the samples and the choices). A model that fails (a corrupt or unsupported directory) is recorded in
 `failures.json` with the reason and the others go on. Before any training, each task's distance
 from general text is measured (`distance.json`) and its test gold labels saved (`gold/`).
 """
@@ -21,6 +23,7 @@ import platform
 import random
 import statistics
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from domainlm.layout import RunLayout
 from domainlm.progress import progress_bar
 from domainlm.tasks.load import Task, load_task
 from domainlm.tasks.metrics import select_runs, summarize, task_metrics
+from domainlm.tasks.subsample import curve_samples, per_class, size_unit, subsampled
 from domainlm.tasks.types import TASK_TYPES
 
 PRETRAINED_KINDS = ("domain", "random-init")  # models read from a pretrain stage's export
@@ -223,31 +227,61 @@ def task_distances(config: RunConfig, tasks: list[Task]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ many runs
-def run_job(entry: ModelEntry, task: Task, lr: float, seed: int, config: RunConfig, target: Path) -> tuple:
-    """One (model, task, lr, seed) run, saved to `target`; ("done" | "unsupported" | "failed",
-    reason, traceback)."""
+@dataclass(frozen=True)
+class Job:
+    """One fine-tuning run to do: a model on a task (or on a learning curve's sample of it, `point`)
+    at one learning rate and seed."""
+
+    entry: ModelEntry
+    task: Task
+    lr: float
+    seed: int
+    point: tuple[int, int] | None = None
+    """A learning-curve run's (size, subsample seed); None for a run on the full training split."""
+
+    @property
+    def key(self) -> tuple:
+        return self.entry.name, self.task.name, self.lr, self.seed, self.point
+
+    def target(self, run_dir: RunLayout) -> Path:
+        """Where its result is saved."""
+        if self.point is None:
+            return run_dir.run_file(self.entry.name, self.task.name, self.lr, self.seed)
+        return run_dir.curve_run_file(self.entry.name, self.task.name, *self.point, self.lr, self.seed)
+
+    def log_dir(self, run_dir: RunLayout) -> Path:
+        """Where its per-epoch curves go (TensorBoard)."""
+        if self.point is None:
+            return run_dir.curves(self.entry.name, self.task.name, self.lr, self.seed)
+        return run_dir.curve_curves(self.entry.name, self.task.name, *self.point, self.lr, self.seed)
+
+
+def run_job(job: Job, config: RunConfig) -> tuple:
+    """One run, saved to `job.target`; ("done" | "unsupported" | "failed", reason, traceback)."""
     if config.resources.evaluate_threads:
         import torch
 
         torch.set_num_threads(config.resources.evaluate_threads)
-    log_dir = RunLayout(config.directory).curves(entry.name, task.name, lr, seed)
+    run_dir = RunLayout(config.directory)
     try:
-        result = evaluate_one(entry, task, seed, lr, config, log_dir)
+        result = evaluate_one(job.entry, job.task, job.seed, job.lr, config, job.log_dir(run_dir))
     except UnsupportedTask as err:
         return "unsupported", str(err), ""
     except Exception as err:  # noqa: BLE001 - one broken model must not stop the others
         return "failed", f"{type(err).__name__}: {err}", traceback.format_exc(limit=3)
-    result.update(model=entry.name, kind=entry.kind, task=task.name, seed=seed)
-    atomic_write_json(target, result)
+    result.update(model=job.entry.name, kind=job.entry.kind, task=job.task.name, seed=job.seed)
+    if job.point is not None:
+        result.update(size=job.point[0], subsample_seed=job.point[1], train_examples=len(job.task.train),
+                      dev_examples=len(job.task.dev))
+    atomic_write_json(job.target(run_dir), result)
     return "done", "", ""
 
 
-def compute(jobs: list[tuple], config: RunConfig, run_dir: RunLayout) -> dict[tuple, tuple]:
+def compute(jobs: list[Job], config: RunConfig, run_dir: RunLayout) -> dict[tuple, tuple]:
     """Run the jobs whose result file is missing: in this process (a model that fails is not tried
     on further tasks), or on `resources.evaluate_workers` processes at once (small models leave a
-    GPU, or a many-core CPU, mostly idle one run at a time). Returns each run's outcome."""
-    todo = [(e, t, lr, s, run_dir.run_file(e.name, t.name, lr, s)) for e, t, lr, s in jobs]
-    todo = [job for job in todo if not job[-1].exists()]
+    GPU, or a many-core CPU, mostly idle one run at a time). Returns each run's outcome by `Job.key`."""
+    todo = [job for job in jobs if not job.target(run_dir).exists()]
     outcomes: dict[tuple, tuple] = {}
     with progress_bar(total=len(todo), desc="evaluate", unit=" runs") as progress:
         if config.resources.evaluate_workers > 1 and len(todo) > 1:
@@ -255,21 +289,20 @@ def compute(jobs: list[tuple], config: RunConfig, run_dir: RunLayout) -> dict[tu
             from multiprocessing import get_context
 
             with ProcessPoolExecutor(config.resources.evaluate_workers, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(run_job, *job[:4], config, job[4]): job for job in todo}
+                futures = {pool.submit(run_job, job, config): job for job in todo}
                 for future in futures:
-                    e, t, lr, s, _ = futures[future]
-                    outcomes[(e.name, t.name, lr, s)] = future.result()
+                    outcomes[futures[future].key] = future.result()
                     progress.update()
         else:
             broken: set = set()
-            for e, t, lr, s, target in todo:
+            for job in todo:
                 progress.update()
-                if e.name in broken or (e.name, t.name) in broken:
+                if job.entry.name in broken or (job.entry.name, job.task.name) in broken:
                     continue
-                outcome = outcomes[(e.name, t.name, lr, s)] = run_job(e, t, lr, s, config, target)
+                outcome = outcomes[job.key] = run_job(job, config)
                 if outcome[0] != "done":
-                    broken.add(e.name if outcome[0] == "failed" else (e.name, t.name))
-    for (model, task, _, _), (status, reason, _) in outcomes.items():
+                    broken.add(job.entry.name if outcome[0] == "failed" else (job.entry.name, job.task.name))
+    for (model, task, *_), (status, reason, _) in outcomes.items():
         if status == "failed":
             log.warning("evaluate: %s failed on %s: %s", model, task, reason)
     return outcomes
@@ -293,19 +326,19 @@ def available_models(config: RunConfig, run_dir: RunLayout) -> tuple[list[ModelE
     return models, failures, skipped
 
 
-def collect(jobs: list[tuple], outcomes: dict[tuple, tuple], run_dir: RunLayout, failures: list[dict],
+def collect(jobs: list[Job], outcomes: dict[tuple, tuple], run_dir: RunLayout, failures: list[dict],
             skipped: list[dict]) -> tuple[dict, dict]:
-    """The saved runs per (model, task) and learning rate, and what broke: a model name (failed),
-    or (model, task) for a kind that does not apply, -> reason (also appended to `failures` /
-    `skipped`)."""
+    """The saved runs per (model, task) — (model, task, size, subsample seed) for a learning curve's
+    — and learning rate, and what broke: a model name (failed), or (model, task) for a kind that
+    does not apply, -> reason (also appended to `failures` / `skipped`)."""
     broken: dict = {}
-    done: dict[tuple[str, str], dict[float, list[dict]]] = {}
-    for entry, task, lr, seed in jobs:
-        target = run_dir.run_file(entry.name, task.name, lr, seed)
+    done: dict[tuple, dict[float, list[dict]]] = {}
+    for job in jobs:
+        entry, task, lr, target = job.entry, job.task, job.lr, job.target(run_dir)
         if target.exists():
-            done.setdefault((entry.name, task.name), {}).setdefault(lr, []).append(read_json(target))
+            done.setdefault((entry.name, task.name, *(job.point or ())), {}).setdefault(lr, []).append(read_json(target))
             continue
-        status, reason, trace = outcomes.get((entry.name, task.name, lr, seed), ("not run", "", ""))
+        status, reason, trace = outcomes.get(job.key, ("not run", "", ""))
         if status == "unsupported" and (entry.name, task.name) not in broken:
             broken[(entry.name, task.name)] = reason
             skipped.append({"model": entry.name, "task": task.name, "reason": reason})
@@ -340,6 +373,28 @@ def distillation_summary(done: dict, selection: dict, tasks: list[Task]) -> list
     return summary
 
 
+def curve_results(jobs: list[Job], outcomes: dict[tuple, tuple], run_dir: RunLayout, failures: list[dict],
+                  skipped: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The learning curve's result rows (full-data rows plus `size`, `subsample_seed`,
+    `train_examples`) and its selection: per (model, task, size, subsample seed) the learning rate
+    with the best mean dev score on that sample's own dev (`select_runs`). What broke is appended to
+    `failures` / `skipped` marked as the curve's; it leaves the full-data results alone."""
+    found_failures, found_skipped = [], []
+    done, broken = collect(jobs, outcomes, run_dir, found_failures, found_skipped)
+    failures += [f | {"error": f"learning curve: {f['error']}"} for f in found_failures]
+    skipped += [f | {"reason": f"learning curve: {f['reason']}"} for f in found_skipped]
+    rows, selection = [], []
+    for (model, task, size, sample), runs in done.items():
+        if model in broken or (model, task) in broken:
+            continue
+        point_rows, chosen = select_runs({(model, task): runs})
+        train = runs[next(iter(runs))][0]["train_examples"]
+        rows += [r | {"size": size, "subsample_seed": sample, "train_examples": train} for r in point_rows]
+        selection.append({"model": model, "task": task, "size": size, "subsample_seed": sample}
+                         | chosen[model][task])
+    return rows, selection
+
+
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     run_dir = RunLayout(config.directory)
     tasks = [load_task(t, seed=config.seed) for t in config.tasks]
@@ -353,12 +408,24 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         atomic_write_json(run_dir.distance, task_distances(config, tasks))
     models, failures, skipped = available_models(config, run_dir)
     grid = config.evaluate.learning_rates
-    jobs = [(m, t, lr, s) for m in models for t in tasks for lr in ([0.0] if m.kind == "tfidf" else grid)
+    jobs = [Job(m, t, lr, s) for m in models for t in tasks for lr in ([0.0] if m.kind == "tfidf" else grid)
             for s in config.evaluate.seeds]
-    outcomes = compute(jobs, config, run_dir)
+    curve = config.evaluate.learning_curve
+    samples = {t.name: [x for seed in curve.seeds for x in curve_samples(t, curve.sizes, seed)]
+               for t in tasks} if curve else {}
+    curve_jobs = [Job(job.entry, subsampled(job.task, x), job.lr, job.seed, (x.size, x.seed))
+                  for job in jobs for x in samples.get(job.task.name, [])]
+    outcomes = compute(jobs + curve_jobs, config, run_dir)  # the full-data runs first
     done, broken = collect(jobs, outcomes, run_dir, failures, skipped)
     rows, selection = select_runs({key: runs for key, runs in done.items() if key[0] not in broken})
     atomic_write_json(run_dir.selection, selection)
+    if curve:
+        curve_rows, curve_selection = curve_results(curve_jobs, outcomes, run_dir, failures, skipped)
+        rows += curve_rows
+        atomic_write_json(run_dir.learning_curve, {
+            "tasks": {t.name: {"per_class": per_class(t.target), "unit": size_unit(t.target), "train": len(t.train), "dev": len(t.dev),
+                               "samples": [x.record() for x in samples[t.name]]} for t in tasks},
+            "selection": curve_selection})
     atomic_write_jsonl(run_dir.results, rows)
     atomic_write_json(run_dir.failures, {"failed": failures, "skipped": skipped})
     if any(m.kind == "distilled" for m in models):

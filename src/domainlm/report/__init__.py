@@ -26,7 +26,14 @@ from domainlm.report.comparison import (
     suite_scores,
     verdict,
 )
-from domainlm.report.plots import plot_distance, plot_loss, plot_results, plot_tokenizer_fit
+from domainlm.report.curves import curve_points, label_savings, short_classes
+from domainlm.report.plots import (
+    plot_distance,
+    plot_learning_curves,
+    plot_loss,
+    plot_results,
+    plot_tokenizer_fit,
+)
 from domainlm.report.sections import arm_differences, build_sections
 from domainlm.tasks.metrics import select_runs, summarize
 from domainlm.vocabulary import read_tokenizer, vocabulary_fit
@@ -99,6 +106,10 @@ def load_artifacts(config: RunConfig, partial: bool = False) -> dict[str, Any]:
         "pretrain": read_json(pretrain[0]) if pretrain else None,
         "history": read_json(pretrain[1]) if pretrain else None,
         "timings": timings,
+        # a partial report leaves the curve out: evaluate writes it when every run has finished
+        "curve": read_json(run_dir.learning_curve) if not partial and config.evaluate.learning_curve
+        and run_dir.learning_curve.exists() else None,
+        "curve_rows": run_dir.curve_rows() if not partial and config.evaluate.learning_curve else [],
     }
 
 
@@ -226,7 +237,22 @@ def compare(config: RunConfig, art: dict[str, Any], summary: list[dict]) -> dict
         "truncated": {(m, t): run_dir.selected_runs(m, t)[0].get("truncated", {}).get("test", "")
                       for m, tasks in art["selection"].items() for t in tasks},
         "casing": tokenizer_casing_warnings(run_dir, art["selection"]),
+        "curves": learning_curves(config, run_dir, art, summary),
     }
+
+
+def learning_curves(config: RunConfig, run_dir: RunLayout, art: dict[str, Any], summary: list[dict]) -> dict | None:
+    """The learning curve's points with their intervals, the label-saving sentences and the classes
+    a sample was short of; None without a curve."""
+    curve = art["curve"]
+    if not curve or not art["curve_rows"]:
+        return None
+    include_full = config.evaluate.learning_curve.include_full
+    points = curve_points(run_dir, art["tasks"], art["curve_rows"], summary if include_full else [],
+                          config.evaluate.bootstrap_samples, config.seed)
+    return {"points": points, "label_saving": label_savings(points, curve, include_full),
+            "units": {task: about["unit"] for task, about in curve["tasks"].items()},
+            "short": short_classes(curve), "selection": curve["selection"]}
 
 
 def tokenizer_casing_warnings(run_dir: RunLayout, selection: dict) -> dict[str, str]:
@@ -272,6 +298,8 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
         plot_loss(art["history"], files.plot("loss"))
     if art["tokenizer"]:
         plot_tokenizer_fit(art["tokenizer"], files.plot("tokenizer_fit"))
+    if curves := numbers["curves"]:
+        plot_learning_curves(curves["points"], art["tasks"], curves["units"], files.plot("learning_curves"), model)
     images = {path.name: path for path in map(files.plot, files.PLOTS)}  # as report.md links them
     text = verdict(numbers["candidates"], numbers["references"], numbers["intervals"], numbers["degenerate"],
                    costs, numbers["distance"], numbers["seeds"], numbers["suite"])
@@ -283,6 +311,9 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
     markdown, page = render(title, text, build_sections(config, art, summary, numbers), images)
     atomic_write_text(files.markdown, markdown + "\n")
     atomic_write_bytes(files.html, page.encode())
+    curve_results = {"learning_curves": {
+        "rows": art["curve_rows"], "points": curves["points"], "label_saving": curves["label_saving"],
+        "short": curves["short"], "selection": curves["selection"]}} if curves else {}
     atomic_write_json(files.results, {
         "rows": art["rows"], "summary": summary, "verdict": text, "config": config.model_dump(mode="json"),
         "selection": art["selection"], "intervals": numbers["intervals"], "suite": numbers["suite"],
@@ -290,6 +321,6 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
         "degenerate": numbers["degenerate"],
         "timings": art["timings"], "corpus": art["corpus"], "tokenizer": art["tokenizer"],
         "pretrain": art["pretrain"], "failures": art["failures"], "missing": art["missing"],
-    })
+    } | curve_results)
     log.info("report: %s", files.html)
     return {"models": len({s['model'] for s in summary}), "tasks": len(art["tasks"])}

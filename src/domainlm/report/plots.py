@@ -114,3 +114,42 @@ def plot_tokenizer_fit(fit: dict, path: Path) -> None:
         ax.set_title(label)
     fig.suptitle("Vocabulary fit on held-out domain text")
     save_figure(fig, path)
+
+
+def plot_learning_curves(points: list[dict], tasks: list[dict], units: dict[str, str], path: Path,
+                         highlight: str = "domain") -> bool:
+    """One panel per task with a curve: each model's test score (mean over subsample seeds and
+    seeds, %) against its size on a log2 axis, with the 95% interval as a band; the full training
+    split, where shown, is the last point ("all"), one doubling right of the largest size.
+    `units`: per task what a size counts. Whether it drew anything."""
+    tasks = [t for t in tasks if any(p["task"] == t["name"] for p in points)]
+    if not tasks:
+        return False
+    plt = pyplot()
+    columns = min(3, len(tasks))
+    rows = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(tasks) :]:
+        ax.axis("off")
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        found = [p for p in points if p["task"] == task["name"]]
+        largest = max(p["size"] for p in found if p["size"] is not None)
+        ticks = sorted({p["size"] for p in found if p["size"] is not None})
+        for model in dict.fromkeys(p["model"] for p in found):
+            line = sorted((p for p in found if p["model"] == model), key=lambda p: p["size"] or 2 * largest)
+            xs = [p["size"] or 2 * largest for p in line]
+            width = 2.2 if model == highlight else 1.4
+            drawn = ax.plot(xs, [100 * p["mean"] for p in line], marker="o", markersize=3, linewidth=width,
+                            label=model)
+            ax.fill_between(xs, [100 * p["low"] for p in line], [100 * p["high"] for p in line],
+                            color=drawn[0].get_color(), alpha=0.15, linewidth=0)
+        if any(p["size"] is None for p in found):
+            ticks.append(2 * largest)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) if t <= largest else "all" for t in ticks])
+        ax.set_title(task["name"])
+        ax.set_xlabel(units.get(task["name"], "labels"))
+        ax.set_ylabel(f"{task['metric']} (test, %)")
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+    return True

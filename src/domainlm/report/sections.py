@@ -42,6 +42,29 @@ def results_section(config: RunConfig, art: dict, summary: list[dict], numbers: 
                               "test inputs cut (truncated / windowed)", "did not learn the task"], rows)
 
 
+def learning_curves_section(config: RunConfig, curves: dict) -> Section:
+    """Each model's score at each size (and on the full training split), and how many labels each
+    model needs to reach another's score, one sentence per task and pair of models."""
+    curve, e = config.evaluate.learning_curve, config.evaluate
+    rows = [[p["task"], p["model"], "all" if p["size"] is None else p["size"], f"{p['train_examples']:.0f}",
+             _points(p["mean"]), f"[{_points(p['low'])}, {_points(p['high'])}]", p["runs"]] for p in curves["points"]]
+    target = ("its full-data score (or, without one, its score at the largest size)" if curve.include_full
+              else "its score at the largest size")
+    text = (f"Every model fine-tuned on nested samples of each task's training split: sizes {curve.sizes} (labels "
+            f"per class for tasks with classes, sentences for token tasks, examples for regression), each drawn with "
+            f"subsample seeds {curve.seeds} and fine-tuned with seeds {e.seeds}; dev drawn from the dev split the "
+            f"same way, never larger than the training sample, chooses each sample's learning rate among "
+            f"{e.learning_rates}. Scores are the headline metric on the full test set, mean over a point's runs "
+            f"with a bootstrap 95% interval (test examples and runs resampled). A model reaches another's score "
+            f"when its mean is at least {target}. {_figure('learning_curves')}")
+    if curves["label_saving"]:
+        text += " " + " ".join(s["sentence"] for s in curves["label_saving"])
+    if curves["short"]:
+        text += " Samples short of their size: " + "; ".join(curves["short"]) + "."
+    return ("Learning curves", text, ["task", "model", "size", "train examples", "test (%)", "95% interval", "runs"],
+            rows)
+
+
 def intervals_section(config: RunConfig, numbers: dict, reference: str) -> Section:
     """Every model against `reference`: the difference, its interval, what that interval says."""
     degenerate = numbers.get("degenerate", {})
@@ -200,6 +223,7 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
         *([results_section(config, art, summary, numbers)] if summary else []),
         *(intervals_section(config, numbers, reference) for reference in numbers["references"]
           if any(r["reference"] == reference for r in numbers["intervals"])),
+        *([learning_curves_section(config, numbers["curves"])] if numbers.get("curves") else []),
         *([suite_section(numbers)] if numbers["suite"] else []),
         *([distance_section(config, art, numbers), tasks_section(art)] if art["tasks"] else []),
         *(corpus_sections(art["corpus"]) if art["corpus"] else []),

@@ -92,6 +92,50 @@ def paired_bootstrap(
     }
 
 
+def score_interval(
+    task_type: str,
+    gold: list,
+    predictions: list[list],
+    metric: str,
+    labels: list | None = None,
+    samples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """One model's score on a test set with a bootstrap 95% interval, the way `paired_bootstrap`
+    scores each side: the score is the mean over `predictions` (one list per run: seeds, or
+    subsample seeds x seeds) of `metric`, and each of `samples` resamples draws the test examples
+    and the runs with replacement, so the interval covers both which examples were drawn and how
+    much another run could differ.
+
+    Returns {"mean": the score on the full test set, "low" / "high": the 2.5th / 97.5th percentiles
+    of the resampled scores, "runs", "samples"}, in the metric's own unit."""
+    n = len(gold)
+    if n == 0 or not predictions:
+        raise ValueError("score_interval needs test examples and at least one run")
+    if any(len(p) != n for p in predictions):
+        raise ValueError(f"every run needs {n} predictions, one per test example")
+    run_stats = [example_stats(task_type, gold, p, labels) for p in predictions]
+    ends = np.cumsum([stats.shape[1] for stats in run_stats])
+    all_stats = np.concatenate(run_stats, axis=1)
+
+    def scores(weights: np.ndarray) -> np.ndarray:
+        """(S, n) example weights -> (runs, S) metric of each run."""
+        totals = np.split(weights @ all_stats, ends[:-1], axis=1)
+        return np.stack([metrics_from_stats(task_type, run_totals)[metric] for run_totals in totals])
+
+    observed = float(scores(np.ones((1, n))).mean())
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // n)
+    resampled = []
+    for start in range(0, samples, chunk):
+        block = scores(_resample_counts(rng, min(chunk, samples - start), n))  # (runs, S)
+        drawn = rng.integers(0, len(block), size=block.shape)  # a resample of the runs
+        resampled.append(np.take_along_axis(block, drawn, axis=0).mean(axis=0))
+    resampled = np.concatenate(resampled)
+    return {"mean": observed, "low": float(np.percentile(resampled, 2.5)),
+            "high": float(np.percentile(resampled, 97.5)), "runs": len(predictions), "samples": samples}
+
+
 def suite_score(scores: dict[str, float], types: dict[str, str]) -> float:
     """BLURB-style suite score: the mean over task types of the mean score of that type's tasks, so a
     type with many tasks (say, five NER sets) weighs as much as a type with one.
