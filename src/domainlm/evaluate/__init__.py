@@ -300,7 +300,7 @@ def compute(jobs: list[Job], config: RunConfig, run_dir: RunLayout) -> dict[tupl
                 if job.entry.name in broken or (job.entry.name, job.task.name) in broken:
                     continue
                 outcome = outcomes[job.key] = run_job(job, config)
-                if outcome[0] != "done":
+                if outcome[0] != "done" and job.point is None:  # a curve's tiny sample says nothing of the model
                     broken.add(job.entry.name if outcome[0] == "failed" else (job.entry.name, job.task.name))
     for (model, task, *_), (status, reason, _) in outcomes.items():
         if status == "failed":
@@ -373,22 +373,33 @@ def distillation_summary(done: dict, selection: dict, tasks: list[Task]) -> list
     return summary
 
 
-def curve_results(jobs: list[Job], outcomes: dict[tuple, tuple], run_dir: RunLayout, failures: list[dict],
-                  skipped: list[dict]) -> tuple[list[dict], list[dict]]:
+def curve_results(jobs: list[Job], outcomes: dict[tuple, tuple], run_dir: RunLayout,
+                  failures: list[dict]) -> tuple[list[dict], list[dict]]:
     """The learning curve's result rows (full-data rows plus `size`, `subsample_seed`,
     `train_examples`) and its selection: per (model, task, size, subsample seed) the learning rate
-    with the best mean dev score on that sample's own dev (`select_runs`). What broke is appended to
-    `failures` / `skipped` marked as the curve's; it leaves the full-data results alone."""
-    found_failures, found_skipped = [], []
-    done, broken = collect(jobs, outcomes, run_dir, found_failures, found_skipped)
-    failures += [f | {"error": f"learning curve: {f['error']}"} for f in found_failures]
-    skipped += [f | {"reason": f"learning curve: {f['reason']}"} for f in found_skipped]
+    with the best mean dev score on that sample's own dev (`select_runs`). A point with a run that
+    failed is left out, and per (model, task) how many were is appended to `failures`; the
+    full-data results are left alone (a tiny sample can break a run that the full split does not)."""
+    runs: dict[tuple, dict[float, list[dict]]] = {}
+    failed: dict[tuple, dict[tuple, str]] = {}  # (model, task) -> point -> reason
+    for job in jobs:
+        point, target = (job.entry.name, job.task.name, *job.point), job.target(run_dir)
+        if target.exists():
+            runs.setdefault(point, {}).setdefault(job.lr, []).append(read_json(target))
+        else:  # a failed run, or one not run: its model failed or does not apply (already recorded)
+            status, reason, _ = outcomes.get(job.key, ("not run", "", ""))
+            failed.setdefault(point[:2], {}).setdefault(point[2:], reason if status == "failed" else "")
+    for (model, task), points in failed.items():
+        if reasons := {point: reason for point, reason in points.items() if reason}:
+            (size, sample), reason = next(iter(reasons.items()))
+            failures.append({"model": model, "task": task, "error": f"learning curve: {len(reasons)} "
+                             f"sample{'s' * (len(reasons) != 1)} left out, a run failed (first: size {size}, subsample seed {sample}: {reason})"})
     rows, selection = [], []
-    for (model, task, size, sample), runs in done.items():
-        if model in broken or (model, task) in broken:
+    for (model, task, size, sample), found in runs.items():
+        if (size, sample) in failed.get((model, task), {}):
             continue
-        point_rows, chosen = select_runs({(model, task): runs})
-        train = runs[next(iter(runs))][0]["train_examples"]
+        point_rows, chosen = select_runs({(model, task): found})
+        train = next(iter(found.values()))[0]["train_examples"]
         rows += [r | {"size": size, "subsample_seed": sample, "train_examples": train} for r in point_rows]
         selection.append({"model": model, "task": task, "size": size, "subsample_seed": sample}
                          | chosen[model][task])
@@ -420,7 +431,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     rows, selection = select_runs({key: runs for key, runs in done.items() if key[0] not in broken})
     atomic_write_json(run_dir.selection, selection)
     if curve:
-        curve_rows, curve_selection = curve_results(curve_jobs, outcomes, run_dir, failures, skipped)
+        curve_rows, curve_selection = curve_results(curve_jobs, outcomes, run_dir, failures)
         rows += curve_rows
         atomic_write_json(run_dir.learning_curve, {
             "tasks": {t.name: {"per_class": per_class(t.target), "unit": size_unit(t.target), "train": len(t.train), "dev": len(t.dev),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.sparse import hstack
+from sklearn.dummy import DummyClassifier
 from sklearn.feature_extraction import DictVectorizer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -58,9 +59,12 @@ def _columns(examples: list[dict]) -> list[list[str]]:
 def tfidf_words(task: Task, seed: int) -> tuple[list, list]:
     """Token tasks: a logistic regression tags each word from its features (dev, test predictions)."""
     model = DictVectorizer()
+    tags = [t for x in task.train for t in to_scheme(x["tags"], task.tagging)]
     classifier = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
+    if len(set(tags)) == 1:  # a few sentences (a learning curve's sample) may hold one tag only: it is predicted
+        classifier = DummyClassifier(strategy="most_frequent")
     features = [_word_features(x["tokens"], i) for x in task.train for i in range(len(x["tokens"]))]
-    classifier.fit(model.fit_transform(features), [t for x in task.train for t in to_scheme(x["tags"], task.tagging)])
+    classifier.fit(model.fit_transform(features), tags)
 
     def predict(split: list[dict]) -> list[list[str]]:
         flat = list(classifier.predict(model.transform(
