@@ -140,3 +140,16 @@ def test_domain_distance_fertility():
     assert domain_distance(["cat"], tokenizer)["js_divergence"] is None
     unknown = domain_distance(["cat Ωmega"], tokenizer)  # no piece spells Ω: the whole word is [UNK]
     assert (unknown["unknown_share"], unknown["split_share"], unknown["fertility"]) == (0.5, 0.5, 1.0)
+
+
+def test_score_interval_is_the_mean_over_runs_with_examples_and_runs_resampled():
+    from domainlm.report.stats import score_interval
+
+    gold = ["a", "b"] * 20
+    right = score_interval("classification", gold, [gold, gold], "accuracy", samples=200)
+    assert (right["mean"], right["low"], right["high"], right["runs"]) == (1.0, 1.0, 1.0, 2)
+    wrong = ["b", "a"] * 20
+    split = score_interval("classification", gold, [gold, wrong], "accuracy", samples=400, seed=1)
+    assert split["mean"] == 0.5 and (split["low"], split["high"]) == (0.0, 1.0)  # two runs drawn: both wrong, both right
+    with pytest.raises(ValueError, match="40 predictions"):
+        score_interval("classification", gold, [gold[:3]], "accuracy")
