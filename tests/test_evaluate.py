@@ -369,6 +369,7 @@ def test_other_encoder_families_fine_tune(family, task_entries, tiny_model, tmp_
         assert len(result["predictions"]) == len(task.test)
 
 
+@pytest.mark.slow  # the evaluate stage twice, once with a process pool
 def test_parallel_workers_give_the_same_runs(tmp_path, task_entries, tiny_model):
     from domainlm.evaluate import run
     from domainlm.io import read_json
