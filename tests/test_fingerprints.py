@@ -33,8 +33,9 @@ def recipe_with_everything(tiny_recipe: dict, tmp_path: Path) -> dict:
         "evaluate": tiny_recipe["evaluate"] | {"models": [
             {"name": "domain", "kind": "domain"}, {"name": "tfidf", "kind": "tfidf"},
             {"name": "general", "kind": "hf", "path": str(tmp_path / "model")},
-            {"name": "st", "kind": "self-training", "teacher": "general"}],
-            "learning_curve": {}},
+            {"name": "st", "kind": "self-training", "teacher": "general"},
+            {"name": "sf", "kind": "setfit", "path": str(tmp_path / "model")}],
+            "learning_curve": {}, "active_learning": {}},
     }
 
 
@@ -109,6 +110,8 @@ def values_to_try(section: Section, name: str, tmp_path: Path) -> list:
         "EvaluateConfig.lr": [[1e-3, 1e-4]], "EvaluateConfig.seeds": [[0]], "EvaluateConfig.general_corpus": [corpus],
         "EvaluateConfig.general_tokenizer": [model], "EvaluateConfig.models": [[{"name": "tfidf", "kind": "tfidf"}]],
         "LearningCurveConfig.sizes": [[2, 4]], "LearningCurveConfig.seeds": [[0]],
+        "ActiveLearningConfig.strategies": [["entropy"]], "ActiveLearningConfig.seeds": [[0]],
+        "ActiveLearningConfig.models": [["general"]],
         "ReportConfig.title": ["t"], "ReportConfig.reference_model": ["tfidf"], "ReportConfig.domain_model": ["st"],
         "ArmConfig.name": ["c"], "ArmConfig.corpus": [{"heldout_fraction": 0.1}],
         "ArmConfig.tokenizer": [{"vocab_size": 300}], "ArmConfig.model": [{"dropout": 0.0}],

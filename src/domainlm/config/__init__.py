@@ -35,7 +35,13 @@ from domainlm.config.corpus import (
     QualityConfig,
     SourceConfig,
 )
-from domainlm.config.evaluate import EvaluateConfig, LearningCurveConfig, ModelEntry, ReportConfig
+from domainlm.config.evaluate import (
+    ActiveLearningConfig,
+    EvaluateConfig,
+    LearningCurveConfig,
+    ModelEntry,
+    ReportConfig,
+)
 from domainlm.config.experiment import ARM_SECTIONS, ArmConfig, ExperimentConfig, arm_steps, merge
 from domainlm.config.model import PRESETS, ModelConfig
 from domainlm.config.pretrain import PretrainConfig
@@ -47,7 +53,7 @@ from domainlm.layout import RunLayout
 
 __all__ = [
     "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig", "EvaluateConfig",
-    "ExperimentConfig", "Fingerprinted", "LearningCurveConfig", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
+    "ActiveLearningConfig", "ExperimentConfig", "Fingerprinted", "LearningCurveConfig", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
     "ResourcesConfig", "RunConfig", "Section", "SourceConfig", "SplitConfig", "TaskConfig", "TokenizerConfig",
     "apply_override", "arm_steps", "config_from_dict", "existing_file", "load_config", "merge", "picked", "resolve_path",
     "unique_names", "DEFAULT_QUALITY_STEPS", "QUALITY_STEPS",

@@ -11,18 +11,23 @@ from domainlm.config.base import Section, resolve_path, unique_names
 
 
 class ModelEntry(Section):
+    # Added after runs existed: at its default, fingerprints leave it out.
+    LATER = {"pair_iterations": ("pair_iterations",)}
+
     name: str
     """Row label in the results."""
-    kind: Literal["domain", "random-init", "hf", "tfidf", "self-training", "distilled"]
+    kind: Literal["domain", "random-init", "hf", "tfidf", "self-training", "distilled", "setfit"]
     """domain: the model this run pretrained. random-init: the same architecture and tokenizer,
     untrained. hf: a local Hugging Face model directory (`path`). tfidf: TF-IDF (or word-window
     features for token tasks) + logistic regression. self-training: `teacher` (another entry)
     fine-tuned on the gold labels labels `unlabeled` in-domain text; a fresh copy of the teacher's
     model trains on those pseudo-labels, then fine-tunes on the gold labels. distilled: `teacher`
     fine-tuned on the gold labels gives soft targets on `unlabeled` text; the `student` entry's
-    model learns them (knowledge distillation), then fine-tunes on the gold labels."""
+    model learns them (knowledge distillation), then fine-tunes on the gold labels. setfit: the
+    sentence encoder at `path` fine-tuned contrastively on pairs of the labelled examples, then a
+    logistic regression on its embeddings (Tunstall et al. 2022; classes only)."""
     path: str | None = None
-    """hf: the model directory (`pkg://package/sub/path` for one inside an installed package)."""
+    """hf, setfit: the model directory (`pkg://package/sub/path` for one inside an installed package)."""
     optional: bool = False
     """If the path is a `pkg://` path whose package is missing, skip this model with a note."""
     teacher: str | None = None
@@ -45,12 +50,16 @@ class ModelEntry(Section):
     confidence: float = Field(default=0.9, ge=0, le=1)
     """self-training: keep pseudo-labels whose predicted probability is at least this (token
     tasks: the lowest over the sentence's words)."""
+    pair_iterations: int = Field(default=20, ge=1)
+    """setfit: rounds of pair sampling; each gives every training example one pair with an example
+    of its class and one with an example of another class (SetFit's `num_iterations`, default 20),
+    so the encoder trains one epoch on 2 x pair_iterations x (training examples) pairs."""
 
     @model_validator(mode="after")
     def _check_path(self) -> ModelEntry:
-        if self.kind == "hf":
+        if self.kind in ("hf", "setfit"):
             if not self.path:
-                raise ValueError(f"model '{self.name}' (kind hf) needs a `path`")
+                raise ValueError(f"model '{self.name}' (kind {self.kind}) needs a `path`")
             try:
                 exists = resolve_path(self.path).exists()
             except FileNotFoundError as err:
@@ -102,9 +111,42 @@ class LearningCurveConfig(Section):
         return seeds
 
 
+STRATEGIES = ("entropy", "margin", "random")  # active learning's query strategies
+
+
+class ActiveLearningConfig(Section):
+    """Pool-based active learning (docs/evaluation.md, "Active learning"; Settles 2009, Schröder &
+    Niekler 2020): from `start` labelled training examples, each round fine-tunes the model, scores
+    the rest of the training split (the pool) and labels the `batch` examples the strategy picks."""
+
+    start: int = Field(default=16, ge=1)
+    """Labelled examples at round 0, drawn at random (the AL seed) from the training split."""
+    batch: int = Field(default=16, ge=1)
+    """Examples moved from the pool into the labelled set per round (the query size)."""
+    rounds: int = Field(default=5, ge=1)
+    """Queries; the model is fine-tuned and tested rounds + 1 times (before the first query and after each)."""
+    strategies: list[Literal["entropy", "margin", "random"]] = Field(
+        default_factory=lambda: list(STRATEGIES), min_length=1)
+    """entropy: highest predictive entropy; margin: smallest gap between the two most probable
+    classes (smallest-margin / breaking ties); random: a seeded random draw, the baseline. Token
+    tasks: the sentence's mean over its words."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
+    """AL seeds: each draws its own start set (and random queries) and is the fine-tuning seed."""
+    models: list[str] = Field(default_factory=list)
+    """Names of evaluate.models to run it for (default: every domain, random-init and hf model;
+    a name that is no model of the run, as in an experiment arm's own evaluation, is passed over)."""
+
+    @field_validator("strategies", "seeds")
+    @classmethod
+    def _distinct(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"must be distinct, got {values}")
+        return values
+
+
 class EvaluateConfig(Section):
-    # Added after runs existed: while it is off (None), fingerprints leave it out.
-    LATER = {"learning_curve": ("learning_curve",)}
+    # Added after runs existed: while they are off (None), fingerprints leave them out.
+    LATER = {"learning_curve": ("learning_curve",), "active_learning": ("active_learning",)}
 
     models: list[ModelEntry] = Field(
         default_factory=lambda: [
@@ -141,6 +183,10 @@ class EvaluateConfig(Section):
     """Few labels (None: off): fine-tune every model on nested subsamples of each task's training
     split, dev drawn the same way within the same budget; the report plots score against labels
     and says how many labels each model needs to reach another's score."""
+    active_learning: ActiveLearningConfig | None = None
+    """Pool-based active learning (None: off): per model, task, strategy and seed, rounds of
+    fine-tuning on a growing labelled set chosen by the model's uncertainty; the report plots score
+    against labels per strategy."""
 
     @property
     def learning_rates(self) -> list[float]:
@@ -165,6 +211,12 @@ class EvaluateConfig(Section):
                     found = f"is a {names[name].kind} model" if name in names else "is not a model name"
                     raise ValueError(f"model '{m.name}': {role} '{name}' {found}; it must name a domain, random-init "
                                      f"or hf model of evaluate.models")
+        if self.active_learning:
+            # Names only checked when present: an experiment arm's evaluate section holds fewer models.
+            for name in self.active_learning.models:
+                if name in names and names[name].kind not in neural:
+                    raise ValueError(f"active_learning.models: '{name}' is a {names[name].kind} model; active "
+                                     f"learning runs domain, random-init and hf models")
         return self
 
     @field_validator("models")
