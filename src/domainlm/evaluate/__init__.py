@@ -58,7 +58,7 @@ def inputs(config: RunConfig) -> list[str]:
     files += [p for p in [config.evaluate.general_corpus] + [m.unlabeled for m in config.evaluate.models
                                                                if m.reads_unlabeled] if p and p != "corpus"]
     run_dir = RunLayout(config.directory)
-    models = [m.path for m in config.evaluate.models if m.kind == "hf" and m.path]
+    models = [m.path for m in config.evaluate.models if m.kind in ("hf", "setfit") and m.path]
     models += [str(run_dir.arm(m.arm).export) for m in config.evaluate.models if m.arm]
     if any(m.arm for m in config.evaluate.models):
         models.append(str(run_dir.arms))
@@ -200,6 +200,10 @@ def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: Ru
     if entry.kind == "self-training":
         teacher = next(m for m in config.evaluate.models if m.name == entry.teacher)
         return self_train(entry, teacher, task, seed, lr, config, log_dir)
+    if entry.kind == "setfit":
+        from domainlm.evaluate.setfit import setfit_run
+
+        return setfit_run(entry.name, resolve_path(entry.path), task, seed, lr, config.evaluate, entry.pair_iterations)
     if entry.kind == "distilled":
         named = {m.name: m for m in config.evaluate.models}
         return distil(entry, named[entry.teacher], named[entry.student], task, seed, lr, config, log_dir)
@@ -317,7 +321,7 @@ def available_models(config: RunConfig, run_dir: RunLayout) -> tuple[list[ModelE
             log.warning("evaluate: %s: %s", entry.name, failures[-1]["error"])
             continue
         try:
-            if entry.kind == "hf" and not resolve_path(entry.path).exists():
+            if entry.kind in ("hf", "setfit") and not resolve_path(entry.path).exists():
                 raise FileNotFoundError(f"model directory not found: {entry.path}")
             models.append(entry)
         except FileNotFoundError as err:
