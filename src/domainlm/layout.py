@@ -18,9 +18,10 @@ code spells none of the file names (tests/test_layout.py): `RunLayout` for a run
                  invalid UTF-8 replaced), gold/<task>.json, distance.json, selection.json, results.jsonl,
                  failures.json, distillation.json, runs/<model>/<task>/lr-<lr>/seed-<n>.json, tensorboard/;
                  with a learning curve also learning_curve.json and
-                 curve-runs/<model>/<task>/size-<k>/sample-<s>/lr-<lr>/seed-<n>.json, curve-tensorboard/
+                 curve-runs/<model>/<task>/size-<k>/sample-<s>/lr-<lr>/seed-<n>.json, curve-tensorboard/;
+                 with active learning active-runs/<model>/<task>/<strategy>/seed-<n>.json
     report/      report.md, report.html, results.json, results.png, distance.png, loss.png, tokenizer_fit.png,
-                 learning_curves.png
+                 learning_curves.png, active_learning.png
     partial-report/  the same, from the fine-tuning runs finished so far (`domainlm report --partial`)
 """
 
@@ -117,7 +118,8 @@ class ReportFiles:
     """The report's folder: a run's `report/`, or `partial-report/`."""
 
     folder: Path
-    PLOTS: ClassVar[tuple[str, ...]] = ("results", "distance", "loss", "tokenizer_fit", "learning_curves")
+    PLOTS: ClassVar[tuple[str, ...]] = ("results", "distance", "loss", "tokenizer_fit", "learning_curves",
+                                        "active_learning")
     """The figures, each `<name>.png`, linked from report.md by file name and embedded in report.html."""
 
     @property
@@ -333,6 +335,15 @@ class RunLayout:
         return [read_json(self.curve_run_file(model, task, size, c["subsample_seed"], c["lr"], seed))
                 for c in chosen for seed in c["seeds"]]
 
+    def active_run_file(self, model: str, task: str, strategy: str, seed: int) -> Path:
+        """One active-learning run: every round's labels, queries, metrics and test predictions."""
+        return self.root / "evaluate" / "active-runs" / model / task / strategy / f"seed-{seed}.json"
+
+    def active_runs(self, model: str, task: str, strategy: str) -> list[dict[str, Any]]:
+        """The saved active-learning runs of one (model, task, strategy), one per AL seed."""
+        return [read_json(path) for path in sorted((self.root / "evaluate" / "active-runs" / model / task / strategy)
+                                                   .glob("seed-*.json"))]
+
     def finished_runs(self) -> Iterator[tuple[str, str, float, int, dict[str, Any]]]:
         """Every fine-tuning run saved so far: (model, task, lr, seed, run), finished or not the stage."""
         for path in sorted((self.root / "evaluate" / "runs").glob("*/*/lr-*/seed-*.json")):
@@ -349,12 +360,17 @@ class RunLayout:
         return [run["predictions"] for run in self.selected_runs(model, task)]
 
     def result_rows(self) -> list[dict[str, Any]]:
-        """The full-data rows of results.jsonl (a learning curve's rows are `curve_rows`)."""
-        return [row for row in read_jsonl(self.results) if "size" not in row]
+        """The full-data rows of results.jsonl (a learning curve's rows are `curve_rows`, active
+        learning's `active_rows`)."""
+        return [row for row in read_jsonl(self.results) if "size" not in row and "round" not in row]
 
     def curve_rows(self) -> list[dict[str, Any]]:
         """The learning curve's rows of results.jsonl (those with a `size`)."""
         return [row for row in read_jsonl(self.results) if "size" in row]
+
+    def active_rows(self) -> list[dict[str, Any]]:
+        """Active learning's rows of results.jsonl (those with a `round`, `labels` and `strategy`)."""
+        return [row for row in read_jsonl(self.results) if "round" in row]
 
     # --------------------------------------------------------------------------------- report
     @property

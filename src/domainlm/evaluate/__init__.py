@@ -11,7 +11,9 @@ killed evaluation resumes where it stopped. Per (model, task) the learning rate 
 dev score is selected (`selection.json`); `results.jsonl` holds its rows (model, task, seed,
 metric, value). With `evaluate.learning_curve` every model is also fine-tuned on nested subsamples
 of each task (`tasks.subsample`), the rate chosen per sample on its own small dev; those rows carry
-`size` and `subsample_seed` too (`learning_curve.json`: the samples and the choices). A model that fails (a corrupt or unsupported directory) is recorded in
+`size` and `subsample_seed` too (`learning_curve.json`: the samples and the choices). With
+`evaluate.active_learning` each model also runs pool-based active learning (`evaluate.active`);
+its rows carry `strategy`, `round` and `labels`. A model that fails (a corrupt or unsupported directory) is recorded in
 `failures.json` with the reason and the others go on. Before any training, each task's distance
 from general text is measured (`distance.json`) and its test gold labels saved (`gold/`).
 """
@@ -441,6 +443,10 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
             "tasks": {t.name: {"per_class": per_class(t.target), "unit": size_unit(t.target), "train": len(t.train), "dev": len(t.dev),
                                "samples": [x.record() for x in samples[t.name]]} for t in tasks},
             "selection": curve_selection})
+    if config.evaluate.active_learning:
+        from domainlm.evaluate.active import active_learning
+
+        rows += active_learning(config, models, tasks, selection, broken, skipped, failures)
     atomic_write_jsonl(run_dir.results, rows)
     atomic_write_json(run_dir.failures, {"failed": failures, "skipped": skipped})
     if any(m.kind == "distilled" for m in models):
@@ -452,7 +458,8 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
                      d["model"], d["task"], student["name"], 100 * student["score"], student["parameters"],
                      student["test_examples_per_second"], teacher["name"], 100 * teacher["score"],
                      teacher["parameters"], teacher["test_examples_per_second"])
-    for s in summarize(rows, [{"name": t.name, "metric": t.metric} for t in tasks]):
+    full_data = [r for r in rows if "size" not in r and "round" not in r]
+    for s in summarize(full_data, [{"name": t.name, "metric": t.metric} for t in tasks]):
         log.info("evaluate: %-24s %-20s %s %6.2f ± %5.2f (n=%d)", s["task"], s["model"], s["metric"],
                  100 * s["mean"], 100 * s["std"], s["n"])
     return {"rows": len(rows), "failed": len(failures), "skipped": len(skipped)}

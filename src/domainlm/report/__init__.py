@@ -26,8 +26,9 @@ from domainlm.report.comparison import (
     suite_scores,
     verdict,
 )
-from domainlm.report.curves import curve_points, label_savings, short_classes
+from domainlm.report.curves import active_points, active_sentences, curve_points, label_savings, short_classes
 from domainlm.report.plots import (
+    plot_active_learning,
     plot_distance,
     plot_learning_curves,
     plot_loss,
@@ -110,6 +111,7 @@ def load_artifacts(config: RunConfig, partial: bool = False) -> dict[str, Any]:
         "curve": read_json(run_dir.learning_curve) if not partial and config.evaluate.learning_curve
         and run_dir.learning_curve.exists() else None,
         "curve_rows": run_dir.curve_rows() if not partial and config.evaluate.learning_curve else [],
+        "active_rows": run_dir.active_rows() if not partial and config.evaluate.active_learning else [],
     }
 
 
@@ -238,7 +240,17 @@ def compare(config: RunConfig, art: dict[str, Any], summary: list[dict]) -> dict
                       for m, tasks in art["selection"].items() for t in tasks},
         "casing": tokenizer_casing_warnings(run_dir, art["selection"]),
         "curves": learning_curves(config, run_dir, art, summary),
+        "active": active_learning(config, run_dir, art),
     }
+
+
+def active_learning(config: RunConfig, run_dir: RunLayout, art: dict[str, Any]) -> dict | None:
+    """Active learning's points (per task, model, strategy and round) with their intervals and the
+    strategies-against-random sentences; None without active-learning rows."""
+    if not art.get("active_rows"):
+        return None
+    points = active_points(run_dir, art["tasks"], art["active_rows"], config.evaluate.bootstrap_samples, config.seed)
+    return {"points": points, "sentences": active_sentences(points)}
 
 
 def learning_curves(config: RunConfig, run_dir: RunLayout, art: dict[str, Any], summary: list[dict]) -> dict | None:
@@ -300,6 +312,8 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
         plot_tokenizer_fit(art["tokenizer"], files.plot("tokenizer_fit"))
     if curves := numbers["curves"]:
         plot_learning_curves(curves["points"], art["tasks"], curves["units"], files.plot("learning_curves"), model)
+    if active := numbers["active"]:
+        plot_active_learning(active["points"], art["tasks"], files.plot("active_learning"))
     images = {path.name: path for path in map(files.plot, files.PLOTS)}  # as report.md links them
     text = verdict(numbers["candidates"], numbers["references"], numbers["intervals"], numbers["degenerate"],
                    costs, numbers["distance"], numbers["seeds"], numbers["suite"])
@@ -314,6 +328,9 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
     curve_results = {"learning_curves": {
         "rows": art["curve_rows"], "points": curves["points"], "label_saving": curves["label_saving"],
         "short": curves["short"], "selection": curves["selection"]}} if curves else {}
+    if active:
+        curve_results["active_learning"] = {"rows": art["active_rows"], "points": active["points"],
+                                            "sentences": active["sentences"]}
     atomic_write_json(files.results, {
         "rows": art["rows"], "summary": summary, "verdict": text, "config": config.model_dump(mode="json"),
         "selection": art["selection"], "intervals": numbers["intervals"], "suite": numbers["suite"],

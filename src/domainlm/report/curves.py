@@ -112,3 +112,45 @@ def short_classes(curve: dict) -> list[str]:
             listed = ", ".join(f"{name} has {count}" for name, count in classes.items())
             notes.append(f"{task} at {size}: {listed} (all taken)")
     return notes
+
+
+# ------------------------------------------------------------------------------ active learning
+def active_points(run_dir: RunLayout, tasks: list[dict], active_rows: list[dict], samples: int = 1000,
+                  seed: int = 0) -> list[dict]:
+    """Per task, model, strategy and round of active learning: the labelled examples and the
+    headline metric's mean over the AL seeds with a bootstrap 95% interval (`stats.score_interval`:
+    test examples and seeds resampled), from the saved runs (`RunLayout.active_runs`)."""
+    points = []
+    for task in tasks:
+        keys = dict.fromkeys((r["model"], r["strategy"]) for r in active_rows if r["task"] == task["name"])
+        if not keys:
+            continue
+        gold = read_json(run_dir.gold(task["name"]))
+        for model, strategy in keys:
+            runs = run_dir.active_runs(model, task["name"], strategy)
+            for number in range(min(len(r["rounds"]) for r in runs)):
+                rounds = [r["rounds"][number] for r in runs]
+                interval = score_interval(task["type"], gold, [r["predictions"] for r in rounds], task["metric"],
+                                          task["labels"] or None, samples, seed)
+                points.append({"task": task["name"], "model": model, "strategy": strategy, "round": number,
+                               "labels": rounds[0]["labels"]} | interval)
+    return points
+
+
+def active_sentences(points: list[dict]) -> list[str]:
+    """Per task and model, each strategy's score at the last round against random's, as a sentence."""
+    found = []
+    for task, model in dict.fromkeys((p["task"], p["model"]) for p in points):
+        mine = [p for p in points if (p["task"], p["model"]) == (task, model)]
+        last = {}
+        for p in mine:
+            if p["round"] >= last.get(p["strategy"], {"round": -1})["round"]:
+                last[p["strategy"]] = p
+        if "random" not in last:
+            continue
+        base = last["random"]
+        for strategy, p in last.items():
+            if strategy != "random":
+                found.append(f"On {task}, {model} with {strategy} sampling scores {_score(p)} with {p['labels']} "
+                             f"labels; random sampling {_score(base)} with {base['labels']}.")
+    return found

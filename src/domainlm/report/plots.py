@@ -153,3 +153,34 @@ def plot_learning_curves(points: list[dict], tasks: list[dict], units: dict[str,
         ax.legend(fontsize=7)
     save_figure(fig, path)
     return True
+
+
+def plot_active_learning(points: list[dict], tasks: list[dict], path: Path) -> bool:
+    """One panel per task with active-learning runs: the test score (mean over AL seeds, %) against
+    the labelled examples, one line per (model, strategy) with its 95% interval as a band (random
+    dashed). Whether it drew anything."""
+    tasks = [t for t in tasks if any(p["task"] == t["name"] for p in points)]
+    if not tasks:
+        return False
+    plt = pyplot()
+    columns = min(3, len(tasks))
+    rows = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(tasks) :]:
+        ax.axis("off")
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        found = [p for p in points if p["task"] == task["name"]]
+        for model, strategy in dict.fromkeys((p["model"], p["strategy"]) for p in found):
+            line = sorted((p for p in found if (p["model"], p["strategy"]) == (model, strategy)),
+                          key=lambda p: p["round"])
+            xs = [p["labels"] for p in line]
+            drawn = ax.plot(xs, [100 * p["mean"] for p in line], marker="o", markersize=3,
+                            linestyle="--" if strategy == "random" else "-", label=f"{model} · {strategy}")
+            ax.fill_between(xs, [100 * p["low"] for p in line], [100 * p["high"] for p in line],
+                            color=drawn[0].get_color(), alpha=0.12, linewidth=0)
+        ax.set_title(task["name"])
+        ax.set_xlabel("labelled training examples")
+        ax.set_ylabel(f"{task['metric']} (test, %)")
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+    return True

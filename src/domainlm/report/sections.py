@@ -211,6 +211,25 @@ def arms_section(arms: dict[str, dict]) -> Section:
                                   "unknown words"], rows)
 
 
+def active_learning_section(config: RunConfig, active: dict) -> Section:
+    """Each (model, strategy)'s score after every round of active learning, and each strategy's
+    last-round score against random sampling's."""
+    al = config.evaluate.active_learning
+    rows = [[p["task"], p["model"], p["strategy"], p["round"], p["labels"], _points(p["mean"]),
+             f"[{_points(p['low'])}, {_points(p['high'])}]", p["runs"]] for p in active["points"]]
+    text = (f"Pool-based active learning: {al.start} training examples drawn at random, then {al.rounds} rounds "
+            f"that each fine-tune the model on the labelled examples (at the learning rate chosen on the full "
+            f"data), score the rest of the training split and label the {al.batch} it ranks first: highest "
+            f"predictive entropy (entropy), smallest gap between the two likeliest classes (margin; token tasks: "
+            f"the sentence's mean over its words) or at random (random), with AL seeds {al.seeds}. Scores are the "
+            f"headline metric on the full test set, mean over the seeds with a bootstrap 95% interval (test "
+            f"examples and seeds resampled). {_figure('active_learning')}")
+    if active["sentences"]:
+        text += " " + " ".join(active["sentences"])
+    return ("Active learning", text, ["task", "model", "strategy", "round", "labels", "test (%)", "95% interval",
+                                      "seeds"], rows)
+
+
 def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> list[Section]:
     """Every section in report order. Only what has something to show: results and suite scores
     when some model has a test result, a reference's intervals when another model has results
@@ -224,6 +243,7 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
         *(intervals_section(config, numbers, reference) for reference in numbers["references"]
           if any(r["reference"] == reference for r in numbers["intervals"])),
         *([learning_curves_section(config, numbers["curves"])] if numbers.get("curves") else []),
+        *([active_learning_section(config, numbers["active"])] if numbers.get("active") else []),
         *([suite_section(numbers)] if numbers["suite"] else []),
         *([distance_section(config, art, numbers), tasks_section(art)] if art["tasks"] else []),
         *(corpus_sections(art["corpus"]) if art["corpus"] else []),
