@@ -1,6 +1,7 @@
 """Prompt-based fine-tuning (PET / LM-BFF): templates, label words scored by the masked-LM head,
 the automatic verbalizer, training on a toy task, refusals of models without a masked-LM head,
 and the recipe's checks."""
+# ruff: noqa: F811 - test_evaluate's fixtures are imported by name and taken as arguments
 
 import json
 import random
@@ -15,18 +16,17 @@ from domainlm.evaluate.finetune import finetune, task_tokenizer
 from domainlm.evaluate.prompt import (
     PromptModel,
     Segment,
-    check_masked_lm,
-    masked_lm_config,
     encode_prompts,
     label_words,
     load_masked_lm,
+    masked_lm_config,
     mean_log_probabilities,
     prompt_tuning,
     search_words,
     template_segments,
 )
 from domainlm.tasks.load import load_task
-from test_evaluate import _run_config, _sentence, task_entries, tiny_model, tiny_modernbert  # noqa: F401 - fixtures
+from test_evaluate import _run_config, task_entries, tiny_model, tiny_modernbert  # noqa: F401 - fixtures
 
 PROMPT_TYPES = ("classification", "pair-classification", "relation", "yes-no-qa")
 
@@ -40,7 +40,7 @@ def test_a_template_becomes_segments_with_the_spaces_before_them():
         Segment("text_pair", space=True)]
 
 
-def test_the_template_is_encoded_as_the_whole_string_would_be(task_entries, tiny_model):  # noqa: F811
+def test_the_template_is_encoded_as_the_whole_string_would_be(task_entries, tiny_model):
     """WordPiece reads each piece as it would read the whole prompt with the mask token written in."""
     task = load_task(TaskConfig(**task_entries["pair-classification"]))
     tokenizer = task_tokenizer(tiny_model, task)
@@ -52,7 +52,7 @@ def test_the_template_is_encoded_as_the_whole_string_would_be(task_entries, tiny
 
 
 @pytest.mark.parametrize("kind", PROMPT_TYPES)
-def test_long_texts_are_cut_and_the_template_and_its_one_mask_kept(kind, task_entries, tiny_model):  # noqa: F811
+def test_long_texts_are_cut_and_the_template_and_its_one_mask_kept(kind, task_entries, tiny_model):
     task = load_task(TaskConfig(**task_entries[kind]))
     tokenizer = task_tokenizer(tiny_model, task)
     empty = {"text": "", "text_pair": "", "label": task.labels[0]}
@@ -102,7 +102,7 @@ def _separable_task(folder, n=(48, 16, 20)) -> dict:
     return {"name": "toy", "type": "classification", **{s: str(folder / f"toy-{s}.jsonl") for s in ("train", "dev", "test")}}
 
 
-def test_prompt_based_fine_tuning_learns_a_toy_task(tiny_model, tmp_path):  # noqa: F811
+def test_prompt_based_fine_tuning_learns_a_toy_task(tiny_model, tmp_path):
     task = load_task(TaskConfig(**_separable_task(tmp_path), prompt={"verbalizer": {"onc": "tumor", "other": "gene"}}))
     config = EvaluateConfig(epochs=12, patience=None, batch_size=8, max_length=32)
     result = finetune(tiny_model, True, task, seed=0, lr=3e-3, config=config, tuning=prompt_tuning(config))
@@ -114,7 +114,7 @@ def test_prompt_based_fine_tuning_learns_a_toy_task(tiny_model, tmp_path):  # no
 
 
 @pytest.mark.parametrize("family", ["roberta", "modernbert"])
-def test_other_masked_lm_families_fine_tune_through_their_head(family, task_entries, tiny_model, tmp_path):  # noqa: F811
+def test_other_masked_lm_families_fine_tune_through_their_head(family, task_entries, tiny_model, tmp_path):
     import transformers
 
     folder = tmp_path / family
@@ -138,7 +138,7 @@ def test_other_masked_lm_families_fine_tune_through_their_head(family, task_entr
 
 
 # ------------------------------------------------------------------------------- label words
-def test_the_search_takes_the_word_most_favoured_for_a_label_over_all_examples(tiny_model, task_entries):  # noqa: F811
+def test_the_search_takes_the_word_most_favoured_for_a_label_over_all_examples(tiny_model, task_entries):
     task = load_task(TaskConfig(**task_entries["classification"]))
     tokenizer = task_tokenizer(tiny_model, task)
     vocab = tokenizer.get_vocab()
@@ -155,7 +155,7 @@ def test_the_search_takes_the_word_most_favoured_for_a_label_over_all_examples(t
         task.labels[0]: ["tumor"], task.labels[1]: ["gene"]}
 
 
-def test_the_automatic_verbalizer_takes_label_names_and_searches_the_others_with_the_models_scores(tiny_model,  # noqa: F811
+def test_the_automatic_verbalizer_takes_label_names_and_searches_the_others_with_the_models_scores(tiny_model,
                                                                                                   tmp_path):
     entry = _separable_task(tmp_path, n=(12, 4, 4))
     for split in ("train", "dev", "test"):  # class names that are no token: 'other-class' is searched for
@@ -188,7 +188,7 @@ def test_the_automatic_verbalizer_takes_label_names_and_searches_the_others_with
 
 # ------------------------------------------------------------------------------ refusals
 @pytest.fixture
-def electra_discriminator(tiny_model, tmp_path):  # noqa: F811
+def electra_discriminator(tiny_model, tmp_path):
     """A tiny ELECTRA discriminator export (ElectraForPreTraining: no masked-LM head)."""
     import transformers
 
@@ -218,7 +218,7 @@ def test_an_electra_discriminator_is_refused_when_the_recipe_is_read(electra_dis
     assert "ElectraForPreTraining" in err and "BertForMaskedLM" in err
 
 
-def test_models_without_masked_lm_head_weights_are_refused_when_loaded(electra_discriminator, tiny_model, tmp_path):  # noqa: F811
+def test_models_without_masked_lm_head_weights_are_refused_when_loaded(electra_discriminator, tiny_model, tmp_path):
     import transformers
 
     with pytest.raises(ModelError, match=f"{electra_discriminator}: it is an ELECTRA discriminator"):
@@ -278,7 +278,7 @@ def test_pair_templates_hold_both_texts(task_entries):
         TaskConfig(**task_entries["pair-classification"], prompt={"template": "{text} {mask}"})
 
 
-def test_the_stage_compares_head_and_prompt_and_skips_prompts_where_they_do_not_apply(tmp_path, task_entries,  # noqa: F811
+def test_the_stage_compares_head_and_prompt_and_skips_prompts_where_they_do_not_apply(tmp_path, task_entries,
                                                                                      tiny_model):
     from domainlm.evaluate import run
     from domainlm.io import read_json

@@ -4,7 +4,9 @@ Everything that differs between task types is a column here; config, task loadin
 fine-tuning and the TF-IDF baseline look a type up instead of branching on its name. What a type
 predicts per example (its `target`) decides most of it; what fine-tuning and the TF-IDF baseline
 do for a target (head, loss, encoding, batches, decoding, soft targets) is that target's row of
-`domainlm.evaluate.heads.HEADS`, kept there because it needs torch and this table must not:
+`domainlm.evaluate.heads.HEADS`, kept there because it needs torch and this table must not. A type
+whose gold is one class may also carry a prompt `template` (prompt-based fine-tuning,
+`domainlm.evaluate.prompt`):
 
 | target    | gold of one example           | transformers head                 | statistics (metrics) |
 |-----------|-------------------------------|-----------------------------------|----------------------|
