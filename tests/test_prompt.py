@@ -102,10 +102,23 @@ def _separable_task(folder, n=(48, 16, 20)) -> dict:
     return {"name": "toy", "type": "classification", **{s: str(folder / f"toy-{s}.jsonl") for s in ("train", "dev", "test")}}
 
 
+def _initialised_with(seed: int, tiny_model, tmp_path):
+    """The tiny model's tokenizer with weights drawn under `seed` (the fixture's depend on the tests before it)."""
+    import transformers
+
+    folder = tmp_path / f"seeded-{seed}"
+    shutil.copytree(tiny_model, folder)
+    torch.manual_seed(seed)
+    transformers.BertForMaskedLM(transformers.AutoConfig.from_pretrained(tiny_model)).save_pretrained(folder)
+    return folder
+
+
 def test_prompt_based_fine_tuning_learns_a_toy_task(tiny_model, tmp_path):
-    task = load_task(TaskConfig(**_separable_task(tmp_path), prompt={"verbalizer": {"onc": "tumor", "other": "gene"}}))
-    config = EvaluateConfig(epochs=12, patience=None, batch_size=8, max_length=32)
-    result = finetune(tiny_model, True, task, seed=0, lr=3e-3, config=config, tuning=prompt_tuning(config))
+    task = load_task(TaskConfig(**_separable_task(tmp_path, n=(128, 16, 20)),
+                                prompt={"verbalizer": {"onc": "tumor", "other": "gene"}}))
+    config = EvaluateConfig(epochs=10, patience=None, batch_size=8, max_length=32, warmup_fraction=0.0)
+    model = _initialised_with(0, tiny_model, tmp_path)  # learnt by epoch 5 from each of the inits 0-3
+    result = finetune(model, True, task, seed=0, lr=1e-3, config=config, tuning=prompt_tuning(config))
     assert result["metrics"]["accuracy"] >= 0.9  # chance: 0.5 (10 of 20 test examples are onc)
     assert result["dev_score"] == 1.0 and result["dev_scores"][0] == 0.5  # learnt, not known from the start
     assert result["verbalizer"] == {"onc": ["tumor"], "other": ["gene"]} and result["finetuning"] == "prompt"
