@@ -101,6 +101,7 @@ def values_to_try(section: Section, name: str, tmp_path: Path) -> list:
         "TaskConfig.comment_prefix": ["#"], "TaskConfig.label_separator": ["|"], "TaskConfig.label_names": [["x"]],
         "TaskConfig.metric": ["accuracy"], "TaskConfig.explode": [["text"]], "TaskConfig.entity_markers":
             [["<", ">", "[", "]"]], "TaskConfig.train": [str(tmp_path / "cls-dev.jsonl")],
+        "TaskConfig.prompt": [{"template": "{text} So: {mask}."}],
         "SplitConfig.path": [str(tmp_path / f"{task}-{split}.{ext}") for task, ext in (("cls", "jsonl"), ("ner", "tsv"))
                              for split in ("train", "test")], "SplitConfig.ids": [corpus],
         "SplitConfig.exclude_ids": [corpus], "SplitConfig.split": ["train"],

@@ -14,11 +14,16 @@ from domainlm.tasks.types import TASK_TYPES
 # Members a head may leave out (None): a transformers head class with one loss names no
 # `problem_type`; soft targets (distillation) and unlabeled text in the task's shape (self-training
 # and distillation) are needed by the types marked `self_training` only.
-OPTIONAL = {"problem_type", "soft_loss", "unlabeled"}
+OPTIONAL = {"problem_type", "soft_loss", "unlabeled", "uncertainty"}  # None says: not for this target
 FOR_SELF_TRAINING = ("soft_loss", "unlabeled")
 
 # One gold value per target, to check that each type's headline metric is computed for it.
 SAMPLE_GOLD = {"class": "a", "classes": ["a"], "number": 1.0, "tags": ["B-X", "O"], "choice": "0"}
+
+
+def test_active_learning_reads_a_distribution_where_a_target_has_one():
+    assert {target: head.uncertainty for target, head in HEADS.items()} == {
+        "class": "example", "classes": None, "number": None, "tags": "words", "choice": "example"}
 
 
 @pytest.mark.parametrize("name", TASK_TYPES)

@@ -22,7 +22,8 @@ FILE_NAME = re.compile(r"[\w.*-]+\.(?:json|jsonl|bin|png|md|html|txt|safetensors
 # Names of files outside the run folder, which the layout has no say over.
 INPUT_FILES = {("corpus/quality.py", "lid.176.bin"),  # a fastText model, in a message
                ("evaluate/finetune.py", "config.json"),  # a model directory's
-               ("evaluate/finetune.py", "tokenizer_config.json")}
+               ("evaluate/finetune.py", "tokenizer_config.json"),
+               ("evaluate/prompt.py", "config.json"), ("evaluate/setfit.py", "config.json")}  # the model's
 # A transformers model or tokenizer directory's own files (read from a checkpoint, copied into an export).
 INPUT_FILES |= {(f"pretrain/{module}", name) for module, names in {
     "__init__.py": ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"),

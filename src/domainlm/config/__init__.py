@@ -41,21 +41,23 @@ from domainlm.config.evaluate import (
     LearningCurveConfig,
     ModelEntry,
     ReportConfig,
+    masked_lm_problem,
 )
 from domainlm.config.experiment import ARM_SECTIONS, ArmConfig, ExperimentConfig, arm_steps, merge
 from domainlm.config.model import PRESETS, ModelConfig
 from domainlm.config.pretrain import PretrainConfig
 from domainlm.config.resources import LEGACY_KEYS, ResourcesConfig
-from domainlm.config.tasks import SplitConfig, TaskConfig
+from domainlm.config.tasks import PromptConfig, SplitConfig, TaskConfig
 from domainlm.config.tokenizer import TokenizerConfig
 from domainlm.errors import ConfigError
 from domainlm.layout import RunLayout
 
 __all__ = [
     "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig", "EvaluateConfig",
-    "ActiveLearningConfig", "ExperimentConfig", "Fingerprinted", "LearningCurveConfig", "ModelConfig", "ModelEntry", "PretrainConfig", "QualityConfig", "ReportConfig",
+    "ActiveLearningConfig", "ExperimentConfig", "Fingerprinted", "LearningCurveConfig", "ModelConfig", "ModelEntry",
+    "PretrainConfig", "PromptConfig", "QualityConfig", "ReportConfig",
     "ResourcesConfig", "RunConfig", "Section", "SourceConfig", "SplitConfig", "TaskConfig", "TokenizerConfig",
-    "apply_override", "arm_steps", "config_from_dict", "existing_file", "load_config", "merge", "picked", "resolve_path",
+    "apply_override", "arm_steps", "masked_lm_problem", "config_from_dict", "existing_file", "load_config", "merge", "picked", "resolve_path",
     "unique_names", "DEFAULT_QUALITY_STEPS", "QUALITY_STEPS",
 ]
 log = logging.getLogger(__name__)
@@ -236,6 +238,20 @@ class RunConfig(Section):
             if unknown:
                 raise ValueError(f"{key} names {', '.join(repr(n) for n in unknown)}, not a corpus source; the sources "
                                  f"are {', '.join(repr(n) for n in names)} (a source's `name`, else its file name)")
+        return self
+
+    @model_validator(mode="after")
+    def _prompts_score_with_a_masked_lm(self) -> RunConfig:
+        """`finetuning: prompt` on this run's (or an arm's) pretrained model needs it exported with
+        its masked-LM head: ELECTRA exports its discriminator, which has none."""
+        arms = {a.name: a for a in self.experiment.arms} if self.experiment else {}
+        for m in self.evaluate.models:
+            if m.finetuning == "prompt" and m.kind == "domain":
+                objective = (arms[m.arm].pretrain if m.arm in arms else {}).get("objective", self.pretrain.objective)
+                if objective == "electra":
+                    raise ValueError(f"evaluate.models '{m.name}': finetuning: prompt scores label words with a "
+                                     "masked-LM head, but pretrain.objective electra exports the ELECTRA "
+                                     "discriminator (ElectraForPreTraining), which has none: use finetuning: head")
         return self
 
     @model_validator(mode="after")

@@ -3,16 +3,34 @@ what the report compares against."""
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from domainlm.config.base import Section, resolve_path, unique_names
 
+# Exported classes that hold a masked-LM head besides the ...ForMaskedLM ones (BERT's pretraining
+# class adds next-sentence prediction to it; ELECTRA's holds the discriminator only).
+MASKED_LM_CLASSES = ("BertForPreTraining", "AlbertForPreTraining")
+
+
+def masked_lm_problem(config: dict) -> str | None:
+    """Why a model directory's `config.json` (as a dict) cannot be fine-tuned through a masked-LM
+    head, or None: its `architectures` name no class with one (an ELECTRA discriminator, a bare
+    encoder such as a sentence-transformers export, a fine-tuned classifier). A config without
+    `architectures` passes; the weights are checked when they are loaded."""
+    names = config.get("architectures") or []
+    if not names or any(n.endswith("ForMaskedLM") or n in MASKED_LM_CLASSES for n in names):
+        return None
+    what = "an ELECTRA discriminator, " if "ElectraForPreTraining" in names else ""
+    return (f"it is {what}{', '.join(names)}, without a masked-LM head; prompt-based fine-tuning needs a masked-LM "
+            "export (BertForMaskedLM, RobertaForMaskedLM, ModernBertForMaskedLM, ...)")
+
 
 class ModelEntry(Section):
-    # Added after runs existed: at its default, fingerprints leave it out.
-    LATER = {"pair_iterations": ("pair_iterations",)}
+    # Added after runs existed: at their defaults (head-based fine-tuning, 20 pair rounds), fingerprints leave them out.
+    LATER = {"pair_iterations": ("pair_iterations",), "finetuning": ("finetuning",)}
 
     name: str
     """Row label in the results."""
@@ -54,6 +72,12 @@ class ModelEntry(Section):
     """setfit: rounds of pair sampling; each gives every training example one pair with an example
     of its class and one with an example of another class (SetFit's `num_iterations`, default 20),
     so the encoder trains one epoch on 2 x pair_iterations x (training examples) pairs."""
+    finetuning: Literal["head", "prompt"] = "head"
+    """domain, random-init, hf: `head` puts a new classification head on the encoder; `prompt`
+    (PET, Schick & Schütze 2021; LM-BFF, Gao et al. 2021) wraps each input in its task's template
+    and trains the masked-LM head to put the label's word at the mask (classification,
+    pair-classification, relation, yes-no-qa; other task types are skipped for this entry). Needs
+    a model exported with its masked-LM head. Two entries of one model, one per mode, compare them."""
 
     @model_validator(mode="after")
     def _check_path(self) -> ModelEntry:
@@ -72,7 +96,26 @@ class ModelEntry(Section):
             raise ValueError(f"model '{self.name}' (kind {self.kind}) needs a `teacher` (another model's name)")
         if self.kind == "distilled" and not self.student:
             raise ValueError(f"model '{self.name}' (kind distilled) needs a `student` (another model's name)")
+        if self.finetuning == "prompt":
+            self._check_prompt()
         return self
+
+    def _check_prompt(self) -> None:
+        """Prompt-based fine-tuning applies to the neural kinds, and an hf directory's config must
+        name a class with a masked-LM head (a config.json that cannot be read is reported later)."""
+        if self.kind not in ("domain", "random-init", "hf"):
+            raise ValueError(f"model '{self.name}': finetuning: prompt applies to domain, random-init and hf models, "
+                             f"not {self.kind}")
+        if self.kind != "hf":
+            return
+        try:
+            config_file = resolve_path(self.path) / "config.json"
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError, OSError):
+            return
+        problem = masked_lm_problem(config) if isinstance(config, dict) else None
+        if problem:
+            raise ValueError(f"model '{self.name}' ({self.path}): finetuning: prompt: {problem}")
 
     @property
     def reads_unlabeled(self) -> bool:
@@ -207,6 +250,9 @@ class EvaluateConfig(Section):
         for m in (m for m in self.models if m.reads_unlabeled):
             roles = [("teacher", m.teacher)] + ([("student", m.student)] if m.kind == "distilled" else [])
             for role, name in roles:
+                if name in names and names[name].finetuning == "prompt":
+                    raise ValueError(f"model '{m.name}': {role} '{name}' uses finetuning: prompt; {m.kind} fine-tunes "
+                                     "its teacher and student with heads: name an entry with finetuning: head")
                 if name not in names or names[name].kind not in neural:
                     found = f"is a {names[name].kind} model" if name in names else "is not a model name"
                     raise ValueError(f"model '{m.name}': {role} '{name}' {found}; it must name a domain, random-init "

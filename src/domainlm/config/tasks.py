@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -26,7 +27,56 @@ class SplitConfig(Section):
     """For `hf` datasets saved with `save_to_disk` as a DatasetDict: which split."""
 
 
+PLACEHOLDERS = ("{text}", "{text_pair}", "{mask}")  # what a prompt template may hold
+
+
+class PromptConfig(Section):
+    """How prompt-based fine-tuning (a model entry's `finetuning: prompt`) puts this task to a
+    masked LM: the template around the input and the words that stand for each label
+    (docs/evaluation.md, "Prompt-based fine-tuning")."""
+
+    template: str | None = None
+    """The input as the masked LM reads it: `{text}` (and `{text_pair}` for pair types) where the
+    example's texts go, `{mask}` once where the label word is predicted, e.g. "{text} It was
+    {mask}." (default: the task type's, `tasks.types`)."""
+    verbalizer: dict[str, str | list[str]] | None = None
+    """Label -> the word (or words, their logits averaged) that stands for it, each one token of
+    the model's vocabulary, e.g. {positive: great, negative: terrible}. Labels left out get a word
+    found automatically: the label's name when it is one token, else the word the pretrained masked
+    LM favours most for that label's training examples (docs/evaluation.md)."""
+
+    @field_validator("template")
+    @classmethod
+    def _one_mask(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
+        if template.count("{mask}") != 1:
+            raise ValueError("a template needs `{mask}` exactly once: where the masked LM predicts the label word, "
+                             'e.g. "{text} It was {mask}."')
+        if "{text}" not in template:
+            raise ValueError("a template needs `{text}`: where the example's text goes")
+        unknown = set(re.findall(r"\{[^{}]*\}", template)) - set(PLACEHOLDERS)
+        if unknown:
+            raise ValueError(f"unknown placeholder {sorted(unknown)[0]}; a template may hold {', '.join(PLACEHOLDERS)}")
+        return template
+
+    @field_validator("verbalizer")
+    @classmethod
+    def _words(cls, verbalizer: dict | None) -> dict[str, list[str]] | None:
+        if verbalizer is None:
+            return None
+        words = {label: [value] if isinstance(value, str) else value for label, value in verbalizer.items()}
+        for label, listed in words.items():
+            if not listed or any(not word.strip() or len(word.split()) != 1 for word in listed):
+                raise ValueError(f"label {label!r}: give one or more single words (each one token of the "
+                                 f"model's vocabulary), got {verbalizer[label]!r}")
+        return words
+
+
 class TaskConfig(Section):
+    # Added after runs existed: without a prompt section, fingerprints leave it out.
+    LATER = {"prompt": ("prompt",)}
+
     name: str
     """Names the task in results and the report (unique in the recipe)."""
     type: Literal[tuple(TASK_TYPES)]
@@ -100,6 +150,9 @@ class TaskConfig(Section):
     """Subsample the training split (seeded, the same for every model)."""
     max_eval_examples: int | None = Field(default=None, ge=1)
     """Subsample dev and test (seeded, the same for every model)."""
+    prompt: PromptConfig | None = None
+    """Prompt-based fine-tuning's template and verbalizer for this task (None: the type's template
+    and automatic label words); read only by model entries with `finetuning: prompt`."""
 
     @field_validator("train", "dev", "test", mode="before")
     @classmethod
@@ -137,7 +190,26 @@ class TaskConfig(Section):
             raise ValueError(f"task '{self.name}' (relation): give `entity_markers` (the 4 strings around the "
                              f"two entities) or set entity_mode: text")
         self._check_explode()
+        self._check_prompt()
         return self
+
+    def _check_prompt(self) -> None:
+        """A prompt section needs a type prompt-based fine-tuning applies to, and a template that
+        holds the type's texts."""
+        if self.prompt is None:
+            return
+        kind = TASK_TYPES[self.type]
+        if kind.template is None:
+            supported = ", ".join(name for name, t in TASK_TYPES.items() if t.template)
+            raise ValueError(f"task '{self.name}': prompt: prompt-based fine-tuning applies to {supported}, not "
+                             f"{self.type}; remove tasks.{self.name}.prompt")
+        template = self.prompt.template or kind.template
+        if kind.text_pair == "yes" and "{text_pair}" not in template:
+            raise ValueError(f"task '{self.name}': prompt.template needs `{{text_pair}}`: a {self.type} example has "
+                             f"a second text (got {template!r})")
+        if kind.text_pair == "no" and "{text_pair}" in template:
+            raise ValueError(f"task '{self.name}': prompt.template holds `{{text_pair}}`, but a {self.type} "
+                             f"example has one text (got {template!r})")
 
     def _check_explode(self) -> None:
         """`context` needs the text field exploded, and a type whose second text it can be."""

@@ -209,10 +209,18 @@ def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: Ru
     if entry.kind == "distilled":
         named = {m.name: m for m in config.evaluate.models}
         return distil(entry, named[entry.teacher], named[entry.student], task, seed, lr, config, log_dir)
-    from domainlm.evaluate.finetune import finetune
+    from domainlm.evaluate.finetune import HEAD, finetune
 
+    tuning = HEAD
+    if entry.finetuning == "prompt":
+        from domainlm.evaluate.prompt import prompt_tuning
+
+        if task.template is None:
+            supported = ", ".join(name for name, kind in TASK_TYPES.items() if kind.template)
+            raise UnsupportedTask(f"prompt-based fine-tuning applies to {supported}, not {task.type}")
+        tuning = prompt_tuning(config.evaluate)
     path, pretrained = model_location(entry, RunLayout(config.directory))
-    return finetune(path, pretrained, task, seed, lr, config.evaluate, log_dir=log_dir)
+    return finetune(path, pretrained, task, seed, lr, config.evaluate, log_dir=log_dir, tuning=tuning)
 
 
 def task_distances(config: RunConfig, tasks: list[Task]) -> dict[str, Any]:

@@ -30,12 +30,12 @@ import numpy as np
 
 from domainlm.config import ModelEntry, RunConfig
 from domainlm.errors import UnsupportedTask
+from domainlm.evaluate.heads import HEADS
 from domainlm.io import atomic_write_json, read_json
 from domainlm.layout import RunLayout
 from domainlm.tasks.load import Task
 
 NEURAL = ("domain", "random-init", "hf")  # the kinds `finetune` trains
-TARGETS = ("class", "choice", "tags")  # one predictive distribution per example (tags: per word)
 log = logging.getLogger(__name__)
 
 
@@ -74,7 +74,7 @@ def query(scores: list[float], batch: int) -> list[int]:
 
 
 def check_supported(entry: ModelEntry, task: Task) -> None:
-    if task.target not in TARGETS:
+    if HEADS[task.target].uncertainty is None:
         raise UnsupportedTask(f"active learning needs one predictive distribution per example; {task.type} "
                               f"(task '{task.name}') has none")
     if entry.kind not in NEURAL:
@@ -114,7 +114,7 @@ def active_learning_run(entry: ModelEntry, task: Task, strategy: str, seed: int,
                 pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
                 probabilities = soft_targets(model, data, task, examples, 1.0, config.evaluate.batch_size, pad,
                                              next(model.parameters()).device)
-                scores = uncertainty(probabilities, strategy, rng, per_word=task.target == "tags")
+                scores = uncertainty(probabilities, strategy, rng, per_word=HEADS[task.target].uncertainty == "words")
             del model
             queried = [pool[k] for k in query(scores, settings.batch)]
         rounds.append({"round": number, "labels": len(labelled), "queried": queried, "metrics": result["metrics"],

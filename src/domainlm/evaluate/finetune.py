@@ -24,8 +24,10 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -351,6 +353,28 @@ def _fit(model, train: Encoded, dev: Encoded, task: Task, pad_id: int, device, l
     return best_score, best_epoch, dev_scores
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """How a model is put to a task: with a new head (`HEAD`, the default) or through its masked-LM
+    head (`evaluate.prompt.prompt_tuning`); `finetune` trains and scores either the same way."""
+    check: Callable[[Path, Task, int], None]
+    """(model directory, task, max_length) -> None, or ModelError naming the directory, before any work."""
+    encode: Callable[[Any, Task, list[dict], int], Encoded]
+    """(tokenizer, task, examples, max_length) -> items with their training labels."""
+    load: Callable[[Path, Task, bool, Any, Encoded, torch.device], torch.nn.Module]
+    """(directory, task, pretrained, tokenizer, encoded train split, device) -> the model to train,
+    on `device`, whose outputs' logits are what the task target's row of `HEADS` reads."""
+    details: Callable[[torch.nn.Module], dict] = field(default=lambda model: {})
+    """The trained model -> fields added to the run's result (prompt: its template and label words)."""
+
+
+HEAD = Tuning(
+    check=lambda path, task, max_length: check_positions(model_config(path, task), path, max_length, task),
+    encode=encode,
+    load=lambda path, task, pretrained, tokenizer, train, device: load_model(path, task, pretrained,
+                                                                            len(tokenizer)).to(device))
+
+
 def _distil(model, data: Encoded, task: Task, pad_id: int, device, lr: float, config: EvaluateConfig,
             rng: random.Random, temperature: float, epochs: int) -> list[float]:
     """`epochs` passes over soft targets with AdamW and the fine-tuning's warmup and linear decay
@@ -362,31 +386,32 @@ def _distil(model, data: Encoded, task: Task, pad_id: int, device, lr: float, co
 
 def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: float, config: EvaluateConfig,
              pseudo: list[dict] | None = None, soft: SoftTargets | None = None, keep_model: bool = False,
-             log_dir: Path | None = None) -> dict:
+             log_dir: Path | None = None, tuning: Tuning = HEAD) -> dict:
     """Fine-tune one model on one task with one seed and learning rate; return metrics, test
     predictions, the dev curve, the model's parameter count and its test-set speed (examples per
     second through the model, encoding excluded). `pseudo`: pseudo-labelled examples trained on for
     one epoch first (self-training's student). `soft`: a teacher's soft targets learnt first, for
     `soft.epochs` (distillation's student; their losses are returned as `distill_losses`).
     `keep_model`: also return the model and tokenizer. `log_dir`: where the per-epoch curves go as
-    TensorBoard files (when installed)."""
+    TensorBoard files (when installed). `tuning`: with a new head (default) or through the masked-LM
+    head (`evaluate.prompt`)."""
     quiet_transformers()
     started = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     max_length = task.max_length or config.max_length
-    check_positions(model_config(model_path, task), model_path, max_length, task)  # fails here, by name
+    tuning.check(model_path, task, max_length)  # fails here, by name
     tokenizer = task_tokenizer(model_path, task)
     casing = tokenizer_casing(tokenizer)
     if seed == 0 and casing["mismatch"]:
         log.warning("finetune: %s: %s", model_path, casing["mismatch"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    train, dev, test = (encode(tokenizer, task, getattr(task, s), max_length) for s in ("train", "dev", "test"))
+    train, dev, test = (tuning.encode(tokenizer, task, getattr(task, s), max_length) for s in ("train", "dev", "test"))
     if seed == 0 and (train.truncated or test.truncated):
         cut = HEADS[task.target].layout.cut
         log.info("finetune: %s: %d train and %d test inputs longer than %d tokens were %s (%s)", task.name,
                  train.truncated, test.truncated, max_length, cut, Path(model_path).name)
     seed_everything(seed)
-    model = load_model(model_path, task, pretrained, len(tokenizer)).to(device)
+    model = tuning.load(model_path, task, pretrained, tokenizer, train, device)
     rng = random.Random(seed)
     if pseudo:
         warm = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
@@ -415,6 +440,7 @@ def finetune(model_path: Path, pretrained: bool, task: Task, seed: int, lr: floa
         "parameters": sum(p.numel() for p in model.parameters()),
         "test_examples_per_second": round(len(task.test) / max(tested, 1e-9), 1),
     }
+    result |= tuning.details(model)
     if soft:
         result["distill_losses"] = distill_losses
     if keep_model:

@@ -326,6 +326,9 @@ class Head:
     None when it has no words (None: unlabeled text cannot be put in this shape)."""
     baseline: Callable[[Task, int], tuple[list, list]]
     """(task, seed) -> TF-IDF baseline predictions on (dev, test)."""
+    uncertainty: str | None = None
+    """How active learning reads a prediction's uncertainty: "example" (one distribution per
+    example), "words" (one per word, averaged per sentence), None (no single distribution)."""
 
 
 HEADS: dict[str, Head] = {
@@ -333,7 +336,7 @@ HEADS: dict[str, Head] = {
         layout=TEXT, auto_class="AutoModelForSequenceClassification", problem_type="single_label_classification",
         outputs=_one_per_class, encode=partial(encode_texts, label=_class_index), probabilities=_softmax,
         decide=_decide_class, soft_loss=_kl, unlabeled=lambda text: {"text": text, "label": ""},
-        baseline=baselines.tfidf_labels),
+        baseline=baselines.tfidf_labels, uncertainty="example"),
     "classes": Head(
         layout=TEXT, auto_class="AutoModelForSequenceClassification", problem_type="multi_label_classification",
         outputs=_one_per_class, encode=partial(encode_texts, label=_class_set), probabilities=_sigmoid,
@@ -346,9 +349,9 @@ HEADS: dict[str, Head] = {
     "tags": Head(
         layout=WORDS, auto_class="AutoModelForTokenClassification", problem_type=None,
         outputs=_one_per_class, encode=encode_tokens, probabilities=_softmax, decide=_decide_class,
-        soft_loss=_kl, unlabeled=_unlabeled_words, baseline=baselines.tfidf_words),
+        soft_loss=_kl, unlabeled=_unlabeled_words, baseline=baselines.tfidf_words, uncertainty="words"),
     "choice": Head(
         layout=CHOICES, auto_class="AutoModelForMultipleChoice", problem_type=None,
         outputs=_one_per_pair, encode=encode_choices, probabilities=_softmax, decide=_decide_choice,
-        soft_loss=_kl, unlabeled=None, baseline=baselines.tfidf_choices),
+        soft_loss=_kl, unlabeled=None, baseline=baselines.tfidf_choices, uncertainty="example"),
 }

@@ -28,12 +28,14 @@ import torch
 
 from domainlm.config import EvaluateConfig
 from domainlm.errors import ModelError, UnsupportedTask
+from domainlm.evaluate.heads import HEADS
 from domainlm.optim import lr_schedule, parameter_groups, seed_everything
 from domainlm.tasks.load import Task
 from domainlm.tasks.metrics import task_metrics
 from domainlm.tasks.types import TASK_TYPES
 
-SUPPORTED = tuple(name for name, kind in TASK_TYPES.items() if kind.target == "class")  # one label per example
+SUPPORTED = tuple(name for name, kind in TASK_TYPES.items()  # one label per example
+                  if HEADS[kind.target].problem_type == "single_label_classification")
 
 
 def check_supported(model: str, task: Task) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from domainlm import demo
 from domainlm.config import TaskConfig
-from domainlm.errors import InputError
+from domainlm.errors import ConfigError, InputError
 from domainlm.tasks.mapping import example, explode
 from domainlm.tasks.readers import read_split
 from domainlm.tasks.tagging import spans, to_scheme
@@ -51,6 +51,10 @@ class Task:
     """Characters of the task's files that were invalid UTF-8, replaced by U+FFFD."""
     extra_tokens: list[str] = field(default_factory=list)
     """Tokens the model's tokenizer must learn (relation markers)."""
+    template: str | None = None
+    """Prompt-based fine-tuning's template (the recipe's, else the type's; None: it does not apply)."""
+    verbalizer: dict[str, list[str]] = field(default_factory=dict)
+    """Prompt-based fine-tuning: the recipe's words per label (the others are found automatically)."""
 
     def __post_init__(self):
         self.metric = self.metric or TASK_TYPES[self.type].headline
@@ -260,9 +264,15 @@ def load_task(config: TaskConfig, seed: int = 0) -> Task:
     labels = _CLASSES[kind.target](splits["train"], config.tagging)
     extra = {"mark": ENTITY_TOKENS, "replace": ENTITY_TOKENS[::2]}.get(config.entity_mode, []) \
         if kind.entity_markers else []
+    prompt = config.prompt
+    verbalizer = (prompt.verbalizer if prompt else None) or {}
+    if unknown := [label for label in verbalizer if label not in labels]:
+        raise ConfigError(f"tasks.{config.name}.prompt.verbalizer: label {unknown[0]!r} is not a class of the task's "
+                          f"training split ({', '.join(labels)})")
     return Task(config.name, config.type, kept["train"], kept["dev"], kept["test"], labels, metric=config.metric or "",
                 tagging=config.tagging, max_length=config.max_length, notes=notes, extra_tokens=extra,
-                unseen_labels=unseen, invalid_utf8=sum(invalid.values()))
+                unseen_labels=unseen, invalid_utf8=sum(invalid.values()),
+                template=(prompt.template if prompt else None) or kind.template, verbalizer=verbalizer)
 
 
 # How decontamination reads a task: the settings that only shape what a model is fed are set to

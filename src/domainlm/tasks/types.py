@@ -4,7 +4,9 @@ Everything that differs between task types is a column here; config, task loadin
 fine-tuning and the TF-IDF baseline look a type up instead of branching on its name. What a type
 predicts per example (its `target`) decides most of it; what fine-tuning and the TF-IDF baseline
 do for a target (head, loss, encoding, batches, decoding, soft targets) is that target's row of
-`domainlm.evaluate.heads.HEADS`, kept there because it needs torch and this table must not:
+`domainlm.evaluate.heads.HEADS`, kept there because it needs torch and this table must not. A type
+whose gold is one class may also carry a prompt `template` (prompt-based fine-tuning,
+`domainlm.evaluate.prompt`):
 
 | target    | gold of one example           | transformers head                 | statistics (metrics) |
 |-----------|-------------------------------|-----------------------------------|----------------------|
@@ -34,17 +36,24 @@ class TaskType:
     """Whether the text carries two marked entities (relation classification)."""
     self_training: bool = False
     """Whether unlabeled in-domain text can be pseudo-labelled for it (single-text tasks)."""
+    template: str | None = None
+    """The default prompt of prompt-based fine-tuning (`evaluate.prompt`; None: it does not apply):
+    `{text}`, `{text_pair}` and `{mask}` (the model's mask token, where the label word goes)."""
 
 
 TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
-    TaskType("classification", "class", "micro_f1", self_training=True),             # text -> label
+    TaskType("classification", "class", "micro_f1", self_training=True,              # text -> label
+             template="{text} It was {mask}."),                                      # LM-BFF's SST-2 prompt
     TaskType("multi-label", "classes", "micro_f1", self_training=True),              # text -> labels
-    TaskType("pair-classification", "class", "micro_f1", text_pair="yes"),           # text, text_pair -> label
+    TaskType("pair-classification", "class", "micro_f1", text_pair="yes",           # text, text_pair -> label
+             template="{text} ? {mask} , {text_pair}"),                              # LM-BFF's MNLI / RTE prompt
     TaskType("regression", "number", "pearson", text_pair="optional"),               # text[, text_pair] -> number
     TaskType("token-classification", "tags", "entity_f1", self_training=True),       # tokens -> tags
-    TaskType("relation", "class", "micro_f1", entity_markers=True),                  # marked text -> label
+    TaskType("relation", "class", "micro_f1", entity_markers=True,                   # marked text -> label
+             template="{text} Relation: {mask}."),
     TaskType("multiple-choice", "choice", "accuracy"),                               # text + choices -> index
-    TaskType("yes-no-qa", "class", "accuracy", text_pair="yes"),                     # question, context -> answer
+    TaskType("yes-no-qa", "class", "accuracy", text_pair="yes",                     # question, context -> answer
+             template="{text_pair} Question: {text} Answer: {mask}."),               # PET's BoolQ prompt
 )}
 
 def task_type(name: str) -> TaskType:
