@@ -113,6 +113,7 @@ def test_decontamination_removes_documents_quoting_task_text(tmp_path):
     assert stats["steps"]["decontaminate"]["dropped"] == {"contaminated:ner": 1}
 
 
+@pytest.mark.slow  # kills a curation process and runs it again
 def test_a_killed_run_resumes_without_redoing_finished_units(tmp_path):
     corpus = tmp_path / "big.txt"
     corpus.write_text("\n".join(_prose(3000, seed=5)) + "\n")

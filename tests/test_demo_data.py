@@ -1,6 +1,9 @@
+import pytest
+
 from domainlm import demo
 
 
+@pytest.mark.slow  # reads and splits the Python documentation
 def test_demo_tasks_are_built_and_split_cleanly():
     train, test = demo.module_task("train"), demo.module_task("test")
     assert len(train) > 1000 and len(test) > 100

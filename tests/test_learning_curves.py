@@ -118,6 +118,7 @@ def _recipe(tmp_path, learning_curve=None) -> dict:
             "tasks": [entries["classification"], entries["token-classification"]], "evaluate": evaluate}
 
 
+@pytest.mark.slow  # the evaluate and report stages end to end
 def test_curve_rows_are_written_read_back_and_reported_beside_unchanged_full_results(tmp_path):
     from domainlm.pipeline import run_all
 

@@ -127,6 +127,7 @@ train_wordpiece(synthetic_texts(300), TokenizerConfig(vocab_size=150, min_freque
 """
 
 
+@pytest.mark.slow  # trains in two fresh Python processes
 def test_training_twice_in_fresh_processes_gives_a_byte_identical_tokenizer(tmp_path):
     # Unpinned, `tokenizers` numbered the ## pieces in hash-map order: here 3 processes gave 3 vocabularies.
     script = TRAIN_IN_A_FRESH_PROCESS.format(tests=str(Path(__file__).parent))
@@ -216,6 +217,7 @@ def test_class_specific_loaders_of_a_cased_vocabulary_give_our_ids(model, tmp_pa
         assert loader.from_pretrained(folder)(text)["input_ids"] == tokenizer.encode(text).ids, text
 
 
+@pytest.mark.slow  # trains in fresh Python processes
 @pytest.mark.parametrize("model", ["bpe", "unigram"])
 def test_other_models_train_to_a_byte_identical_tokenizer_in_fresh_processes(model, tmp_path):
     # Unigram's scores were summed, and its re-added characters numbered, in hash-map order.
