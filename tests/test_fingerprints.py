@@ -93,6 +93,7 @@ def values_to_try(section: Section, name: str, tmp_path: Path) -> list:
         "ModelConfig.init_from": [model], "ModelConfig.grow_from": [model], "ModelConfig.extend_vocab": [10],
         "PretrainConfig.teacher": [model], "PretrainConfig.difficulty_model": [model2],
         "PretrainConfig.lexicon": [corpus], "PretrainConfig.mixture": [{"corpus.txt.gz": 1.0}],
+        "PretrainConfig.prompt_tasks": [["cls"]],
         "PretrainConfig.upsample_source": ["corpus.txt.gz"], "PretrainConfig.batch_size_start": [4],
         "PretrainConfig.short_seq_len": [32], "PretrainConfig.micro_batch_size": [4, "auto"],
         "PretrainConfig.objective": ["electra"], "PretrainConfig.compile_mode": ["max-autotune"],

@@ -51,6 +51,7 @@ from domainlm.config.tasks import PromptConfig, SplitConfig, TaskConfig
 from domainlm.config.tokenizer import TokenizerConfig
 from domainlm.errors import ConfigError
 from domainlm.layout import RunLayout
+from domainlm.tasks.types import TASK_TYPES
 
 __all__ = [
     "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig", "EvaluateConfig",
@@ -261,6 +262,18 @@ class RunConfig(Section):
             if m.arm and m.arm not in arms:
                 raise ValueError(f"evaluate.models '{m.name}': arm '{m.arm}' is not one of experiment.arms "
                                  f"{sorted(arms) or '(no experiment)'}")
+        return self
+
+    @model_validator(mode="after")
+    def _prompt_tasks_named(self) -> RunConfig:
+        """Each `pretrain.prompt_tasks` entry is a task of this recipe whose type has a template."""
+        tasks = {t.name: t for t in self.tasks}
+        for name in self.pretrain.prompt_tasks:
+            if name not in tasks:
+                raise ValueError(f"pretrain.prompt_tasks: '{name}' is not one of tasks ({', '.join(tasks) or 'none'})")
+            if TASK_TYPES[tasks[name].type].template is None and not (tasks[name].prompt and tasks[name].prompt.template):
+                raise ValueError(f"pretrain.prompt_tasks: task '{name}' is a {tasks[name].type} task, which has no prompt "
+                                 "template (classification, pair-classification, relation, yes-no-qa have one)")
         return self
 
     @model_validator(mode="after")

@@ -16,7 +16,7 @@ class PretrainConfig(Section):
     # Keys added with the compute savers (distillation, SPDF, curricula).
     LATER = {key: (key,) for key in ("teacher", "distill_logits", "distill_hidden", "distill_temperature", "sparsity",
                                      "curriculum", "difficulty", "difficulty_model", "curriculum_start",
-                                     "curriculum_fraction", "curriculum_cycles")}
+                                     "curriculum_fraction", "curriculum_cycles", "prompt_tasks")}
 
     max_steps: int = Field(default=1000, ge=1)
     """Optimizer steps."""
@@ -76,6 +76,12 @@ class PretrainConfig(Section):
     """Sparse pretraining, dense fine-tuning (SPDF, Thangarasa et al. 2023): this share of every
     transformer layer's linear weights is zeroed at the start (smallest magnitudes, per layer) and
     kept at zero for the whole run; the export holds the weights alone, so fine-tuning is dense."""
+    prompt_tasks: list[str] = Field(default_factory=list)
+    """Prompt-based continued pretraining (PCP; Shi & Lipani 2023, "Don't Stop Pretraining? Make
+    Prompt-based Fine-tuning Powerful Learner"): these tasks' training texts, each wrapped in its
+    task's prompt template with the mask token where the label word goes, are added to the
+    pretraining data as a source of their own, `prompt:<task>` (weigh it with `mixture`). Tasks
+    of a type with a template: classification, pair-classification, relation, yes-no-qa."""
     lexicon: str | None = None
     """Lexicon-guided masking: a file with one word (or phrase) per line that whole-word masking
     chooses preferentially, at `lexicon_rate`, keeping the overall rate at `mask_rate`."""

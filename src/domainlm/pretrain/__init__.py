@@ -13,10 +13,12 @@ Artifacts in `runs/<name>/pretrain/`:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,7 @@ from domainlm.pretrain.objectives import OBJECTIVES, masked_lm_logits
 from domainlm.pretrain.sparsity import density
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
+from domainlm.tasks.load import load_task, prompt_text
 from domainlm.vocabulary import (
     read_tokenizer,
     special_tokens,
@@ -63,13 +66,25 @@ def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> LayoutCon
     )
 
 
-def prepare_data(run_dir: RunLayout, tokenizer: Tokenizer, specials: dict[str, str]) -> TokenShards:
-    """Tokenise the corpus once into token shards; reuse them on resume."""
+def prepare_data(run_dir: RunLayout, tokenizer: Tokenizer, specials: dict[str, str],
+                 prompts: Callable[[], Iterator[tuple[str, str]]] | None = None) -> TokenShards:
+    """Tokenise the corpus (and `prompts()`' (text, source) documents after it) once into token
+    shards; reuse them on resume."""
     folder = run_dir.token_shards
     if not TokenShards.written(folder):
         docs = ((d["text"], d.get("source", "corpus")) for d in run_dir.corpus_documents())
-        write_token_shards(tokenizer, docs, folder, specials=specials)
+        write_token_shards(tokenizer, itertools.chain(docs, prompts() if prompts else ()), folder, specials=specials)
     return TokenShards.load(folder)
+
+
+def prompt_documents(config: RunConfig, mask_token: str) -> Iterator[tuple[str, str]]:
+    """Prompt-based continued pretraining: each `pretrain.prompt_tasks` task's training examples in
+    its prompt template, the mask token where the label word goes, as source `prompt:<task>`."""
+    for task_config in config.tasks:
+        if task_config.name in config.pretrain.prompt_tasks:
+            task = load_task(task_config, seed=config.seed)
+            for example in task.train:
+                yield prompt_text(task.template, example, mask_token), f"prompt:{task.name}"
 
 
 def initial_model(config: RunConfig, write: bool = True) -> tuple[MaskedLM | None, Path, dict[str, str], dict[str, Any]]:
@@ -280,14 +295,17 @@ def needs(config: RunConfig) -> tuple[str, ...]:
 
 def inputs(config: RunConfig) -> list[str]:
     """The checkpoint continued pretraining starts from (or the one grown), the masking lexicon, the
-    distillation teacher, the curriculum's difficulty scorer."""
+    distillation teacher, the curriculum's difficulty scorer, the files of prompt-pretraining tasks."""
+    prompt_files = [path for t in config.tasks if t.name in config.pretrain.prompt_tasks for path in t.files()]
     return [p for p in (config.model.init_from, config.model.grow_from, config.pretrain.lexicon,
-                        config.pretrain.teacher, config.pretrain.difficulty_model) if p]
+                        config.pretrain.teacher, config.pretrain.difficulty_model) if p] + prompt_files
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
-    return {"model": config.model.fingerprinted(), "pretrain": config.pretrain.fingerprinted(),
-            "seed": config.seed}
+    found = {"model": config.model.fingerprinted(), "pretrain": config.pretrain.fingerprinted(), "seed": config.seed}
+    if config.pretrain.prompt_tasks:  # how their texts are read and wrapped (absent otherwise: old runs keep theirs)
+        found["prompt_tasks"] = [t.fingerprinted() for t in config.tasks if t.name in config.pretrain.prompt_tasks]
+    return found
 
 
 def output_digest(config: RunConfig) -> str:
@@ -361,7 +379,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     barrier()
     tokenizer = read_tokenizer(tokenizer_dir)
     if main_process:
-        shards = prepare_data(run_dir, tokenizer, specials)
+        shards = prepare_data(run_dir, tokenizer, specials, lambda: prompt_documents(config, specials["mask"]))
         if config.pretrain.curriculum != "none":  # scored and cached once, before any rank's data plan reads it
             document_difficulty(shards, picked(DifficultySettings, config.pretrain), tokenizer.get_vocab_size())
     barrier()

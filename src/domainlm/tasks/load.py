@@ -282,6 +282,15 @@ def load_task(config: TaskConfig, seed: int = 0) -> Task:
 _AS_WRITTEN = {"entity_mode": "text", "context": "none", "max_train_examples": None, "max_eval_examples": None}
 
 
+_SLOT = re.compile(r"\{(text|text_pair|mask)\}")
+
+
+def prompt_text(template: str, example: dict, mask_token: str) -> str:
+    """`example` in a prompt template: its text and text_pair where the template has them, the
+    model's mask token for `{mask}` (one pass: braces inside the example's text stay as written)."""
+    return _SLOT.sub(lambda m: mask_token if m.group(1) == "mask" else str(example.get(m.group(1), "")), template)
+
+
 def _main_text(x: dict, markers: list[str] | None) -> str:
     """An example's first text as written: tokens joined by spaces (the matcher's words ignore the
     spacing around punctuation), a relation's entities unmarked."""
