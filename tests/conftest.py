@@ -72,3 +72,27 @@ def shards(tokenizer, tmp_path_factory):
     texts = synthetic_texts(120, seed=1)
     docs = ((t, "domain" if i % 4 == 0 else "general") for i, t in enumerate(texts))
     return write_token_shards(tokenizer, docs, tmp_path_factory.mktemp("shards") / "shards")
+
+
+def tiny_family_model(family: str, tiny_model: Path, folder: Path) -> Path:
+    """A tiny randomly initialised model of another encoder family (roberta, electra, modernbert)
+    saved into `folder` with the tokenizer files of `tiny_model` (the same vocabulary)."""
+    import shutil
+
+    import transformers
+
+    shutil.copytree(tiny_model, folder)
+    (folder / "model.safetensors").unlink()
+    size = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                vocab_size=transformers.AutoConfig.from_pretrained(tiny_model).vocab_size)
+    if family == "roberta":
+        model = transformers.RobertaForMaskedLM(transformers.RobertaConfig(max_position_embeddings=80, pad_token_id=0, **size))
+    elif family == "electra":
+        model = transformers.ElectraForPreTraining(transformers.ElectraConfig(embedding_size=16, **size))
+    else:
+        model = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig(
+            pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3, global_attn_every_n_layers=1,
+            **size))
+    model.save_pretrained(folder)
+    return folder
+

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from conftest import tiny_family_model
 from domainlm.config import EvaluateConfig, RunConfig, TaskConfig
 from domainlm.errors import InputError
 from domainlm.evaluate.baselines import tfidf_predict
@@ -342,26 +343,11 @@ def test_self_training_row(tmp_path, task_entries, tiny_model):
 def test_other_encoder_families_fine_tune(family, task_entries, tiny_model, tmp_path):
     """RoBERTa, ELECTRA and ModernBERT directories load with each head and train (BERT and MiniLM
     are covered above and by the real-data recipe)."""
-    import shutil
 
-    import transformers
 
     from domainlm.evaluate.finetune import finetune
 
-    folder = tmp_path / family
-    shutil.copytree(tiny_model, folder)
-    (folder / "model.safetensors").unlink()
-    size = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                vocab_size=transformers.AutoConfig.from_pretrained(tiny_model).vocab_size)
-    if family == "roberta":
-        model = transformers.RobertaForMaskedLM(transformers.RobertaConfig(max_position_embeddings=80, pad_token_id=0, **size))
-    elif family == "electra":
-        model = transformers.ElectraForPreTraining(transformers.ElectraConfig(embedding_size=16, **size))
-    else:
-        model = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig(
-            pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3, global_attn_every_n_layers=1,
-            **size))
-    model.save_pretrained(folder)
+    folder = tiny_family_model(family, tiny_model, tmp_path / family)
     config = EvaluateConfig(epochs=1, batch_size=8, max_length=16)
     for kind in ("classification", "token-classification"):
         task = load_task(TaskConfig(**task_entries[kind]))

@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 
+from conftest import tiny_family_model
 from domainlm.config import EvaluateConfig, TaskConfig, config_from_dict
 from domainlm.errors import ConfigError, ModelError
 from domainlm.evaluate.finetune import finetune, task_tokenizer
@@ -128,21 +129,8 @@ def test_prompt_based_fine_tuning_learns_a_toy_task(tiny_model, tmp_path):
 
 @pytest.mark.parametrize("family", ["roberta", "modernbert"])
 def test_other_masked_lm_families_fine_tune_through_their_head(family, task_entries, tiny_model, tmp_path):
-    import transformers
 
-    folder = tmp_path / family
-    shutil.copytree(tiny_model, folder)
-    (folder / "model.safetensors").unlink()
-    size = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                vocab_size=transformers.AutoConfig.from_pretrained(tiny_model).vocab_size)
-    if family == "roberta":
-        model = transformers.RobertaForMaskedLM(transformers.RobertaConfig(max_position_embeddings=80, pad_token_id=0,
-                                                                           **size))
-    else:
-        model = transformers.ModernBertForMaskedLM(transformers.ModernBertConfig(
-            pad_token_id=0, cls_token_id=2, sep_token_id=3, bos_token_id=2, eos_token_id=3, global_attn_every_n_layers=1,
-            **size))
-    model.save_pretrained(folder)
+    folder = tiny_family_model(family, tiny_model, tmp_path / family)
     config = EvaluateConfig(epochs=1, batch_size=8, max_length=16)
     for kind in ("classification", "yes-no-qa"):
         task = load_task(TaskConfig(**task_entries[kind]))

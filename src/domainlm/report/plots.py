@@ -27,21 +27,29 @@ def save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def task_panels(rows: list[dict], tasks: list[dict], most: int, width: float, height: float):
+    """One panel of width x height inches per task that has rows, at most `most` to a row (cells
+    left over hidden): None when no task has any, else (the figure, [(panel, task, its rows)])."""
+    tasks = [t for t in tasks if any(r["task"] == t["name"] for r in rows)]
+    if not tasks:
+        return None
+    columns = min(most, len(tasks))
+    lines = -(-len(tasks) // columns)
+    fig, axes = pyplot().subplots(lines, columns, figsize=(width * columns, height * lines), squeeze=False)
+    for ax in axes.flat[len(tasks) :]:
+        ax.axis("off")
+    return fig, [(ax, t, [r for r in rows if r["task"] == t["name"]]) for ax, t in zip(axes.flat, tasks, strict=False)]
+
+
 def plot_results(summary: list[dict], tasks: list[dict], path: Path, highlight: str = "domain") -> bool:
     """One panel per task with results: each model's test score, mean over seeds with a ± std error
     bar. Whether it drew anything: with no result at all (no tasks, every run failed) it writes
     no file, and the report has no results section to show one in."""
-    tasks = [t for t in tasks if any(s["task"] == t["name"] for s in summary)]
-    if not tasks:
+    drawn = task_panels(summary, tasks, 4, 4.2, 3.4)
+    if drawn is None:
         return False
-    plt = pyplot()
-    columns = min(4, len(tasks))
-    rows = -(-len(tasks) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
-    for ax in axes.flat[len(tasks) :]:
-        ax.axis("off")
-    for ax, task in zip(axes.flat, tasks, strict=False):
-        entries = [s for s in summary if s["task"] == task["name"]]
+    fig, panels = drawn
+    for ax, task, entries in panels:
         names = [s["model"] for s in entries]
         ax.bar(names, [100 * s["mean"] for s in entries], yerr=[100 * s["std"] for s in entries], capsize=4,
                color=["#2b6cb0" if n == highlight else "#a0aec0" for n in names])
@@ -122,17 +130,11 @@ def plot_learning_curves(points: list[dict], tasks: list[dict], units: dict[str,
     seeds, %) against its size on a log2 axis, with the 95% interval as a band; the full training
     split, where shown, is the last point ("all"), one doubling right of the largest size.
     `units`: per task what a size counts. Whether it drew anything."""
-    tasks = [t for t in tasks if any(p["task"] == t["name"] for p in points)]
-    if not tasks:
+    drawn = task_panels(points, tasks, 3, 4.6, 3.6)
+    if drawn is None:
         return False
-    plt = pyplot()
-    columns = min(3, len(tasks))
-    rows = -(-len(tasks) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[len(tasks) :]:
-        ax.axis("off")
-    for ax, task in zip(axes.flat, tasks, strict=False):
-        found = [p for p in points if p["task"] == task["name"]]
+    fig, panels = drawn
+    for ax, task, found in panels:
         largest = max(p["size"] for p in found if p["size"] is not None)
         ticks = sorted({p["size"] for p in found if p["size"] is not None})
         for model in dict.fromkeys(p["model"] for p in found):
@@ -159,17 +161,11 @@ def plot_active_learning(points: list[dict], tasks: list[dict], path: Path) -> b
     """One panel per task with active-learning runs: the test score (mean over AL seeds, %) against
     the labelled examples, one line per (model, strategy) with its 95% interval as a band (random
     dashed). Whether it drew anything."""
-    tasks = [t for t in tasks if any(p["task"] == t["name"] for p in points)]
-    if not tasks:
+    drawn = task_panels(points, tasks, 3, 4.6, 3.6)
+    if drawn is None:
         return False
-    plt = pyplot()
-    columns = min(3, len(tasks))
-    rows = -(-len(tasks) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
-    for ax in axes.flat[len(tasks) :]:
-        ax.axis("off")
-    for ax, task in zip(axes.flat, tasks, strict=False):
-        found = [p for p in points if p["task"] == task["name"]]
+    fig, panels = drawn
+    for ax, task, found in panels:
         for model, strategy in dict.fromkeys((p["model"], p["strategy"]) for p in found):
             line = sorted((p for p in found if (p["model"], p["strategy"]) == (model, strategy)),
                           key=lambda p: p["round"])
