@@ -66,3 +66,22 @@ def test_a_checkpoint_from_before_the_split_resumes_with_the_recorded_losses(run
         assert trainer.losses == expected, [v.hex() for v in trainer.losses]
     else:
         assert trainer.losses == pytest.approx(expected, rel=1e-5)
+
+
+def test_weights_that_do_not_fit_are_refused_before_anything_loads():
+    from domainlm.errors import ModelError
+    from domainlm.pretrain.checkpoint import load_weights, unique_tensors
+    from domainlm.pretrain.electra import Electra
+
+    torch.manual_seed(0)
+    model = Electra(BertConfig(vocab_size=40, **MODEL))
+    saved = unique_tensors(model.state_dict())  # the tied embeddings once
+    assert "generator.tok_embed.weight" not in saved and "discriminator.tok_embed.weight" in saved
+    torch.manual_seed(1)
+    other = Electra(BertConfig(vocab_size=40, **MODEL))
+    load_weights(other, saved)
+    assert torch.equal(other.generator.tok_embed.weight, model.discriminator.tok_embed.weight)
+    before = other.rtd_out.weight.clone()
+    with pytest.raises(ModelError, match=r"missing \['rtd_out.bias'\], unexpected \['extra'\]"):
+        load_weights(other, {k: v for k, v in saved.items() if k != "rtd_out.bias"} | {"extra": torch.zeros(1)})
+    assert torch.equal(other.rtd_out.weight, before)

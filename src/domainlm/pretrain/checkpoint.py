@@ -133,31 +133,34 @@ def flatten(content: dict[str, Any]) -> dict[str, torch.Tensor]:
     return out
 
 
+def tensor_identity(value: torch.Tensor) -> tuple:
+    """What two names of one tied tensor share (storage, offset, shape)."""
+    return value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape)
+
+
 def unique_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous tensors, a tensor that several names share (tied weights) under its first name only."""
     seen, out = set(), {}
     for key, value in tensors.items():
-        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
-        if value.numel() and ident in seen:
+        if value.numel() and tensor_identity(value) in seen:
             continue
-        seen.add(ident)
+        seen.add(tensor_identity(value))
         out[key] = value.contiguous()
     return out
 
 
 def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load weights saved by `Checkpointer` (tied weights stored under one of their names);
-    ModelError naming what is missing or unexpected."""
+    """Load weights saved by `Checkpointer` (a tied tensor under one of its names); ModelError
+    naming what is missing or unexpected, before anything is loaded."""
     own = model.state_dict()
-    missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    aliases = {}
+    tied: dict[tuple, list[str]] = {}
     for key, value in own.items():
-        aliases.setdefault((value.untyped_storage().data_ptr(), value.storage_offset()), []).append(key)
-    covered = {key for names in aliases.values() if any(n in state for n in names) for key in names}
+        tied.setdefault(tensor_identity(value) if value.numel() else (key,), []).append(key)
+    missing = sorted(key for names in tied.values() if not any(n in state for n in names) for key in names)
     unexpected = sorted(set(state) - set(own))
-    if unexpected or set(missing) - covered:
-        raise ModelError(f"checkpoint weights do not fit the model: missing {sorted(set(missing) - covered)}, "
-                         f"unexpected {unexpected}")
+    if missing or unexpected:
+        raise ModelError(f"checkpoint weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    model.load_state_dict(state, strict=False)
 
 
 def model_parts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> list[Part]:
