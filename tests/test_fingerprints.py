@@ -111,7 +111,7 @@ def values_to_try(section: Section, name: str, tmp_path: Path) -> list:
         "ModelEntry.kind": ["random-init"],
         "EvaluateConfig.lr": [[1e-3, 1e-4]], "EvaluateConfig.seeds": [[0]], "EvaluateConfig.general_corpus": [corpus],
         "EvaluateConfig.general_tokenizer": [model], "EvaluateConfig.models": [[{"name": "tfidf", "kind": "tfidf"}]],
-        "LearningCurveConfig.sizes": [[2, 4]], "LearningCurveConfig.seeds": [[0]],
+        "LearningCurveConfig.sizes": [[2, 4]], "LearningCurveConfig.seeds": [[0]], "LearningCurveConfig.min_steps": [50],
         "ActiveLearningConfig.strategies": [["entropy"]], "ActiveLearningConfig.seeds": [[0]],
         "ActiveLearningConfig.models": [["general"]],
         "ReportConfig.title": ["t"], "ReportConfig.reference_model": ["tfidf"], "ReportConfig.domain_model": ["st"],

@@ -165,6 +165,27 @@ def test_curve_rows_are_written_read_back_and_reported_beside_unchanged_full_res
     assert len(savings) == 4 and all(s["sentence"] in markdown for s in savings)  # 2 tasks x 2 ordered pairs
 
 
+def test_min_steps_gives_small_samples_more_epochs_and_patience_and_leaves_the_rest_alone(tmp_path):
+    from domainlm.evaluate import Job, with_min_steps
+
+    recipe = _recipe(tmp_path, {"sizes": [2, 8], "seeds": [0], "min_steps": 20})
+    recipe["evaluate"] |= {"epochs": 3, "patience": 2, "batch_size": 4}
+    config = config_from_dict(recipe)
+    task = load_task(config.tasks[0])
+    entry = config.evaluate.models[0]
+    small, large = curve_samples(task, [2, 8], 0)  # 4 and 16 examples: 1 and 4 steps per epoch
+    assert (len(small.train), len(large.train)) == (4, 16)
+    job = lambda sample: Job(entry, subsampled(task, sample), 1e-4, 0, (sample.size, sample.seed))  # noqa: E731
+    tuned = with_min_steps(config, job(small)).evaluate
+    assert (tuned.epochs, tuned.patience) == (20, 14)  # 20 steps of one; patience 2 x 20 / 3, rounded up
+    tuned = with_min_steps(config, job(large)).evaluate
+    assert (tuned.epochs, tuned.patience) == (5, 4)  # ceil(20 / 4) epochs
+    assert with_min_steps(config, Job(entry, task, 1e-4, 0)) is config  # full-data runs keep evaluate.epochs
+    recipe["evaluate"]["learning_curve"]["min_steps"] = 3
+    assert with_min_steps(config_from_dict(recipe), job(large)).evaluate.epochs == 3  # already enough steps
+    assert config.evaluate.epochs == 3  # the run's own config is untouched
+
+
 def test_a_run_that_fails_on_a_tiny_sample_leaves_out_that_point_not_the_model(tmp_path, monkeypatch):
     import domainlm.evaluate as evaluate
     from domainlm.io import read_json

@@ -127,6 +127,9 @@ class LearningCurveConfig(Section):
     """Few labels: every model fine-tuned again on nested subsamples of each task's training split
     (docs/evaluation.md, "Learning curves")."""
 
+    # Added after runs existed: unset, fingerprints leave it out.
+    LATER = {"min_steps": ("min_steps",)}
+
     sizes: list[int] = Field(default_factory=lambda: [8, 16, 32, 64, 128], min_length=1)
     """The curve's points. Tasks with classes (classification, multi-label, pair, relation, yes/no/maybe,
     multiple choice: the answer's position is the class): labelled examples per class. Token tasks
@@ -134,6 +137,12 @@ class LearningCurveConfig(Section):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     """Subsample seeds: each draws its own nested samples; every one is fine-tuned with every
     `evaluate.seeds` (so a point has len(seeds) x len(evaluate.seeds) runs)."""
+    min_steps: int | None = Field(default=None, ge=1)
+    """Fewest optimizer steps a curve run takes (None: `evaluate.epochs` epochs, whatever the size).
+    A sample too small to give them in `evaluate.epochs` epochs gets more epochs, and `patience`
+    grows by the same factor, as few-shot studies fix steps rather than epochs (Gao et al. 2021,
+    LM-BFF: 1,000 steps); a k=8 sample otherwise trains for a handful of steps. Models without
+    epochs (TF-IDF, SetFit's pairs) are unaffected."""
     include_full: bool = True
     """Whether the report ends each curve with the full training split (the evaluation's own runs,
     not run again) and measures label savings against a model's full-data score; false: against its

@@ -270,8 +270,24 @@ class Job:
         return run_dir.curve_curves(self.entry.name, self.task.name, *self.point, self.lr, self.seed)
 
 
+def with_min_steps(config: RunConfig, job: Job) -> RunConfig:
+    """`config` for the job: a learning-curve run on a sample too small for
+    `learning_curve.min_steps` optimizer steps in `evaluate.epochs` epochs gets the epochs that
+    give them, and its patience grows by the same factor."""
+    evaluate, curve = config.evaluate, config.evaluate.learning_curve
+    if job.point is None or curve is None or curve.min_steps is None:
+        return config
+    steps_per_epoch = -(-len(job.task.train) // evaluate.batch_size)
+    epochs = max(evaluate.epochs, -(-curve.min_steps // max(steps_per_epoch, 1)))
+    if epochs == evaluate.epochs:
+        return config
+    patience = evaluate.patience and -(-evaluate.patience * epochs // evaluate.epochs)
+    return config.model_copy(update={"evaluate": evaluate.model_copy(update={"epochs": epochs, "patience": patience})})
+
+
 def run_job(job: Job, config: RunConfig) -> tuple:
     """One run, saved to `job.target`; ("done" | "unsupported" | "failed", reason, traceback)."""
+    config = with_min_steps(config, job)
     if config.resources.evaluate_threads:
         import torch
 
