@@ -30,7 +30,8 @@ def masked_lm_problem(config: dict) -> str | None:
 
 class ModelEntry(Section):
     # Added after runs existed: at their defaults (head-based fine-tuning, 20 pair rounds), fingerprints leave them out.
-    LATER = {"pair_iterations": ("pair_iterations",), "finetuning": ("finetuning",)}
+    LATER = {"pair_iterations": ("pair_iterations",), "finetuning": ("finetuning",),
+             "hard_negatives": ("hard_negatives",), "rerank_depth": ("rerank_depth",)}
 
     name: str
     """Row label in the results."""
@@ -72,12 +73,21 @@ class ModelEntry(Section):
     """setfit: rounds of pair sampling; each gives every training example one pair with an example
     of its class and one with an example of another class (SetFit's `num_iterations`, default 20),
     so the encoder trains one epoch on 2 x pair_iterations x (training examples) pairs."""
-    finetuning: Literal["head", "prompt"] = "head"
-    """domain, random-init, hf: `head` puts a new classification head on the encoder; `prompt`
-    (PET, Schick & Schütze 2021; LM-BFF, Gao et al. 2021) wraps each input in its task's template
-    and trains the masked-LM head to put the label's word at the mask (classification,
-    pair-classification, relation, yes-no-qa; other task types are skipped for this entry). Needs
-    a model exported with its masked-LM head. Two entries of one model, one per mode, compare them."""
+    finetuning: Literal["head", "prompt", "none", "cross-encoder"] = "head"
+    """domain, random-init, hf: `head` puts a new classification head on the encoder (retrieval: a
+    bi-encoder, mean pooling, trained with in-batch negatives); `prompt` (PET, Schick & Schütze
+    2021; LM-BFF, Gao et al. 2021) wraps each input in its task's template and trains the
+    masked-LM head to put the label's word at the mask (classification, pair-classification,
+    relation, yes-no-qa; other task types are skipped for this entry), and needs a model exported
+    with its masked-LM head. Retrieval only (other types are skipped): `none` scores the encoder
+    as it ships (zero-shot bi-encoder); `cross-encoder` trains it to score query and document read
+    together and reranks BM25's top `rerank_depth`. Entries of one model, one per mode, compare them."""
+    hard_negatives: int = Field(default=0, ge=0)
+    """Retrieval, bi-encoder and cross-encoder: BM25's top non-relevant documents per training
+    query used as negatives (bi-encoder: one of the first `hard_negatives` beside each pair's
+    in-batch negatives; cross-encoder: that many per query, default 4 when 0)."""
+    rerank_depth: int = Field(default=100, ge=1)
+    """Retrieval, cross-encoder: how many of BM25's top documents per query it reranks."""
 
     @model_validator(mode="after")
     def _check_path(self) -> ModelEntry:
@@ -98,6 +108,9 @@ class ModelEntry(Section):
             raise ValueError(f"model '{self.name}' (kind distilled) needs a `student` (another model's name)")
         if self.finetuning == "prompt":
             self._check_prompt()
+        if self.finetuning in ("none", "cross-encoder") and self.kind not in ("domain", "hf"):
+            raise ValueError(f"model '{self.name}': finetuning: {self.finetuning} applies to domain and hf models "
+                             f"(retrieval tasks), not {self.kind}")
         return self
 
     def _check_prompt(self) -> None:

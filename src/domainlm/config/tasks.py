@@ -74,8 +74,8 @@ class PromptConfig(Section):
 
 
 class TaskConfig(Section):
-    # Added after runs existed: without a prompt section, fingerprints leave it out.
-    LATER = {"prompt": ("prompt",)}
+    # Added after runs existed: without a prompt section (retrieval's files), fingerprints leave it out.
+    LATER = {"prompt": ("prompt",), "queries": ("queries",), "documents": ("documents",)}
 
     name: str
     """Names the task in results and the report (unique in the recipe)."""
@@ -83,8 +83,8 @@ class TaskConfig(Section):
     """classification (text -> label), multi-label (text -> labels), pair-classification (text,
     text_pair -> label), regression (text[, text_pair] -> number), token-classification (tokens ->
     tags), relation (text with two marked entities -> label), multiple-choice (text + choices ->
-    index of the right choice), yes-no-qa (question, context -> yes / no / maybe); the table in
-    `domainlm.tasks.types`."""
+    index of the right choice), yes-no-qa (question, context -> yes / no / maybe), retrieval
+    (query -> documents ranked from `documents`); the table in `domainlm.tasks.types`."""
     format: Literal["jsonl", "json", "csv", "tsv", "conll", "hf", "python-docs"] = "jsonl"
     """jsonl: one object per line. json: a list of objects, or an object of id -> object (the id
     becomes field `id`). csv / tsv: rows with a header line, or named by `columns`. conll: one token
@@ -150,6 +150,16 @@ class TaskConfig(Section):
     """Subsample the training split (seeded, the same for every model)."""
     max_eval_examples: int | None = Field(default=None, ge=1)
     """Subsample dev and test (seeded, the same for every model)."""
+    queries: str | None = None
+    """retrieval in the BEIR layout: the queries file (JSONL `{"_id", "text"}`, `queries.jsonl`); the
+    splits are then relevance judgements (`qrels/{train,dev,test}.tsv`: query-id, corpus-id, score,
+    with or without the header line; TREC's 4-column qrels too). Without it, a retrieval split is
+    a file of (query, relevant document) pairs read like any other type's (`fields.text`: the
+    query, `fields.text_pair`: the document)."""
+    documents: str | None = None
+    """retrieval: the document collection, JSONL `{"_id", "title", "text"}` (BEIR's `corpus.jsonl`;
+    `id` for `_id`, `title` optional) or text with one document per line (ids `line-<n>`). Needed
+    with `queries`; with pairs, documents added to the pairs' own as candidates (distractors)."""
     prompt: PromptConfig | None = None
     """Prompt-based fine-tuning's template and verbalizer for this task (None: the type's template
     and automatic label words); read only by model entries with `finetuning: prompt`."""
@@ -167,7 +177,9 @@ class TaskConfig(Section):
     def files(self, splits=("train", "dev", "test")) -> list[str]:
         """Every file the given splits read (data and id lists); a held-out split reads train."""
         specs = [self.split_config(s) or self.split_config("train") for s in splits if self.format != "python-docs"]
-        return list(dict.fromkeys(p for spec in specs for p in (spec.path, spec.ids, spec.exclude_ids) if p))
+        paths = [p for spec in specs if spec for p in (spec.path, spec.ids, spec.exclude_ids)]
+        paths += [self.queries, self.documents]
+        return list(dict.fromkeys(p for p in paths if p))
 
     @model_validator(mode="after")
     def _check(self) -> TaskConfig:
@@ -175,7 +187,7 @@ class TaskConfig(Section):
             if self.name not in DEMO_TASKS:
                 raise ValueError(f"python-docs task name must be one of {', '.join(DEMO_TASKS)}, got '{self.name}'")
             return self
-        if not self.train:
+        if not self.train and not (self.queries and self.test):  # a BEIR set may hold test queries only
             raise ValueError(f"task '{self.name}' needs a `train` file")
         for split in ("train", "dev", "test"):
             spec = self.split_config(split)
@@ -191,7 +203,22 @@ class TaskConfig(Section):
                              f"two entities) or set entity_mode: text")
         self._check_explode()
         self._check_prompt()
+        self._check_retrieval()
         return self
+
+    def _check_retrieval(self) -> None:
+        """`queries` and `documents` belong to retrieval; the BEIR layout needs both, its qrels as TSV."""
+        for key in ("queries", "documents"):
+            value = getattr(self, key)
+            if value and TASK_TYPES[self.type].target != "ranking":
+                raise ValueError(f"task '{self.name}': `{key}` belongs to retrieval tasks, not {self.type}")
+            if value and not Path(value).exists():
+                raise ValueError(f"task '{self.name}' {key} file not found: {value}")
+        if self.queries and not self.documents:
+            raise ValueError(f"task '{self.name}': `queries` (the BEIR layout) needs `documents` (corpus.jsonl)")
+        if self.queries and self.format != "tsv":
+            raise ValueError(f"task '{self.name}': with `queries` the splits are qrels files; set format: tsv "
+                             f"(got {self.format})")
 
     def _check_prompt(self) -> None:
         """A prompt section needs a type prompt-based fine-tuning applies to, and a template that

@@ -192,6 +192,10 @@ def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: Ru
                  log_dir: Path | None = None) -> dict[str, Any]:
     """One (model, task, seed, learning rate): test metrics, the best dev score, test predictions;
     a neural model's per-epoch curves go to `log_dir` (TensorBoard, when installed)."""
+    if task.target == "ranking":
+        return retrieval_one(entry, task, seed, lr, config)
+    if entry.finetuning in ("none", "cross-encoder"):
+        raise UnsupportedTask(f"finetuning: {entry.finetuning} applies to retrieval tasks, not {task.type}")
     if entry.kind == "tfidf":
         from domainlm.evaluate.baselines import tfidf_predict
 
@@ -221,6 +225,24 @@ def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: Ru
         tuning = prompt_tuning(config.evaluate)
     path, pretrained = model_location(entry, RunLayout(config.directory))
     return finetune(path, pretrained, task, seed, lr, config.evaluate, log_dir=log_dir, tuning=tuning)
+
+
+def retrieval_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig) -> dict[str, Any]:
+    """One run on a retrieval task: BM25 for `tfidf`, else the entry's encoder as a bi-encoder
+    (zero-shot or fine-tuned) or a cross-encoder reranking BM25 (`domainlm.evaluate.retrieval`)."""
+    from domainlm.evaluate import retrieval
+
+    if entry.kind == "tfidf":
+        return retrieval.bm25_run(task)
+    if entry.kind not in ("domain", "hf") or entry.finetuning == "prompt":
+        raise UnsupportedTask(f"retrieval ranks with BM25 (kind tfidf) or a pretrained encoder (kind domain or hf, "
+                              f"finetuning head, none or cross-encoder), not {entry.kind} / {entry.finetuning}")
+    path, _ = model_location(entry, RunLayout(config.directory))
+    if entry.finetuning == "cross-encoder":
+        return retrieval.cross_encoder_run(path, task, seed, lr, config.evaluate, entry.rerank_depth,
+                                           entry.hard_negatives or 4)
+    return retrieval.bi_encoder_run(path, task, seed, lr, config.evaluate, entry.finetuning == "head",
+                                    entry.hard_negatives)
 
 
 def task_distances(config: RunConfig, tasks: list[Task]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from domainlm.config import TaskConfig
 from domainlm.errors import ConfigError, InputError
 from domainlm.tasks.mapping import example, explode
 from domainlm.tasks.readers import read_split
+from domainlm.tasks.retrieval import read_retrieval
 from domainlm.tasks.tagging import spans, to_scheme
 from domainlm.tasks.types import TASK_TYPES
 
@@ -53,6 +54,8 @@ class Task:
     """Tokens the model's tokenizer must learn (relation markers)."""
     template: str | None = None
     """Prompt-based fine-tuning's template (the recipe's, else the type's; None: it does not apply)."""
+    documents: dict[str, str] = field(default_factory=dict)
+    """retrieval: the collection every query's documents are ranked from (id -> text)."""
     verbalizer: dict[str, list[str]] = field(default_factory=dict)
     """Prompt-based fine-tuning: the recipe's words per label (the others are found automatically)."""
 
@@ -65,8 +68,10 @@ class Task:
         return TASK_TYPES[self.type].target
 
     def gold(self, split: str) -> list:
-        """The gold value of each example of `split` (tags for token tasks, else the label)."""
-        return [x["tags"] if self.target == "tags" else x["label"] for x in getattr(self, split)]
+        """The gold value of each example of `split` (tags for token tasks, relevant documents for
+        retrieval, else the label)."""
+        key = {"tags": "tags", "ranking": "relevant"}.get(self.target, "label")
+        return [x[key] for x in getattr(self, split)]
 
     def texts(self, splits=("train", "dev", "test")) -> list[str]:
         """Plain text of the examples as the model reads them (for the domain-distance score;
@@ -76,6 +81,8 @@ class Task:
             for x in getattr(self, split):
                 if "tokens" in x:
                     out.append(" ".join(x["tokens"]))
+                elif "relevant" in x:  # a query, then its relevant documents
+                    out += [x["text"], *(self.documents[d] for d in x["relevant"])]
                 else:
                     out.append(" ".join([x["text"], x.get("text_pair", ""), *x.get("choices", [])]).strip())
         return out
@@ -132,11 +139,20 @@ def _subsample(examples: list, limit: int | None, seed: int) -> list:
     return random.Random(seed).sample(examples, limit)
 
 
-def _read(config: TaskConfig) -> tuple[dict[str, list[list[dict]] | None], dict[str, int]]:
+def _pairs(config: TaskConfig, spec) -> tuple[list[dict], int]:
+    """A retrieval split of (query, document) pair records as {"text", "text_pair"} examples."""
+    records, invalid = read_split(config, spec)
+    return [example(record, config) for record in records], invalid
+
+
+def _read(config: TaskConfig) -> tuple[dict[str, list[list[dict]] | None], dict[str, int], dict[str, str], list[str]]:
     """(each split's examples as configured, grouped by the record they came from — None for a
-    split to be held out of train; the invalid UTF-8 characters replaced in each file read)."""
+    split to be held out of train; the invalid UTF-8 characters replaced in each file read; a
+    retrieval task's documents, else {}; notes on what was left out)."""
     if config.format == "python-docs":
-        return {split: [[x] for x in demo.TASKS[config.name](split)] for split in SPLITS}, {}
+        return {split: [[x] for x in demo.TASKS[config.name](split)] for split in SPLITS}, {}, {}, []
+    if TASK_TYPES[config.type].target == "ranking":
+        return read_retrieval(config, lambda spec: _pairs(config, spec))
     splits, invalid = {}, {}
     for split in SPLITS:
         spec = config.split_config(split)
@@ -145,7 +161,7 @@ def _read(config: TaskConfig) -> tuple[dict[str, list[list[dict]] | None], dict[
             continue
         records, invalid[spec.path] = read_split(config, spec)
         splits[split] = [[example(part, config) for part in explode(record, config)] for record in records]
-    return splits, invalid
+    return splits, invalid, {}, []
 
 
 # Per target: the training examples and tagging scheme -> the task's classes (the head's outputs).
@@ -155,6 +171,7 @@ _CLASSES = {
     "number": lambda train, scheme: [],
     "tags": lambda train, scheme: sorted({t for x in train for t in to_scheme(x["tags"], scheme)} | {"O"}),
     "choice": lambda train, scheme: [str(i) for i in range(max(len(x["choices"]) for x in train))],
+    "ranking": lambda train, scheme: [],
 }
 
 # Per target: the labels one example carries (entity types for tags), to find those unseen in train.
@@ -164,6 +181,7 @@ _LABELS_OF = {
     "number": lambda x: set(),
     "tags": lambda x: {entity_type for _, _, entity_type in spans(x["tags"])},
     "choice": lambda x: set(),
+    "ranking": lambda x: set(),
 }
 
 
@@ -193,9 +211,12 @@ def _complete_splits(config: TaskConfig, groups: dict[str, list[list[dict]] | No
             count = sum(len(group) for group in groups[split])
             notes.append(f"{split}: {count} examples held out of train (split_seed {config.split_seed})")
             log.info("task %s: %s", config.name, notes[-1])
-    for split in SPLITS:
+    zero_shot = TASK_TYPES[config.type].target == "ranking" and not config.train  # test queries only
+    for split in ("test",) if zero_shot else SPLITS:
         if not any(groups[split]):
             raise InputError(f"task '{config.name}': the {split} split is empty")
+    if zero_shot:
+        notes.append("no training queries: only models that need no fine-tuning are scored (BM25, zero-shot)")
     return groups, notes
 
 
@@ -238,22 +259,22 @@ def _findings(config: TaskConfig, unseen: dict[str, dict[str, int]], invalid: di
     return notes
 
 
-def _examples(config: TaskConfig) -> tuple[dict[str, list[list[dict]]], list[str], dict[str, int]]:
+def _examples(config: TaskConfig) -> tuple[dict[str, list[list[dict]]], list[str], dict[str, int], dict[str, str]]:
     """(each split's examples grouped by the record they came from, held out of train where a
     split has no file, relation entities rewritten as `entity_mode` says; the notes; the invalid
-    UTF-8 characters replaced per file)."""
-    groups, invalid = _read(config)
+    UTF-8 characters replaced per file; a retrieval task's documents)."""
+    groups, invalid, documents, found = _read(config)
     groups, notes = _complete_splits(config, groups)
     if TASK_TYPES[config.type].entity_markers:
         notes += _mark(config, {split: _flat(groups[split]) for split in SPLITS})  # rewrites the shared dicts
-    return groups, notes, invalid
+    return groups, found + notes, invalid, documents
 
 
 def load_task(config: TaskConfig, seed: int = 0) -> Task:
     """Read a task's splits (held-out dev / test carved from train when missing; subsampled as
     configured, the same for every model), with notes on what was done and what is odd."""
     kind = TASK_TYPES[config.type]
-    groups, notes, invalid = _examples(config)
+    groups, notes, invalid, documents = _examples(config)
     splits = {split: _flat(groups[split]) for split in SPLITS}
     limits = {"train": config.max_train_examples, "dev": config.max_eval_examples, "test": config.max_eval_examples}
     kept = {split: _subsample(splits[split], limit, seed) for split, limit in limits.items()}
@@ -272,7 +293,8 @@ def load_task(config: TaskConfig, seed: int = 0) -> Task:
     return Task(config.name, config.type, kept["train"], kept["dev"], kept["test"], labels, metric=config.metric or "",
                 tagging=config.tagging, max_length=config.max_length, notes=notes, extra_tokens=extra,
                 unseen_labels=unseen, invalid_utf8=sum(invalid.values()),
-                template=(prompt.template if prompt else None) or kind.template, verbalizer=verbalizer)
+                template=(prompt.template if prompt else None) or kind.template, verbalizer=verbalizer,
+                documents=documents)
 
 
 # How decontamination reads a task: the settings that only shape what a model is fed are set to
@@ -299,22 +321,25 @@ def _main_text(x: dict, markers: list[str] | None) -> str:
     return unmark_entities(x["text"], markers) if markers else x["text"]
 
 
-def corpus_texts(x: dict, markers: list[str] | None = None) -> list[str]:
+def corpus_texts(x: dict, markers: list[str] | None = None, documents: dict[str, str] | None = None) -> list[str]:
     """The texts of one example as a corpus could hold them, each on its own: the text, its second
     text (a pair's, a question's context; never joined to the first), and for multiple choice the
-    question followed by its right answer (never the options joined). `markers`: a relation's
-    entity markers, which are stripped."""
+    question followed by its right answer (never the options joined), for a retrieval query its
+    relevant documents (from `documents`). `markers`: a relation's entity markers, which are
+    stripped."""
     text = _main_text(x, markers)
     texts = [text, x.get("text_pair", "")]
+    texts += [documents[d] for d in x.get("relevant", ())]  # a retrieval query's relevant documents
     if "choices" in x:
         texts.append(f"{text} {x['choices'][int(x['label'])]}")
     return [t for t in texts if t.strip()]
 
 
-def record_texts(record: list[dict], markers: list[str] | None = None) -> list[str]:
+def record_texts(record: list[dict], markers: list[str] | None = None,
+                 documents: dict[str, str] | None = None) -> list[str]:
     """The texts of one record's examples (`corpus_texts`), and for a record exploded into several
     texts (an abstract's sentences) those texts joined in order, as the document they came from."""
-    texts = [t for x in record for t in corpus_texts(x, markers)]
+    texts = [t for x in record for t in corpus_texts(x, markers, documents)]
     parts = list(dict.fromkeys(_main_text(x, markers) for x in record))
     if len(parts) > 1:
         texts.append(" ".join(parts))
@@ -328,10 +353,10 @@ def task_eval_texts(configs: list[TaskConfig]) -> dict[str, list[str]]:
     subsampling)."""
     texts = {}
     for config in configs:
-        groups, _, _ = _examples(config.model_copy(update=_AS_WRITTEN))
+        groups, _, _, documents = _examples(config.model_copy(update=_AS_WRITTEN))
         markers = config.entity_markers if TASK_TYPES[config.type].entity_markers else None
         found = {}  # insertion-ordered set
         for record in groups["dev"] + groups["test"]:
-            found.update(dict.fromkeys(record_texts(record, markers)))
+            found.update(dict.fromkeys(record_texts(record, markers, documents)))
         texts[config.name] = list(found)
     return texts

@@ -28,7 +28,7 @@ def required_fields(task: TaskConfig) -> list[tuple[str, str]]:
     """(role, field name) for every field a record of `task` must hold (what a header must name)."""
     fields = DEFAULT_FIELDS | task.fields
     kind = TASK_TYPES[task.type]
-    roles = ["tokens", "tags"] if kind.target == "tags" else ["text", "label"]
+    roles = ["tokens", "tags"] if kind.target == "tags" else ["text"] if kind.target == "ranking" else ["text", "label"]
     roles += ["text_pair"] if kind.text_pair == "yes" else []
     pairs = [(role, fields[role]) for role in roles]
     if kind.target == "choice":
@@ -215,6 +215,8 @@ def example(record: dict, task: TaskConfig) -> dict[str, Any]:
         out["text_pair"] = record["_context"]
     elif kind.text_pair == "yes" or (kind.text_pair == "optional" and fields["text_pair"] in record):
         out["text_pair"] = _text(record, fields["text_pair"], "text_pair")
+    if kind.target == "ranking":  # a (query, relevant document) pair: its gold is the pair itself
+        return out
     return out | _GOLD[kind.target](_get(record, fields["label"], "label"), record, task)
 
 

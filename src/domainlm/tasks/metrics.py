@@ -12,12 +12,17 @@ Column layouts (`C` = number of classes, from `class_labels`):
   both centred on their full-set means first (Pearson does not change under a shift; the sums stay
   well scaled)
 - target `tags` (token classification): [tp, n_predicted, n_gold] counted over entities
+- target `ranking` (retrieval; gold: a query's {document id: grade}, predicted: document ids
+  ranked best first): [1, nDCG@10, reciprocal rank within 10, recall@100] per query, so a metric
+  is its column's mean over queries (trec_eval's definitions: linear gain, log2 discount, the ideal
+  ranking from the query's judgements)
 
 Functions take a task type's name and look its target up in `domainlm.tasks.types`.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import numpy as np
@@ -34,7 +39,7 @@ def class_labels(task_type: str, gold: list, predicted: list, labels: list | Non
     Labels are compared as strings, so a multiple-choice answer 2 and "2" are the same class.
     """
     target = _type(task_type).target
-    if target in ("number", "tags"):
+    if target in ("number", "tags", "ranking"):
         return []
     known = [str(label) for label in labels or []]
     if target == "classes":
@@ -89,9 +94,26 @@ def _entity_stats(gold: list, predicted: list, classes: list[str]) -> np.ndarray
     return out
 
 
+def _dcg(gains: list[float]) -> float:
+    return sum(gain / math.log2(rank + 2) for rank, gain in enumerate(gains))
+
+
+def _ranking_stats(gold: list, predicted: list, classes: list[str]) -> np.ndarray:
+    out = np.zeros((len(gold), 4))
+    for i, (relevant, ranked) in enumerate(zip(gold, predicted, strict=True)):
+        if len(set(ranked)) != len(ranked):
+            raise ValueError(f"query {i}: the ranking holds a document more than once")
+        ideal = _dcg(sorted(relevant.values(), reverse=True)[:10])
+        first = next((rank for rank, d in enumerate(ranked[:10]) if relevant.get(d, 0) > 0), None)
+        found = sum(relevant.get(d, 0) > 0 for d in ranked[:100])
+        out[i] = (1.0, _dcg([relevant.get(d, 0) for d in ranked[:10]]) / ideal if ideal else 0.0,
+                  0.0 if first is None else 1 / (first + 1), found / len(relevant) if relevant else 0.0)
+    return out
+
+
 # Per target: gold and predicted values -> the (n, k) statistics of the module docstring.
 _STATISTICS = {"class": _single_label_stats, "choice": _single_label_stats, "classes": _multi_label_stats,
-               "number": _regression_stats, "tags": _entity_stats}
+               "number": _regression_stats, "tags": _entity_stats, "ranking": _ranking_stats}
 
 
 def example_stats(task_type: str, gold: list, predicted: list, labels: list | None = None) -> np.ndarray:
@@ -157,9 +179,14 @@ def _multi_label_metrics(t: np.ndarray) -> dict[str, np.ndarray]:
     return {"micro_f1": micro, "macro_f1": macro, "subset_accuracy": exact}
 
 
+def _ranking_metrics(t: np.ndarray) -> dict[str, np.ndarray]:
+    n = t[:, 0]
+    return {"ndcg@10": _ratio(t[:, 1], n), "mrr@10": _ratio(t[:, 2], n), "recall@100": _ratio(t[:, 3], n)}
+
+
 # Per target: summed statistics (B, k) -> every metric of its task types, each of shape (B,).
 _METRICS = {"class": _single_label_metrics, "choice": _single_label_metrics, "classes": _multi_label_metrics,
-            "number": _regression_metrics, "tags": _entity_metrics}
+            "number": _regression_metrics, "tags": _entity_metrics, "ranking": _ranking_metrics}
 
 
 def metrics_from_stats(
@@ -176,7 +203,7 @@ def metrics_from_stats(
     target = _type(task_type).target
     totals = np.asarray(totals, dtype=float)
     t = np.atleast_2d(totals)  # (B, k)
-    if labels is not None and target not in ("number", "tags"):
+    if labels is not None and target not in ("number", "tags", "ranking"):
         classes = _class_counts(t)[3]
         if len(labels) != classes:
             raise ValueError(f"{len(labels)} labels but the statistics hold {classes} classes; "

@@ -15,6 +15,10 @@ whose gold is one class may also carry a prompt `template` (prompt-based fine-tu
 | `number`  | a real number                 | sequence regression (1 output)    | sums for Pearson     |
 | `tags`    | one tag per word (IO/BIO/...) | token classification              | entity tp/fp/fn      |
 | `choice`  | the index of the right choice | multiple choice                   | per-class tp/fp/fn   |
+| `ranking` | a query's relevant documents  | none: a bi-encoder or reranker    | per-query nDCG, RR, recall |
+
+A `ranking` task (retrieval) also carries a document collection (`Task.documents`); its examples
+are queries, and a prediction is a ranked list of document ids (`domainlm.evaluate.retrieval`).
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ from typing import Literal
 @dataclass(frozen=True)
 class TaskType:
     name: str
-    target: Literal["class", "classes", "number", "tags", "choice"]
+    target: Literal["class", "classes", "number", "tags", "choice", "ranking"]
     """What one example's gold is (see the module docstring)."""
     headline: str
-    """The default headline metric (micro F1, entity F1, Pearson, accuracy)."""
+    """The default headline metric (micro F1, entity F1, Pearson, accuracy, nDCG@10)."""
     text_pair: Literal["no", "yes", "optional"] = "no"
     """Whether an example has a second text (a sentence pair, a question's context)."""
     entity_markers: bool = False
@@ -54,6 +58,7 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
     TaskType("multiple-choice", "choice", "accuracy"),                               # text + choices -> index
     TaskType("yes-no-qa", "class", "accuracy", text_pair="yes",                     # question, context -> answer
              template="{text_pair} Question: {text} Answer: {mask}."),               # PET's BoolQ prompt
+    TaskType("retrieval", "ranking", "ndcg@10", text_pair="yes"),                    # query -> ranked documents
 )}
 
 def task_type(name: str) -> TaskType:

@@ -1,0 +1,297 @@
+"""Retrieval runs: BM25, encoders zero-shot, bi-encoders and cross-encoders fine-tuned on a task's
+training queries; every run ranks the task's documents for each dev and test query.
+
+- BM25 (Robertson & Zaragoza 2009) with `bm25s` (Lucene's scoring, k1 1.2, b 0.75, English
+  stopwords and Snowball stemming): the lexical baseline, standing where TF-IDF stands for other
+  task types.
+- A bi-encoder (Reimers & Gurevych 2019; DPR, Karpukhin et al. 2020): query and document embedded
+  apart (mean pooling unless the directory says otherwise), ranked by cosine similarity. Zero-shot
+  (`finetuning: none`) it is scored as it ships; fine-tuned (`finetuning: head`) it learns the
+  training (query, relevant document) pairs with in-batch negatives (multiple-negatives ranking
+  loss, Henderson et al. 2017), optionally with `hard_negatives` mined by BM25 per query.
+- A cross-encoder (Nogueira & Cho 2019, monoBERT; `finetuning: cross-encoder`): query and document
+  read together, one relevance logit, trained with binary cross-entropy on each relevant document
+  and BM25's non-relevant top documents, reranking BM25's top `rerank_depth`.
+
+sentence-transformers supplies the models and losses; the loop is ours (a few hundred steps on a
+CPU do not need its trainer). Each epoch is scored on dev (nDCG@10), the best epoch's weights are
+tested, as for every other fine-tuning run. A run returns `finetune`'s keys: `metrics`,
+`dev_score`, `predictions` (per test query, its top 100 document ids, best first).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from domainlm.errors import UnsupportedTask
+from domainlm.tasks.load import Task
+from domainlm.tasks.metrics import task_metrics
+
+TOP_K = 100
+"""Documents kept per query: what recall@100 needs."""
+
+
+# --------------------------------------------------------------------------------------- BM25
+class BM25:
+    """A BM25 index of a task's documents (`bm25s`; Lucene's variant, English stopwords, Snowball
+    stemming when PyStemmer is installed)."""
+
+    def __init__(self, documents: dict[str, str]):
+        import bm25s
+
+        self.ids = list(documents)
+        self.stemmer = _stemmer()
+        self.index = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+        self.index.index(self._tokens(list(documents.values())), show_progress=False)
+
+    def _tokens(self, texts: list[str]):
+        import bm25s
+
+        return bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, show_progress=False)
+
+    def rank(self, queries: list[str], k: int = TOP_K) -> list[list[str]]:
+        """Per query, up to `k` document ids, best first (documents sharing no word with it left out)."""
+        k = min(k, len(self.ids))
+        found, scores = self.index.retrieve(self._tokens(queries), k=k, show_progress=False, n_threads=1)
+        return [[self.ids[j] for j, s in zip(row, score_row, strict=True) if s > 0] for row, score_row in zip(found, scores,
+                                                                                                              strict=True)]
+
+
+def _stemmer():
+    try:
+        import Stemmer
+    except ImportError:
+        return None
+    return Stemmer.Stemmer("english").stemWords
+
+
+def bm25_run(task: Task) -> dict:
+    """BM25 over the task's documents: dev and test queries ranked, no training."""
+    started = time.time()
+    index = BM25(task.documents)
+    dev = index.rank([x["text"] for x in task.dev]) if task.dev else []
+    tested = time.perf_counter()
+    test = index.rank([x["text"] for x in task.test])
+    return _result(task, dev, test, started, time.perf_counter() - tested)
+
+
+def _result(task: Task, dev: list[list[str]], test: list[list[str]], started: float, tested: float, **extra) -> dict:
+    dev_score = task_metrics(task.type, task.gold("dev"), dev)[task.metric] if task.dev else 0.0
+    return {"metrics": task_metrics(task.type, task.gold("test"), test), "dev_score": dev_score,
+            "predictions": test, "seconds": round(time.time() - started, 2),
+            "test_examples_per_second": round(len(task.test) / max(tested, 1e-9), 1)} | extra
+
+
+# --------------------------------------------------------------------------------- bi-encoders
+def load_bi_encoder(path: Path, max_length: int, device: str):
+    """A sentence-transformers model of a directory: its own modules when it is a
+    sentence-transformers export, else the transformers encoder with mean pooling."""
+    from sentence_transformers import SentenceTransformer
+
+    from domainlm.evaluate.finetune import quiet_transformers
+
+    quiet_transformers()
+    model = SentenceTransformer(str(path), device=device, local_files_only=True,
+                                model_kwargs={"use_safetensors": True})
+    model.max_seq_length = max_length
+    return model
+
+
+def embed(model, texts: list[str], batch_size: int):
+    """(n, dim) L2-normalised embeddings, float32 tensor on the model's device."""
+    return model.encode(texts, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
+                        show_progress_bar=False)
+
+
+def dense_rank(model, task: Task, queries: list[dict], batch_size: int, documents=None) -> list[list[str]]:
+    """Per query, the top `TOP_K` document ids by cosine similarity (`documents`: the collection's
+    embeddings, computed when not given)."""
+    import torch
+
+    if not queries:
+        return []
+    ids = list(task.documents)
+    if documents is None:
+        documents = embed(model, list(task.documents.values()), batch_size)
+    with torch.no_grad():
+        scores = embed(model, [x["text"] for x in queries], batch_size) @ documents.T
+        top = scores.topk(min(TOP_K, len(ids)), dim=1).indices.cpu().tolist()
+    return [[ids[j] for j in row] for row in top]
+
+
+def training_pairs(task: Task, hard_negatives: int, seed: int) -> list[tuple[str, ...]]:
+    """(query, relevant document[, a hard negative]) per training judgement, in a seeded order.
+    Hard negatives: BM25's top documents for the query that are not judged relevant, one drawn per
+    pair from its query's first `hard_negatives`."""
+    rng = random.Random(seed)
+    negatives = {}
+    if hard_negatives:
+        ranked = BM25(task.documents).rank([x["text"] for x in task.train], k=hard_negatives + 50)
+        for x, found in zip(task.train, ranked, strict=True):
+            negatives[x["id"]] = [d for d in found if d not in x["relevant"]][:hard_negatives]
+    pairs = []
+    for x in task.train:
+        for document in x["relevant"]:
+            pair = (x["text"], task.documents[document])
+            if hard_negatives and negatives.get(x["id"]):
+                pair += (task.documents[rng.choice(negatives[x["id"]])],)
+            elif hard_negatives:
+                continue  # BM25 found no non-relevant document: a triplet batch needs all three
+            pairs.append(pair)
+    rng.shuffle(pairs)
+    return pairs
+
+
+def _batches(items: list, size: int, rng: random.Random) -> list[list]:
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    return [[items[i] for i in order[start:start + size]] for start in range(0, len(order), size)]
+
+
+def _fit(optimizer, scheduler, batch: list[tuple], step) -> float:
+    """One optimizer step on a batch of (text, ...) tuples (`step(batch)`: the loss); the loss value."""
+    loss_value = step(batch)
+    loss_value.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+    return loss_value.item()
+
+
+def _schedule(model, lr: float, config, steps: int):
+    """AdamW with linear warmup (`warmup_fraction`) and linear decay to zero over `steps`."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
+    return optimizer, get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * steps), steps)
+
+
+def _train_epochs(model, task: Task, items: list, lr: float, config, seed: int, step, score_dev) -> dict:
+    """Epochs over `items` with `step(loss inputs)`, dev scored after each (`score_dev()`), early
+    stopping after `patience` epochs without a better score; the best epoch's weights stay in
+    `model`. Returns the bookkeeping: dev scores per epoch, the best epoch, mean loss per epoch."""
+    import torch
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    steps = -(-len(items) // config.batch_size) * config.epochs
+    optimizer, scheduler = _schedule(model, lr, config, steps)
+    best, best_state, dev_scores, losses, waited = -1.0, None, [], [], 0
+    for _ in range(config.epochs):
+        model.train()
+        losses.append(float(np.mean([_fit(optimizer, scheduler, batch, step)
+                                     for batch in _batches(items, config.batch_size, rng)])))
+        model.eval()
+        dev_scores.append(score_dev())
+        if dev_scores[-1] > best:
+            best, best_state, waited = dev_scores[-1], copy.deepcopy(model.state_dict()), 0
+        else:
+            waited += 1
+            if config.patience and waited >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    return {"dev_scores": dev_scores, "best_epoch": dev_scores.index(best) + 1, "train_loss": losses}
+
+
+def bi_encoder_run(path: Path, task: Task, seed: int, lr: float, config, fine_tune: bool,
+                   hard_negatives: int = 0, export: Path | None = None) -> dict:
+    """A bi-encoder zero-shot (`fine_tune` False: the model as it ships) or fine-tuned on the
+    training pairs with in-batch (and BM25 hard) negatives; dev and test ranked. `export`: where
+    the fine-tuned model is saved as a sentence-transformers directory."""
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.util import batch_to_device
+
+    from domainlm.optim import seed_everything
+
+    started = time.time()
+    seed_everything(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_bi_encoder(path, task.max_length or config.max_length, device)
+    batch_size = 2 * config.batch_size
+    extra = {"parameters": sum(p.numel() for p in model.parameters())}
+    if fine_tune:
+        if not task.train:
+            raise UnsupportedTask("no training queries: fine-tuning needs them (finetuning: none scores zero-shot)")
+        pairs = training_pairs(task, hard_negatives, seed)
+        loss = MultipleNegativesRankingLoss(model)
+
+        def step(batch):
+            columns = [model.preprocess(list(column)) for column in zip(*batch, strict=True)]
+            return loss([batch_to_device(c, device) for c in columns], None)
+
+        extra |= _train_epochs(model, task, pairs, lr, config, seed, step,
+                               lambda: _dev_score(task, dense_rank(model, task, task.dev, batch_size)))
+        extra |= {"pairs": len(pairs), "hard_negatives": hard_negatives}
+    model.eval()
+    documents = embed(model, list(task.documents.values()), batch_size)
+    dev = dense_rank(model, task, task.dev, batch_size, documents)
+    tested = time.perf_counter()
+    test = dense_rank(model, task, task.test, batch_size, documents)
+    tested = time.perf_counter() - tested
+    if export is not None:
+        model.save(str(export))
+    return _result(task, dev, test, started, tested, **extra)
+
+
+def _dev_score(task: Task, ranked: list[list[str]]) -> float:
+    return task_metrics(task.type, task.gold("dev"), ranked)[task.metric] if task.dev else 0.0
+
+
+# ------------------------------------------------------------------------------ cross-encoders
+def cross_encoder_run(path: Path, task: Task, seed: int, lr: float, config, depth: int, negatives: int = 4) -> dict:
+    """A cross-encoder (one relevance logit over query and document read together) trained with
+    binary cross-entropy on each training judgement (label 1) and `negatives` of BM25's top
+    non-relevant documents per query (label 0); it reranks BM25's top `depth` of each dev and test
+    query (the rest of BM25's ranking follows unchanged)."""
+    import torch
+    from sentence_transformers import CrossEncoder
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from domainlm.evaluate.finetune import quiet_transformers
+    from domainlm.optim import seed_everything
+
+    if not task.train:
+        raise UnsupportedTask("no training queries: a cross-encoder needs them")
+    started = time.time()
+    quiet_transformers()
+    seed_everything(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = CrossEncoder(str(path), num_labels=1, max_length=task.max_length or config.max_length, device=device,
+                         local_files_only=True, model_kwargs={"use_safetensors": True})
+    index = BM25(task.documents)
+    ranked_train = index.rank([x["text"] for x in task.train], k=negatives + 50)
+    items = []
+    for x, found in zip(task.train, ranked_train, strict=True):
+        items += [(x["text"], task.documents[d], 1.0) for d in x["relevant"]]
+        items += [(x["text"], task.documents[d], 0.0) for d in [d for d in found if d not in x["relevant"]][:negatives]]
+    loss = BinaryCrossEntropyLoss(model)
+
+    def step(batch):
+        queries, documents, labels = zip(*batch, strict=True)
+        return loss([list(queries), list(documents)], torch.tensor(labels, device=device))
+
+    first = {split: index.rank([x["text"] for x in getattr(task, split)]) for split in ("dev", "test")}
+
+    def rerank(split: str) -> list[list[str]]:
+        out = []
+        for x, found in zip(getattr(task, split), first[split], strict=True):
+            head = found[:depth]
+            scores = model.predict([(x["text"], task.documents[d]) for d in head], batch_size=2 * config.batch_size,
+                                   show_progress_bar=False) if head else []
+            out.append([head[j] for j in np.argsort(-np.asarray(scores), kind="stable")] + found[depth:])
+        return out
+
+    extra = _train_epochs(model, task, items, lr, config, seed, step, lambda: _dev_score(task, rerank("dev")))
+    model.eval()
+    tested = time.perf_counter()
+    test = rerank("test")
+    tested = time.perf_counter() - tested
+    return _result(task, rerank("dev"), test, started, tested, **extra, rerank_depth=depth, training_pairs=len(items),
+                   parameters=sum(p.numel() for p in model.parameters()))
