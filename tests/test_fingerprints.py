@@ -102,7 +102,8 @@ def values_to_try(section: Section, name: str, tmp_path: Path) -> list:
         "TaskConfig.comment_prefix": ["#"], "TaskConfig.label_separator": ["|"], "TaskConfig.label_names": [["x"]],
         "TaskConfig.metric": ["accuracy"], "TaskConfig.explode": [["text"]], "TaskConfig.entity_markers":
             [["<", ">", "[", "]"]], "TaskConfig.train": [str(tmp_path / "cls-dev.jsonl")],
-        "TaskConfig.prompt": [{"template": "{text} So: {mask}."}],
+        "TaskConfig.prompt": [{"template": "{text} So: {mask}."}], "TaskConfig.documents": [corpus],
+        "TaskConfig.queries": [corpus],
         "SplitConfig.path": [str(tmp_path / f"{task}-{split}.{ext}") for task, ext in (("cls", "jsonl"), ("ner", "tsv"))
                              for split in ("train", "test")], "SplitConfig.ids": [corpus],
         "SplitConfig.exclude_ids": [corpus], "SplitConfig.split": ["train"],
@@ -129,7 +130,8 @@ def values_to_try(section: Section, name: str, tmp_path: Path) -> list:
 # fingerprints while its `LATER` group's key is at its default, a key another one needs.
 GATES = {"ModelConfig.architecture": {"architecture": "modernbert"}, "ModelConfig.grow_from": {"grow_from": "{model}"}}
 NEEDS = {"PretrainConfig.difficulty_model": {"difficulty": "loss", "difficulty_model": "{model}"},
-         "TaskConfig.context": {"explode": ["text"]}}
+         "TaskConfig.context": {"explode": ["text"]}, "TaskConfig.documents": {"type": "retrieval"},
+         "TaskConfig.queries": {"type": "retrieval", "format": "tsv", "documents": "{model}/config.json"}}
 
 
 def companions(section: Section, name: str, tmp_path: Path) -> dict:

@@ -166,6 +166,10 @@ def _random_task(task_type, rng, n=40):
         return gold, [random_bio(rng, 6) for _ in range(n)]
     if task_type == "regression":
         return list(rng.normal(size=n)), list(rng.normal(size=n))
+    if task_type == "retrieval":  # judged documents per query; rankings of 12 of 20 documents
+        documents = [f"d{i}" for i in range(20)]
+        return ([{d: int(rng.integers(1, 3)) for d in rng.choice(documents, size=3, replace=False)} for _ in range(n)],
+                [list(rng.choice(documents, size=12, replace=False)) for _ in range(n)])
     if task_type == "multi-label":
         def draw():
             return [label for label in "abcd" if rng.random() < 0.4]

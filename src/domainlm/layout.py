@@ -313,6 +313,16 @@ class RunLayout:
         """One fine-tuning run's metrics, dev curve and test predictions."""
         return self.root / "evaluate" / "runs" / model / task / f"lr-{lr:g}" / f"seed-{seed}.json"
 
+    def encoder_dir(self, model: str, task: str, lr: float, seed: int) -> Path:
+        """A fine-tuned bi-encoder of one retrieval run, kept until the best is chosen (`embedding_model`)."""
+        return self.root / "evaluate" / "encoders" / model / task / f"lr-{lr:g}" / f"seed-{seed}"
+
+    @property
+    def embedding_model(self) -> Path:
+        """The run's best fine-tuned bi-encoder (highest dev score over retrieval tasks), a
+        sentence-transformers directory; `embedding_model.json` beside it says which run it is."""
+        return self.root / "evaluate" / "embedding-model"
+
     def curves(self, model: str, task: str, lr: float, seed: int) -> Path:
         """TensorBoard event files of one fine-tuning run (written when tensorboard is installed)."""
         return self.root / "evaluate" / "tensorboard" / model / task / f"lr-{lr:g}" / f"seed-{seed}"

@@ -35,7 +35,7 @@ class ModelEntry(Section):
 
     name: str
     """Row label in the results."""
-    kind: Literal["domain", "random-init", "hf", "tfidf", "self-training", "distilled", "setfit"]
+    kind: Literal["domain", "random-init", "hf", "tfidf", "self-training", "distilled", "setfit", "simcse"]
     """domain: the model this run pretrained. random-init: the same architecture and tokenizer,
     untrained. hf: a local Hugging Face model directory (`path`). tfidf: TF-IDF (or word-window
     features for token tasks) + logistic regression. self-training: `teacher` (another entry)
@@ -44,9 +44,13 @@ class ModelEntry(Section):
     fine-tuned on the gold labels gives soft targets on `unlabeled` text; the `student` entry's
     model learns them (knowledge distillation), then fine-tunes on the gold labels. setfit: the
     sentence encoder at `path` fine-tuned contrastively on pairs of the labelled examples, then a
-    logistic regression on its embeddings (Tunstall et al. 2022; classes only)."""
+    logistic regression on its embeddings (Tunstall et al. 2022; classes only). simcse: the encoder
+    at `path` (or experiment arm `arm`) adapted without labels to the domain by unsupervised SimCSE
+    (Gao et al. 2021: each of `max_unlabeled` `unlabeled` texts is its own positive under two
+    dropout masks, the batch's other texts its negatives; one pass), then used as a bi-encoder on
+    retrieval tasks (`finetuning: none` or `head`)."""
     path: str | None = None
-    """hf, setfit: the model directory (`pkg://package/sub/path` for one inside an installed package)."""
+    """hf, setfit, simcse: the model directory (`pkg://package/sub/path` for one inside an installed package)."""
     optional: bool = False
     """If the path is a `pkg://` path whose package is missing, skip this model with a note."""
     teacher: str | None = None
@@ -62,10 +66,11 @@ class ModelEntry(Section):
     arm: str | None = None
     """In an experiment: `domain` / `random-init` take this arm's pretrained model / architecture."""
     unlabeled: str = "corpus"
-    """self-training, distilled: unlabeled text, one document per line (txt/.gz), or `corpus` (this run's
+    """self-training, distilled, simcse: unlabeled text, one document per line (txt/.gz), or `corpus` (this run's
     curated corpus)."""
     max_unlabeled: int = Field(default=2000, ge=1)
-    """self-training, distilled: at most this many unlabeled inputs are labelled (a seeded sample)."""
+    """self-training, distilled: at most this many unlabeled inputs are labelled (a seeded sample);
+    simcse: the texts it adapts on (steps = max_unlabeled / evaluate.batch_size)."""
     confidence: float = Field(default=0.9, ge=0, le=1)
     """self-training: keep pseudo-labels whose predicted probability is at least this (token
     tasks: the lowest over the sentence's words)."""
@@ -91,7 +96,9 @@ class ModelEntry(Section):
 
     @model_validator(mode="after")
     def _check_path(self) -> ModelEntry:
-        if self.kind in ("hf", "setfit"):
+        if self.kind == "simcse" and not (self.path or self.arm):
+            raise ValueError(f"model '{self.name}' (kind simcse) needs a `path` (a model directory) or an `arm`")
+        if self.kind in ("hf", "setfit") or self.kind == "simcse" and self.path:
             if not self.path:
                 raise ValueError(f"model '{self.name}' (kind {self.kind}) needs a `path`")
             try:
@@ -102,15 +109,15 @@ class ModelEntry(Section):
                 raise ValueError(str(err)) from None
             if not exists:
                 raise ValueError(f"model '{self.name}' directory not found: {self.path}")
-        if self.reads_unlabeled and not self.teacher:
+        if self.kind in ("self-training", "distilled") and not self.teacher:
             raise ValueError(f"model '{self.name}' (kind {self.kind}) needs a `teacher` (another model's name)")
         if self.kind == "distilled" and not self.student:
             raise ValueError(f"model '{self.name}' (kind distilled) needs a `student` (another model's name)")
         if self.finetuning == "prompt":
             self._check_prompt()
-        if self.finetuning in ("none", "cross-encoder") and self.kind not in ("domain", "hf"):
-            raise ValueError(f"model '{self.name}': finetuning: {self.finetuning} applies to domain and hf models "
-                             f"(retrieval tasks), not {self.kind}")
+        if self.finetuning in ("none", "cross-encoder") and self.kind not in ("domain", "hf", "simcse"):
+            raise ValueError(f"model '{self.name}': finetuning: {self.finetuning} applies to domain, hf and simcse "
+                             f"models (retrieval tasks), not {self.kind}")
         return self
 
     def _check_prompt(self) -> None:
@@ -130,10 +137,15 @@ class ModelEntry(Section):
         if problem:
             raise ValueError(f"model '{self.name}' ({self.path}): finetuning: prompt: {problem}")
 
+    def rates(self, grid: list[float]) -> list[float]:
+        """The learning rates its runs take: `grid`, or [0.0] for a model that takes none (TF-IDF
+        and BM25, an encoder scored zero-shot)."""
+        return [0.0] if self.kind == "tfidf" or self.finetuning == "none" else grid
+
     @property
     def reads_unlabeled(self) -> bool:
         """Whether this entry reads unlabeled in-domain text (`unlabeled`)."""
-        return self.kind in ("self-training", "distilled")
+        return self.kind in ("self-training", "distilled", "simcse")
 
 
 class LearningCurveConfig(Section):
@@ -269,7 +281,7 @@ class EvaluateConfig(Section):
     def _teachers(self) -> EvaluateConfig:
         names = {m.name: m for m in self.models}
         neural = ("domain", "random-init", "hf")  # models a teacher or student can be
-        for m in (m for m in self.models if m.reads_unlabeled):
+        for m in (m for m in self.models if m.kind in ("self-training", "distilled")):
             roles = [("teacher", m.teacher)] + ([("student", m.student)] if m.kind == "distilled" else [])
             for role, name in roles:
                 if name in names and names[name].finetuning == "prompt":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import platform
 import random
+import shutil
 import statistics
 import traceback
 from dataclasses import dataclass
@@ -60,7 +61,7 @@ def inputs(config: RunConfig) -> list[str]:
     files += [p for p in [config.evaluate.general_corpus] + [m.unlabeled for m in config.evaluate.models
                                                                if m.reads_unlabeled] if p and p != "corpus"]
     run_dir = RunLayout(config.directory)
-    models = [m.path for m in config.evaluate.models if m.kind in ("hf", "setfit") and m.path]
+    models = [m.path for m in config.evaluate.models if m.kind in ("hf", "setfit", "simcse") and m.path]
     models += [str(run_dir.arm(m.arm).export) for m in config.evaluate.models if m.arm]
     if any(m.arm for m in config.evaluate.models):
         models.append(str(run_dir.arms))
@@ -93,7 +94,7 @@ def discarded_work(config: RunConfig) -> str | None:
 # ------------------------------------------------------------------------------------------ one run
 def model_location(entry: ModelEntry, run_dir: RunLayout) -> tuple[Path, bool]:
     """(directory, use pretrained weights) for a neural model entry."""
-    if entry.kind in PRETRAINED_KINDS:
+    if entry.kind in PRETRAINED_KINDS or entry.kind == "simcse" and not entry.path:
         owner = run_dir.arm(entry.arm) if entry.arm else run_dir  # an experiment's arm, or this run
         return owner.export, entry.kind == "domain"
     return resolve_path(entry.path), True  # kind "hf"
@@ -189,11 +190,12 @@ def distil(entry: ModelEntry, teacher: ModelEntry, student: ModelEntry, task: Ta
 
 
 def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig,
-                 log_dir: Path | None = None) -> dict[str, Any]:
+                 log_dir: Path | None = None, save_to: Path | None = None) -> dict[str, Any]:
     """One (model, task, seed, learning rate): test metrics, the best dev score, test predictions;
-    a neural model's per-epoch curves go to `log_dir` (TensorBoard, when installed)."""
-    if task.target == "ranking":
-        return retrieval_one(entry, task, seed, lr, config)
+    a neural model's per-epoch curves go to `log_dir` (TensorBoard, when installed); a fine-tuned
+    bi-encoder is saved to `save_to` (retrieval)."""
+    if task.ranks:
+        return retrieval_one(entry, task, seed, lr, config, save_to)
     if entry.finetuning in ("none", "cross-encoder"):
         raise UnsupportedTask(f"finetuning: {entry.finetuning} applies to retrieval tasks, not {task.type}")
     if entry.kind == "tfidf":
@@ -227,22 +229,43 @@ def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: Ru
     return finetune(path, pretrained, task, seed, lr, config.evaluate, log_dir=log_dir, tuning=tuning)
 
 
-def retrieval_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig) -> dict[str, Any]:
+def retrieval_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig,
+                  save_to: Path | None = None) -> dict[str, Any]:
     """One run on a retrieval task: BM25 for `tfidf`, else the entry's encoder as a bi-encoder
-    (zero-shot or fine-tuned) or a cross-encoder reranking BM25 (`domainlm.evaluate.retrieval`)."""
+    (zero-shot or fine-tuned, then saved to `save_to`) or a cross-encoder reranking BM25
+    (`domainlm.evaluate.retrieval`)."""
     from domainlm.evaluate import retrieval
 
     if entry.kind == "tfidf":
         return retrieval.bm25_run(task)
-    if entry.kind not in ("domain", "hf") or entry.finetuning == "prompt":
-        raise UnsupportedTask(f"retrieval ranks with BM25 (kind tfidf) or a pretrained encoder (kind domain or hf, "
-                              f"finetuning head, none or cross-encoder), not {entry.kind} / {entry.finetuning}")
+    if entry.kind not in ("domain", "hf", "simcse") or entry.finetuning == "prompt":
+        raise UnsupportedTask(f"retrieval ranks with BM25 (kind tfidf) or a pretrained encoder (kind domain, hf or "
+                              f"simcse; finetuning head, none or cross-encoder), not {entry.kind} / {entry.finetuning}")
     path, _ = model_location(entry, RunLayout(config.directory))
+    if entry.kind == "simcse":
+        path = simcse_adapted(entry, path, seed, config)
     if entry.finetuning == "cross-encoder":
         return retrieval.cross_encoder_run(path, task, seed, lr, config.evaluate, entry.rerank_depth,
                                            entry.hard_negatives or 4)
-    return retrieval.bi_encoder_run(path, task, seed, lr, config.evaluate, entry.finetuning == "head",
-                                    entry.hard_negatives)
+    fine_tune = entry.finetuning == "head"
+    return retrieval.bi_encoder_run(path, task, seed, lr, config.evaluate, fine_tune, entry.hard_negatives,
+                                    save_to if fine_tune else None)
+
+
+def simcse_adapted(entry: ModelEntry, path: Path, seed: int, config: RunConfig) -> Path:
+    """The encoder at `path` adapted by unsupervised SimCSE on the entry's unlabeled text (once per
+    model entry and seed, then reused by every task and learning rate)."""
+    from domainlm.evaluate.retrieval import simcse_adapt
+
+    run_dir = RunLayout(config.directory)
+    target = run_dir.root / "evaluate" / "adapted" / entry.name / f"seed-{seed}"
+    if not target.exists():
+        limit = 20 * entry.max_unlabeled
+        texts = run_dir.corpus_texts() if entry.unlabeled == "corpus" else read_lines(entry.unlabeled, limit)
+        pool = [t for _, t in zip(range(limit), texts, strict=False)]
+        chosen = random.Random(seed).sample(pool, min(entry.max_unlabeled, len(pool)))
+        simcse_adapt(path, chosen, seed, config.evaluate, target)
+    return target
 
 
 def task_distances(config: RunConfig, tasks: list[Task]) -> dict[str, Any]:
@@ -316,7 +339,9 @@ def run_job(job: Job, config: RunConfig) -> tuple:
         torch.set_num_threads(config.resources.evaluate_threads)
     run_dir = RunLayout(config.directory)
     try:
-        result = evaluate_one(job.entry, job.task, job.seed, job.lr, config, job.log_dir(run_dir))
+        save_to = run_dir.encoder_dir(job.entry.name, job.task.name, job.lr, job.seed) \
+            if job.point is None and job.task.ranks else None
+        result = evaluate_one(job.entry, job.task, job.seed, job.lr, config, job.log_dir(run_dir), save_to)
     except UnsupportedTask as err:
         return "unsupported", str(err), ""
     except Exception as err:  # noqa: BLE001 - one broken model must not stop the others
@@ -458,6 +483,27 @@ def curve_results(jobs: list[Job], outcomes: dict[tuple, tuple], run_dir: RunLay
     return rows, selection
 
 
+def keep_best_encoder(done: dict, selection: dict, run_dir: RunLayout) -> None:
+    """Of the fine-tuned bi-encoders saved by retrieval runs, the one with the best dev score (at
+    its model's chosen learning rate) becomes `run_dir.embedding_model`, with a record of its run;
+    the others are removed (this stage wrote them)."""
+    saved = run_dir.root / "evaluate" / "encoders"
+    if not saved.exists():
+        return
+    candidates = [(r["dev_score"], model, task, lr, r["seed"], r["metrics"])
+                  for (model, task), runs in done.items() if task in (selection.get(model) or {})
+                  for lr, results in runs.items() if lr == selection[model][task]["lr"] for r in results
+                  if run_dir.encoder_dir(model, task, lr, r["seed"]).exists()]
+    if candidates:
+        dev, model, task, lr, seed, metrics = max(candidates, key=lambda c: c[0])
+        target = run_dir.embedding_model
+        shutil.rmtree(target, ignore_errors=True)
+        run_dir.encoder_dir(model, task, lr, seed).rename(target)
+        atomic_write_json(target.with_suffix(".json"), {"model": model, "task": task, "lr": lr, "seed": seed,
+                                                        "dev_score": dev, "test_metrics": metrics})
+    shutil.rmtree(saved)
+
+
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     run_dir = RunLayout(config.directory)
     tasks = [load_task(t, seed=config.seed) for t in config.tasks]
@@ -471,7 +517,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         atomic_write_json(run_dir.distance, task_distances(config, tasks))
     models, failures, skipped = available_models(config, run_dir)
     grid = config.evaluate.learning_rates
-    jobs = [Job(m, t, lr, s) for m in models for t in tasks for lr in ([0.0] if m.kind == "tfidf" else grid)
+    jobs = [Job(m, t, lr, s) for m in models for t in tasks for lr in m.rates(grid)
             for s in config.evaluate.seeds]
     curve = config.evaluate.learning_curve
     samples = {t.name: [x for seed in curve.seeds for x in curve_samples(t, curve.sizes, seed)]
@@ -493,6 +539,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
         from domainlm.evaluate.active import active_learning
 
         rows += active_learning(config, models, tasks, selection, broken, skipped, failures)
+    keep_best_encoder(done, selection, run_dir)
     atomic_write_jsonl(run_dir.results, rows)
     atomic_write_json(run_dir.failures, {"failed": failures, "skipped": skipped})
     if any(m.kind == "distilled" for m in models):

@@ -74,7 +74,7 @@ def query(scores: list[float], batch: int) -> list[int]:
 
 
 def check_supported(entry: ModelEntry, task: Task) -> None:
-    if HEADS[task.target].uncertainty is None:
+    if task.ranks or HEADS[task.target].uncertainty is None:  # retrieval has no head
         raise UnsupportedTask(f"active learning needs one predictive distribution per example; {task.type} "
                               f"(task '{task.name}') has none")
     if entry.kind not in NEURAL:

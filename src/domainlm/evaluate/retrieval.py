@@ -9,6 +9,9 @@ training queries; every run ranks the task's documents for each dev and test que
   (`finetuning: none`) it is scored as it ships; fine-tuned (`finetuning: head`) it learns the
   training (query, relevant document) pairs with in-batch negatives (multiple-negatives ranking
   loss, Henderson et al. 2017), optionally with `hard_negatives` mined by BM25 per query.
+- Unsupervised SimCSE (Gao et al. 2021) adapts an encoder to a domain's text without labels
+  before it is used as a bi-encoder: each text is its own positive under two dropout masks, the
+  batch's other texts its negatives (the same ranking loss), one pass at lr 3e-5.
 - A cross-encoder (Nogueira & Cho 2019, monoBERT; `finetuning: cross-encoder`): query and document
   read together, one relevance logit, trained with binary cross-entropy on each relevant document
   and BM25's non-relevant top documents, reranking BM25's top `rerank_depth`.
@@ -88,16 +91,17 @@ def _result(task: Task, dev: list[list[str]], test: list[list[str]], started: fl
 
 
 # --------------------------------------------------------------------------------- bi-encoders
-def load_bi_encoder(path: Path, max_length: int, device: str):
+def load_bi_encoder(path: Path, max_length: int, device: str, config_kwargs: dict | None = None):
     """A sentence-transformers model of a directory: its own modules when it is a
-    sentence-transformers export, else the transformers encoder with mean pooling."""
+    sentence-transformers export, else the transformers encoder with mean pooling (`config_kwargs`
+    override its transformers config)."""
     from sentence_transformers import SentenceTransformer
 
     from domainlm.evaluate.finetune import quiet_transformers
 
     quiet_transformers()
     model = SentenceTransformer(str(path), device=device, local_files_only=True,
-                                model_kwargs={"use_safetensors": True})
+                                model_kwargs={"use_safetensors": True}, config_kwargs=config_kwargs)
     model.max_seq_length = max_length
     return model
 
@@ -295,3 +299,51 @@ def cross_encoder_run(path: Path, task: Task, seed: int, lr: float, config, dept
     tested = time.perf_counter() - tested
     return _result(task, rerank("dev"), test, started, tested, **extra, rerank_depth=depth, training_pairs=len(items),
                    parameters=sum(p.numel() for p in model.parameters()))
+
+
+# ------------------------------------------------------------------------------ SimCSE
+SIMCSE_LR = 3e-5
+"""Unsupervised SimCSE's learning rate for BERT-base (Gao et al. 2021)."""
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "mlp_dropout",
+                "embedding_dropout")  # BERT / RoBERTa / ELECTRA and ModernBERT names
+
+
+def _with_dropout(path: Path, rate: float = 0.1) -> dict:
+    """Config overrides giving dropout `rate` where the model's config sets it to 0 (a model
+    pretrained without dropout): SimCSE's two views of a text differ only by dropout."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True).to_dict()
+    return {key: rate for key in DROPOUT_KEYS if config.get(key) == 0}
+
+
+def simcse_adapt(path: Path, texts: list[str], seed: int, config, out: Path) -> dict:
+    """One pass of unsupervised SimCSE over `texts` (batches of `config.batch_size`, dropout on),
+    the adapted encoder saved to `out` as a sentence-transformers directory (written beside it,
+    then renamed: a killed run leaves no half model). Returns the steps and mean loss."""
+    import shutil
+
+    import torch
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.util import batch_to_device
+
+    from domainlm.optim import seed_everything
+
+    seed_everything(seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_bi_encoder(path, config.max_length, device, _with_dropout(path))
+    loss = MultipleNegativesRankingLoss(model)
+    batches = _batches(texts, config.batch_size, random.Random(seed))
+    optimizer, scheduler = _schedule(model, SIMCSE_LR, config, len(batches))
+    model.train()  # two forward passes of one text differ only by dropout: SimCSE's augmentation
+
+    def step(batch):
+        features = model.preprocess(batch)
+        return loss([batch_to_device(features, device), batch_to_device(model.preprocess(batch), device)], None)
+
+    losses = [_fit(optimizer, scheduler, batch, step) for batch in batches if len(batch) > 1]
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save(str(partial))
+    partial.rename(out)
+    return {"steps": len(losses), "loss": float(np.mean(losses)) if losses else None}

@@ -35,7 +35,7 @@ from domainlm.tasks.metrics import task_metrics
 from domainlm.tasks.types import TASK_TYPES
 
 SUPPORTED = tuple(name for name, kind in TASK_TYPES.items()  # one label per example
-                  if HEADS[kind.target].problem_type == "single_label_classification")
+                  if not kind.ranks and HEADS[kind.target].problem_type == "single_label_classification")
 
 
 def check_supported(model: str, task: Task) -> None:

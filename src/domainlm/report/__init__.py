@@ -134,14 +134,14 @@ def finished_runs(config: RunConfig, run_dir: RunLayout, tasks: list[dict]) -> d
     done: dict[tuple[str, str], dict[float, list[dict]]] = {}
     for model, task, lr, seed, result in run_dir.finished_runs():
         entry = models.get(model)
-        if entry and lr in ([0.0] if entry.kind == "tfidf" else grid) and seed in seeds:
+        if entry and lr in entry.rates(grid) and seed in seeds:
             done.setdefault((model, task), {}).setdefault(lr, []).append(result)
     failed, missing, total = [], [], 0
     for entry in models.values():
         if entry.arm and not run_dir.arm(entry.arm).export.exists():
             failed.append({"model": entry.name, "task": "", "error": run_dir.arm_failure(entry.arm)})
             continue
-        expected = len(seeds) * (1 if entry.kind == "tfidf" else len(grid))
+        expected = len(seeds) * len(entry.rates(grid))
         total += expected * len(tasks)
         for task in tasks:
             have = sum(map(len, done.get((entry.name, task["name"]), {}).values()))

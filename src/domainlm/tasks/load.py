@@ -63,6 +63,11 @@ class Task:
         self.metric = self.metric or TASK_TYPES[self.type].headline
 
     @property
+    def ranks(self) -> bool:
+        """Whether models rank `documents` per query (retrieval) instead of predicting a label."""
+        return TASK_TYPES[self.type].ranks
+
+    @property
     def target(self) -> str:
         """What one example's gold is: class, classes, number, tags or choice (`tasks.types`)."""
         return TASK_TYPES[self.type].target

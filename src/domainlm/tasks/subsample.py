@@ -41,7 +41,7 @@ def per_class(target: str) -> bool:
 
 def size_unit(target: str) -> str:
     """What a curve's size counts for this target, as the report says it."""
-    return "labels per class" if per_class(target) else "sentences" if target == "tags" else "examples"
+    return "labels per class" if per_class(target) else {"tags": "sentences", "ranking": "queries"}.get(target, "examples")
 
 
 def nested_samples(examples: list[dict], target: str, sizes: list[int], seed: int) -> list[list[int]]:

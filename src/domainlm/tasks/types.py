@@ -40,6 +40,10 @@ class TaskType:
     """Whether the text carries two marked entities (relation classification)."""
     self_training: bool = False
     """Whether unlabeled in-domain text can be pseudo-labelled for it (single-text tasks)."""
+    ranks: bool = False
+    """Whether its models rank a document collection per query (retrieval: BM25, bi-encoders,
+    cross-encoders in `domainlm.evaluate.retrieval`) instead of predicting through a fine-tuning
+    head (`domainlm.evaluate.heads.HEADS`)."""
     template: str | None = None
     """The default prompt of prompt-based fine-tuning (`evaluate.prompt`; None: it does not apply):
     `{text}`, `{text_pair}` and `{mask}` (the model's mask token, where the label word goes)."""
@@ -58,7 +62,7 @@ TASK_TYPES: dict[str, TaskType] = {t.name: t for t in (
     TaskType("multiple-choice", "choice", "accuracy"),                               # text + choices -> index
     TaskType("yes-no-qa", "class", "accuracy", text_pair="yes",                     # question, context -> answer
              template="{text_pair} Question: {text} Answer: {mask}."),               # PET's BoolQ prompt
-    TaskType("retrieval", "ranking", "ndcg@10", text_pair="yes"),                    # query -> ranked documents
+    TaskType("retrieval", "ranking", "ndcg@10", text_pair="yes", ranks=True),                    # query -> ranked documents
 )}
 
 def task_type(name: str) -> TaskType:
