@@ -241,6 +241,11 @@ def retrieval_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: R
     if entry.kind not in ("domain", "hf", "simcse") or entry.finetuning == "prompt":
         raise UnsupportedTask(f"retrieval ranks with BM25 (kind tfidf) or a pretrained encoder (kind domain, hf or "
                               f"simcse; finetuning head, none or cross-encoder), not {entry.kind} / {entry.finetuning}")
+    try:
+        import sentence_transformers  # noqa: F401 - the neural rows' library, an optional extra
+    except ImportError:
+        raise UnsupportedTask("retrieval with an encoder needs sentence-transformers: "
+                              "pip install 'domainlm[retrieval]'") from None
     path, _ = model_location(entry, RunLayout(config.directory))
     if entry.kind == "simcse":
         path = simcse_adapted(entry, path, seed, config)
