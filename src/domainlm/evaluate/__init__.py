@@ -32,7 +32,7 @@ from typing import Any
 
 from domainlm.config import ModelEntry, RunConfig, resolve_path
 from domainlm.errors import UnsupportedTask
-from domainlm.io import atomic_write_json, atomic_write_jsonl, read_json, read_lines
+from domainlm.io import atomic_write_json, atomic_write_jsonl, fingerprint, read_json, read_lines
 from domainlm.layout import RunLayout
 from domainlm.progress import progress_bar
 from domainlm.tasks.load import Task, load_task
@@ -263,7 +263,8 @@ def simcse_adapted(entry: ModelEntry, path: Path, seed: int, config: RunConfig) 
     from domainlm.evaluate.retrieval import simcse_adapt
 
     run_dir = RunLayout(config.directory)
-    target = run_dir.root / "evaluate" / "adapted" / entry.name / f"seed-{seed}"
+    key = fingerprint([str(path), entry.unlabeled, entry.max_unlabeled, config.evaluate.batch_size])[:12]
+    target = run_dir.root / "evaluate" / "adapted" / key / f"seed-{seed}"  # shared by entries adapting alike
     if not target.exists():
         limit = 20 * entry.max_unlabeled
         texts = run_dir.corpus_texts() if entry.unlabeled == "corpus" else read_lines(entry.unlabeled, limit)

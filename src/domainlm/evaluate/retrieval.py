@@ -11,7 +11,8 @@ training queries; every run ranks the task's documents for each dev and test que
   loss, Henderson et al. 2017), optionally with `hard_negatives` mined by BM25 per query.
 - Unsupervised SimCSE (Gao et al. 2021) adapts an encoder to a domain's text without labels
   before it is used as a bi-encoder: each text is its own positive under two dropout masks, the
-  batch's other texts its negatives (the same ranking loss), one pass at lr 3e-5.
+  batch's other texts its negatives (the same ranking loss), one pass at lr 3e-5 over texts cut
+  to 64 tokens.
 - A cross-encoder (Nogueira & Cho 2019, monoBERT; `finetuning: cross-encoder`): query and document
   read together, one relevance logit, trained with binary cross-entropy on each relevant document
   and BM25's non-relevant top documents, reranking BM25's top `rerank_depth`.
@@ -304,6 +305,8 @@ def cross_encoder_run(path: Path, task: Task, seed: int, lr: float, config, dept
 # ------------------------------------------------------------------------------ SimCSE
 SIMCSE_LR = 3e-5
 """Unsupervised SimCSE's learning rate for BERT-base (Gao et al. 2021)."""
+SIMCSE_LENGTH = 64
+"""Tokens of each text SimCSE reads (the paper's sentences: 32)."""
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "attention_dropout", "mlp_dropout",
                 "embedding_dropout")  # BERT / RoBERTa / ELECTRA and ModernBERT names
 
@@ -331,7 +334,7 @@ def simcse_adapt(path: Path, texts: list[str], seed: int, config, out: Path) -> 
 
     seed_everything(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_bi_encoder(path, config.max_length, device, _with_dropout(path))
+    model = load_bi_encoder(path, SIMCSE_LENGTH, device, _with_dropout(path))
     loss = MultipleNegativesRankingLoss(model)
     batches = _batches(texts, config.batch_size, random.Random(seed))
     optimizer, scheduler = _schedule(model, SIMCSE_LR, config, len(batches))
