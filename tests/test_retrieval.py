@@ -340,3 +340,10 @@ def _lines(tmp_path: Path) -> Path:
     path = tmp_path / "unlabeled.txt"
     path.write_text("\n".join(" ".join(random.Random(i).sample(" ".join(TOPICS).split(), 5)) for i in range(40)))
     return path
+
+
+def test_a_model_ranking_every_query_alike_is_named_as_such():
+    from domainlm.report.comparison import _constant
+
+    assert _constant("ranking", [[["a", "b"], ["a", "b"]]] * 2) == "the same ranking for every query"
+    assert _constant("ranking", [[["a", "b"], ["b", "a"]]]) is None

@@ -83,6 +83,8 @@ def _constant(target: str, runs: list[list]) -> str | None:
     if target == "tags":
         return "no entity at all" if all(t == "O" for run in runs for tags in run for t in tags) else None
     kinds = [{json.dumps(value, sort_keys=True) for value in run} for run in runs]
+    if all(len(kind) == 1 for kind in kinds) and target == "ranking":
+        return "the same ranking for every query"
     if all(len(kind) == 1 for kind in kinds):
         values = sorted({next(iter(kind)) for kind in kinds})
         return "only " + " / ".join(values)
