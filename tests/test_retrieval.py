@@ -2,6 +2,7 @@
 against ir-measures and hand-computed values, the bootstrap over queries, BM25 and zero-shot rows,
 bi-encoder / cross-encoder fine-tuning and SimCSE on a tiny encoder, the exported bi-encoder."""
 
+import dataclasses
 import json
 import math
 import random
@@ -53,6 +54,7 @@ def beir(tmp_path) -> dict:
 @pytest.fixture
 def tiny_encoder(tmp_path) -> Path:
     """A 1-layer random BERT whose WordPiece vocabulary covers the toy words."""
+    import torch
     from transformers import BertConfig, BertModel
 
     from domainlm.config import TokenizerConfig
@@ -63,6 +65,7 @@ def tiny_encoder(tmp_path) -> Path:
     tokenizer = train_wordpiece([" ".join(random.Random(i).sample(words, 8)) for i in range(200)],
                                 TokenizerConfig(vocab_size=160, min_frequency=1))
     save_for_transformers(tokenizer, folder)
+    torch.manual_seed(0)  # the same random encoder whatever ran before
     BertModel(BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
                          num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
     return folder
@@ -248,13 +251,14 @@ def test_a_fine_tuned_bi_encoder_learns_the_toy_pairs_and_is_exported_loadable(b
         for i, topic in enumerate(TOPICS):  # lexically half right for two topics; the drug decides
             handle.write(json.dumps({"_id": f"q{i}", "text": f"{topic.split()[0]} {TOPICS[(i + 1) % 16].split()[1]}"}) + "\n")
     task = load_task(TaskConfig(**beir))
+    task = dataclasses.replace(task, test=task.train)  # scored on what it learned: 10 queries, not 3 unseen
     config = EvaluateConfig(batch_size=8, max_length=32, epochs=8, patience=None)
     before = bi_encoder_run(tiny_encoder, task, 0, 1e-3, config, fine_tune=False)
     after = bi_encoder_run(tiny_encoder, task, 0, 1e-3, config, fine_tune=True, export=tmp_path / "exported")
     assert after["pairs"] == 20 and len(after["dev_scores"]) == 8
     assert after["train_loss"][-1] < after["train_loss"][0]
-    assert after["metrics"]["ndcg@10"] > before["metrics"]["ndcg@10"]
-    texts = [x["text"] for x in task.test]
+    assert after["metrics"]["ndcg@10"] > before["metrics"]["ndcg@10"] + 0.1  # 0.60 -> 0.94 when written
+    texts = [x["text"] for x in task.dev]
     ours = embed(load_bi_encoder(tmp_path / "exported", 32, "cpu"), texts, 8).numpy()
     theirs = SentenceTransformer(str(tmp_path / "exported"), device="cpu").encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)

@@ -320,7 +320,7 @@ def _train_epoch(model, data: Encoded, task: Task, pad_id: int, device, optimize
     return float(total) / max(steps, 1)  # one wait for the device per epoch
 
 
-def _optimizer(model, lr: float, config: EvaluateConfig, items: int, epochs: int):
+def fine_tuning_optimizer(model, lr: float, config: EvaluateConfig, items: int, epochs: int):
     """AdamW and its schedule for `epochs` passes over `items` items: linear warmup over
     `warmup_fraction` of the steps, then linear decay to zero."""
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=lr, fused=True)
@@ -335,7 +335,7 @@ def _fit(model, train: Encoded, dev: Encoded, task: Task, pad_id: int, device, l
     """AdamW with linear warmup and decay for at most `epochs`, scoring dev after each; stops after
     `patience` epochs without a better dev score and leaves the best epoch's weights in `model`.
     Returns (best dev score, best epoch, dev score of every epoch run)."""
-    optimizer, scheduler = _optimizer(model, lr, config, len(train.items), config.epochs)
+    optimizer, scheduler = fine_tuning_optimizer(model, lr, config, len(train.items), config.epochs)
     best_score, best_state, best_epoch, dev_scores = -float("inf"), None, 0, []
     for epoch in range(config.epochs):
         loss = _train_epoch(model, train, task, pad_id, device, optimizer, scheduler, config.batch_size, rng)
@@ -379,7 +379,7 @@ def _distil(model, data: Encoded, task: Task, pad_id: int, device, lr: float, co
             rng: random.Random, temperature: float, epochs: int) -> list[float]:
     """`epochs` passes over soft targets with AdamW and the fine-tuning's warmup and linear decay
     (over these epochs' steps); the mean loss of each epoch."""
-    optimizer, scheduler = _optimizer(model, lr, config, len(data.items), epochs)
+    optimizer, scheduler = fine_tuning_optimizer(model, lr, config, len(data.items), epochs)
     return [_train_epoch(model, data, task, pad_id, device, optimizer, scheduler, config.batch_size, rng, temperature)
             for _ in range(epochs)]
 

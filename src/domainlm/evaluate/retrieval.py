@@ -130,7 +130,7 @@ def dense_rank(model, task: Task, queries: list[dict], batch_size: int, document
 
 
 def training_pairs(task: Task, hard_negatives: int, seed: int) -> list[tuple[str, ...]]:
-    """(query, relevant document[, a hard negative]) per training judgement, in a seeded order.
+    """(query, relevant document[, a hard negative]) per training judgement.
     Hard negatives: BM25's top documents for the query that are not judged relevant, one drawn per
     pair from its query's first `hard_negatives`."""
     rng = random.Random(seed)
@@ -148,7 +148,6 @@ def training_pairs(task: Task, hard_negatives: int, seed: int) -> list[tuple[str
             elif hard_negatives:
                 continue  # BM25 found no non-relevant document: a triplet batch needs all three
             pairs.append(pair)
-    rng.shuffle(pairs)
     return pairs
 
 
@@ -168,25 +167,18 @@ def _fit(optimizer, scheduler, batch: list[tuple], step) -> float:
     return loss_value.item()
 
 
-def _schedule(model, lr: float, config, steps: int):
-    """AdamW with linear warmup (`warmup_fraction`) and linear decay to zero over `steps`."""
+def _train_epochs(model, items: list, lr: float, config, seed: int, step, score_dev) -> dict:
+    """Epochs over `items` with `step(batch)` giving the loss (AdamW, the fine-tuning's warmup and
+    linear decay), dev scored after each (`score_dev()`), early stopping after `patience` epochs
+    without a better score; the best epoch's weights stay in `model`. Returns the bookkeeping: dev
+    scores per epoch, the best epoch, mean loss per epoch."""
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay)
-    return optimizer, get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * steps), steps)
-
-
-def _train_epochs(model, task: Task, items: list, lr: float, config, seed: int, step, score_dev) -> dict:
-    """Epochs over `items` with `step(loss inputs)`, dev scored after each (`score_dev()`), early
-    stopping after `patience` epochs without a better score; the best epoch's weights stay in
-    `model`. Returns the bookkeeping: dev scores per epoch, the best epoch, mean loss per epoch."""
-    import torch
+    from domainlm.evaluate.finetune import fine_tuning_optimizer
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
-    steps = -(-len(items) // config.batch_size) * config.epochs
-    optimizer, scheduler = _schedule(model, lr, config, steps)
+    optimizer, scheduler = fine_tuning_optimizer(model, lr, config, len(items), config.epochs)
     best, best_state, dev_scores, losses, waited = -1.0, None, [], [], 0
     for _ in range(config.epochs):
         model.train()
@@ -231,7 +223,7 @@ def bi_encoder_run(path: Path, task: Task, seed: int, lr: float, config, fine_tu
             columns = [model.preprocess(list(column)) for column in zip(*batch, strict=True)]
             return loss([batch_to_device(c, device) for c in columns], None)
 
-        extra |= _train_epochs(model, task, pairs, lr, config, seed, step,
+        extra |= _train_epochs(model, pairs, lr, config, seed, step,
                                lambda: _dev_score(task, dense_rank(model, task, task.dev, batch_size)))
         extra |= {"pairs": len(pairs), "hard_negatives": hard_negatives}
     model.eval()
@@ -293,7 +285,7 @@ def cross_encoder_run(path: Path, task: Task, seed: int, lr: float, config, dept
             out.append([head[j] for j in np.argsort(-np.asarray(scores), kind="stable")] + found[depth:])
         return out
 
-    extra = _train_epochs(model, task, items, lr, config, seed, step, lambda: _dev_score(task, rerank("dev")))
+    extra = _train_epochs(model, items, lr, config, seed, step, lambda: _dev_score(task, rerank("dev")))
     model.eval()
     tested = time.perf_counter()
     test = rerank("test")
@@ -330,6 +322,7 @@ def simcse_adapt(path: Path, texts: list[str], seed: int, config, out: Path) -> 
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.util import batch_to_device
 
+    from domainlm.evaluate.finetune import fine_tuning_optimizer
     from domainlm.optim import seed_everything
 
     seed_everything(seed)
@@ -337,7 +330,7 @@ def simcse_adapt(path: Path, texts: list[str], seed: int, config, out: Path) -> 
     model = load_bi_encoder(path, SIMCSE_LENGTH, device, _with_dropout(path))
     loss = MultipleNegativesRankingLoss(model)
     batches = _batches(texts, config.batch_size, random.Random(seed))
-    optimizer, scheduler = _schedule(model, SIMCSE_LR, config, len(batches))
+    optimizer, scheduler = fine_tuning_optimizer(model, SIMCSE_LR, config, len(texts), 1)
     model.train()  # two forward passes of one text differ only by dropout: SimCSE's augmentation
 
     def step(batch):
