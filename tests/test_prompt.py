@@ -156,6 +156,20 @@ def test_the_search_takes_the_word_most_favoured_for_a_label_over_all_examples(t
         task.labels[0]: ["tumor"], task.labels[1]: ["gene"]}
 
 
+def test_a_label_without_training_examples_takes_the_slots_likeliest_free_word(tiny_model, task_entries):
+    """A subsample (max_train_examples, a learning curve's sample) can leave a class without
+    examples: it gets a word, not a failed model (found with ChemProt's 4-example class)."""
+    task = load_task(TaskConfig(**task_entries["classification"]))
+    tokenizer = task_tokenizer(tiny_model, task)
+    vocab = tokenizer.get_vocab()
+    scores = {-1: torch.zeros(len(tokenizer)), 0: torch.zeros(len(tokenizer))}  # label 1: no training example
+    scores[-1][vocab["tumor"]], scores[-1][vocab["gene"]] = 3.0, 2.0
+    scores[0][vocab["tumor"]] = 9.0  # the first label's word: taken
+    found = search_words(tokenizer, scores, task, task.labels, space=True, taken=set())
+    assert {label: tokenizer.convert_ids_to_tokens(t) for label, t in found.items()} == {
+        task.labels[0]: ["tumor"], task.labels[1]: ["gene"]}
+
+
 def test_the_automatic_verbalizer_takes_label_names_and_searches_the_others_with_the_models_scores(tiny_model,
                                                                                                   tmp_path):
     entry = _separable_task(tmp_path, n=(12, 4, 4))

@@ -162,20 +162,24 @@ def mean_log_probabilities(model, data: Encoded, task: Task, batch_size: int, pa
     return {key: total / counts[key] for key, total in sums.items()}
 
 
+UNTRAINED = "no training example: the likeliest free word at the mask"
+"""The verbalizer source of a label that no training example carries."""
+
+
 def search_words(tokenizer, scores: dict[int, torch.Tensor], task: Task, labels: list[str], space: bool,
                  taken: set[int]) -> dict[str, list[int]]:
     """For each of `labels` (in task order), the vocabulary word with the highest mean
     log-probability over its training examples less the mean over all of them (`scores`), among
-    whole words (letters only, one token where the mask stands) no other label has. ModelError
-    for a label without training examples."""
+    whole words (letters only, one token where the mask stands) no other label has. A label
+    without training examples (a class of the task that a subsample left out) takes the word with
+    the highest mean over all of them (`UNTRAINED`): nothing can train it, and a word that fits the
+    slot keeps the label as likely as the other words there."""
     special = set(tokenizer.all_special_ids) | taken
     out = {}
     for label in labels:
         c = task.labels.index(label)
-        if c not in scores:
-            raise ModelError(f"task '{task.name}': label {label!r} has no training example to find its word from; "
-                             f"give it one in tasks.{task.name}.prompt.verbalizer")
-        for token in torch.argsort(scores[c] - scores[-1], descending=True).tolist():
+        ranking = scores[c] - scores[-1] if c in scores else scores[-1]
+        for token in torch.argsort(ranking, descending=True).tolist():
             word = tokenizer.decode([token]).strip()
             if token not in special and word.isalpha() and word_token(tokenizer, word, space) == token:
                 out[label] = [token]
@@ -206,7 +210,7 @@ def label_words(model, tokenizer, task: Task, train: Encoded, batch_size: int, d
         scores = mean_log_probabilities(model, train, task, batch_size, pad_id, tokenizer.mask_token_id, device)
         found = search_words(tokenizer, scores, task, missing, space, taken)
         words |= found
-        source |= dict.fromkeys(found, "search")
+        source |= {label: "search" if task.labels.index(label) in scores else UNTRAINED for label in found}
     return {label: words[label] for label in task.labels}, source
 
 
