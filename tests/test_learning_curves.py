@@ -209,3 +209,18 @@ def test_a_run_that_fails_on_a_tiny_sample_leaves_out_that_point_not_the_model(t
     assert [(f["model"], f["error"]) for f in failed] == [
         (m, "learning curve: 1 sample left out, a run failed (first: size 2, subsample seed 0: ValueError: too few "
             "examples)") for m in ("tfidf", "tfidf-b")]
+
+
+def test_a_model_keeps_its_colour_in_every_panel_of_the_curve_plot(tmp_path, monkeypatch):
+    import domainlm.report.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    point = {"low": 0.1, "mean": 0.2, "high": 0.3}
+    points = [{"task": "a", "model": m, "size": 8} | point for m in ("first", "second", "third")]
+    points += [{"task": "b", "model": m, "size": 8} | point for m in ("first", "third")]  # no "second" here
+    assert plots.plot_learning_curves(points, [{"name": "a", "metric": "m"}, {"name": "b", "metric": "m"}],
+                                      {}, tmp_path / "curves.png")
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in figures[0].axes[:2]]
+    assert colours[0]["third"] == colours[1]["third"] and colours[0]["first"] == colours[1]["first"]
+    assert len(set(colours[0].values())) == 3

@@ -134,7 +134,9 @@ def plot_learning_curves(points: list[dict], tasks: list[dict], units: dict[str,
     if drawn is None:
         return False
     fig, panels = drawn
-    for ax, task, found in panels:
+    palette = pyplot().rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {model: palette[i % len(palette)] for i, model in enumerate(dict.fromkeys(p["model"] for p in points))}
+    for ax, task, found in panels:  # a model keeps its colour in every panel, whichever models a task has
         largest = max(p["size"] for p in found if p["size"] is not None)
         ticks = sorted({p["size"] for p in found if p["size"] is not None})
         for model in dict.fromkeys(p["model"] for p in found):
@@ -142,7 +144,7 @@ def plot_learning_curves(points: list[dict], tasks: list[dict], units: dict[str,
             xs = [p["size"] or 2 * largest for p in line]
             width = 2.2 if model == highlight else 1.4
             drawn = ax.plot(xs, [100 * p["mean"] for p in line], marker="o", markersize=3, linewidth=width,
-                            label=model)
+                            label=model, color=colors[model])
             ax.fill_between(xs, [100 * p["low"] for p in line], [100 * p["high"] for p in line],
                             color=drawn[0].get_color(), alpha=0.15, linewidth=0)
         if any(p["size"] is None for p in found):
