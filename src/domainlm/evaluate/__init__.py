@@ -258,8 +258,9 @@ def retrieval_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: R
 
 
 def simcse_adapted(entry: ModelEntry, path: Path, seed: int, config: RunConfig) -> Path:
-    """The encoder at `path` adapted by unsupervised SimCSE on the entry's unlabeled text (once per
-    model entry and seed, then reused by every task and learning rate)."""
+    """The encoder at `path` adapted by unsupervised SimCSE on the entry's unlabeled text: once per
+    (encoder, unlabeled text, number of texts, batch size) and seed, then reused by every entry,
+    task and learning rate that asks for the same."""
     from domainlm.evaluate.retrieval import simcse_adapt
 
     run_dir = RunLayout(config.directory)
