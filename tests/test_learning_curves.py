@@ -224,3 +224,14 @@ def test_a_model_keeps_its_colour_in_every_panel_of_the_curve_plot(tmp_path, mon
     colours = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in figures[0].axes[:2]]
     assert colours[0]["third"] == colours[1]["third"] and colours[0]["first"] == colours[1]["first"]
     assert len(set(colours[0].values())) == 3
+
+
+def test_with_many_models_the_report_shows_the_savings_and_counts_the_pairs_that_never_reach():
+    from domainlm.report.sections import SAVINGS_IN_FULL, _savings_text
+
+    few = [{"task": "t", "size": None, "sentence": f"never {i}."} for i in range(SAVINGS_IN_FULL)]
+    assert _savings_text(few) == " " + " ".join(s["sentence"] for s in few)  # every sentence while few
+    many = few + [{"task": "t", "size": 8, "sentence": "reaches."}, {"task": "u", "size": None, "sentence": "no."}]
+    text = _savings_text(many)
+    assert "reaches." in text and "never 0." not in text and "no." in text
+    assert f"On t, in {SAVINGS_IN_FULL} more ordered pairs the first model never reaches" in text

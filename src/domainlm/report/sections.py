@@ -42,6 +42,25 @@ def results_section(config: RunConfig, art: dict, summary: list[dict], numbers: 
                               "test inputs cut (truncated / windowed)", "did not learn the task"], rows)
 
 
+SAVINGS_IN_FULL = 6
+"""Label-saving sentences per task shown in full; past that (4+ models make 12+ ordered pairs) the
+report shows those where a model reaches the other's score and counts the rest (results.json has all)."""
+
+
+def _savings_text(savings: list[dict]) -> str:
+    """The label-saving sentences, task by task: all of them for a task with few, else the pairs
+    where one model reaches the other's score, and how many pairs never do."""
+    text = ""
+    for task in dict.fromkeys(s["task"] for s in savings):
+        found = [s for s in savings if s["task"] == task]
+        shown = found if len(found) <= SAVINGS_IN_FULL else [s for s in found if s["size"] is not None]
+        text += " " + " ".join(s["sentence"] for s in shown)
+        if left := len(found) - len(shown):
+            text += f" On {task}, in {left} more ordered pairs the first model never reaches the second's score " \
+                    "(each with its best in results.json, `learning_curves.label_saving`)."
+    return text
+
+
 def learning_curves_section(config: RunConfig, curves: dict) -> Section:
     """Each model's score at each size (and on the full training split), and how many labels each
     model needs to reach another's score, one sentence per task and pair of models."""
@@ -57,8 +76,7 @@ def learning_curves_section(config: RunConfig, curves: dict) -> Section:
             f"{e.learning_rates}. Scores are the headline metric on the full test set, mean over a point's runs "
             f"with a bootstrap 95% interval (test examples and runs resampled). A model reaches another's score "
             f"when its mean is at least {target}. {_figure('learning_curves')}")
-    if curves["label_saving"]:
-        text += " " + " ".join(s["sentence"] for s in curves["label_saving"])
+    text += _savings_text(curves["label_saving"])
     if curves["short"]:
         text += " Samples short of their size: " + "; ".join(curves["short"]) + "."
     return ("Learning curves", text, ["task", "model", "size", "train examples", "test (%)", "95% interval", "runs"],
