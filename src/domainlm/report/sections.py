@@ -57,7 +57,7 @@ def _savings_text(savings: list[dict]) -> str:
         text += " " + " ".join(s["sentence"] for s in shown)
         if left := len(found) - len(shown):
             text += f" On {task}, in {left} more ordered pairs the first model never reaches the second's score " \
-                    "(each with its best in results.json, `learning_curves.label_saving`)."
+                    "(each, with its best, under `learning_curves.label_saving` in the JSON of all numbers)."
     return text
 
 
