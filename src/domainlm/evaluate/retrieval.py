@@ -38,6 +38,8 @@ from domainlm.tasks.metrics import task_metrics
 
 TOP_K = 100
 """Documents kept per query: what recall@100 needs."""
+RETRIEVED = TOP_K + 1
+"""Documents retrieved per query: one more, as a query's own id is left out of its ranking."""
 
 
 # --------------------------------------------------------------------------------------- BM25
@@ -58,7 +60,7 @@ class BM25:
 
         return bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, show_progress=False)
 
-    def rank(self, queries: list[str], k: int = TOP_K) -> list[list[str]]:
+    def rank(self, queries: list[str], k: int = RETRIEVED) -> list[list[str]]:
         """Per query, up to `k` document ids, best first (documents sharing no word with it left out)."""
         k = min(k, len(self.ids))
         found, scores = self.index.retrieve(self._tokens(queries), k=k, show_progress=False, n_threads=1)
@@ -84,8 +86,21 @@ def bm25_run(task: Task) -> dict:
     return _result(task, dev, test, started, time.perf_counter() - tested)
 
 
+def final_ranking(queries: list[dict], ranked: list[list[str]]) -> list[list[str]]:
+    """Per query, its top `TOP_K` document ids with the query's own id left out: where queries
+    are also documents of the collection (BEIR's Quora, ArguAna, CQADupStack), a query finding
+    itself is not a result (BEIR's evaluation, `ignore_identical_ids`)."""
+    return [[d for d in found if d != x["id"]][:TOP_K] for x, found in zip(queries, ranked, strict=True)]
+
+
+def _dev_score(task: Task, ranked: list[list[str]]) -> float:
+    if not task.dev:
+        return 0.0
+    return task_metrics(task.type, task.gold("dev"), final_ranking(task.dev, ranked))[task.metric]
+
+
 def _result(task: Task, dev: list[list[str]], test: list[list[str]], started: float, tested: float, **extra) -> dict:
-    dev_score = task_metrics(task.type, task.gold("dev"), dev)[task.metric] if task.dev else 0.0
+    dev_score, test = _dev_score(task, dev), final_ranking(task.test, test)
     return {"metrics": task_metrics(task.type, task.gold("test"), test), "dev_score": dev_score,
             "predictions": test, "seconds": round(time.time() - started, 2),
             "test_examples_per_second": round(len(task.test) / max(tested, 1e-9), 1)} | extra
@@ -114,7 +129,7 @@ def embed(model, texts: list[str], batch_size: int):
 
 
 def dense_rank(model, task: Task, queries: list[dict], batch_size: int, documents=None) -> list[list[str]]:
-    """Per query, the top `TOP_K` document ids by cosine similarity (`documents`: the collection's
+    """Per query, the top `RETRIEVED` document ids by cosine similarity (`documents`: the collection's
     embeddings, computed when not given)."""
     import torch
 
@@ -125,7 +140,7 @@ def dense_rank(model, task: Task, queries: list[dict], batch_size: int, document
         documents = embed(model, list(task.documents.values()), batch_size)
     with torch.no_grad():
         scores = embed(model, [x["text"] for x in queries], batch_size) @ documents.T
-        top = scores.topk(min(TOP_K, len(ids)), dim=1).indices.cpu().tolist()
+        top = scores.topk(min(RETRIEVED, len(ids)), dim=1).indices.cpu().tolist()
     return [[ids[j] for j in row] for row in top]
 
 
@@ -138,7 +153,7 @@ def training_pairs(task: Task, hard_negatives: int, seed: int) -> list[tuple[str
     if hard_negatives:
         ranked = BM25(task.documents).rank([x["text"] for x in task.train], k=hard_negatives + 50)
         for x, found in zip(task.train, ranked, strict=True):
-            negatives[x["id"]] = [d for d in found if d not in x["relevant"]][:hard_negatives]
+            negatives[x["id"]] = [d for d in found if d not in x["relevant"] and d != x["id"]][:hard_negatives]
     pairs = []
     for x in task.train:
         for document in x["relevant"]:
@@ -213,6 +228,7 @@ def bi_encoder_run(path: Path, task: Task, seed: int, lr: float, config, fine_tu
     model = load_bi_encoder(path, task.max_length or config.max_length, device)
     batch_size = 2 * config.batch_size
     extra = {"parameters": sum(p.numel() for p in model.parameters())}
+    last = {}  # the collection's embeddings at the last dev scoring, reused when that epoch is kept
     if fine_tune:
         if not task.train:
             raise UnsupportedTask("no training queries: fine-tuning needs them (finetuning: none scores zero-shot)")
@@ -223,11 +239,18 @@ def bi_encoder_run(path: Path, task: Task, seed: int, lr: float, config, fine_tu
             columns = [model.preprocess(list(column)) for column in zip(*batch, strict=True)]
             return loss([batch_to_device(c, device) for c in columns], None)
 
-        extra |= _train_epochs(model, pairs, lr, config, seed, step,
-                               lambda: _dev_score(task, dense_rank(model, task, task.dev, batch_size)))
+        def score_dev():
+            last["documents"] = embed(model, list(task.documents.values()), batch_size)
+            return _dev_score(task, dense_rank(model, task, task.dev, batch_size, last["documents"]))
+
+        extra |= _train_epochs(model, pairs, lr, config, seed, step, score_dev)
         extra |= {"pairs": len(pairs), "hard_negatives": hard_negatives}
+        if extra["best_epoch"] < len(extra["dev_scores"]):  # an earlier epoch's weights were restored
+            last.clear()
     model.eval()
-    documents = embed(model, list(task.documents.values()), batch_size)
+    documents = last.get("documents")
+    if documents is None:
+        documents = embed(model, list(task.documents.values()), batch_size)
     dev = dense_rank(model, task, task.dev, batch_size, documents)
     tested = time.perf_counter()
     test = dense_rank(model, task, task.test, batch_size, documents)
@@ -235,10 +258,6 @@ def bi_encoder_run(path: Path, task: Task, seed: int, lr: float, config, fine_tu
     if export is not None:
         model.save(str(export))
     return _result(task, dev, test, started, tested, **extra)
-
-
-def _dev_score(task: Task, ranked: list[list[str]]) -> float:
-    return task_metrics(task.type, task.gold("dev"), ranked)[task.metric] if task.dev else 0.0
 
 
 # ------------------------------------------------------------------------------ cross-encoders
@@ -267,7 +286,7 @@ def cross_encoder_run(path: Path, task: Task, seed: int, lr: float, config, dept
     items = []
     for x, found in zip(task.train, ranked_train, strict=True):
         items += [(x["text"], task.documents[d], 1.0) for d in x["relevant"]]
-        items += [(x["text"], task.documents[d], 0.0) for d in [d for d in found if d not in x["relevant"]][:negatives]]
+        items += [(x["text"], task.documents[d], 0.0) for d in [d for d in found if d not in x["relevant"] and d != x["id"]][:negatives]]
     loss = BinaryCrossEntropyLoss(model)
 
     def step(batch):
