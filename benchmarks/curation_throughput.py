@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import itertools
 import json
 import multiprocessing as mp
@@ -276,7 +277,11 @@ def main() -> None:
             summary["docs_per_s_per_core_10x"] = args.docs * 10 / scaled["seconds"]
             print(f"domainlm 10x: {summary['docs_per_s_per_core_10x']:.0f} docs/s per core, peak "
                   f"{scaled['peak_memory_mib']:.0f} MiB ({summary['peak_memory_growth_10x']:.2f}x)", flush=True)
-        if not args.no_datatrove:
+        if not args.no_datatrove and importlib.util.find_spec("datatrove") is None:
+            summary["datatrove"] = "skipped: not installed (pip install -e '.[bench]')"
+            print("datatrove: skipped, not installed; the comparison needs the bench extra: "
+                  "pip install -e '.[bench]'", flush=True)
+        elif not args.no_datatrove:
             cores = max(1, min(2, os.cpu_count() or 1))
             for part in range(cores):  # datatrove parallelises over files
                 write_jsonl(records[part::cores], folder / f"corpus.jsonl.part{part}")

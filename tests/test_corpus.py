@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -114,7 +115,7 @@ def test_decontamination_removes_documents_quoting_task_text(tmp_path):
 
 
 @pytest.mark.slow  # kills a curation process and runs it again
-def test_a_killed_run_resumes_without_redoing_finished_units(tmp_path):
+def test_a_killed_run_resumes_without_redoing_finished_units(tmp_path, caplog):
     corpus = tmp_path / "big.txt"
     corpus.write_text("\n".join(_prose(3000, seed=5)) + "\n")
     config = _config(corpus, unit_bytes=8192)  # ~30 units
@@ -130,11 +131,17 @@ def test_a_killed_run_resumes_without_redoing_finished_units(tmp_path):
     process.wait()
     finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "work").glob("*/stats.json")}
     assert 5 <= len(finished) < 30 and not (out / "stats.json").exists()
-    resumed = _curate(config, out)
+    finished_now = {p.parent.name for p in (out / "work").glob("*/stats.json")}  # a unit may finish as it dies
+    with caplog.at_level("INFO", logger="domainlm.corpus"):
+        resumed = _curate(config, out)
+    from domainlm.corpus.readers import plan_units
+
+    total = len(plan_units(config.sources, config.unit_bytes))
+    assert f"corpus: {len(finished_now)} of {total} work units already done, resuming" in caplog.text
     assert {k: resumed[k] for k in ("read", "kept", "dropped", "steps")} == \
         {k: expected[k] for k in ("read", "kept", "dropped", "steps")}
     assert list(iter_corpus_texts(out)) == list(iter_corpus_texts(tmp_path / "straight"))
-    assert all((out / "work" / name / "stats.json").stat().st_mtime_ns == mtime for name, mtime in finished.items())
+    assert not (out / "work").exists()  # the per-unit copies go once the outputs are written
 
 
 @pytest.mark.slow
@@ -147,19 +154,94 @@ def test_process_pool_gives_the_single_process_result(tmp_path):
     assert list(iter_corpus_texts(tmp_path / "one")) == list(iter_corpus_texts(tmp_path / "two"))
 
 
+@pytest.mark.parametrize("name, opener", [("c.txt.gz", gzip.open), ("c.jsonl.zst", None)])
+def test_a_compressed_source_is_cut_into_units_that_curate_in_parallel_as_one(tmp_path, name, opener):
+    """A .gz / .zst file is cut into plain pieces at planning (a compressed stream cannot seek), so
+    its units run on every worker; the kept documents, their ids and every count are those of the
+    file read as one unit, and neither the pieces nor work/ stay behind."""
+    import zstandard
+
+    from domainlm.corpus import plan_jobs
+
+    lines = _prose(1500, seed=9)
+    lines[3] = ""  # a blank line keeps its number
+    if name.startswith("c.jsonl"):
+        lines = [json.dumps({"text": line}) if line else "" for line in lines]
+    path = tmp_path / name
+    with (opener or zstandard.open)(path, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(lines))  # the last line without its newline
+    whole = _curate(_config(path, unit_bytes=1 << 40), tmp_path / "whole")
+    config = _config(path, unit_bytes=16384)
+    jobs, _, _ = plan_jobs(config, tmp_path / "cut")
+    assert len(jobs) >= 5 and all(Path(job[0].piece).is_file() for job in jobs)
+    cut = _curate(config, tmp_path / "cut", workers=2)
+    assert {k: cut[k] for k in ("read", "kept", "dropped", "steps")} == \
+        {k: whole[k] for k in ("read", "kept", "dropped", "steps")}
+    assert whole["read"] == 1500 - (name.startswith("c.jsonl"))  # JSON lines: the blank one holds no record
+    assert [p.read_bytes() for p in sorted((tmp_path / "cut").glob("*.jsonl"))] == \
+        [p.read_bytes() for p in sorted((tmp_path / "whole").glob("*.jsonl"))]
+    assert not (tmp_path / "cut" / "work").exists() and not (tmp_path / "whole" / "work").exists()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of two worker processes, shared by the Ray tests (starting one takes seconds)."""
+    ray = pytest.importorskip("ray", reason="ray comes with the dev extra (make setup)")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _same_corpus(one: dict, two: dict, folder_one, folder_two) -> None:
+    assert {k: one[k] for k in ("read", "kept", "dropped")} == {k: two[k] for k in ("read", "kept", "dropped")}
+    assert list(iter_corpus_texts(folder_one)) == list(iter_corpus_texts(folder_two))
+    assert [p.read_bytes() for p in sorted(folder_one.glob("*.jsonl"))] == \
+        [p.read_bytes() for p in sorted(folder_two.glob("*.jsonl"))]
+
+
 @pytest.mark.slow
-def test_ray_executor_gives_the_local_result(tmp_path):
-    ray = pytest.importorskip("ray")  # optional: not a dependency; this runs where ray is installed
+def test_ray_executor_gives_the_local_result(tmp_path, ray_cluster):
     corpus = tmp_path / "big.txt"
     corpus.write_text("\n".join(_prose(1000, seed=7)) + "\n")
     local = _curate(_config(corpus, unit_bytes=16384), tmp_path / "local")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        remote = _curate(_config(corpus, unit_bytes=16384), tmp_path / "ray", executor="ray")
-    finally:
-        ray.shutdown()
-    assert {k: local[k] for k in ("read", "kept", "dropped")} == {k: remote[k] for k in ("read", "kept", "dropped")}
-    assert list(iter_corpus_texts(tmp_path / "local")) == list(iter_corpus_texts(tmp_path / "ray"))
+    remote = _curate(_config(corpus, unit_bytes=16384), tmp_path / "ray", executor="ray")
+    _same_corpus(local, remote, tmp_path / "local", tmp_path / "ray")
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_mid_unit_is_rerun_losing_and_duplicating_nothing(tmp_path, ray_cluster):
+    from domainlm.corpus import finish, plan_jobs, run_on_ray
+
+    corpus = tmp_path / "big.txt"
+    corpus.write_text("\n".join(_prose(1000, seed=8)) + "\n")
+    config = _config(corpus, unit_bytes=16384)
+    local = _curate(config, tmp_path / "local")
+    jobs, unit_dirs, _ = plan_jobs(config, tmp_path / "ray")
+    assert len(jobs) >= 3
+    victim, killed = jobs[1][4].name, tmp_path / "killed"
+
+    def dies_once_mid_unit(*job):  # runs in a Ray worker: the process exits after 10 documents
+        import os
+
+        import domainlm.corpus as stage
+
+        if job[4].name == victim and not killed.exists():
+            killed.touch()
+            read = stage.read_unit
+
+            def dying(unit, source):
+                for n, record in enumerate(read(unit, source)):
+                    if n == 10:
+                        os._exit(1)
+                    yield record
+
+            stage.read_unit = dying
+        return stage.process_unit(*job)
+
+    progress = type("Progress", (), {"update": lambda self, n=1: None})()
+    run_on_ray(jobs, progress, work=dies_once_mid_unit)
+    assert killed.exists()  # the worker did die on that unit
+    _same_corpus(local, finish(config, tmp_path / "ray", unit_dirs), tmp_path / "local", tmp_path / "ray")
 
 
 def test_a_leading_byte_order_mark_is_not_part_of_the_first_document(tmp_path):

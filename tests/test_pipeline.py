@@ -191,6 +191,43 @@ def test_pretrain_stage_under_torchrun_with_two_processes(tiny_recipe, tmp_path,
 
 
 @pytest.mark.slow
+def test_two_simulated_nodes_give_the_one_process_losses(tiny_recipe, tmp_path):
+    """`torchrun --nnodes 2` as on two machines (one process per node, static rendezvous at a
+    master address, gloo over localhost): the per-step losses are the one-process run's at the
+    same global batch."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    tiny_recipe["pretrain"].update(dropout=0.0, log_every=1)
+    recipes = {}
+    for name in ("one", "two"):
+        config = config_from_dict(tiny_recipe | {"run_dir": str(tmp_path / name)})
+        for stage in ("corpus", "tokenizer"):
+            run_stage(config, stage)
+        recipes[name] = tmp_path / f"{name}.yaml"
+        recipes[name].write_text(yaml.safe_dump(tiny_recipe | {"run_dir": str(tmp_path / name)}))
+    run_stage(config_from_dict(tiny_recipe | {"run_dir": str(tmp_path / "one")}), "pretrain")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    nodes = [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
+                               "--master_addr", "127.0.0.1", "--master_port", str(port),
+                               "-m", "domainlm", "pretrain", str(recipes["two"])],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+    for node in nodes:
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
+    history = {name: json.loads((tmp_path / name / "pretrain" / "history.json").read_text())["loss"]
+               for name in ("one", "two")}
+    summary = json.loads((tmp_path / "two" / "pretrain" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(history["two"]) == len(history["one"]) == 6
+    assert max(abs(a - b) for a, b in zip(history["one"], history["two"], strict=True)) < 1e-4
+
+
+@pytest.mark.slow
 def test_an_evaluation_of_existing_checkpoints_needs_no_corpus_or_pretraining(tiny_recipe, tmp_path, capsys):
     from domainlm.pipeline import required_stages
 
@@ -274,3 +311,42 @@ def test_an_arm_that_would_fail_fails_the_experiment_before_its_first_stage(tiny
     assert main(["run", str(recipe)]) == 2
     assert "exceeds the 32 positions" in capsys.readouterr().err
     assert not (tmp_path / "run" / "corpus").exists() and not (tmp_path / "run" / "arms").exists()
+
+
+TIMEOUT_PROBE = """
+import sys, time
+import torch.distributed as dist
+from domainlm import distributed
+distributed.init_process_group(float(sys.argv[1]))
+if dist.get_rank() == 1:
+    time.sleep(60)  # a rank that never reaches the barrier (still tokenising, or hung)
+started = time.time()
+try:
+    dist.barrier()
+except Exception as error:
+    print(f"rank 0 gave up after {time.time() - started:.1f} s: {type(error).__name__}", flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_rank_waits_at_a_barrier_only_as_long_as_the_configured_timeout(tmp_path):
+    """resources.process_group_timeout_minutes reaches the process group: with 0.05 minutes a
+    barrier that one rank never reaches ends the job in seconds (two gloo processes on localhost)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2"}
+    ranks = [subprocess.Popen([sys.executable, "-c", TIMEOUT_PROBE, "0.05"], env=env | {"RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        out, err = ranks[0].communicate(timeout=50)
+    finally:
+        ranks[1].kill()
+        ranks[1].wait()
+    assert ranks[0].returncode == 3, err[-2000:]
+    assert float(out.split("after ")[1].split(" s")[0]) < 30

@@ -82,6 +82,17 @@ def test_every_arms_cost_and_the_total_are_reported():
     assert "0.02 CUDA-hours (60 s, 10 real tokens)" in text and "All 2 pretraining runs together: 0.05 hours (180 s)" in text
 
 
+def test_two_models_of_one_arm_count_its_pretraining_once():
+    """A zero-shot and a fine-tuned row of the same pretrained arm share one pretraining run."""
+    arm = {"seconds": 162, "device": "cpu", "tokens": 10, "arm": "continued"}
+    costs = {"continued": arm, "continued-zero-shot": arm, "other": {**arm, "arm": "other", "seconds": 38}}
+    rows = [_row("cls", name, 0.1, 0.05, 0.15) for name in costs]
+    text = _verdict(rows, costs=costs, candidates=tuple(costs))
+    assert "All 2 pretraining runs together: 0.06 hours (200 s)" in text
+    text = _verdict(rows[:2], costs=dict(list(costs.items())[:2]), candidates=("continued", "continued-zero-shot"))
+    assert "pretraining runs together" not in text  # one run: its cost is in each model's sentence already
+
+
 def test_tokenizer_casing_mismatches_and_unknown_words_are_shown(tmp_path):
     import json
 

@@ -27,6 +27,16 @@ def test_an_unknown_word_is_counted_apart_never_as_a_fit():
     assert fit["most_split"] == ["kinase"]
 
 
+def test_the_fit_encoded_in_batches_equals_the_fit_of_one_call(monkeypatch):
+    import domainlm.vocabulary
+
+    tokenizer = hand_made(["gene", "kin", "##ase", "the"])
+    texts = ["the kinase gene xyz", "the zzz", "kinase kinase", "gene", "xyz the"]
+    whole = vocabulary_fit(tokenizer, texts)
+    monkeypatch.setattr(domainlm.vocabulary, "FIT_BATCH", 2)  # three batches
+    assert vocabulary_fit(tokenizer, texts) == whole and whole["words"] == 11
+
+
 def test_a_vocabulary_that_knows_no_word_does_not_look_like_a_perfect_fit():
     fit = vocabulary_fit(hand_made(["gene"]), ["EGFR KRAS TP53"])  # was fertility 1.0, split share 0.0
     assert (fit["words"], fit["unknown_share"], fit["split_share"], fit["fertility"]) == (3, 1.0, 1.0, 0.0)

@@ -56,7 +56,7 @@ def execute(verb: str, recipe: str, overrides: list[str], force: bool, partial: 
         log.info("partial report: %s", ReportFiles(partial_report(config)).html)
         return
     if distributed.launched_by_torchrun():
-        distributed.init_process_group()
+        distributed.init_process_group(config.resources.process_group_timeout_minutes)
     if config.experiment:
         experiment.run(config, verb, force)
     elif verb == "run":

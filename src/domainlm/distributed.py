@@ -15,12 +15,16 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_process_group() -> None:
-    """Join the group torchrun set up: NCCL on GPUs, gloo on CPUs."""
+def init_process_group(timeout_minutes: float) -> None:
+    """Join the group torchrun set up: NCCL on GPUs, gloo on CPUs; a collective that waits
+    longer than `timeout_minutes` for a rank raises instead of hanging."""
+    import datetime
+
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                            timeout=datetime.timedelta(minutes=timeout_minutes))
 
 
 def _initialised():

@@ -68,8 +68,14 @@ class CorpusFiles:
 
     @property
     def work(self) -> Path:
-        """The work units' folders (kept, so a killed run redoes only the unfinished units)."""
+        """The work units' folders, so a killed run redoes only the unfinished units; removed
+        once the stage's outputs are written."""
         return self.folder / "work"
+
+    @property
+    def pieces(self) -> Path:
+        """Compressed sources cut into plain files, one per work unit (each removed once its unit is done)."""
+        return self.work / "pieces"
 
     def unit(self, key: str) -> Path:
         """One work unit's folder (its files: `CorpusUnitFiles`)."""
@@ -78,6 +84,21 @@ class CorpusFiles:
     def finished_units(self) -> list[Path]:
         """The work units' folders that hold their completion marker."""
         return [folder for folder in sorted(self.work.glob("*")) if CorpusUnitFiles(folder).stats.exists()]
+
+
+@dataclass(frozen=True)
+class CorpusPieces:
+    """A compressed source cut into plain files, one per work unit (`readers.split_compressed`),
+    and their listing, written last."""
+
+    folder: Path
+
+    @property
+    def listing(self) -> Path:
+        return self.folder / "pieces.json"
+
+    def piece(self, index: int) -> Path:
+        return self.folder / f"piece-{index:05d}.txt"
 
 
 @dataclass(frozen=True)
@@ -322,6 +343,15 @@ class RunLayout:
         """The run's best fine-tuned bi-encoder (highest dev score over retrieval tasks), a
         sentence-transformers directory; `embedding_model.json` beside it says which run it is."""
         return self.root / "evaluate" / "embedding-model"
+
+    def adapted_encoder(self, key: str, seed: int) -> Path:
+        """An encoder adapted without labels (unsupervised SimCSE) for evaluation, shared by every
+        entry that adapts alike (`key`: a fingerprint of what it was adapted from and on)."""
+        return self.root / "evaluate" / "adapted" / key / f"seed-{seed}"
+
+    def adaptation_record(self, key: str, seed: int) -> Path:
+        """Steps, loss and seconds of one adaptation, written when its encoder is."""
+        return self.root / "evaluate" / "adapted" / key / f"seed-{seed}.json"
 
     def curves(self, model: str, task: str, lr: float, seed: int) -> Path:
         """TensorBoard event files of one fine-tuning run (written when tensorboard is installed)."""

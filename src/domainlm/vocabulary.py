@@ -37,6 +37,7 @@ from domainlm.io import atomic_write_json, atomic_write_text
 BERT_SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
 ROBERTA_SPECIAL_TOKENS = {"cls": "<s>", "pad": "<pad>", "sep": "</s>", "unk": "<unk>", "mask": "<mask>"}
 _WORD = re.compile(r"\w+")
+FIT_BATCH = 4096  # texts encoded at a time by `vocabulary_fit`
 _UNICODE_FORMS = {"NFC": normalizers.NFC, "NFKC": normalizers.NFKC}  # corpus.normalization's forms
 _ZERO_WIDTH_SPACE = "\u200b"
 # Oniguruma patterns (tokenizers' regexes; \uHHHH, not \xHH, above ASCII) for what Python's re calls
@@ -259,16 +260,18 @@ def vocabulary_fit(tokenizer: Tokenizer, texts: list[str]) -> dict[str, Any]:
     pieces = known = 0
     split_counts: Counter[str] = Counter()
     unknown_counts: Counter[str] = Counter()
-    encodings = untruncated(tokenizer).encode_batch(texts, add_special_tokens=False)
-    for text, encoding in zip(texts, encodings, strict=True):
-        for word, ids in zip(_WORD.findall(text), word_pieces(text, encoding), strict=True):
-            if unknown is not None and unknown in ids:
-                unknown_counts[word.lower()] += 1
-                continue
-            known += 1
-            pieces += len(ids)
-            if len(ids) > 1:
-                split_counts[word.lower()] += 1
+    whole = untruncated(tokenizer)
+    for start in range(0, len(texts), FIT_BATCH):  # memory bounded by one batch's encodings (~100 bytes a token)
+        batch = texts[start:start + FIT_BATCH]
+        for text, encoding in zip(batch, whole.encode_batch(batch, add_special_tokens=False), strict=True):
+            for word, ids in zip(_WORD.findall(text), word_pieces(text, encoding), strict=True):
+                if unknown is not None and unknown in ids:
+                    unknown_counts[word.lower()] += 1
+                    continue
+                known += 1
+                pieces += len(ids)
+                if len(ids) > 1:
+                    split_counts[word.lower()] += 1
     words = known + unknown_counts.total()
     return {
         "vocab_size": tokenizer.get_vocab_size(),

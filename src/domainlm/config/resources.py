@@ -34,3 +34,8 @@ class ResourcesConfig(Section):
     """CPU threads for torch in each fine-tuning run (default: torch's choice)."""
     evaluate_workers: int = Field(default=1, ge=1)
     """Fine-tuning runs at once, each in its own process (for a GPU or a many-core CPU)."""
+    process_group_timeout_minutes: float = Field(default=120, gt=0)
+    """Under torchrun, how long a rank waits at a collective (a barrier, a gradient all-reduce)
+    for the others before the job ends with an error. Rank 0 alone runs the corpus and tokenizer
+    stages and writes the token shards while the others wait, so this must cover them (NCCL's own
+    default is 10 minutes); a rank that died is noticed by torchrun's agent sooner."""

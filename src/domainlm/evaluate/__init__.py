@@ -25,6 +25,7 @@ import platform
 import random
 import shutil
 import statistics
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,32 +248,38 @@ def retrieval_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: R
         raise UnsupportedTask("retrieval with an encoder needs sentence-transformers: "
                               "pip install 'domainlm[retrieval]'") from None
     path, _ = model_location(entry, RunLayout(config.directory))
+    adaptation = {}
     if entry.kind == "simcse":
-        path = simcse_adapted(entry, path, seed, config)
+        path, record = simcse_adapted(entry, path, seed, config)
+        adaptation = {"adaptation": record}
     if entry.finetuning == "cross-encoder":
         return retrieval.cross_encoder_run(path, task, seed, lr, config.evaluate, entry.rerank_depth,
-                                           entry.hard_negatives or 4)
+                                           entry.hard_negatives or 4) | adaptation
     fine_tune = entry.finetuning == "head"
     return retrieval.bi_encoder_run(path, task, seed, lr, config.evaluate, fine_tune, entry.hard_negatives,
-                                    save_to if fine_tune else None)
+                                    save_to if fine_tune else None) | adaptation
 
 
-def simcse_adapted(entry: ModelEntry, path: Path, seed: int, config: RunConfig) -> Path:
-    """The encoder at `path` adapted by unsupervised SimCSE on the entry's unlabeled text: once per
-    (encoder, unlabeled text, number of texts, batch size) and seed, then reused by every entry,
-    task and learning rate that asks for the same."""
+def simcse_adapted(entry: ModelEntry, path: Path, seed: int, config: RunConfig) -> tuple[Path, dict]:
+    """The encoder at `path` adapted by unsupervised SimCSE on the entry's unlabeled text, and the
+    adaptation's record (texts, steps, mean loss, seconds): once per (encoder, unlabeled text,
+    number of texts, batch size) and seed, then reused by every entry, task and learning rate
+    that asks for the same."""
     from domainlm.evaluate.retrieval import simcse_adapt
 
     run_dir = RunLayout(config.directory)
     key = fingerprint([str(path), entry.unlabeled, entry.max_unlabeled, config.evaluate.batch_size])[:12]
-    target = run_dir.root / "evaluate" / "adapted" / key / f"seed-{seed}"  # shared by entries adapting alike
+    target, record = run_dir.adapted_encoder(key, seed), run_dir.adaptation_record(key, seed)
     if not target.exists():
+        started = time.time()
         limit = 20 * entry.max_unlabeled
         texts = run_dir.corpus_texts() if entry.unlabeled == "corpus" else read_lines(entry.unlabeled, limit)
         pool = [t for _, t in zip(range(limit), texts, strict=False)]
         chosen = random.Random(seed).sample(pool, min(entry.max_unlabeled, len(pool)))
-        simcse_adapt(path, chosen, seed, config.evaluate, target)
-    return target
+        found = simcse_adapt(path, chosen, seed, config.evaluate, target)
+        atomic_write_json(record, {"method": "simcse", "texts": len(chosen), **found,
+                                   "seconds": round(time.time() - started, 1)})
+    return target, read_json(record) if record.exists() else {}
 
 
 def task_distances(config: RunConfig, tasks: list[Task]) -> dict[str, Any]:
@@ -380,12 +387,11 @@ def compute(jobs: list[Job], config: RunConfig, run_dir: RunLayout) -> dict[tupl
         else:
             broken: set = set()
             for job in todo:
-                progress.update()
-                if job.entry.name in broken or (job.entry.name, job.task.name) in broken:
-                    continue
-                outcome = outcomes[job.key] = run_job(job, config)
-                if outcome[0] != "done" and job.point is None:  # a curve's tiny sample says nothing of the model
-                    broken.add(job.entry.name if outcome[0] == "failed" else (job.entry.name, job.task.name))
+                if job.entry.name not in broken and (job.entry.name, job.task.name) not in broken:
+                    outcome = outcomes[job.key] = run_job(job, config)
+                    if outcome[0] != "done" and job.point is None:  # a curve's tiny sample says nothing of the model
+                        broken.add(job.entry.name if outcome[0] == "failed" else (job.entry.name, job.task.name))
+                progress.update()  # after the run: the bar counts finished runs, and its ETA follows
     for (model, task, *_), (status, reason, _) in outcomes.items():
         if status == "failed":
             log.warning("evaluate: %s failed on %s: %s", model, task, reason)

@@ -290,7 +290,7 @@ def pretraining_costs(config: RunConfig, pre: dict[str, Any], candidates: list[s
     arms = {r["arm"]: r for r in pre["arms"] if r["status"] == "done"}
     entries = {m.name: m.arm for m in config.evaluate.models if m.arm}
     return {name: {"seconds": arms[arm]["train_seconds"], "device": arms[arm]["device"],
-                   "tokens": arms[arm]["real_tokens"]}
+                   "tokens": arms[arm]["real_tokens"], "arm": arm}
             for name in candidates if (arm := entries.get(name)) in arms}
 
 

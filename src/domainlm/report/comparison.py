@@ -165,9 +165,10 @@ def verdict(candidates: list[str], references: list[str], intervals: list[dict],
             said += (f". Suite score (mean within task type, then across types) {100 * suites[model]:.1f} vs "
                      f"{100 * suites[references[0]]:.1f}")
         sentences.append(f"**{model}** {said}.")
-    if len(costs) > 1:
-        total = sum(c["seconds"] for c in costs.values() if c.get("seconds") is not None)
-        sentences.append(f"All {len(costs)} pretraining runs together: {total / 3600:.2f} hours ({total:.0f} s).")
+    runs = {cost.get("arm") or model: cost for model, cost in costs.items()}  # models of one arm share its run
+    if len(runs) > 1:
+        total = sum(c["seconds"] for c in runs.values() if c.get("seconds") is not None)
+        sentences.append(f"All {len(runs)} pretraining runs together: {total / 3600:.2f} hours ({total:.0f} s).")
     far = [f"{r['task']} ({100 * r['split_share']:.0f}% of its words split)" for r in distance.get("rows", [])
            if r.get("split_share") is not None and r["split_share"] >= FAR_SPLIT_SHARE]
     if distance.get("rows") and any(r.get("split_share") is not None for r in distance["rows"]):

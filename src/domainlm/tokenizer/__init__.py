@@ -19,6 +19,7 @@ reproducible: the same corpus and settings give a byte-identical tokenizer.json 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -265,13 +266,27 @@ def save_for_transformers(tokenizer: Tokenizer, out: Path, model_max_length: int
 
 
 class CorpusTexts:
-    """The corpus's texts of one split, read afresh on every iteration (training reads them twice)."""
+    """The corpus's texts of one split, read afresh on every iteration (training reads them twice);
+    with `share` < 1 a reproducible sample: the texts whose hash falls below it."""
 
-    def __init__(self, run_dir: RunLayout, split: str) -> None:
-        self.run_dir, self.split = run_dir, split
+    def __init__(self, run_dir: RunLayout, split: str, share: float = 1.0) -> None:
+        self.run_dir, self.split, self.share = run_dir, split, share
 
     def __iter__(self) -> Iterator[str]:
-        return self.run_dir.corpus_texts(self.split)
+        texts = self.run_dir.corpus_texts(self.split)
+        return texts if self.share >= 1 else (t for t in texts if in_sample(t, self.share))
+
+
+def in_sample(text: str, share: float) -> bool:
+    """Whether a text belongs to a `share` sample (its own hash, independent of the corpus's held-out split)."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8, person=b"tok-sample").digest()
+    return int.from_bytes(digest, "big") / 2**64 < share
+
+
+def training_share(run_dir: RunLayout, max_bytes: int) -> float:
+    """The share of the training shards' bytes that `max_bytes` is (1.0 when they are smaller)."""
+    total = sum(path.stat().st_size for path in run_dir.corpus_files.shards())
+    return min(1.0, max_bytes / total) if total else 1.0
 
 
 def needs(config: RunConfig) -> tuple[str, ...]:
@@ -316,7 +331,11 @@ def reference_fit(config: TokenizerConfig, heldout: list[str]) -> dict[str, Any]
 
 def run(config: RunConfig, out: Path) -> dict[str, Any]:
     run_dir = RunLayout(config.directory)
-    tokenizer = train_tokenizer(CorpusTexts(run_dir, "train"), config.tokenizer, config.corpus.normalization)
+    share = training_share(run_dir, config.tokenizer.max_training_bytes)
+    if share < 1:
+        log.info("tokenizer: training on a %.1f%% sample of the corpus (tokenizer.max_training_bytes %d)",
+                 100 * share, config.tokenizer.max_training_bytes)
+    tokenizer = train_tokenizer(CorpusTexts(run_dir, "train", share), config.tokenizer, config.corpus.normalization)
     save_for_transformers(tokenizer, run_dir.tokenizer, model_max_length=config.model.max_position)
 
     heldout = list(run_dir.corpus_texts("heldout"))
@@ -326,7 +345,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if note:
         log.warning(note)
     fit = {"domain": vocabulary_fit(tokenizer, heldout)} | reference_fit(config.tokenizer, heldout) | {
-        "requested_vocab_size": config.tokenizer.vocab_size, "vocab_size_note": note}
+        "requested_vocab_size": config.tokenizer.vocab_size, "vocab_size_note": note, "training_share": share}
     atomic_write_json(run_dir.tokenizer_fit, fit)
     log.info("tokenizer: vocab %d, fertility %.3f, unknown words %.2f%%%s", tokenizer.get_vocab_size(),
              fit["domain"]["fertility"], 100 * fit["domain"]["unknown_share"],
