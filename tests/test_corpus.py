@@ -183,6 +183,57 @@ def test_a_compressed_source_is_cut_into_units_that_curate_in_parallel_as_one(tm
     assert not (tmp_path / "cut" / "work").exists() and not (tmp_path / "whole" / "work").exists()
 
 
+GENERAL_WORDS = ("the weather was warm and the children played in a park near the river while their parents "
+                 "talked about football music holidays recipes prices and the news of the town").split()
+
+
+def _general_prose(count: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(GENERAL_WORDS) for _ in range(rng.randint(8, 30))) + "." for _ in range(count)]
+
+
+@pytest.mark.parametrize("negatives", ["pool", "file"])
+def test_domain_selection_keeps_the_pools_domain_documents_and_counts_each_drop_with_its_score(tmp_path, negatives):
+    """A pool of domain and general documents; a seed of other domain documents. The classifier
+    (against the pool itself, or a file of general text) keeps the domain part, drops the rest as
+    `off_domain` with scores, and gives the same corpus on 1 and 2 workers."""
+    domain, general = _prose(150, seed=11), _general_prose(600, seed=12)  # a pool mostly off-domain
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(line for i, d in enumerate(domain) for line in [*general[4 * i:4 * i + 4], d]) + "\n")
+    _curate(_config(pool), tmp_path / "all")
+    unselected = set(iter_corpus_texts(tmp_path / "all"))
+    (tmp_path / "seed.txt").write_text("\n".join(_prose(150, seed=13)) + "\n")
+    (tmp_path / "general.txt").write_text("\n".join(_general_prose(150, seed=14)) + "\n")
+    selection = {"seed": {"path": str(tmp_path / "seed.txt")}, "threshold": 0.5}
+    if negatives == "file":
+        selection["negatives"] = {"path": str(tmp_path / "general.txt")}
+    config = _config(pool, unit_bytes=8192, keep_dropped=True, domain_selection=selection)
+    one = _curate(config, tmp_path / "one")
+    two = _curate(config, tmp_path / "two", workers=2)
+    assert list(iter_corpus_texts(tmp_path / "one")) == list(iter_corpus_texts(tmp_path / "two"))
+    kept = set(iter_corpus_texts(tmp_path / "one"))
+    kept_without = unselected & set(domain)  # what the other steps keep of the domain part
+    assert len(kept & kept_without) >= 0.95 * len(kept_without) and not kept & set(general)
+    off = one["steps"]["domain"]["dropped"]["off_domain"]
+    assert off >= 0.95 * len(set(general)) and one["dropped"]["off_domain"] == off
+    assert one["read"] == one["kept"] + sum(one["dropped"].values())
+    record = one["domain_selection"]
+    assert record["seed_texts"] == 150 and sum(record["score_histogram"]) == one["steps"]["domain"]["in"]
+    assert record["negatives_from"] == ("the corpus" if negatives == "pool" else "negatives")
+    dropped = [json.loads(line) for line in (tmp_path / "one" / "dropped.jsonl").read_text().splitlines()]
+    scores = [d["score"] for d in dropped if d["reason"] == "off_domain"]
+    assert len(scores) == off and max(scores) < 0.5
+    assert list(one["steps"]) == ["read", "quality", "domain", "decontaminate", "exact_dedup", "near_dedup"]
+
+
+def test_a_corpus_without_domain_selection_has_no_domain_step(tmp_path):
+    (tmp_path / "c.txt").write_text("\n".join(_prose(50, seed=15)) + "\n")
+    stats = _curate(_config(tmp_path / "c.txt"), tmp_path / "out")
+    assert "domain" not in stats["steps"] and "domain_selection" not in stats
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray cluster of two worker processes, shared by the Ray tests (starting one takes seconds)."""

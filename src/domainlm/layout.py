@@ -73,6 +73,16 @@ class CorpusFiles:
         return self.folder / "work"
 
     @property
+    def domain_classifier(self) -> Path:
+        """`corpus.domain_selection`'s classifier: its weights (.npz)."""
+        return self.work / "domain-classifier.npz"
+
+    @property
+    def domain_classifier_record(self) -> Path:
+        """What the classifier was trained on, written after its weights (the completion marker)."""
+        return self.work / "domain-classifier.json"
+
+    @property
     def pieces(self) -> Path:
         """Compressed sources cut into plain files, one per work unit (each removed once its unit is done)."""
         return self.work / "pieces"

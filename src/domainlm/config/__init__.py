@@ -32,6 +32,7 @@ from domainlm.config.corpus import (
     CorpusConfig,
     DecontaminationConfig,
     DedupConfig,
+    DomainSelectionConfig,
     QualityConfig,
     SourceConfig,
 )
@@ -54,7 +55,7 @@ from domainlm.layout import RunLayout
 from domainlm.tasks.types import TASK_TYPES
 
 __all__ = [
-    "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DedupConfig", "EvaluateConfig",
+    "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DomainSelectionConfig", "DedupConfig", "EvaluateConfig",
     "ActiveLearningConfig", "ExperimentConfig", "Fingerprinted", "LearningCurveConfig", "ModelConfig", "ModelEntry",
     "PretrainConfig", "PromptConfig", "QualityConfig", "ReportConfig",
     "ResourcesConfig", "RunConfig", "Section", "SourceConfig", "SplitConfig", "TaskConfig", "TokenizerConfig",

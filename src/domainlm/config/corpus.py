@@ -204,9 +204,24 @@ class DecontaminationConfig(Section):
     counted as such in stats.json and the report."""
 
 
+class DomainSelectionConfig(Section):
+    seed: SourceConfig | None = None
+    """Domain text to select by (a few hundred documents or sentences are enough; read like a
+    corpus source, `max_docs` caps it). Unset: no selection."""
+    negatives: SourceConfig | None = None
+    """Text the domain is told apart from. Unset: a sample of the corpus's own sources (the pool
+    is mostly off-domain, as data-filtering classifiers assume), read once at planning."""
+    max_negatives: int = Field(default=20_000, ge=10)
+    """Negative documents the classifier trains on (a seeded reservoir sample)."""
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    """Keep a document whose domain probability is at least this; the rest are dropped as
+    `off_domain`, each with its score."""
+
+
 class CorpusConfig(Section):
     # How the kept documents are cut into files: the documents, their order and every count stay the same.
     BOOKKEEPING = ("shard_docs",)
+    LATER = {"domain_selection": ("domain_selection",)}  # unset: runs made before it keep their fingerprints
 
     sources: list[SourceConfig] = Field(min_length=1)
     """Where the domain text comes from."""
@@ -222,6 +237,9 @@ class CorpusConfig(Section):
     """Exact and MinHash near-duplicate removal."""
     decontamination: DecontaminationConfig = Field(default_factory=DecontaminationConfig)
     """Removal of corpus documents that overlap the tasks' dev/test text."""
+    domain_selection: DomainSelectionConfig = Field(default_factory=DomainSelectionConfig)
+    """Keep only the documents a classifier trained on a seed of domain text scores as in-domain
+    (growing a domain corpus out of a general pool; `corpus.selection`)."""
     keep_dropped: bool = False
     """Also write every dropped document with its reason (`dropped-*.jsonl`) for inspection."""
     unit_bytes: int = Field(default=64 * 2**20, ge=1024)

@@ -33,6 +33,7 @@ import logging
 import os
 import platform
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -52,6 +53,7 @@ from domainlm.corpus.dedup import (
 from domainlm.corpus.normalize import normalize_text
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 from domainlm.corpus.readers import Unit, plan_units, read_unit
+from domainlm.corpus.selection import BINS, domain_scorer, reservoir, train_classifier
 from domainlm.errors import InputError
 from domainlm.io import (
     PendingFile,
@@ -66,7 +68,8 @@ from domainlm.layout import CorpusFiles, CorpusUnitFiles, RunLayout
 from domainlm.progress import progress_bar
 from domainlm.tasks.load import task_eval_texts
 
-STEPS = ("read", "quality", "decontaminate", "exact_dedup", "near_dedup")
+STEPS = ("read", "quality", "domain", "decontaminate", "exact_dedup", "near_dedup")
+OPTIONAL_STEPS = ("domain",)  # in the step table only where the run has it (domain selection)
 EXAMPLES_PER_REASON = 3
 RAY_RETRIES = 3
 """Times Ray reruns a unit whose worker died (a lost node, the OOM killer); Ray's default."""
@@ -139,24 +142,29 @@ def read_rows(path: Path, dtype, width: int, rows: np.ndarray | None = None) -> 
 
 
 def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: ContaminationIndex | None,
-                 folder: Path, limit: int | None = None) -> dict[str, Any]:
+                 folder: Path, limit: int | None = None, classifier: str | None = None) -> dict[str, Any]:
     """Steps 1-4 for one unit, streamed into `folder` (written atomically, stats.json last):
-    docs.jsonl (the survivors), their hashes, band keys and signatures, dropped.jsonl."""
-    stats: dict[str, Any] = {"read": 0, "steps": {s: {} for s in STEPS[:3]}, "pii": {}, "invalid_bytes": 0,
+    docs.jsonl (the survivors), their hashes, band keys and signatures, dropped.jsonl.
+    `classifier`: the domain classifier's weights, with `corpus.domain_selection`."""
+    steps = ("read", "quality", "domain", "decontaminate") if classifier else ("read", "quality", "decontaminate")
+    stats: dict[str, Any] = {"read": 0, "steps": {s: {} for s in steps}, "pii": {}, "invalid_bytes": 0,
                              "line_removals": 0, "examples": {}}
+    score_of = domain_scorer(classifier) if classifier else None
+    if classifier:
+        stats["domain_scores"] = [0] * BINS  # histogram of every scored document's domain probability
     with atomic_directory(folder) as tmp:
         files = CorpusUnitFiles(tmp)
         writer = _UnitWriter(files, config)
 
-        def drop(step: str, reason: str, doc_id: str, text: str) -> None:
+        def drop(step: str, reason: str, doc_id: str, text: str, **extra) -> None:
             counts = stats["steps"][step]
             counts[reason] = counts.get(reason, 0) + 1
             examples = stats["examples"].setdefault(reason, [])
             if len(examples) < EXAMPLES_PER_REASON:
-                examples.append({"id": doc_id, "text": text[:300]})
+                examples.append({"id": doc_id, "text": text[:300], **extra})
             if config.keep_dropped:
-                writer.dropped.write(json.dumps({"id": doc_id, "reason": reason, "text": text}, ensure_ascii=False)
-                                     + "\n")
+                writer.dropped.write(json.dumps({"id": doc_id, "reason": reason, "text": text, **extra},
+                                                ensure_ascii=False) + "\n")
 
         for record in read_unit(unit, source):
             if limit is not None and stats["read"] >= limit:
@@ -178,6 +186,12 @@ def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: 
             if reason:
                 drop("quality", reason, record["id"], text)
                 continue
+            if score_of is not None:
+                score = score_of(text)
+                stats["domain_scores"][min(int(score * BINS), BINS - 1)] += 1
+                if score < config.domain_selection.threshold:
+                    drop("domain", "off_domain", record["id"], text, score=round(score, 4))
+                    continue
             words = word_hashes(text)
             task = index.match(words) if index is not None else None
             if task:
@@ -217,7 +231,43 @@ def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] 
             unit_dirs.append((folder, source))
             if not CorpusUnitFiles(folder).stats.exists():
                 jobs.append((unit, source, config, index, folder, source.max_docs))
+    if config.domain_selection.seed is not None and jobs:
+        classifier = domain_classifier(config, corpus, [job[:2] for job in jobs])
+        jobs = [(*job, str(classifier)) for job in jobs]
     return jobs, unit_dirs, index
+
+
+def _texts(units: list[tuple[Unit, SourceConfig]], normalization: str) -> Iterator[str]:
+    """The normalised texts of the documents of `units`, in order (skipped records left out)."""
+    for unit, source in units:
+        for n, record in enumerate(read_unit(unit, source)):
+            if source.max_docs is not None and n >= source.max_docs:
+                break
+            if "skip" not in record:
+                yield normalize_text(record["text"], normalization)
+
+
+def domain_classifier(config: CorpusConfig, corpus: CorpusFiles, pool: list[tuple[Unit, SourceConfig]]) -> Path:
+    """The domain classifier's weights (trained once, then reused by a resumed run): the seed
+    against `negatives`, or against a reservoir sample of the pool's units still to do."""
+    weights, record = corpus.domain_classifier, corpus.domain_classifier_record
+    if not record.exists():
+        selection = config.domain_selection
+        sources = {"seed": selection.seed, "negatives": selection.negatives}
+        read = {key: [(unit, source) for unit in plan_units([source], 2**62)]
+                for key, source in sources.items() if source is not None}
+        domain = list(_texts(read["seed"], config.normalization))
+        negatives = reservoir(_texts(read.get("negatives", pool), config.normalization), selection.max_negatives)
+        corpus.work.mkdir(parents=True, exist_ok=True)
+        try:
+            found = train_classifier(domain, negatives, weights)
+        except ValueError as err:
+            raise InputError(f"corpus.domain_selection: {err}") from None
+        atomic_write_json(record, found | {"negatives_from": "negatives" if selection.negatives else "the corpus",
+                                           "threshold": selection.threshold})
+        log.info("corpus: domain classifier trained on %d seed and %d negative texts (held-out accuracy %s)",
+                 found["seed_texts"], found["negative_texts"], found["held_out_accuracy"])
+    return weights
 
 
 def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None,
@@ -272,6 +322,9 @@ def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceCo
     removed = duplicates(config, unit_dirs, unit_stats)
     stats = merge_unit_stats(unit_stats)
     stats["decontamination"] = decontamination
+    if "domain_scores" in stats:  # what the domain classifier was trained on, and how it scored the corpus
+        stats["domain_selection"] = read_json(CorpusFiles(out).domain_classifier_record) | {
+            "score_histogram": stats.pop("domain_scores")}
     stats["shards"] = write_outputs(config, out, unit_dirs, unit_stats, removed, stats)
     stats["steps"] = step_table(stats["read"], stats["steps"])
     stats["dropped"] = {r: n for counts in stats["steps"].values() for r, n in counts["dropped"].items()}
@@ -331,6 +384,9 @@ def merge_unit_stats(unit_stats: list[dict]) -> dict[str, Any]:
         for step, counts in unit["steps"].items():
             for reason, count in counts.items():
                 _add(stats["steps"].setdefault(step, {}), reason, count)
+        if "domain_scores" in unit:
+            stats["domain_scores"] = [a + b for a, b in zip(stats.get("domain_scores", [0] * BINS),
+                                                            unit["domain_scores"], strict=True)]
         for reason, examples in unit["examples"].items():
             stats["examples"].setdefault(reason, []).extend(examples[: EXAMPLES_PER_REASON - len(
                 stats["examples"].get(reason, []))])
@@ -418,6 +474,8 @@ def step_table(read: int, drops: dict[str, dict[str, int]]) -> dict[str, dict[st
     """Per step, in order: documents in, out and dropped per reason (in == out + dropped)."""
     table, current = {}, read
     for step in STEPS:
+        if step in OPTIONAL_STEPS and step not in drops:
+            continue
         dropped = dict(sorted(drops.get(step, {}).items()))
         table[step] = {"in": current, "out": current - sum(dropped.values()), "dropped": dropped}
         current = table[step]["out"]
@@ -429,8 +487,11 @@ def needs(config: RunConfig) -> tuple[str, ...]:
 
 
 def inputs(config: RunConfig) -> list[str]:
-    """The source files (the tasks' dev/test text, which decontamination reads, is in `settings`)."""
-    return [s.path for s in config.corpus.sources if s.path and s.format != "hf-hub"]
+    """The source files and domain selection's seed and negatives (the tasks' dev/test text, which
+    decontamination reads, is in `settings`)."""
+    selection = config.corpus.domain_selection
+    sources = [*config.corpus.sources, *(s for s in (selection.seed, selection.negatives) if s is not None)]
+    return [s.path for s in sources if s.path and s.format != "hf-hub"]
 
 
 def output_digest(config: RunConfig) -> str:
