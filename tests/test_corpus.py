@@ -213,6 +213,7 @@ def test_domain_selection_keeps_the_pools_domain_documents_and_counts_each_drop_
     one = _curate(config, tmp_path / "one")
     two = _curate(config, tmp_path / "two", workers=2)
     assert list(iter_corpus_texts(tmp_path / "one")) == list(iter_corpus_texts(tmp_path / "two"))
+    assert one["dropped"] == two["dropped"]
     kept = set(iter_corpus_texts(tmp_path / "one"))
     kept_without = unselected & set(domain)  # what the other steps keep of the domain part
     assert len(kept & kept_without) >= 0.95 * len(kept_without) and not kept & set(general)
@@ -226,6 +227,21 @@ def test_domain_selection_keeps_the_pools_domain_documents_and_counts_each_drop_
     scores = [d["score"] for d in dropped if d["reason"] == "off_domain"]
     assert len(scores) == off and max(scores) < 0.5
     assert list(one["steps"]) == ["read", "quality", "domain", "decontaminate", "exact_dedup", "near_dedup"]
+
+
+def test_keep_fraction_keeps_about_that_share_of_the_pool_the_best_scoring(tmp_path):
+    """The threshold is the pool's score quantile, from a held-out sample: ~20% of the scored
+    documents pass, and they are the domain ones."""
+    domain, general = _prose(150, seed=16), _general_prose(600, seed=17)
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(line for i, d in enumerate(domain) for line in [*general[4 * i:4 * i + 4], d]) + "\n")
+    (tmp_path / "seed.txt").write_text("\n".join(_prose(100, seed=18)) + "\n")
+    selection = {"seed": {"path": str(tmp_path / "seed.txt")}, "keep_fraction": 0.2, "max_negatives": 400}
+    stats = _curate(_config(pool, domain_selection=selection), tmp_path / "out")
+    step = stats["steps"]["domain"]
+    assert abs(step["out"] / step["in"] - 0.2) < 0.05
+    assert stats["domain_selection"]["calibration_texts"] == 100 and stats["domain_selection"]["keep_fraction"] == 0.2
+    assert not set(iter_corpus_texts(tmp_path / "out")) & set(general)
 
 
 def test_a_corpus_without_domain_selection_has_no_domain_step(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import REPO
-from domainlm.config import ResourcesConfig, RunConfig, Section, config_from_dict
+from domainlm.config import ResourcesConfig, RunConfig, Section, SourceConfig, config_from_dict
 from domainlm.pipeline import STAGES, same_work, stage_module
 
 GOLDEN = REPO / "tests" / "golden" / "fingerprint_keys.json"
@@ -90,6 +90,7 @@ def values_to_try(section: Section, name: str, tmp_path: Path) -> list:
         "QualityConfig.gopher_max_top_ngram": [{2: 0.5}], "QualityConfig.gopher_max_dup_ngram": [{5: 0.5}],
         "QualityConfig.steps": [["c4", "length"]],
         "TokenizerConfig.reference": [model],
+        "DomainSelectionConfig.seed": [SourceConfig(path=corpus)], "DomainSelectionConfig.negatives": [SourceConfig(path=corpus)],
         "ModelConfig.init_from": [model], "ModelConfig.grow_from": [model], "ModelConfig.extend_vocab": [10],
         "PretrainConfig.teacher": [model], "PretrainConfig.difficulty_model": [model2],
         "PretrainConfig.lexicon": [corpus], "PretrainConfig.mixture": [{"corpus.txt.gz": 1.0}],

@@ -216,6 +216,11 @@ class DomainSelectionConfig(Section):
     threshold: float = Field(default=0.5, gt=0, lt=1)
     """Keep a document whose domain probability is at least this; the rest are dropped as
     `off_domain`, each with its score."""
+    keep_fraction: float | None = Field(default=None, gt=0, le=1)
+    """Instead of `threshold`: keep about this share of the corpus, the best-scoring. The
+    threshold is the matching quantile of the scores of a held-out sample of the corpus (a
+    classifier trained on a narrow seed scores most of a pool low, the domain part less low:
+    ranking finds it where a fixed 0.5 does not)."""
 
 
 class CorpusConfig(Section):

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import platform
+import random
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -53,7 +54,7 @@ from domainlm.corpus.dedup import (
 from domainlm.corpus.normalize import normalize_text
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 from domainlm.corpus.readers import Unit, plan_units, read_unit
-from domainlm.corpus.selection import BINS, domain_scorer, reservoir, train_classifier
+from domainlm.corpus.selection import BINS, domain_scorer, quantile_threshold, reservoir, train_classifier
 from domainlm.errors import InputError
 from domainlm.io import (
     PendingFile,
@@ -142,10 +143,12 @@ def read_rows(path: Path, dtype, width: int, rows: np.ndarray | None = None) -> 
 
 
 def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: ContaminationIndex | None,
-                 folder: Path, limit: int | None = None, classifier: str | None = None) -> dict[str, Any]:
+                 folder: Path, limit: int | None = None, classifier: str | None = None,
+                 threshold: float = 0.5) -> dict[str, Any]:
     """Steps 1-4 for one unit, streamed into `folder` (written atomically, stats.json last):
     docs.jsonl (the survivors), their hashes, band keys and signatures, dropped.jsonl.
-    `classifier`: the domain classifier's weights, with `corpus.domain_selection`."""
+    `classifier`: the domain classifier's weights, with `corpus.domain_selection` (documents
+    scoring below `threshold` are dropped)."""
     steps = ("read", "quality", "domain", "decontaminate") if classifier else ("read", "quality", "decontaminate")
     stats: dict[str, Any] = {"read": 0, "steps": {s: {} for s in steps}, "pii": {}, "invalid_bytes": 0,
                              "line_removals": 0, "examples": {}}
@@ -189,7 +192,7 @@ def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: 
             if score_of is not None:
                 score = score_of(text)
                 stats["domain_scores"][min(int(score * BINS), BINS - 1)] += 1
-                if score < config.domain_selection.threshold:
+                if score < threshold:
                     drop("domain", "off_domain", record["id"], text, score=round(score, 4))
                     continue
             words = word_hashes(text)
@@ -232,8 +235,8 @@ def plan_jobs(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] 
             if not CorpusUnitFiles(folder).stats.exists():
                 jobs.append((unit, source, config, index, folder, source.max_docs))
     if config.domain_selection.seed is not None and jobs:
-        classifier = domain_classifier(config, corpus, [job[:2] for job in jobs])
-        jobs = [(*job, str(classifier)) for job in jobs]
+        classifier, threshold = domain_classifier(config, corpus, [job[:2] for job in jobs])
+        jobs = [(*job, str(classifier), threshold) for job in jobs]
     return jobs, unit_dirs, index
 
 
@@ -247,9 +250,11 @@ def _texts(units: list[tuple[Unit, SourceConfig]], normalization: str) -> Iterat
                 yield normalize_text(record["text"], normalization)
 
 
-def domain_classifier(config: CorpusConfig, corpus: CorpusFiles, pool: list[tuple[Unit, SourceConfig]]) -> Path:
-    """The domain classifier's weights (trained once, then reused by a resumed run): the seed
-    against `negatives`, or against a reservoir sample of the pool's units still to do."""
+def domain_classifier(config: CorpusConfig, corpus: CorpusFiles,
+                      pool: list[tuple[Unit, SourceConfig]]) -> tuple[Path, float]:
+    """The domain classifier's weights and threshold (trained once, then reused by a resumed run):
+    the seed against `negatives`, or against a reservoir sample of the pool's units still to do;
+    with `keep_fraction`, the threshold from another sample of them."""
     weights, record = corpus.domain_classifier, corpus.domain_classifier_record
     if not record.exists():
         selection = config.domain_selection
@@ -257,17 +262,28 @@ def domain_classifier(config: CorpusConfig, corpus: CorpusFiles, pool: list[tupl
         read = {key: [(unit, source) for unit in plan_units([source], 2**62)]
                 for key, source in sources.items() if source is not None}
         domain = list(_texts(read["seed"], config.normalization))
-        negatives = reservoir(_texts(read.get("negatives", pool), config.normalization), selection.max_negatives)
+        # A sample of the corpus: the negatives (unless given), and held out to set a keep_fraction's threshold.
+        calibrate = selection.max_negatives // 4 if selection.keep_fraction else 0
+        wanted = calibrate + (0 if selection.negatives else selection.max_negatives)
+        drawn = reservoir(_texts(pool, config.normalization), wanted) if wanted else []
+        random.Random(0).shuffle(drawn)  # a reservoir's slots are not exchangeable: untouched ones keep early texts
+        held_out, drawn = drawn[:calibrate], drawn[calibrate:]
+        negatives = drawn if not selection.negatives else \
+            reservoir(_texts(read["negatives"], config.normalization), selection.max_negatives)
         corpus.work.mkdir(parents=True, exist_ok=True)
         try:
             found = train_classifier(domain, negatives, weights)
         except ValueError as err:
             raise InputError(f"corpus.domain_selection: {err}") from None
+        threshold = selection.threshold
+        if selection.keep_fraction:
+            threshold = quantile_threshold(weights, held_out, selection.keep_fraction)
+            found["calibration_texts"] = len(held_out)
         atomic_write_json(record, found | {"negatives_from": "negatives" if selection.negatives else "the corpus",
-                                           "threshold": selection.threshold})
-        log.info("corpus: domain classifier trained on %d seed and %d negative texts (held-out accuracy %s)",
-                 found["seed_texts"], found["negative_texts"], found["held_out_accuracy"])
-    return weights
+                                           "threshold": threshold, "keep_fraction": selection.keep_fraction})
+        log.info("corpus: domain classifier trained on %d seed and %d negative texts (held-out accuracy %s), "
+                 "threshold %.4f", found["seed_texts"], found["negative_texts"], found["held_out_accuracy"], threshold)
+    return weights, read_json(record)["threshold"]
 
 
 def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None,

@@ -65,6 +65,13 @@ def train_classifier(domain: list[str], negatives: list[str], out: Path) -> dict
     return {"seed_texts": len(domain), "negative_texts": len(negatives), "held_out_accuracy": accuracy}
 
 
+def quantile_threshold(path: Path, sample: list[str], keep_fraction: float) -> float:
+    """The score that `keep_fraction` of `sample` (texts not trained on) reaches: the threshold
+    that keeps about that share of the corpus the sample was drawn from."""
+    score = domain_scorer(str(path))
+    return float(np.quantile([score(text) for text in sample], 1 - keep_fraction))
+
+
 @functools.lru_cache(maxsize=4)
 def domain_scorer(path: str) -> Callable[[str], float]:
     """The probability that a text is in-domain, by the classifier saved at `path` (loaded once
