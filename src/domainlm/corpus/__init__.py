@@ -308,7 +308,8 @@ def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | N
                 for _ in pool.map(_process, jobs, chunksize=1):
                     progress.update()
     stats = finish(config, out, unit_dirs, index.coverage if index else None)
-    shutil.rmtree(CorpusFiles(out).work)  # the outputs are whole: the per-unit copies go
+    if CorpusFiles(out).work.exists():  # the outputs are whole: the per-unit copies go
+        shutil.rmtree(CorpusFiles(out).work)
     return stats
 
 
