@@ -3,13 +3,14 @@
 Builds corpora from the shared biomedical abstracts (`../shared/data`): documents of 3-8 sentences
 drawn from different abstracts (seeded, no two alike), 30,000 documents per scale unit, each
 corpus one `.txt.gz` file, as corpora ship. Each is curated by domainlm's corpus stage in a child
-process with 1 and with 2 workers (`--workers`), sampled every 0.1 s: the resident memory of the
+process with 1 and with 2 workers (`--workers`; with `--ray` also on a local Ray cluster of 2
+workers), sampled every 0.1 s: the resident memory of the
 process and all its workers (summed over /proc), and the bytes under the output folder.
 Reported per run: seconds, documents/s, peak tree memory (MiB), peak disk as a multiple of the
 uncompressed text, and whether the kept documents equal the 1-worker run's.
 
     python benchmarks/scale.py                     # scales 1 and 10, 1 and 2 workers (~6 min on 2 cores)
-    python benchmarks/scale.py --scales 1 10 30 --unit-mib 16
+    python benchmarks/scale.py --scales 1 10 30 --ray   # and a local 2-worker Ray cluster per corpus
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ from pathlib import Path
 from domainlm.config import CorpusConfig
 from domainlm.corpus import curate
 config = CorpusConfig(sources=[{"path": sys.argv[1]}], unit_bytes=int(sys.argv[3]))
-stats = curate(config, Path(sys.argv[2]), workers=int(sys.argv[4]))
+if sys.argv[5] == "ray":  # a local Ray cluster of that many worker processes
+    import ray
+    ray.init(num_cpus=int(sys.argv[4]), include_dashboard=False, log_to_driver=False)
+stats = curate(config, Path(sys.argv[2]), workers=int(sys.argv[4]), executor=sys.argv[5])
 print(json.dumps({k: stats[k] for k in ("read", "kept")}))
 """
 
@@ -96,10 +100,11 @@ def disk_bytes(folder: Path) -> int:
     return total
 
 
-def curate_measured(corpus: Path, out: Path, unit_bytes: int, workers: int) -> dict:
+def curate_measured(corpus: Path, out: Path, unit_bytes: int, workers: int, executor: str = "local") -> dict:
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     started = time.time()
-    process = subprocess.Popen([sys.executable, "-c", CURATE, str(corpus), str(out), str(unit_bytes), str(workers)],
+    process = subprocess.Popen([sys.executable, "-c", CURATE, str(corpus), str(out), str(unit_bytes), str(workers),
+                                executor],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     peak = {"rss": 0, "disk": 0}
 
@@ -126,6 +131,7 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--unit-mib", type=float, default=16)
+    parser.add_argument("--ray", action="store_true", help="also run each corpus on a local 2-worker Ray cluster")
     args = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} not found: this benchmark builds its corpora from the shared abstracts")
@@ -139,16 +145,18 @@ def main() -> None:
             print(f"{scale}x: {scale * DOCS_PER_SCALE} documents, {text_bytes / 2**20:.0f} MiB of text "
                   f"({corpus.stat().st_size / 2**20:.0f} MiB gzip), built in {time.time() - started:.0f} s", flush=True)
             first = None
-            for workers in args.workers:
-                result = curate_measured(corpus, folder / f"out-{scale}-{workers}", int(args.unit_mib * 2**20), workers)
+            runs = [(w, "local") for w in args.workers] + [(2, "ray")] * args.ray
+            for workers, executor in runs:
+                result = curate_measured(corpus, folder / f"out-{scale}-{workers}-{executor}", int(args.unit_mib * 2**20),
+                                         workers, executor)
                 first = first or result["outputs_sha256"]
-                row = {"scale": scale, "workers": workers, "text_mib": round(text_bytes / 2**20),
+                row = {"scale": scale, "workers": workers, "executor": executor, "text_mib": round(text_bytes / 2**20),
                        **result, "docs_per_s": round(result["read"] / result["seconds"]),
                        "peak_disk_x_text": round(result["peak_disk_bytes"] / text_bytes, 2),
                        "same_as_first": result["outputs_sha256"] == first}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    base = {r["scale"]: r["seconds"] for r in rows if r["workers"] == args.workers[0]}
+    base = {r["scale"]: r["seconds"] for r in rows if r["workers"] == args.workers[0] and r["executor"] == "local"}
     for row in rows:
         row["speedup"] = round(base[row["scale"]] / row["seconds"], 2)
     print(json.dumps({"rows": rows}))

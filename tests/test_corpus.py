@@ -250,6 +250,24 @@ def test_a_corpus_without_domain_selection_has_no_domain_step(tmp_path):
     assert "domain" not in stats["steps"] and "domain_selection" not in stats
 
 
+def test_the_stage_states_its_peak_disk_need_from_the_text_it_will_read(tmp_path, caplog):
+    """Before the first unit: the bytes of text the units read (a compressed file counted as its
+    decompressed pieces), times the measured peak factor, and the free disk."""
+    from domainlm.corpus import PEAK_DISK, input_bytes, plan_jobs
+
+    text = "\n".join(_prose(800, seed=19)) + "\n"
+    (tmp_path / "plain.txt").write_text(text)
+    with gzip.open(tmp_path / "packed.txt.gz", "wt") as handle:
+        handle.write(text)
+    for name in ("plain.txt", "packed.txt.gz"):
+        jobs, _, _ = plan_jobs(_config(tmp_path / name, unit_bytes=8192), tmp_path / f"{name}-plan")
+        assert len(jobs) > 3 and input_bytes([job[0] for job in jobs]) == len(text.encode())
+    with caplog.at_level("INFO", logger="domainlm.corpus"):
+        _curate(_config(tmp_path / "plain.txt", unit_bytes=8192), tmp_path / "out")
+    mib = len(text.encode()) / 2**20
+    assert f"{mib:.1f} MiB of text to curate; at its peak the stage needs about {PEAK_DISK * mib:.1f} MiB" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray cluster of two worker processes, shared by the Ray tests (starting one takes seconds)."""

@@ -34,6 +34,7 @@ import os
 import platform
 import random
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -286,6 +287,28 @@ def domain_classifier(config: CorpusConfig, corpus: CorpusFiles,
     return weights, read_json(record)["threshold"]
 
 
+PEAK_DISK = 2.8
+"""Peak disk of the stage over the bytes of text it reads: measured 2.5-2.7 (docs/benchmarks.md,
+"Curation at scale": the pieces of compressed sources, the per-unit copies with ~0.65 KB per
+document of hashes, band keys and signatures, and the shards written beside them)."""
+
+
+def input_bytes(units: list[Unit]) -> int:
+    """Bytes of input the units read: a piece's or byte range's size, else its file's shared
+    equally among the units reading that file (parquet row groups; compressed bytes where a file
+    was not cut, so an underestimate there)."""
+    per_file = Counter(unit.path for unit in units if unit.piece is None and unit.end is None)
+    total = 0
+    for unit in units:
+        if unit.piece is not None:
+            total += os.path.getsize(unit.piece)
+        elif unit.end is not None:
+            total += unit.end - unit.start
+        elif os.path.isfile(unit.path):
+            total += os.path.getsize(unit.path) // per_file[unit.path]
+    return total
+
+
 def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | None = None,
            workers: int | None = None, executor: str = "local") -> dict[str, Any]:
     """Run every step over the configured sources into `out`, resuming finished units. Steps 1-4
@@ -294,6 +317,11 @@ def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | N
     jobs, unit_dirs, index = plan_jobs(config, out, eval_texts)
     if len(jobs) < len(unit_dirs):
         log.info("corpus: %d of %d work units already done, resuming", len(unit_dirs) - len(jobs), len(unit_dirs))
+    if jobs:
+        text, free = input_bytes([job[0] for job in jobs]), shutil.disk_usage(out.parent if not out.exists() else out).free
+        say = log.warning if free < PEAK_DISK * text else log.info
+        say("corpus: %.1f MiB of text to curate; at its peak the stage needs about %.1f MiB of disk (%.1f x the "
+            "text), %.0f MiB free where it writes", text / 2**20, PEAK_DISK * text / 2**20, PEAK_DISK, free / 2**20)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     with progress_bar(total=len(unit_dirs), initial=len(unit_dirs) - len(jobs), desc="corpus units",
                       unit=" units") as progress:
