@@ -229,6 +229,20 @@ def test_domain_selection_keeps_the_pools_domain_documents_and_counts_each_drop_
     assert list(one["steps"]) == ["read", "quality", "domain", "decontaminate", "exact_dedup", "near_dedup"]
 
 
+def test_a_classifier_retrained_in_the_same_place_is_not_served_from_the_cache(tmp_path):
+    """A rerun of the stage in one process writes its new classifier where the old one was."""
+    import os
+
+    from domainlm.corpus.selection import domain_scorer, train_classifier
+
+    path, text = tmp_path / "classifier.npz", _prose(1, seed=20)[0]
+    train_classifier(_prose(50, seed=21), _general_prose(50, seed=22), path)
+    domain_like = domain_scorer(str(path))(text)
+    train_classifier(_general_prose(50, seed=22), _prose(50, seed=21), path)  # the labels swapped
+    os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 10**9))  # a later mtime even on a coarse clock
+    assert domain_like > 0.5 > domain_scorer(str(path))(text)
+
+
 def test_keep_fraction_keeps_about_that_share_of_the_pool_the_best_scoring(tmp_path):
     """The threshold is the pool's score quantile, from a held-out sample: ~20% of the scored
     documents pass, and they are the domain ones."""

@@ -14,6 +14,7 @@ The classifier is a weight vector over `FEATURES` hashed n-grams, saved as .npz 
 from __future__ import annotations
 
 import functools
+import os
 import random
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -72,10 +73,15 @@ def quantile_threshold(path: Path, sample: list[str], keep_fraction: float) -> f
     return float(np.quantile([score(text) for text in sample], 1 - keep_fraction))
 
 
-@functools.lru_cache(maxsize=4)
 def domain_scorer(path: str) -> Callable[[str], float]:
     """The probability that a text is in-domain, by the classifier saved at `path` (loaded once
-    per process)."""
+    per process and version of the file: a rerun that retrains it in the same place is read anew)."""
+    stat = os.stat(path)
+    return _scorer(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _scorer(path: str, *version) -> Callable[[str], float]:
     with np.load(path) as saved:
         weights, bias = saved["weights"], float(saved["bias"])
     vectorizer = _vectorizer()
