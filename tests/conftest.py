@@ -19,6 +19,16 @@ def synthetic_texts(count: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 30))) + "." for _ in range(count)]
 
 
+def prose_texts(count: int, seed: int) -> list[str]:
+    """`synthetic_texts` with English stop words among the words (as real text has: Gopher's
+    stop-word rule drops long documents without any)."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(("the", "of", "and", "with", "to")) if i % 3 == 1 else word
+                     for i, word in enumerate(text.split())) for text in synthetic_texts(count, seed=seed)]
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path: Path) -> dict:
     """A complete, fast recipe over synthetic files written into tmp_path."""

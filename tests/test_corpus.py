@@ -8,20 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import synthetic_texts
+from conftest import prose_texts as _prose
 from domainlm.config import CorpusConfig
 from domainlm.corpus import curate
 from domainlm.corpus.normalize import normalize_text
-
-
-def _prose(count: int, seed: int) -> list[str]:
-    """Sentences of the synthetic domain words with English stop words among them (as real text
-    has: Gopher's stop-word rule drops long documents without any)."""
-    import random
-
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(("the", "of", "and", "with", "to")) if i % 3 == 1 else word
-                     for i, word in enumerate(text.split())) for text in synthetic_texts(count, seed=seed)]
 
 
 SENTENCES = _prose(400, seed=11)

@@ -283,6 +283,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def open_zstd_writer(path: str | Path, level: int = 1) -> IO[str]:
+    """A UTF-8 text file written zstd-compressed (level 1: ~3x smaller than text at hundreds of
+    MB/s, for scratch copies), readable with `open_text`."""
+    import zstandard
+
+    raw = zstandard.ZstdCompressor(level=level).stream_writer(open(path, "wb"))
+    return io.TextIOWrapper(raw, encoding="utf-8")
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -7,8 +7,9 @@ between stages. The corpus, tokenizer, evaluate and report stages also write thr
 code spells none of the file names (tests/test_layout.py): `RunLayout` for a run's folders,
 `CorpusFiles` and `ReportFiles` for the folder a corpus or a report is written into, wherever that is.
 
-    corpus/      train-NNNNN.jsonl shards, heldout.jsonl, stats.json, dropped.jsonl, work/<unit>/
-                 (docs.jsonl, dropped.jsonl, exact.bin, signatures.bin, band-NN.bin, stats.json)
+    corpus/      train-NNNNN.jsonl shards, heldout.jsonl, stats.json, dropped.jsonl; while it runs work/<unit>/
+                 (docs.jsonl.zst, dropped.jsonl, exact.bin, signatures.bin, band-NN.bin, stats.json, then
+                 train.jsonl, heldout.jsonl, dedup-dropped.jsonl, split.json), work/dedup/, work/pieces/
     tokenizer/   a transformers tokenizer directory (tokenizer.json, tokenizer_config.json, ...), fit.json
     pretrain/    data/ (token shards), checkpoints/, history.json, summary.json, tensorboard/,
                  tokenizer/ (continued pretraining), export/ (a Hugging Face model directory)
@@ -87,6 +88,16 @@ class CorpusFiles:
         """Compressed sources cut into plain files, one per work unit (each removed once its unit is done)."""
         return self.work / "pieces"
 
+    @property
+    def dedup(self) -> DedupFiles:
+        """Corpus-wide dedup's intermediate arrays."""
+        return DedupFiles(self.work / "dedup")
+
+    @property
+    def shard_progress(self) -> Path:
+        """How far writing the shards got (shards written, the unit part and line to go on from)."""
+        return self.work / "shards.json"
+
     def unit(self, key: str) -> Path:
         """One work unit's folder (its files: `CorpusUnitFiles`)."""
         return self.work / key
@@ -112,16 +123,53 @@ class CorpusPieces:
 
 
 @dataclass(frozen=True)
+class DedupFiles:
+    """Corpus-wide dedup's results, raw arrays of global document positions (uint64), each
+    written whole: the exact duplicates found in each hash partition, the confirmed near-duplicate
+    pairs (first, other) of each LSH band and partition, and the near-duplicates removed."""
+
+    folder: Path
+
+    def exact(self, partition: int) -> Path:
+        return self.folder / f"exact-{partition:05d}.bin"
+
+    def pairs(self, band: int, partition: int) -> Path:
+        return self.folder / f"pairs-{band:02d}-{partition:05d}.bin"
+
+    @property
+    def near(self) -> Path:
+        return self.folder / "near.bin"
+
+
+@dataclass(frozen=True)
 class CorpusUnitFiles:
     """One corpus work unit's folder (or the temporary folder it is written in): its surviving
-    documents, raw uint64 / uint32 arrays of their exact hashes, MinHash signatures and LSH band
-    keys, its dropped documents, and stats.json, written last as the completion marker."""
+    documents (zstd-compressed), raw uint64 / uint32 arrays of their exact hashes, MinHash
+    signatures and LSH band keys, its dropped documents, and stats.json, written last as the
+    completion marker. After corpus-wide dedup: its kept documents split into a training and a
+    held-out part, dedup's drops, and split.json (written last; the survivors and arrays go)."""
 
     folder: Path
 
     @property
     def docs(self) -> Path:
-        return self.folder / "docs.jsonl"
+        return self.folder / "docs.jsonl.zst"
+
+    @property
+    def train(self) -> Path:
+        return self.folder / "train.jsonl"
+
+    @property
+    def heldout(self) -> Path:
+        return self.folder / "heldout.jsonl"
+
+    @property
+    def dedup_dropped(self) -> Path:
+        return self.folder / "dedup-dropped.jsonl"
+
+    @property
+    def split(self) -> Path:
+        return self.folder / "split.json"
 
     @property
     def dropped(self) -> Path:

@@ -13,11 +13,13 @@ Steps, in order (each document leaves at the first step that drops it, with that
 6. near dedup     MinHash LSH clusters (one document kept per cluster);
 7. split     a stable hash of the text sends a small share to the held-out set.
 
-Steps 1-4 run per work unit on a local process pool and write their results under `work/<unit>/`
-with a completion marker, so a killed run redoes only unfinished units. Steps 5-7 need the whole
-corpus and run on compact per-unit arrays (hashes and MinHash band keys). On a cluster the same
-per-unit function (`process_unit`) is what an engine such as Ray or datatrove's Slurm executor
-would map over the units (docs/curation.md).
+Steps 1-4 run per work unit on a local process pool (or Ray) and write their results under
+`work/<unit>/` with a completion marker, so a killed run redoes only unfinished units. Steps 5-7
+need the whole corpus; they run as tasks on the same workers over the units' compact arrays
+(hashes, MinHash signatures and band keys: corpus/global_dedup.py), so the process running the
+stage holds O(units) whatever the corpus's size, and only the final concatenation into shards
+runs here. On a cluster the same functions are what an engine such as Ray or datatrove's Slurm
+executor maps over the units (docs/curation.md).
 
 `stats.json`: `read`, `kept`, `dropped` per reason, per step `{in, out, dropped}` with
 in == out + dropped everywhere, per source, PII counts, invalid bytes, and a few examples of each
@@ -37,6 +39,7 @@ import shutil
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -44,14 +47,8 @@ from typing import Any
 import numpy as np
 
 from domainlm.config import CorpusConfig, RunConfig, SourceConfig, resolve_path
-from domainlm.corpus.dedup import (
-    ContaminationIndex,
-    band_keys,
-    lsh_bands,
-    minhash,
-    near_duplicates,
-    word_hashes,
-)
+from domainlm.corpus.dedup import ContaminationIndex, band_keys, lsh_bands, minhash, word_hashes
+from domainlm.corpus.global_dedup import EXAMPLES_PER_REASON, deduplicate, write_shards
 from domainlm.corpus.normalize import normalize_text
 from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 from domainlm.corpus.readers import Unit, plan_units, read_unit
@@ -63,6 +60,7 @@ from domainlm.io import (
     atomic_write_json,
     fingerprint,
     input_signature,
+    open_zstd_writer,
     read_json,
     stream_digest,
 )
@@ -72,16 +70,9 @@ from domainlm.tasks.load import task_eval_texts
 
 STEPS = ("read", "quality", "domain", "decontaminate", "exact_dedup", "near_dedup")
 OPTIONAL_STEPS = ("domain",)  # in the step table only where the run has it (domain selection)
-EXAMPLES_PER_REASON = 3
 RAY_RETRIES = 3
 """Times Ray reruns a unit whose worker died (a lost node, the OOM killer); Ray's default."""
 log = logging.getLogger(__name__)
-
-
-def heldout(text: str, fraction: float) -> bool:
-    """Whether a document goes to the held-out set (stable across runs and machines)."""
-    bucket = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-    return bucket / 2**64 < fraction
 
 
 # ------------------------------------------------------------------------------ per work unit
@@ -95,7 +86,7 @@ class _UnitWriter:
     def __init__(self, files: CorpusUnitFiles, config: CorpusConfig):
         self.config, self.count = config, 0
         self.bands = lsh_bands(config.dedup.threshold, config.dedup.permutations)
-        self.docs = open(files.docs, "w", encoding="utf-8")
+        self.docs = open_zstd_writer(files.docs)
         self.dropped = open(files.dropped, "w", encoding="utf-8")
         paths = {"exact": files.exact, "signatures": files.signatures,
                  **{f"band-{b:02d}": files.band(b) for b in range(self.bands[0])}}  # a file per band
@@ -131,16 +122,6 @@ class _UnitWriter:
         self.flush()
         for handle in (self.docs, self.dropped, *self.arrays.values()):
             handle.close()
-
-
-def read_rows(path: Path, dtype, width: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """Rows of a raw (n, width) array file: all of them, or only `rows` (read one by one, for
-    the few documents that share an LSH bucket). No memory map stays open, so a corpus of
-    thousands of units needs no more file descriptors than one."""
-    if rows is None:
-        return np.fromfile(path, dtype=dtype).reshape(-1, width)
-    size = np.dtype(dtype).itemsize * width
-    return np.stack([np.fromfile(path, dtype=dtype, count=width, offset=int(r) * size) for r in rows])
 
 
 def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: ContaminationIndex | None,
@@ -208,10 +189,6 @@ def process_unit(unit: Unit, source: SourceConfig, config: CorpusConfig, index: 
     if unit.piece:  # the unit's lines cut from a compressed source: no longer needed
         Path(unit.piece).unlink(missing_ok=True)
     return stats
-
-
-def _process(args) -> dict[str, Any]:
-    return process_unit(*args)
 
 
 # ---------------------------------------------------------------------------------- the stage
@@ -322,23 +299,53 @@ def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | N
         say = log.warning if free < PEAK_DISK * text else log.info
         say("corpus: %.1f MiB of text to curate; at its peak the stage needs about %.1f MiB of disk (%.1f x the "
             "text), %.0f MiB free where it writes", text / 2**20, PEAK_DISK * text / 2**20, PEAK_DISK, free / 2**20)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    with progress_bar(total=len(unit_dirs), initial=len(unit_dirs) - len(jobs), desc="corpus units",
-                      unit=" units") as progress:
-        if executor == "ray" and jobs:
-            run_on_ray(jobs, progress)
-        elif workers == 1:
-            for job in jobs:
-                _process(job)
-                progress.update()
-        else:  # spawn: workers start clean (no inherited threads or locks)
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                for _ in pool.map(_process, jobs, chunksize=1):
-                    progress.update()
-    stats = finish(config, out, unit_dirs, index.coverage if index else None)
+    with task_runner(executor, workers) as run:
+        run(_process_unit, jobs, "corpus units", done=len(unit_dirs) - len(jobs))
+        stats = finish(config, out, unit_dirs, index.coverage if index else None, run)
     if CorpusFiles(out).work.exists():  # the outputs are whole: the per-unit copies go
         shutil.rmtree(CorpusFiles(out).work)
     return stats
+
+
+def _process_unit(*job) -> dict[str, Any]:
+    return process_unit(*job)  # looked up when called, so a test can stand in for `read_unit`
+
+
+def _call(args: tuple) -> Any:
+    work, job = args
+    return work(*job)
+
+
+@contextmanager
+def task_runner(executor: str = "local", workers: int | None = None):
+    """Yields `run(work, jobs, desc, done=0)`, which calls `work(*job)` for every job, with a
+    progress bar: on Ray (`executor="ray"`), else on a local process pool of `workers` (default:
+    every core; spawned at the first call and kept for the later ones), or in this process when
+    `workers` is 1. Works and jobs must pickle (module-level functions)."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    pool = None
+
+    def run(work, jobs: list[tuple], desc: str, done: int = 0) -> None:
+        nonlocal pool
+        with progress_bar(total=done + len(jobs), initial=done, desc=desc, unit=" tasks") as progress:
+            if not jobs:
+                return
+            if executor == "ray":
+                run_on_ray(jobs, progress, work)
+            elif workers == 1:
+                for job in jobs:
+                    work(*job)
+                    progress.update()
+            else:  # spawn: workers start clean (no inherited threads or locks)
+                pool = pool or ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+                for _ in pool.map(_call, [(work, job) for job in jobs], chunksize=1):
+                    progress.update()
+
+    try:
+        yield run
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def run_on_ray(jobs: list[tuple], progress, work=process_unit) -> None:
@@ -360,60 +367,55 @@ def run_on_ray(jobs: list[tuple], progress, work=process_unit) -> None:
 
 
 def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]],
-           decontamination: dict[str, int] | None = None) -> dict[str, Any]:
-    """Steps 5-7 over the finished units: dedup across the corpus, split, write shards and stats.
-    `decontamination`: how many dev/test texts it could check (`ContaminationIndex.coverage`)."""
+           decontamination: dict[str, int] | None = None, run=None) -> dict[str, Any]:
+    """Steps 5-7 over the finished units: dedup across the corpus and the split, as tasks through
+    `run` (`task_runner`; default a local pool), then the shards, held-out set and stats written
+    here. `decontamination`: how many dev/test texts it could check (`ContaminationIndex.coverage`)."""
+    if run is None:
+        with task_runner() as run:
+            return finish(config, out, unit_dirs, decontamination, run)
+    corpus = CorpusFiles(out)
     unit_stats = [read_json(CorpusUnitFiles(folder).stats) for folder, _ in unit_dirs]
-    removed = duplicates(config, unit_dirs, unit_stats)
+    counts = [unit["survivors"] for unit in unit_stats]
+    starts = np.cumsum([0, *counts])[:-1].tolist()
+    units = [(str(folder), start, count) for (folder, _), start, count in zip(unit_dirs, starts, counts, strict=True)]
+    deduplicate(config, corpus, units, run)
+    splits = [read_json(CorpusUnitFiles(folder).split) for folder, _ in unit_dirs]
     stats = merge_unit_stats(unit_stats)
     stats["decontamination"] = decontamination
     if "domain_scores" in stats:  # what the domain classifier was trained on, and how it scored the corpus
-        stats["domain_selection"] = read_json(CorpusFiles(out).domain_classifier_record) | {
+        stats["domain_selection"] = read_json(corpus.domain_classifier_record) | {
             "score_histogram": stats.pop("domain_scores")}
-    stats["shards"] = write_outputs(config, out, unit_dirs, unit_stats, removed, stats)
+    for (_, source), unit, split in zip(unit_dirs, unit_stats, splits, strict=True):
+        per_source = stats["sources"].setdefault(source.name, {
+            "read": 0, "kept": 0, "weight": source.weight * source.repeat})
+        per_source["read"] += unit["read"]
+        per_source["kept"] += split["kept"]
+        stats["kept"] += split["kept"]
+        stats["heldout"] += split["heldout"]
+        for reason, count in split["dropped"].items():
+            _add(stats["steps"].setdefault("exact_dedup" if reason == "duplicate" else "near_dedup", {}), reason, count)
+        _add_examples(stats, split["examples"])
+    files = [CorpusUnitFiles(folder) for folder, _ in unit_dirs]
+    _concatenate([f.heldout for f in files], corpus.heldout)
+    if config.keep_dropped:  # the per-unit drops (read, quality, domain, decontaminate) first, then dedup's
+        _concatenate([f.dropped for f in files] + [f.dedup_dropped for f in files], corpus.dropped)
+    stats["shards"] = write_shards(corpus, [f.train for f in files], config.shard_docs)
     stats["steps"] = step_table(stats["read"], stats["steps"])
     stats["dropped"] = {r: n for counts in stats["steps"].values() for r, n in counts["dropped"].items()}
     if stats["read"] != stats["kept"] + sum(stats["dropped"].values()):  # the accounting invariant
         raise AssertionError(f"corpus accounting broken: read {stats['read']}, kept {stats['kept']}, "
                              f"dropped {stats['dropped']}")
-    atomic_write_json(CorpusFiles(out).stats, stats)
+    atomic_write_json(corpus.stats, stats)
     return stats
 
 
-def duplicates(config: CorpusConfig, unit_dirs: list[tuple[Path, SourceConfig]],
-               unit_stats: list[dict]) -> dict[int, str]:
-    """Survivors of steps 1-4 that dedup removes: global survivor index -> `duplicate` (an exact
-    copy of an earlier document) or `near_duplicate` (a MinHash LSH cluster's non-first member)."""
-    units = [CorpusUnitFiles(folder) for folder, _ in unit_dirs]
-    exact = np.concatenate([read_rows(unit.exact, np.uint64, 2) for unit in units])
-    total = len(exact)
-    removed: dict[int, str] = {}
-    if config.dedup.exact and total:
-        _, first = np.unique(exact.view(np.dtype((np.void, 16))).ravel(), return_index=True)
-        unique = np.zeros(total, dtype=bool)
-        unique[first] = True
-        removed.update({int(i): "duplicate" for i in np.flatnonzero(~unique)})
-    if config.dedup.near and total:
-        # One band's keys (8 bytes per document) are in memory at a time; signatures are read from
-        # the units' files for the few documents that share a bucket.
-        survivors = np.ones(total, dtype=bool)
-        survivors[list(removed)] = False
-        candidates = np.flatnonzero(survivors)
-        bands, _ = lsh_bands(config.dedup.threshold, config.dedup.permutations)
-        columns = (np.concatenate([np.fromfile(unit.band(b), dtype=np.uint64) for unit in units])[candidates]
-                   for b in range(bands))
-        starts = np.cumsum([0] + [unit["survivors"] for unit in unit_stats])
-        permutations = config.dedup.permutations
-
-        def signature_of(members: np.ndarray) -> np.ndarray:
-            rows = candidates[members]
-            owners = np.searchsorted(starts, rows, side="right") - 1
-            return np.concatenate([read_rows(units[u].signatures, np.uint32, permutations, np.array([r - starts[u]]))
-                                   for u, r in zip(owners.tolist(), rows.tolist(), strict=True)])
-
-        clusters = near_duplicates(columns, signature_of, config.dedup.threshold)
-        removed.update({int(candidates[i]): "near_duplicate" for i in clusters})
-    return removed
+def _concatenate(parts: list[Path], out: Path) -> None:
+    pending = PendingFile(out)
+    for part in parts:
+        with open(part, encoding="utf-8") as handle:
+            shutil.copyfileobj(handle, pending.handle)
+    pending.close()
 
 
 def merge_unit_stats(unit_stats: list[dict]) -> dict[str, Any]:
@@ -432,83 +434,15 @@ def merge_unit_stats(unit_stats: list[dict]) -> dict[str, Any]:
         if "domain_scores" in unit:
             stats["domain_scores"] = [a + b for a, b in zip(stats.get("domain_scores", [0] * BINS),
                                                             unit["domain_scores"], strict=True)]
-        for reason, examples in unit["examples"].items():
-            stats["examples"].setdefault(reason, []).extend(examples[: EXAMPLES_PER_REASON - len(
-                stats["examples"].get(reason, []))])
+        _add_examples(stats, unit["examples"])
     return stats
 
 
-class ShardWriter:
-    """Kept documents into `train-NNNNN.jsonl` shards (`CorpusFiles.shard`) of `shard_docs` lines,
-    each written under a temporary name and renamed when complete."""
-
-    def __init__(self, files: CorpusFiles, shard_docs: int):
-        self.files, self.shard_docs = files, shard_docs
-        self.paths: list[str] = []
-        self.current: PendingFile | None = None
-        self.count = 0
-
-    def write(self, line: str) -> None:
-        if self.current is None:
-            self.current = PendingFile(self.files.shard(len(self.paths)))
-        self.current.write(line)
-        self.count += 1
-        if self.count >= self.shard_docs:
-            self.close()
-
-    def close(self) -> list[str]:
-        if self.current is not None:
-            self.paths.append(self.current.close())
-            self.current, self.count = None, 0
-        return self.paths
-
-
-def write_outputs(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]],
-                  unit_stats: list[dict], removed: dict[int, str], stats: dict[str, Any]) -> list[str]:
-    """Stream every unit's survivors to the train shards or the held-out set (dedup's removals to
-    `dropped.jsonl` with `keep_dropped`), counting into `stats`. Memory stays flat however large the
-    corpus. Returns the shard file names."""
-    corpus = CorpusFiles(out)
-    shards = ShardWriter(corpus, config.shard_docs)
-    held_out = PendingFile(corpus.heldout)
-    dropped_file = PendingFile(corpus.dropped) if config.keep_dropped else None
-    if dropped_file:
-        for folder, _ in unit_dirs:  # the per-unit drops (read, quality, decontaminate) first
-            with open(CorpusUnitFiles(folder).dropped, encoding="utf-8") as handle:
-                shutil.copyfileobj(handle, dropped_file.handle)
-    position = 0
-    for (folder, source), unit in zip(unit_dirs, unit_stats, strict=True):
-        per_source = stats["sources"].setdefault(source.name, {
-            "read": 0, "kept": 0, "weight": source.weight * source.repeat})
-        per_source["read"] += unit["read"]
-        with open(CorpusUnitFiles(folder).docs, encoding="utf-8") as handle:
-            for line in handle:
-                reason = removed.get(position)
-                position += 1
-                if reason:
-                    _count_dedup_drop(stats, reason, json.loads(line), dropped_file)
-                    continue
-                stats["kept"] += 1
-                per_source["kept"] += 1
-                if heldout(json.loads(line)["text"], config.heldout_fraction):
-                    stats["heldout"] += 1
-                    held_out.write(line)
-                else:
-                    shards.write(line)
-    held_out.close()
-    if dropped_file:
-        dropped_file.close()
-    return shards.close()
-
-
-def _count_dedup_drop(stats: dict[str, Any], reason: str, doc: dict, dropped_file: PendingFile | None) -> None:
-    step = "exact_dedup" if reason == "duplicate" else "near_dedup"
-    _add(stats["steps"].setdefault(step, {}), reason, 1)
-    examples = stats["examples"].setdefault(reason, [])
-    if len(examples) < EXAMPLES_PER_REASON:
-        examples.append({"id": doc["id"], "text": doc["text"][:300]})
-    if dropped_file:
-        dropped_file.write(json.dumps({**doc, "reason": reason}, ensure_ascii=False) + "\n")
+def _add_examples(stats: dict[str, Any], examples: dict[str, list]) -> None:
+    """A unit's examples per drop reason, after those of the units before it (EXAMPLES_PER_REASON each)."""
+    for reason, found in examples.items():
+        kept = stats["examples"].setdefault(reason, [])
+        kept.extend(found[: EXAMPLES_PER_REASON - len(kept)])
 
 
 def _add(counts: dict[str, int], key: str, n: int) -> None:

@@ -15,12 +15,13 @@ keys, compare members of a bucket, keep one document per connected cluster.
 
 from __future__ import annotations
 
-import itertools
 import re
 from functools import lru_cache
 
 import numpy as np
 import xxhash
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from domainlm.corpus.normalize import normalize_text
 
@@ -124,40 +125,54 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
 VERIFY_SLACK = 0.1
 
 
+def bucket_pairs(keys: np.ndarray, signature_of, threshold: float) -> np.ndarray:
+    """(pairs, 2) int64 positions (first, other) of documents confirmed similar in one LSH band.
+
+    keys: (N,) band keys; documents sharing a key form a bucket, whose members (in position order)
+    are compared with its first member: `signature_of(positions)` -> (len, permutations)
+    signatures, agreeing on at least `threshold - VERIFY_SLACK` of them."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    pairs = []
+    for start, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist(), strict=True):
+        members = order[start : start + size]
+        signatures = signature_of(members)
+        agreement = (signatures[1:] == signatures[0]).mean(axis=1)
+        similar = members[1:][agreement >= threshold - VERIFY_SLACK]
+        pairs.append(np.stack([np.full(len(similar), members[0]), similar], axis=1))
+    return np.concatenate(pairs).astype(np.int64) if pairs else np.zeros((0, 2), dtype=np.int64)
+
+
+def clusters(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(removed, kept): over the connected clusters of the pairs' graph, every member but the
+    lowest position, and that lowest member, both sorted by `removed`. Memory grows with the
+    number of pairs, not of documents (scipy's connected components on the relabelled nodes)."""
+    nodes, inverse = np.unique(pairs, return_inverse=True)
+    inverse = inverse.reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(inverse), dtype=np.int8), (inverse[:, 0], inverse[:, 1])),
+                       shape=(len(nodes), len(nodes)))
+    count, labels = connected_components(graph, directed=False)
+    lowest = np.full(count, len(nodes))
+    np.minimum.at(lowest, labels, np.arange(len(nodes)))  # nodes are sorted: the lowest position
+    kept = lowest[labels]
+    removed = np.flatnonzero(kept != np.arange(len(nodes)))
+    return nodes[removed], nodes[kept[removed]]
+
+
 def near_duplicates(band_columns, signature_of, threshold: float) -> dict[int, int]:
     """{removed document: the document kept in its cluster} over documents 0..N-1.
 
     band_columns: one (N,) array of band keys per band (e.g. `keys.T`; a generator is fine, so
-    only one band need be in memory); signature_of(indices) -> (len, permutations) signatures (may
-    read memory maps). A bucket's members are compared with its first member; confirmed pairs are
-    joined (union-find) and each cluster keeps its lowest index (the first in corpus order).
+    only one band need be in memory); signature_of as `bucket_pairs`. Confirmed pairs of every
+    band are joined into clusters, each keeping its lowest index (the first in corpus order).
     """
-    band_columns = iter(band_columns)
-    first = next(band_columns, None)
-    if first is None:
+    pairs = [bucket_pairs(column, signature_of, threshold) for column in band_columns]
+    if not pairs:
         return {}
-    parent = np.arange(len(first))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for column in itertools.chain([first], band_columns):
-        order = np.argsort(column, kind="stable")
-        sorted_keys = column[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        sizes = np.diff(np.r_[starts, len(order)])
-        for start, size in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist(), strict=True):
-            members = order[start : start + size]
-            signatures = signature_of(members)
-            agreement = (signatures[1:] == signatures[0]).mean(axis=1)
-            for other in members[1:][agreement >= threshold - VERIFY_SLACK]:
-                a, b = root(int(members[0])), root(int(other))
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-    return {i: root(i) for i in range(len(parent)) if root(i) != i}
+    removed, kept = clusters(np.concatenate(pairs))
+    return dict(zip(removed.tolist(), kept.tolist(), strict=True))
 
 
 # `corpus.normalization`'s choices: a dev/test text is looked for in each form a corpus could hold it.
