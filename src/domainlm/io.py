@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -27,14 +28,52 @@ from typing import IO, Any
 
 from domainlm.errors import InputError, StageError
 
-
 # ------------------------------------------------------------------------------------ reading
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str | Path) -> bool:
+    """Whether `path` names a file in a store fsspec reaches (`s3://`, `gs://`, `hf://`, `https://`,
+    `memory://`, `file://`, ...): any `scheme://` but domainlm's own `pkg://`."""
+    return bool(URL.match(str(path))) and not str(path).startswith("pkg://")
+
+
+def _fsspec(path: str):
+    """(fsspec filesystem, path inside it) for a URL; InputError naming the URL when fsspec or the
+    store's package (s3fs, gcsfs, aiohttp, ...) is missing."""
+    try:
+        import fsspec
+
+        return fsspec.core.url_to_fs(path)
+    except ImportError as err:
+        raise InputError(f"{path}: reading this URL needs {err.name or 'fsspec'} "
+                         f"(pip install 'domainlm[remote]'): {err}") from None
+    except ValueError as err:  # an unknown protocol
+        raise InputError(f"{path}: {err}") from None
+
+
+def url_exists(path: str) -> bool:
+    fs, inner = _fsspec(path)
+    return fs.exists(inner)
+
+
+def open_url(path: str) -> IO[bytes]:
+    """A URL's file opened for buffered, seekable binary reading through fsspec (pyarrow reads
+    parquet row groups by seeking in it); InputError when it does not exist."""
+    fs, inner = _fsspec(path)
+    try:
+        return fs.open(inner, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found") from None
+
+
 class _Gunzipped(io.RawIOBase):
     """A gzip stream whose failures name the file: a truncated or corrupt `.gz` raises InputError
     with the path and the cause (not a bare EOFError or zlib.error)."""
 
-    def __init__(self, path: str):
-        self.inner, self.path, self.position = gzip.open(path, "rb"), path, 0
+    def __init__(self, path: str, file: IO[bytes]):
+        self.inner, self.path, self.position = gzip.GzipFile(fileobj=file, mode="rb"), path, 0
+        self.file = file
 
     def readable(self) -> bool:
         return True
@@ -56,6 +95,7 @@ class _Gunzipped(io.RawIOBase):
 
     def close(self) -> None:
         self.inner.close()
+        self.file.close()
         super().close()
 
 
@@ -63,10 +103,10 @@ class _ZstdFrames(io.RawIOBase):
     """Decompresses every frame of a `.zst` file in turn and knows whether the last one ended:
     zstandard's stream reader returns nothing, silently, for a file cut inside a frame."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, file: IO[bytes]):
         import zstandard
 
-        self.path, self.file, self.error = path, open(path, "rb"), zstandard.ZstdError
+        self.path, self.file, self.error = path, file, zstandard.ZstdError
         self.context = zstandard.ZstdDecompressor()
         self.frame, self.pending, self.started = self.context.decompressobj(), b"", False
         self.position = 0  # uncompressed bytes handed out
@@ -111,13 +151,15 @@ class _ZstdFrames(io.RawIOBase):
 
 def open_binary(path: str | Path) -> IO[bytes]:
     """Open a file for buffered binary reading, decompressing `.gz` and `.zst` as a stream (a
-    truncated or corrupt one raises InputError naming the file when it is read)."""
+    truncated or corrupt one raises InputError naming the file when it is read). A URL is read
+    as a stream through fsspec (`is_url`)."""
     path = str(path)
+    file = open_url(path) if is_url(path) else open(path, "rb")
     if path.endswith(".gz"):
-        return io.BufferedReader(_Gunzipped(path), buffer_size=1 << 16)
+        return io.BufferedReader(_Gunzipped(path, file), buffer_size=1 << 16)
     if path.endswith(".zst"):
-        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 16)
-    return open(path, "rb")
+        return io.BufferedReader(_ZstdFrames(path, file), buffer_size=1 << 16)
+    return file
 
 
 def open_text(path: str | Path) -> IO[str]:
@@ -408,7 +450,12 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 def input_signature(path: str | Path, leave_out: tuple[str, ...] = ()) -> str:
     """What identifies an input: a file's sha256; for a folder (a model directory, a folder of
     text files, a saved dataset), a hash of every file's relative name and sha256 (content, not
-    modification times: a copy or a `touch` changes nothing), but the files `leave_out` names."""
+    modification times: a copy or a `touch` changes nothing), but the files `leave_out` names.
+    A URL: a hash of what its store says of it (size, ETag or checksum, modification time), so
+    nothing is downloaded to tell whether it changed."""
+    if is_url(path):
+        fs, inner = _fsspec(str(path))
+        return hashlib.sha256(json.dumps(fs.info(inner), sort_keys=True, default=str).encode()).hexdigest()
     path = Path(path)
     if path.is_file():
         return file_digest(path)

@@ -51,6 +51,7 @@ from domainlm.config.resources import LEGACY_KEYS, ResourcesConfig
 from domainlm.config.tasks import PromptConfig, SplitConfig, TaskConfig
 from domainlm.config.tokenizer import TokenizerConfig
 from domainlm.errors import ConfigError
+from domainlm.io import is_url
 from domainlm.layout import RunLayout
 from domainlm.tasks.types import TASK_TYPES
 
@@ -142,6 +143,8 @@ class RunConfig(Section):
         """Stage folders are replaced when they rerun: no input may live inside the run directory."""
         run_dir = self.directory.resolve()
         for value in self.input_paths():
+            if is_url(value):  # in a store, not in a folder of this machine
+                continue
             try:
                 path = resolve_path(value).resolve()
             except FileNotFoundError:  # an optional pkg:// path whose package is missing

@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from domainlm.io import is_url, url_exists
+
 
 class Fingerprinted(dict):
     """A section as a stage's fingerprint records it. `skipped`: the values of the keys it leaves
@@ -68,12 +70,15 @@ def unique_names(items: list, what: str) -> list:
     return items
 
 
-def resolve_path(value: str) -> Path:
+def resolve_path(value: str) -> Path | str:
     """Resolve `pkg://package/sub/path` (inside an installed Python package) or a plain path.
 
     The package is located on `sys.path` without importing anything: only the top-level name is
     looked up (which runs no module code), and a dotted name's further parts must be folders
-    below it. FileNotFoundError when the package is not installed."""
+    below it. FileNotFoundError when the package is not installed. A URL (`io.is_url`, read
+    through fsspec) comes back unchanged, as a string (a Path would merge its `//`)."""
+    if is_url(value):
+        return value
     if not value.startswith("pkg://"):
         return Path(value)
     package, _, rest = value[len("pkg://") :].partition("/")
@@ -101,6 +106,11 @@ def existing_file(value: str, context: Any = None) -> str:
     experiment arm will write (`context["produced"]`, while a recipe's arms are validated at
     load), else a ValueError naming it."""
     produced = (context or {}).get("produced", ()) if isinstance(context, dict) else ()
-    if value not in produced and not resolve_path(value).exists():
+    if value not in produced and not input_exists(value):
         raise ValueError(f"file not found: {value}")
     return value
+
+
+def input_exists(value: str) -> bool:
+    """Whether a configured input exists: a URL asked of its store, else a plain or `pkg://` path."""
+    return url_exists(value) if is_url(value) else resolve_path(value).exists()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from domainlm.config.base import Section
+from domainlm.config.base import Section, input_exists
 from domainlm.demo import TASKS as DEMO_TASKS
 from domainlm.tasks.types import TASK_TYPES
 
@@ -195,7 +194,7 @@ class TaskConfig(Section):
                 continue
             for what in ("path", "ids", "exclude_ids"):
                 value = getattr(spec, what)
-                if value and not Path(value).exists():
+                if value and not input_exists(value):
                     label = "file" if what == "path" else f"{what} file"
                     raise ValueError(f"task '{self.name}' {split} {label} not found: {value}")
         if TASK_TYPES[self.type].entity_markers and self.entity_mode != "text" and not self.entity_markers:
@@ -212,7 +211,7 @@ class TaskConfig(Section):
             value = getattr(self, key)
             if value and TASK_TYPES[self.type].target != "ranking":
                 raise ValueError(f"task '{self.name}': `{key}` belongs to retrieval tasks, not {self.type}")
-            if value and not Path(value).exists():
+            if value and not input_exists(value):
                 raise ValueError(f"task '{self.name}' {key} file not found: {value}")
         if self.queries and not self.documents:
             raise ValueError(f"task '{self.name}': `queries` (the BEIR layout) needs `documents` (corpus.jsonl)")

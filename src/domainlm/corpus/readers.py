@@ -31,7 +31,15 @@ from urllib.parse import urlparse
 
 from domainlm.config import SourceConfig
 from domainlm.errors import InputError
-from domainlm.io import SAVED_DATASET_MARKERS, atomic_write_json, decode_utf8, load_dataset_split, open_binary
+from domainlm.io import (
+    SAVED_DATASET_MARKERS,
+    atomic_write_json,
+    decode_utf8,
+    is_url,
+    load_dataset_split,
+    open_binary,
+    open_url,
+)
 from domainlm.layout import CorpusPieces
 
 CHUNK = 1 << 24  # bytes read at a time when counting or skipping (bounds memory)
@@ -237,9 +245,7 @@ def _csv_problem(err: csv.Error, start: int) -> str:
 
 
 def _read_parquet(unit: Unit, field: str, label: str, name: str) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(unit.path) as file:
+    with _parquet(unit.path) as file:
         columns = file.schema_arrow.names
         if field not in columns:
             raise InputError(f"{unit.path}: no column '{field}' (columns: {', '.join(columns)})")
@@ -250,6 +256,13 @@ def _read_parquet(unit: Unit, field: str, label: str, name: str) -> Iterator[dic
                 for value in batch.column(0).to_pylist():
                     yield _document(f"{label}:{group}:{row}", value, field, name)
                     row += 1
+
+
+def _parquet(path: str):
+    """A parquet file to read row groups from: a local path, or a URL opened for random access."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(open_url(path) if is_url(path) else path)
 
 
 def _offline() -> bool:
@@ -290,7 +303,7 @@ def _read_hf(source: SourceConfig, fmt: str, name: str, label: str) -> Iterator[
 # ------------------------------------------------------------------------------------ public API
 def detect_format(path: str) -> str:
     """The reader for a path: hf-disk or txt-files for folders, else by extension (.gz/.zst ignored)."""
-    if Path(path).is_dir():
+    if not is_url(path) and Path(path).is_dir():
         return "hf-disk" if any((Path(path) / m).exists() for m in SAVED_DATASET_MARKERS) else "txt-files"
     name = _bare_name(path)
     for suffix, fmt in ((".parquet", "parquet"), (".csv", "csv"), (".jsonl", "jsonl"), (".json", "jsonl")):
@@ -323,7 +336,8 @@ def _line_ranges(path: str, unit_bytes: int) -> Iterator[tuple[int, int, int]]:
 
 
 def split_compressed(path: str, unit_bytes: int, folder: Path) -> list[dict]:
-    """Cut a `.gz` / `.zst` text or JSON-lines file into plain files of about `unit_bytes` each,
+    """Cut a `.gz` / `.zst` text or JSON-lines file (or one read from a URL) into plain files of
+    about `unit_bytes` each,
     at line ends, in one streaming pass (decompressing runs at hundreds of MB/s, curating at a few
     MB/s per core: the pass is a small share of the stage, and the pieces then curate in
     parallel). Returns per piece {"piece": its path, "newlines_before": lines in the pieces
@@ -366,15 +380,16 @@ def plan_units(sources: list[SourceConfig], unit_bytes: int, pieces_folder: Path
         fmt, path = source_format(source), source.path
         pieces: list[dict] = [{}]
         if fmt in ("txt", "jsonl") and not _is_json_list(path):
-            if _bare_name(path) == path.lower() and os.path.getsize(path) > unit_bytes:
+            if is_url(path):  # a stream from a store: cut once into local pieces, or read as one unit
+                if pieces_folder is not None:
+                    pieces = split_compressed(path, unit_bytes, pieces_folder / f"s{source_index}")
+            elif _bare_name(path) == path.lower() and os.path.getsize(path) > unit_bytes:
                 pieces = [{"start": s, "end": e, "newlines_before": n} for s, e, n in _line_ranges(path, unit_bytes)]
             elif _bare_name(path) != path.lower() and pieces_folder is not None and \
                     os.path.getsize(path) > unit_bytes // COMPRESSION:
                 pieces = split_compressed(path, unit_bytes, pieces_folder / f"s{source_index}")
         elif fmt == "parquet":
-            import pyarrow.parquet as pq
-
-            with pq.ParquetFile(path) as file:
+            with _parquet(path) as file:
                 pieces = [{"row_group": g} for g in range(file.num_row_groups)]
         elif fmt == "txt-files":
             files = _text_files(Path(path))
