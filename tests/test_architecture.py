@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "domainlm"
-BASE = {"__init__", "config", "errors", "io", "layout", "tasks", "optim", "distributed", "vocabulary", "progress",
+BASE = {"__init__", "config", "errors", "io", "layout", "tasks", "optim", "distributed", "executors", "vocabulary", "progress",
         "demo"}
 STAGES = {"corpus", "tokenizer", "pretrain", "evaluate", "report"}
 # Layer of each top-level part of the package; an import may only point to a lower layer (or stay

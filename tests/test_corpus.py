@@ -13,7 +13,6 @@ from domainlm.config import CorpusConfig
 from domainlm.corpus import curate
 from domainlm.corpus.normalize import normalize_text
 
-
 SENTENCES = _prose(400, seed=11)
 
 
@@ -299,7 +298,8 @@ def test_ray_executor_gives_the_local_result(tmp_path, ray_cluster):
 
 @pytest.mark.slow
 def test_a_ray_worker_killed_mid_unit_is_rerun_losing_and_duplicating_nothing(tmp_path, ray_cluster):
-    from domainlm.corpus import finish, plan_jobs, run_on_ray
+    from domainlm.corpus import finish, plan_jobs
+    from domainlm.executors import run_on_ray
 
     corpus = tmp_path / "big.txt"
     corpus.write_text("\n".join(_prose(1000, seed=8)) + "\n")

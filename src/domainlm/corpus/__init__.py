@@ -38,9 +38,6 @@ import random
 import shutil
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +51,7 @@ from domainlm.corpus.quality import clean_lines, mask_pii, quality_reason
 from domainlm.corpus.readers import Unit, plan_units, read_unit
 from domainlm.corpus.selection import BINS, domain_scorer, quantile_threshold, reservoir, train_classifier
 from domainlm.errors import InputError
+from domainlm.executors import task_runner
 from domainlm.io import (
     PendingFile,
     atomic_directory,
@@ -65,13 +63,10 @@ from domainlm.io import (
     stream_digest,
 )
 from domainlm.layout import CorpusFiles, CorpusUnitFiles, RunLayout
-from domainlm.progress import progress_bar
 from domainlm.tasks.load import task_eval_texts
 
 STEPS = ("read", "quality", "domain", "decontaminate", "exact_dedup", "near_dedup")
 OPTIONAL_STEPS = ("domain",)  # in the step table only where the run has it (domain selection)
-RAY_RETRIES = 3
-"""Times Ray reruns a unit whose worker died (a lost node, the OOM killer); Ray's default."""
 log = logging.getLogger(__name__)
 
 
@@ -309,61 +304,6 @@ def curate(config: CorpusConfig, out: Path, eval_texts: dict[str, list[str]] | N
 
 def _process_unit(*job) -> dict[str, Any]:
     return process_unit(*job)  # looked up when called, so a test can stand in for `read_unit`
-
-
-def _call(args: tuple) -> Any:
-    work, job = args
-    return work(*job)
-
-
-@contextmanager
-def task_runner(executor: str = "local", workers: int | None = None):
-    """Yields `run(work, jobs, desc, done=0)`, which calls `work(*job)` for every job, with a
-    progress bar: on Ray (`executor="ray"`), else on a local process pool of `workers` (default:
-    every core; spawned at the first call and kept for the later ones), or in this process when
-    `workers` is 1. Works and jobs must pickle (module-level functions)."""
-    workers = max(1, workers or os.cpu_count() or 1)
-    pool = None
-
-    def run(work, jobs: list[tuple], desc: str, done: int = 0) -> None:
-        nonlocal pool
-        with progress_bar(total=done + len(jobs), initial=done, desc=desc, unit=" tasks") as progress:
-            if not jobs:
-                return
-            if executor == "ray":
-                run_on_ray(jobs, progress, work)
-            elif workers == 1:
-                for job in jobs:
-                    work(*job)
-                    progress.update()
-            else:  # spawn: workers start clean (no inherited threads or locks)
-                pool = pool or ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
-                for _ in pool.map(_call, [(work, job) for job in jobs], chunksize=1):
-                    progress.update()
-
-    try:
-        yield run
-    finally:
-        if pool is not None:
-            pool.shutdown()
-
-
-def run_on_ray(jobs: list[tuple], progress, work=process_unit) -> None:
-    """The per-unit jobs as Ray tasks, `work(*job)` each (default `process_unit`). A unit's folder
-    appears whole or not at all, so a task whose worker dies is rerun from the start by Ray
-    (`max_retries`), losing and duplicating nothing; a task that raises fails the stage here."""
-    try:
-        import ray
-    except ImportError:
-        raise ImportError("resources.corpus_executor is 'ray' but ray is not installed: pip install 'ray[default]'") from None
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"))  # the cluster, or a local Ray if unset
-    task = ray.remote(max_retries=RAY_RETRIES)(work)
-    pending = [task.remote(*job) for job in jobs]
-    while pending:
-        done, pending = ray.wait(pending)
-        ray.get(done)  # raises a task's error here
-        progress.update(len(done))
 
 
 def finish(config: CorpusConfig, out: Path, unit_dirs: list[tuple[Path, SourceConfig]],
