@@ -18,7 +18,7 @@ import traceback
 
 from domainlm import distributed, experiment
 from domainlm.config import load_config
-from domainlm.errors import DomainlmError
+from domainlm.errors import DomainlmError, StageError
 from domainlm.layout import ReportFiles, RunLayout
 from domainlm.pipeline import STAGES, partial_report, run_all, run_stage
 
@@ -43,17 +43,28 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override a recipe value, e.g. --set pretrain.max_steps=200 (repeatable)")
         sub.add_argument("--force", action="store_true", help="rerun even if up to date")
         sub.add_argument("--debug", action="store_true", help="debug logging, and tracebacks with errors")
+    verbs.choices["pretrain"].add_argument(
+        "--data-only", action="store_true",
+        help="tokenise the corpus into the token shards (on resources.corpus_executor's workers) and stop; "
+             "run it before `torchrun ... domainlm pretrain` so no rank waits for it")
     verbs.choices["report"].add_argument(
         "--partial", action="store_true",
         help="report the fine-tuning runs finished so far (evaluate running or stopped) into partial-report/")
     return parser
 
 
-def execute(verb: str, recipe: str, overrides: list[str], force: bool, partial: bool = False) -> None:
+def execute(verb: str, recipe: str, overrides: list[str], force: bool, partial: bool = False,
+            data_only: bool = False) -> None:
     """Load the recipe and run what `verb` asks for (raises DomainlmError on anything the user can fix)."""
     config = load_config(recipe, overrides)
     if partial:
         log.info("partial report: %s", ReportFiles(partial_report(config)).html)
+        return
+    if data_only:
+        if config.experiment or distributed.launched_by_torchrun():
+            raise StageError("--data-only runs in one process on a recipe without `experiment` (run it with "
+                             "plain `domainlm`, then launch torchrun)")
+        run_stage(config, verb, force=force, prepare_only=True)
         return
     if distributed.launched_by_torchrun():
         distributed.init_process_group(config.resources.process_group_timeout_minutes)
@@ -81,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with logging_redirect_tqdm():
-            execute(args.verb, args.recipe, args.overrides, args.force, getattr(args, "partial", False))
+            execute(args.verb, args.recipe, args.overrides, args.force, getattr(args, "partial", False),
+                    getattr(args, "data_only", False))
     except (DomainlmError, OSError) as err:  # OSError: a full disk, a folder that is a file, no permission
         if args.debug:
             traceback.print_exc()

@@ -11,7 +11,7 @@ code spells none of the file names (tests/test_layout.py): `RunLayout` for a run
                  (docs.jsonl.zst, dropped.jsonl, exact.bin, signatures.bin, band-NN.bin, stats.json, then
                  train.jsonl, heldout.jsonl, dedup-dropped.jsonl, split.json), work/dedup/, work/pieces/
     tokenizer/   a transformers tokenizer directory (tokenizer.json, tokenizer_config.json, ...), fit.json
-    pretrain/    data/ (token shards), checkpoints/, history.json, summary.json, tensorboard/,
+    pretrain/    data/ (token shards; data-parts/ while they are written), checkpoints/, history.json, summary.json, tensorboard/,
                  tokenizer/ (continued pretraining), export/ (a Hugging Face model directory)
     arms/<arm>/  an experiment's arm: a run folder of its own (corpus, tokenizer, pretrain)
     experiment/  arms.json (each arm's status, cost, failure), summary.json, history.json
@@ -302,6 +302,11 @@ class RunLayout:
     @property
     def token_shards(self) -> Path:
         return self.root / "pretrain" / "data"
+
+    def token_part(self, name: str) -> Path:
+        """One corpus shard (or the prompt documents) tokenised, before the parts are merged into
+        the token shards (then removed)."""
+        return self.root / "pretrain" / "data-parts" / name
 
     @property
     def pretrain_tokenizer(self) -> Path:

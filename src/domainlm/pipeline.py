@@ -212,14 +212,16 @@ def check_stages(config: RunConfig, stages: tuple[str, ...]) -> None:
             check(config)
 
 
-def run_stage(config: RunConfig, stage: str, force: bool = False) -> bool:
-    """Run one stage unless it is up to date. Returns True if it ran."""
+def run_stage(config: RunConfig, stage: str, force: bool = False, prepare_only: bool = False) -> bool:
+    """Run one stage unless it is up to date. Returns True if it ran. `prepare_only`: only the
+    stage's `prepare` (pretrain: the token shards), leaving the stage in progress for the run
+    that finishes it (under torchrun, so no rank waits for the preparation)."""
     with run_lock(config):
         check_stages(config, (stage,))
-        return _run_stage(config, stage, force)
+        return _run_stage(config, stage, force, prepare_only)
 
 
-def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
+def _run_stage(config: RunConfig, stage: str, force: bool, prepare_only: bool = False) -> bool:
     if stage not in required_stages(config):
         raise StageError(f"this recipe has no {stage} stage: it has {', '.join(required_stages(config))} (a corpus, "
                          "and a domain or random-init model of its own, bring the others)")
@@ -250,6 +252,12 @@ def _run_stage(config: RunConfig, stage: str, force: bool) -> bool:
                                    "previous_output": previous})
         log.info("%-9s running -> %s%s", stage, out, " (resuming)" if resumable else "")
     barrier()
+    if prepare_only:
+        if not hasattr(stage_module(stage), "prepare"):
+            raise StageError(f"the {stage} stage has nothing to prepare on its own")
+        stage_module(stage).prepare(config, out)
+        log.info("%-9s prepared; the next `domainlm %s` (under torchrun too) goes on from here", stage, stage)
+        return True
 
     started = time.time()
     counts = stage_module(stage).run(config, out) or {}

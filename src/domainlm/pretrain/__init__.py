@@ -13,7 +13,6 @@ Artifacts in `runs/<name>/pretrain/`:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import logging
 import shutil
@@ -28,6 +27,7 @@ from tokenizers import Tokenizer
 from domainlm.config import RunConfig, picked, resolve_path
 from domainlm.distributed import barrier, rank
 from domainlm.errors import ConfigError
+from domainlm.executors import task_runner
 from domainlm.io import atomic_directory, atomic_write_json, atomic_write_text, input_signature
 from domainlm.layout import RunLayout
 from domainlm.pretrain.architectures import (
@@ -38,7 +38,13 @@ from domainlm.pretrain.architectures import (
 )
 from domainlm.pretrain.attention import segment_attention_mask
 from domainlm.pretrain.checkpoint import Checkpointer, checkpoint_step
-from domainlm.pretrain.data import TokenShards, write_token_shards
+from domainlm.pretrain.data import (
+    TokenShards,
+    merge_token_parts,
+    token_ids,
+    tokenize_corpus_shard,
+    write_token_part,
+)
 from domainlm.pretrain.difficulty import DifficultySettings, document_difficulty
 from domainlm.pretrain.encoder import Encoder, MaskedLM, non_embedding_parameters
 from domainlm.pretrain.flops import pretraining_flops
@@ -66,15 +72,43 @@ def encoder_config(config: RunConfig, vocab_size: int, pad_id: int) -> LayoutCon
     )
 
 
-def prepare_data(run_dir: RunLayout, tokenizer: Tokenizer, specials: dict[str, str],
+def prepare_data(config: RunConfig, tokenizer_dir: Path, specials: dict[str, str],
                  prompts: Callable[[], Iterator[tuple[str, str]]] | None = None) -> TokenShards:
     """Tokenise the corpus (and `prompts()`' (text, source) documents after it) once into token
-    shards; reuse them on resume."""
+    shards, and reuse them. Each corpus shard is a task on `resources.corpus_executor`'s workers
+    (a local pool, or Ray) writing a part; a killed run redoes only unwritten parts; the parts are
+    then merged (the same bytes as tokenising in one pass) and removed."""
+    run_dir = RunLayout(config.directory)
     folder = run_dir.token_shards
     if not TokenShards.written(folder):
-        docs = ((d["text"], d.get("source", "corpus")) for d in run_dir.corpus_documents())
-        write_token_shards(tokenizer, itertools.chain(docs, prompts() if prompts else ()), folder, specials=specials)
+        tokenizer = read_tokenizer(tokenizer_dir)
+        special, dtype = token_ids(tokenizer, specials)
+        shards = run_dir.corpus_files.shards()
+        parts = [run_dir.token_part(shard.stem) for shard in shards]
+        jobs = [(str(tokenizer_dir), str(shard), str(part), dtype)
+                for shard, part in zip(shards, parts, strict=True) if not part.exists()]
+        with task_runner(config.resources.corpus_executor, config.resources.corpus_workers) as run:
+            run(tokenize_corpus_shard, jobs, "tokenize corpus shards", done=len(shards) - len(jobs))
+        if prompts:
+            parts.append(run_dir.token_part("prompts"))
+            write_token_part(tokenizer, prompts(), parts[-1], dtype)
+        merge_token_parts(parts, folder, special, dtype)
+        shutil.rmtree(parts[0].parent, ignore_errors=True)
     return TokenShards.load(folder)
+
+
+def prepare(config: RunConfig, out: Path | None = None) -> tuple[MaskedLM | None, Path, dict[str, str], dict[str, Any]]:
+    """What pretraining needs before its first step, done in this process: the starting model
+    (`initial_model`, its tokenizer folder written), the token shards, the curriculum's difficulty
+    scores. `domainlm pretrain --data-only` runs it alone, so the ranks torchrun starts later wait
+    for none of it. Returns `initial_model`'s result."""
+    start = initial_model(config, write=True)
+    _, tokenizer_dir, specials, _ = start
+    shards = prepare_data(config, tokenizer_dir, specials, lambda: prompt_documents(config, specials["mask"]))
+    if config.pretrain.curriculum != "none":  # scored and cached once, before any rank's data plan reads it
+        document_difficulty(shards, picked(DifficultySettings, config.pretrain),
+                            read_tokenizer(tokenizer_dir).get_vocab_size())
+    return start
 
 
 def prompt_documents(config: RunConfig, mask_token: str) -> Iterator[tuple[str, str]]:
@@ -375,15 +409,13 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     if config.resources.pretrain_threads:
         torch.set_num_threads(config.resources.pretrain_threads)
     run_dir, main_process = RunLayout(config.directory), rank() == 0  # under torchrun, rank 0 writes
-    model, tokenizer_dir, specials, init_info = initial_model(config, write=main_process)
-    barrier()
-    tokenizer = read_tokenizer(tokenizer_dir)
     if main_process:
-        shards = prepare_data(run_dir, tokenizer, specials, lambda: prompt_documents(config, specials["mask"]))
-        if config.pretrain.curriculum != "none":  # scored and cached once, before any rank's data plan reads it
-            document_difficulty(shards, picked(DifficultySettings, config.pretrain), tokenizer.get_vocab_size())
+        model, tokenizer_dir, specials, init_info = prepare(config)
     barrier()
-    data = prepare_data(run_dir, tokenizer, specials)
+    if not main_process:
+        model, tokenizer_dir, specials, init_info = initial_model(config, write=False)
+    tokenizer = read_tokenizer(tokenizer_dir)
+    data = prepare_data(config, tokenizer_dir, specials)
     model_config, train_config = training_configs(config, model, tokenizer, specials)
     check_window(model_config, config)
     teacher = load_teacher(config, tokenizer)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +33,9 @@ import torch
 from tokenizers import Tokenizer
 
 from domainlm.errors import ConfigError, InputError, ModelError
-from domainlm.io import atomic_directory, atomic_write_json
+from domainlm.io import atomic_directory, atomic_write_json, read_json
 from domainlm.progress import progress_bar
-from domainlm.vocabulary import family_special_tokens, unknown_id, untruncated
+from domainlm.vocabulary import family_special_tokens, read_tokenizer, unknown_id, untruncated
 
 
 # ---------------------------------------------------------------------------------- token shards
@@ -105,19 +107,24 @@ class TokenShards:
                 "position_ids": torch.from_numpy(positions), "real": segments >= 0}
 
 
-def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], folder: Path,
-                       specials: dict[str, str] | None = None, batch_size: int = 1000) -> TokenShards:
-    """Tokenise `(text, source)` pairs into `folder` (written atomically), streaming: memory holds
-    one batch of documents plus 10 bytes of index per document. `specials` names the cls, sep and
-    pad tokens (default BERT's or RoBERTa's, whichever the vocabulary holds)."""
+def token_ids(tokenizer: Tokenizer, specials: dict[str, str] | None = None) -> tuple[dict[str, int], str]:
+    """(ids of the cls, sep and pad tokens, the token dtype: uint16 when the vocabulary fits).
+    `specials` names the tokens (default BERT's or RoBERTa's, whichever the vocabulary holds)."""
     specials = specials or family_special_tokens(tokenizer)
     special = {k: tokenizer.token_to_id(specials[k]) for k in ("cls", "sep", "pad")}
     if None in special.values():
         missing = {k: specials[k] for k, v in special.items() if v is None}
         raise ModelError(f"the tokenizer's vocabulary has no {missing} token (its special tokens: {specials})")
-    tokenizer = untruncated(tokenizer)
-
     dtype = np.uint16 if tokenizer.get_vocab_size() <= np.iinfo(np.uint16).max + 1 else np.int32
+    return special, np.dtype(dtype).name
+
+
+def write_token_part(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], folder: Path, dtype: str,
+                     batch_size: int = 1000) -> None:
+    """Tokenise `(text, source)` pairs into a part (`folder`, written atomically), streaming:
+    tokens.bin, lengths.npy (int64 per document), sources.npy (int16 indices into names.json, in
+    the order first seen), names.json last. Memory holds one batch plus 10 bytes per document."""
+    tokenizer = untruncated(tokenizer)
     lengths: list[int] = []
     sources: list[int] = []
     names: dict[str, int] = {}
@@ -140,15 +147,56 @@ def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], fo
                 flush()
         flush()
         out.close()
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        np.save(tmp / "offsets.npy", offsets)
+        np.save(tmp / "lengths.npy", np.asarray(lengths, dtype=np.int64))
         np.save(tmp / "sources.npy", np.asarray(sources, dtype=np.int16))
-        atomic_write_json(tmp / "meta.json", {"dtype": np.dtype(dtype).name, "num_tokens": int(offsets[-1]),
+        atomic_write_json(tmp / "names.json", list(names))
+
+
+def tokenize_corpus_shard(tokenizer_dir: str, shard: str, folder: str, dtype: str) -> None:
+    """A task: one corpus shard (JSON lines of `{"text", "source"}`) into a token part (`write_token_part`)."""
+    def docs() -> Iterator[tuple[str, str]]:
+        with open(shard, encoding="utf-8") as handle:
+            for line in handle:
+                doc = json.loads(line)
+                yield doc["text"], doc.get("source", "corpus")
+
+    write_token_part(read_tokenizer(tokenizer_dir), docs(), Path(folder), dtype)
+
+
+def merge_token_parts(parts: list[Path], folder: Path, special: dict[str, int], dtype: str) -> TokenShards:
+    """Token shards (`folder`, written atomically) from parts, in order: the same bytes as one
+    part holding every document, whatever the parts (sources are numbered in the order first seen)."""
+    names: dict[str, int] = {}
+    lengths, sources = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int16)]
+    with atomic_directory(folder) as tmp:
+        with open(tmp / "tokens.bin", "wb") as out:
+            for part in parts:
+                with open(part / "tokens.bin", "rb") as handle:
+                    shutil.copyfileobj(handle, out, 1 << 22)
+                number = np.array([names.setdefault(n, len(names)) for n in read_json(part / "names.json")] or [0],
+                                  dtype=np.int16)
+                lengths.append(np.load(part / "lengths.npy"))
+                sources.append(number[np.load(part / "sources.npy")])
+        offsets = np.zeros(sum(map(len, lengths)) + 1, dtype=np.int64)
+        np.cumsum(np.concatenate(lengths), out=offsets[1:])
+        np.save(tmp / "offsets.npy", offsets)
+        np.save(tmp / "sources.npy", np.concatenate(sources))
+        atomic_write_json(tmp / "meta.json", {"dtype": dtype, "num_tokens": int(offsets[-1]),
                                               "source_names": list(names), "special": special})
-    if not lengths or offsets[-1] == 0:
+    if offsets[-1] == 0:
         raise InputError("the corpus is empty: nothing to pretrain on")
     return TokenShards.load(folder)
+
+
+def write_token_shards(tokenizer: Tokenizer, docs: Iterable[tuple[str, str]], folder: Path,
+                       specials: dict[str, str] | None = None, batch_size: int = 1000) -> TokenShards:
+    """Tokenise `(text, source)` pairs into `folder` (written atomically), streaming (see
+    `write_token_part`). `specials` names the cls, sep and pad tokens (see `token_ids`)."""
+    special, dtype = token_ids(tokenizer, specials)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-part.") as scratch:
+        write_token_part(tokenizer, docs, Path(scratch) / "part", dtype, batch_size)
+        return merge_token_parts([Path(scratch) / "part"], folder, special, dtype)
 
 
 # ---------------------------------------------------------------------------------------- packing
