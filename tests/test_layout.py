@@ -29,11 +29,11 @@ INPUT_FILES |= {(f"pretrain/{module}", name) for module, names in {
     "__init__.py": ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"),
     "difficulty.py": ("tokenizer.json",), "vocab_extension.py": ("tokenizer_config.json",),
     "hf_checkpoint.py": ("config.json", "model.safetensors", "model.safetensors.index.json")}.items() for name in names}
-# The files inside a checkpoint folder (`layout.checkpoints`) and token shards (`layout.token_shards`):
-# their formats are the modules' own, one module each.
+# The files inside a checkpoint folder (`layout.checkpoints`), token shards (`layout.token_shards`)
+# and their parts (`layout.token_part`): their formats are the modules' own, one module each.
 INPUT_FILES |= {("pretrain/checkpoint.py", name) for name in ("model.safetensors", "optimizer.pt", "rng.safetensors",
                                                              "extras.safetensors", "state.json")}
-INPUT_FILES |= {("pretrain/data.py", "meta.json"), ("pretrain/data.py", "tokens.bin")}
+INPUT_FILES |= {("pretrain/data.py", "meta.json"), ("pretrain/data.py", "tokens.bin"), ("pretrain/data.py", "names.json")}
 
 
 def test_the_writing_stages_spell_no_file_name_of_the_run_folder():

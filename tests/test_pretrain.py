@@ -7,7 +7,14 @@ from domainlm.config import PretrainConfig, TokenizerConfig
 from domainlm.pretrain import export_model
 from domainlm.pretrain.attention import segment_attention_mask
 from domainlm.pretrain.bert import Bert, BertConfig
-from domainlm.pretrain.data import TokenShards, mask_tokens, word_start_table, write_token_shards
+from domainlm.pretrain.data import (
+    TokenShards,
+    cached_pack,
+    mask_tokens,
+    pack,
+    word_start_table,
+    write_token_shards,
+)
 from domainlm.pretrain.trainer import Trainer
 from domainlm.tokenizer import save_for_transformers
 
@@ -40,6 +47,42 @@ def test_packing_keeps_documents_apart():
     assert np.array_equal(np.concatenate(recovered), shards.tokens)  # nothing lost, order kept
     assert all(len(r) <= 10 for r in recovered)  # long documents are chunked to seq_len - 2
     assert batch["real"].sum() == packing.real_tokens() == len(shards.tokens) + 2 * len(recovered)
+
+
+def _greedy_rows(widths: list[int], seq_len: int) -> tuple[list[int], list[int]]:
+    """The definition: (first segment of each row, column of each segment), filling a row with
+    segments in order until the next one does not fit."""
+    starts, cols, fill = [0], [], 0
+    for index, width in enumerate(widths):
+        if fill + width > seq_len:
+            starts.append(index)
+            fill = 0
+        cols.append(fill)
+        fill += width
+    return starts, cols
+
+
+@pytest.mark.parametrize("seq_len", [8, 12, 64, 512])
+def test_packing_fills_rows_greedily_in_corpus_order(seq_len):
+    lengths = np.random.default_rng(seq_len).integers(0, 3 * seq_len, 2000)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    packing = pack(offsets[:-1], offsets[1:], seq_len)
+    starts, cols = _greedy_rows((packing.seg_len + 2).tolist(), seq_len)
+    assert packing.row_ptr.tolist() == [*starts, len(packing.seg_len)] and packing.seg_col.tolist() == cols
+    assert packing.seg_len.sum() == lengths.sum() and packing.seg_len.max() <= seq_len - 2
+
+
+def test_a_packing_is_saved_beside_the_shards_and_mapped_after(tokenizer, tmp_path):
+    shards = write_token_shards(tokenizer, ((t, "s") for t in synthetic_texts(200)), tmp_path / "shards")
+    docs = np.random.default_rng(0).permutation(shards.num_docs)
+    first = cached_pack(shards, docs, 32)
+    assert isinstance(first.seg_start, np.memmap) and len(list((tmp_path / "shards").glob("packing-32-*"))) == 1
+    expected = pack(shards.offsets[docs], shards.offsets[docs + 1], 32)
+    for name in ("row_ptr", "seg_start", "seg_len", "seg_col"):
+        assert np.array_equal(getattr(first, name), getattr(expected, name))
+    cached_pack(shards, docs, 32)
+    cached_pack(shards, docs[::-1].copy(), 32)  # another order: packed again, saved apart
+    assert len(list((tmp_path / "shards").glob("packing-32-*"))) == 2
 
 
 def test_token_shards_round_trip(tokenizer, tmp_path):

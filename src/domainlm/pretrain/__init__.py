@@ -49,6 +49,7 @@ from domainlm.pretrain.difficulty import DifficultySettings, document_difficulty
 from domainlm.pretrain.encoder import Encoder, MaskedLM, non_embedding_parameters
 from domainlm.pretrain.flops import pretraining_flops
 from domainlm.pretrain.objectives import OBJECTIVES, masked_lm_logits
+from domainlm.pretrain.plan import DataPlan, PlanSettings
 from domainlm.pretrain.sparsity import density
 from domainlm.pretrain.trainer import Trainer
 from domainlm.progress import Curves
@@ -108,6 +109,10 @@ def prepare(config: RunConfig, out: Path | None = None) -> tuple[MaskedLM | None
     if config.pretrain.curriculum != "none":  # scored and cached once, before any rank's data plan reads it
         document_difficulty(shards, picked(DifficultySettings, config.pretrain),
                             read_tokenizer(tokenizer_dir).get_vocab_size())
+    plan = DataPlan(shards, picked(PlanSettings, config.pretrain), config.seed,
+                    RunLayout(config.directory).corpus_source_weights())
+    for stream in plan.streams():  # packed once and saved beside the shards; every rank maps the files
+        plan.packing(stream)
     return start
 
 

@@ -27,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from domainlm.errors import ConfigError
-from domainlm.pretrain.data import Packing, TokenShards, epoch_order, pack
+from domainlm.pretrain.data import Packing, TokenShards, cached_pack, epoch_order
 from domainlm.pretrain.difficulty import document_difficulty
 
 CURRICULUM_DRAWS = 3  # tags the seeds of curriculum draws apart from the mixture's and the epochs'
@@ -143,6 +143,10 @@ class DataPlan:
         self.shards = shards
         self.packings: dict[int, Packing] = {}
 
+    def streams(self) -> list[int]:
+        """The streams (sequence length x source) some step draws rows from."""
+        return np.flatnonzero(self.counts.sum(axis=0)).tolist()
+
     def packing(self, stream: int) -> Packing:
         if stream not in self.packings:
             K = len(self.sources)
@@ -150,8 +154,7 @@ class DataPlan:
             docs = np.arange(self.shards.num_docs) if source is None else np.flatnonzero(self.shards.sources == source)
             if self.difficulty is not None:  # easiest first: a row's index follows its documents' rank
                 docs = docs[np.argsort(self.difficulty[docs], kind="stable")]
-            offsets = self.shards.offsets
-            self.packings[stream] = pack(offsets[docs], offsets[docs + 1], self.lengths[stream // K])
+            self.packings[stream] = cached_pack(self.shards, docs, self.lengths[stream // K])
         return self.packings[stream]
 
     @lru_cache(maxsize=16)  # noqa: B019 - a few epochs' permutations, tied to this plan's life
