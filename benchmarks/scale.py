@@ -4,8 +4,8 @@ Builds corpora from the shared biomedical abstracts (`../shared/data`): document
 drawn from different abstracts (seeded, no two alike), 30,000 documents per scale unit, each
 corpus one `.txt.gz` file, as corpora ship. Each is curated by domainlm's corpus stage in a child
 process with 1 and with 2 workers (`--workers`; with `--ray` also on a local Ray cluster of 2
-workers), sampled every 0.1 s: the resident memory of the
-process and all its workers (summed over /proc), and the bytes under the output folder.
+workers), sampled every 0.1 s: the resident memory of the stage's own (head) process and of it
+with all its workers (summed over /proc), and the bytes under the output folder.
 Reported per run: seconds, documents/s, peak tree memory (MiB), peak disk as a multiple of the
 uncompressed text, and whether the kept documents equal the 1-worker run's.
 
@@ -80,13 +80,15 @@ def tree_rss(pid: int) -> int:
         children = [p for p, parent in parents.items() if parent in frontier and p not in tree]
         tree.update(children)
         frontier = children
-    total = 0
-    for p in tree:
-        try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
+    return sum(rss(p) for p in tree)
+
+
+def rss(pid: int) -> int:
+    """Resident bytes of one process (0 once it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def disk_bytes(folder: Path) -> int:
@@ -106,11 +108,12 @@ def curate_measured(corpus: Path, out: Path, unit_bytes: int, workers: int, exec
     process = subprocess.Popen([sys.executable, "-c", CURATE, str(corpus), str(out), str(unit_bytes), str(workers),
                                 executor],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    peak = {"rss": 0, "disk": 0}
+    peak = {"rss": 0, "head": 0, "disk": 0}
 
     def sample():
         while process.poll() is None:
             peak["rss"] = max(peak["rss"], tree_rss(process.pid))
+            peak["head"] = max(peak["head"], rss(process.pid))
             peak["disk"] = max(peak["disk"], disk_bytes(out))
             time.sleep(0.1)
 
@@ -122,7 +125,8 @@ def curate_measured(corpus: Path, out: Path, unit_bytes: int, workers: int, exec
         raise SystemExit(f"curation of {corpus} failed (exit {process.returncode})")
     kept = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(out.glob("*.jsonl")))).hexdigest()
     return {"seconds": round(time.time() - started, 1), **json.loads(stdout.strip().splitlines()[-1]),
-            "peak_tree_mib": round(peak["rss"] / 2**20), "peak_disk_bytes": peak["disk"],
+            "peak_tree_mib": round(peak["rss"] / 2**20), "peak_head_mib": round(peak["head"] / 2**20),
+            "peak_disk_bytes": peak["disk"],
             "left_on_disk_bytes": disk_bytes(out), "outputs_sha256": kept}
 
 

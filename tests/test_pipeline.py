@@ -190,16 +190,46 @@ def test_pretrain_stage_under_torchrun_with_two_processes(tiny_recipe, tmp_path,
     assert refused.returncode != 0 and "only `domainlm pretrain`" in refused.stderr
 
 
-@pytest.mark.slow
-def test_two_simulated_nodes_give_the_one_process_losses(tiny_recipe, tmp_path):
-    """`torchrun --nnodes 2` as on two machines (one process per node, static rendezvous at a
-    master address, gloo over localhost): the per-step losses are the one-process run's at the
-    same global batch."""
+def _two_nodes(recipe: Path) -> list:
+    """Two simulated machines: one torchrun per node (one process each, gloo over localhost),
+    each in its own session so a test can take a whole "machine" away."""
     import shutil
     import socket
     import subprocess
     import sys
 
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    return [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
+                              "--master_addr", "127.0.0.1", "--master_port", str(port),
+                              "-m", "domainlm", "pretrain", str(recipe)], start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc): torchrun's workers run in sessions of their own."""
+    import os
+
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+@pytest.mark.slow
+def test_two_simulated_nodes_give_the_one_process_losses(tiny_recipe, tmp_path):
+    """`torchrun --nnodes 2` as on two machines (one process per node, static rendezvous at a
+    master address, gloo over localhost): the per-step losses are the one-process run's at the
+    same global batch."""
     tiny_recipe["pretrain"].update(dropout=0.0, log_every=1)
     recipes = {}
     for name in ("one", "two"):
@@ -209,15 +239,7 @@ def test_two_simulated_nodes_give_the_one_process_losses(tiny_recipe, tmp_path):
         recipes[name] = tmp_path / f"{name}.yaml"
         recipes[name].write_text(yaml.safe_dump(tiny_recipe | {"run_dir": str(tmp_path / name)}))
     run_stage(config_from_dict(tiny_recipe | {"run_dir": str(tmp_path / "one")}), "pretrain")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-    nodes = [subprocess.Popen([torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
-                               "--master_addr", "127.0.0.1", "--master_port", str(port),
-                               "-m", "domainlm", "pretrain", str(recipes["two"])],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for node in (0, 1)]
-    for node in nodes:
+    for node in _two_nodes(recipes["two"]):
         _, err = node.communicate(timeout=300)
         assert node.returncode == 0, err[-3000:]
     history = {name: json.loads((tmp_path / name / "pretrain" / "history.json").read_text())["loss"]
@@ -225,6 +247,44 @@ def test_two_simulated_nodes_give_the_one_process_losses(tiny_recipe, tmp_path):
     summary = json.loads((tmp_path / "two" / "pretrain" / "summary.json").read_text())
     assert summary["world_size"] == 2 and len(history["two"]) == len(history["one"]) == 6
     assert max(abs(a - b) for a, b in zip(history["one"], history["two"], strict=True)) < 1e-4
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_training_ends_the_job_in_one_line_and_the_rerun_resumes(tiny_recipe, tmp_path):
+    import os
+    import signal
+    import time
+
+    tiny_recipe["pretrain"].update(max_steps=600, checkpoint_every=20, log_every=20)  # ~25 steps/s
+    tiny_recipe["resources"] = {"pretrain_threads": 1}
+    config = config_from_dict(tiny_recipe)
+    for stage in ("corpus", "tokenizer"):
+        run_stage(config, stage)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    checkpoints = config.directory / "pretrain" / "checkpoints"
+    nodes = _two_nodes(recipe)
+    deadline = time.time() + 240
+    while not list(checkpoints.glob("step-*/state.json")) and time.time() < deadline and nodes[0].poll() is None:
+        time.sleep(0.05)
+    for pid in [nodes[1].pid, *_descendants(nodes[1].pid)]:  # the second machine goes away: its agent and rank
+        os.kill(pid, signal.SIGKILL)
+    nodes[1].wait()
+    _, err = nodes[0].communicate(timeout=300)
+    ours = [line for line in err.splitlines() if line.startswith("domainlm: error:")]
+    assert nodes[0].returncode != 0 and len(ours) == 1, err[-3000:]
+    assert "rank 0 lost the other ranks" in ours[0] and "resume from step " in ours[0], ours[0]
+    assert "domainlm/pretrain" not in err and "domainlm/cli" not in err  # no traceback of ours
+    done = int(ours[0].split("resume from step ")[1].split()[0])
+    assert 20 <= done < 600
+    logs = ""
+    for node in _two_nodes(recipe):
+        _, err = node.communicate(timeout=300)
+        assert node.returncode == 0, err[-3000:]
+        logs += err
+    assert f"resumed from step-{done:08d}" in logs, logs[-3000:]
+    summary = json.loads((config.directory / "pretrain" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 600
 
 
 @pytest.mark.slow

@@ -99,7 +99,21 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"domainlm: error: {describe(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # under torchrun: another rank died, or the network between them failed
+        if not (distributed.launched_by_torchrun() and distributed.lost_peer(err)):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"domainlm: error: {distributed.describe_lost_peer(err)}; rerun the same torchrun command(s) to "
+              f"resume from {_resume_point(args.recipe, args.overrides)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _resume_point(recipe: str, overrides: list[str]) -> str:
+    from domainlm.pretrain import resume_point
+
+    return resume_point(load_config(recipe, overrides))
 
 
 def describe(err: Exception) -> str:

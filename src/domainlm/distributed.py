@@ -51,3 +51,24 @@ def barrier() -> None:
     dist = _initialised()
     if dist:
         dist.barrier()
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether an error is a collective failing because another rank is gone (it died, its node
+    went away, the network between them failed, or it stopped answering within the timeout)."""
+    import torch.distributed as dist
+
+    if isinstance(err, dist.DistError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(word in text for word in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "Socket Timeout", "timed out",
+        "NCCL communicator was aborted", "ProcessGroup", "gloo"))
+
+
+def describe_lost_peer(err: BaseException) -> str:
+    """One line: this rank, and the first line of the collective's error."""
+    first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+    first = first.split(". ")[0]  # gloo and NCCL go on with advice of their own
+    return f"rank {os.environ.get('RANK', '?')} lost the other ranks (one died, its machine went away, or the " \
+           f"network failed): {first[:200]}"

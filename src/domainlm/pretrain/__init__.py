@@ -352,6 +352,12 @@ def output_digest(config: RunConfig) -> str:
     return input_signature(RunLayout(config.directory).export)
 
 
+def resume_point(config: RunConfig) -> str:
+    """Where a rerun of the stage goes on from: its newest checkpoint's step and folder, or the start."""
+    newest = Checkpointer(RunLayout(config.directory).checkpoints, keep=1, parts=[]).newest()
+    return f"step {checkpoint_step(newest)} ({newest})" if newest is not None else "step 0 (no checkpoint yet)"
+
+
 def discarded_work(config: RunConfig) -> str | None:
     """What rerunning the stage from scratch throws away: the steps its newest checkpoint holds."""
     newest = Checkpointer(RunLayout(config.directory).checkpoints, keep=1, parts=[]).newest()
