@@ -4,6 +4,7 @@ killed in any phase after the units resumes to the same corpus."""
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,33 +82,39 @@ def test_partitions_and_units_do_not_change_a_byte(tmp_path, monkeypatch):
     assert _outputs(tmp_path / "one-unit") == _outputs(tmp_path / "cut")
 
 
-@pytest.mark.parametrize("phase", ["similar_pairs", "split_unit", "shards"])
+@pytest.mark.parametrize("phase", ["similar_pairs", "split_unit", "shard_rename", "part_deletion"])
 def test_a_run_killed_after_the_units_resumes_to_the_same_corpus(tmp_path, monkeypatch, phase):
+    """Killed at the third call of: a bucket task, a split task, a shard's rename (recorded whole,
+    not yet renamed), a training part's deletion (its lines in a shard still being written)."""
     (tmp_path / "c.txt").write_text("\n".join(_families(seed=3)) + "\n")
     config = _config(tmp_path / "c.txt")
     expected = curate(config, tmp_path / "straight", workers=1)
     calls = []
 
-    def dies_on_the_third_call(real):
+    def dies_on_the_third_call(real, counts=lambda *args: True):
         def work(*args, **kwargs):
-            if phase != "shards" or args[0].path.name.startswith("train-"):
-                calls.append(1)
+            calls.extend([1] if counts(*args) else [])
             if len(calls) == 3:
                 raise KeyboardInterrupt  # as a kill: nothing after it runs
             return real(*args, **kwargs)
         return work
 
-    if phase == "shards":  # the third shard's rename
-        monkeypatch.setattr(global_dedup.PendingFile, "close", dies_on_the_third_call(global_dedup.PendingFile.close))
+    if phase == "shard_rename":
+        monkeypatch.setattr(global_dedup.PendingFile, "close", dies_on_the_third_call(
+            global_dedup.PendingFile.close, lambda file: file.path.name.startswith("train-")))
+    elif phase == "part_deletion":
+        monkeypatch.setattr(Path, "unlink", dies_on_the_third_call(Path.unlink, lambda path, **_: path.name == "train.jsonl.zst"))
     else:
         monkeypatch.setattr(global_dedup, phase, dies_on_the_third_call(getattr(global_dedup, phase)))
     with pytest.raises(KeyboardInterrupt):
         curate(config, tmp_path / "killed", workers=1)
     monkeypatch.undo()
     work = tmp_path / "killed" / "work"
-    if phase == "shards":  # it goes on from the last shard recorded, the parts before it gone
-        assert json.loads((work / "shards.json").read_text())["shards"] == 2
-        assert len(list(work.glob("*/train.jsonl"))) < len(list(work.glob("*/split.json")))
+    if phase == "shard_rename":  # recorded as three whole shards, the third still under its temporary name
+        assert json.loads((work / "shards.json").read_text())["shards"] == 3
+        assert not (tmp_path / "killed" / "train-00002.jsonl").exists()
+    if phase == "part_deletion":  # two parts deleted, their lines partly in the shard being written
+        assert json.loads((work / "shards.json").read_text())["lines"] > 0
     resumed = curate(config, tmp_path / "killed", workers=1)
     assert {k: resumed[k] for k in ("read", "kept", "heldout", "dropped", "steps", "shards")} == \
         {k: expected[k] for k in ("read", "kept", "heldout", "dropped", "steps", "shards")}

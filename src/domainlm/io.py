@@ -371,9 +371,24 @@ class PendingFile:
     """A text file written under a temporary name and renamed into place by `close()` (for
     outputs streamed line by line, too large to build in memory)."""
 
-    def __init__(self, path: Path):
-        self.path, self.tmp = path, path.with_name(f".{path.name}.tmp")
-        self.handle = open(self.tmp, "w", encoding="utf-8")
+    def __init__(self, path: Path, resume_at: int = 0):
+        """`resume_at`: go on with the temporary file a killed writer left, cut back to that many
+        bytes (a point `written` returned); FileNotFoundError when there is none."""
+        self.path, self.tmp = path, self.pending(path)
+        if resume_at:
+            with open(self.tmp, "r+b") as handle:
+                handle.truncate(resume_at)
+        self.handle = open(self.tmp, "a" if resume_at else "w", encoding="utf-8")
+
+    @staticmethod
+    def pending(path: Path) -> Path:
+        """The temporary file `path` is written under until `close`."""
+        return path.with_name(f".{path.name}.tmp")
+
+    def written(self) -> int:
+        """The bytes written so far, handed to the file system (a killed process loses none of them)."""
+        self.handle.flush()
+        return self.handle.tell()
 
     def write(self, text: str) -> None:
         try:

@@ -9,7 +9,7 @@ code spells none of the file names (tests/test_layout.py): `RunLayout` for a run
 
     corpus/      train-NNNNN.jsonl shards, heldout.jsonl, stats.json, dropped.jsonl; while it runs work/<unit>/
                  (docs.jsonl.zst, dropped.jsonl, exact.bin, signatures.bin, band-NN.bin, stats.json, then
-                 train.jsonl, heldout.jsonl, dedup-dropped.jsonl, split.json), work/dedup/, work/pieces/
+                 train.jsonl.zst, heldout.jsonl, dedup-dropped.jsonl, split.json), work/dedup/, work/pieces/
     tokenizer/   a transformers tokenizer directory (tokenizer.json, tokenizer_config.json, ...), fit.json
     pretrain/    data/ (token shards; data-parts/ while they are written), checkpoints/, history.json, summary.json, tensorboard/,
                  tokenizer/ (continued pretraining), export/ (a Hugging Face model directory)
@@ -109,8 +109,8 @@ class CorpusFiles:
 
 @dataclass(frozen=True)
 class CorpusPieces:
-    """A compressed source cut into plain files, one per work unit (`readers.split_compressed`),
-    and their listing, written last."""
+    """A compressed or remote source cut into zstd-compressed pieces, one per work unit
+    (`readers.split_compressed`), and their listing, written last."""
 
     folder: Path
 
@@ -119,7 +119,7 @@ class CorpusPieces:
         return self.folder / "pieces.json"
 
     def piece(self, index: int) -> Path:
-        return self.folder / f"piece-{index:05d}.txt"
+        return self.folder / f"piece-{index:05d}.txt.zst"
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class CorpusUnitFiles:
 
     @property
     def train(self) -> Path:
-        return self.folder / "train.jsonl"
+        return self.folder / "train.jsonl.zst"
 
     @property
     def heldout(self) -> Path:

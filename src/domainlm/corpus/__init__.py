@@ -273,7 +273,7 @@ def input_bytes(units: list[Unit]) -> int:
     total = 0
     for unit in units:
         if unit.piece is not None:
-            total += os.path.getsize(unit.piece)
+            total += unit.piece_bytes if unit.piece_bytes is not None else os.path.getsize(unit.piece)
         elif unit.end is not None:
             total += unit.end - unit.start
         elif os.path.isfile(unit.path):

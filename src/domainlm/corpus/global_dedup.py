@@ -13,7 +13,8 @@ plus its row. The tasks, in order (each phase's tasks independent of each other)
              with the pairs, not the documents);
 4. split     one per unit: its survivors minus the removals, into a training and a held-out part
              (a stable hash of the text), dedup's drops counted with examples; the unit's
-             survivors and arrays are then deleted.
+             survivors and hashes are then deleted (its signatures and band keys went before
+             the phase, once the removals were decided).
 
 Then `write_shards`, in the calling process: the units' training parts concatenated in order into
 shards, each part deleted once its lines are in place, so disk holds about one copy of the corpus.
@@ -34,7 +35,14 @@ import numpy as np
 
 from domainlm.config import CorpusConfig
 from domainlm.corpus.dedup import bucket_pairs, clusters, lsh_bands
-from domainlm.io import PendingFile, atomic_write_bytes, atomic_write_json, open_text, read_json
+from domainlm.io import (
+    PendingFile,
+    atomic_write_bytes,
+    atomic_write_json,
+    open_text,
+    open_zstd_writer,
+    read_json,
+)
 from domainlm.layout import CorpusFiles, CorpusUnitFiles
 
 PARTITION_DOCS = 2**22
@@ -133,7 +141,7 @@ def split_unit(unit: UnitRef, removals: dict[str, list[str]], config: CorpusConf
     reason_of = {int(p) - start: reason for reason, paths in removals.items()
                  for p in positions_in([Path(p) for p in paths], start, start + count)}
     stats: dict[str, Any] = {"kept": 0, "heldout": 0, "dropped": {}, "examples": {}}
-    with open_text(files.docs) as docs, open(files.train, "w", encoding="utf-8") as train, \
+    with open_text(files.docs) as docs, open_zstd_writer(files.train) as train, \
             open(files.heldout, "w", encoding="utf-8") as held_out, \
             (open(files.dedup_dropped, "w", encoding="utf-8") if config.keep_dropped else nullcontext()) as dropped:
         for row, line in enumerate(docs):
@@ -180,35 +188,49 @@ def deduplicate(config: CorpusConfig, corpus: CorpusFiles, units: list[UnitRef],
                 "dedup: clusters")
         removals["near_duplicate"] = [str(dedup.near)]
     bands, _ = lsh_bands(config.dedup.threshold, config.dedup.permutations)
+    for folder, _, _ in units:  # the removals are decided: signatures and band keys are no longer needed
+        files = CorpusUnitFiles(Path(folder))
+        for path in (files.signatures, *map(files.band, range(bands))):
+            path.unlink(missing_ok=True)
     run(split_unit, [(unit, removals, config, bands) for unit in units
                      if not CorpusUnitFiles(Path(unit[0])).split.exists()], "corpus: split")
 
 
 def write_shards(corpus: CorpusFiles, parts: list[Path], shard_docs: int) -> list[str]:
     """The units' training parts, concatenated in order, as shards of `shard_docs` lines
-    (`CorpusFiles.shard`, each written under a temporary name). After each shard,
-    `CorpusFiles.shard_progress` records where the next begins and the parts before it are
-    deleted, so a killed run goes on from there. Returns the shard file names."""
-    at = read_json(corpus.shard_progress) if corpus.shard_progress.exists() else {"shards": 0, "part": 0, "line": 0}
+    (`CorpusFiles.shard`, each written under a temporary name). Each part is deleted once its
+    lines are in the shards, so disk holds about one copy; before that, `CorpusFiles.shard_progress`
+    records how far the shards got (shards whole, the part and line to go on from, the bytes and
+    lines of the shard being written), so a killed run goes on from there. Returns the shard names."""
+    progress = corpus.shard_progress
+    at = read_json(progress) if progress.exists() else {"shards": 0, "part": 0, "line": 0, "bytes": 0, "lines": 0}
     names = [corpus.shard(i).name for i in range(at["shards"])]
-    current, count, first_left = None, 0, at["part"]
+    if names and PendingFile.pending(corpus.shard(len(names) - 1)).exists():  # recorded whole, not yet renamed
+        PendingFile.pending(corpus.shard(len(names) - 1)).rename(corpus.shard(len(names) - 1))
+    current = PendingFile(corpus.shard(len(names)), resume_at=at["bytes"]) if at["lines"] else None
+    count = at["lines"]
+
+    def record(part: int, line: int) -> None:
+        written = current.written() if current is not None else 0
+        atomic_write_json(progress, {"shards": len(names), "part": part, "line": line, "bytes": written,
+                                     "lines": count})
+
     for index in range(at["part"], len(parts)):
         skip = at["line"] if index == at["part"] else 0
-        with open(parts[index], encoding="utf-8") as handle:
+        with open_text(parts[index]) as handle:
             for line_number, line in enumerate(itertools.islice(handle, skip, None), start=skip + 1):
                 if current is None:
                     current = PendingFile(corpus.shard(len(names)))
                 current.write(line)
                 count += 1
-                if count == shard_docs:
-                    names.append(current.close())
-                    current, count = None, 0
-                    atomic_write_json(corpus.shard_progress, {"shards": len(names), "part": index, "line": line_number})
-                    for done in parts[first_left:index]:
-                        done.unlink(missing_ok=True)
-                    first_left = index
+                if count == shard_docs:  # recorded whole first, then renamed (a resume renames it too)
+                    shard, current, count = current, None, 0
+                    shard.written()
+                    names.append(shard.path.name)
+                    record(index, line_number)
+                    shard.close()
+        record(index + 1, 0)
+        parts[index].unlink()
     if current is not None:
         names.append(current.close())
     return names
-
-

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
+import zstandard
+
 from domainlm.config import SourceConfig
 from domainlm.errors import InputError
 from domainlm.io import (
@@ -61,7 +63,8 @@ class Unit:
     newlines_before: int | None = None  # in bytes [0, start), from planning (None: count when read)
     index: int = 0  # position among its source's units
     label: str = ""  # what ids start with (default: the file's base name; see CorpusConfig.source_labels)
-    piece: str | None = None  # a plain file of the unit's lines, cut from a compressed `path` (`split_compressed`)
+    piece: str | None = None  # a file of the unit's lines (zstd), cut from a compressed or remote `path`
+    piece_bytes: int | None = None  # the bytes of text in `piece`
 
     @property
     def key(self) -> str:
@@ -336,23 +339,25 @@ def _line_ranges(path: str, unit_bytes: int) -> Iterator[tuple[int, int, int]]:
 
 
 def split_compressed(path: str, unit_bytes: int, folder: Path) -> list[dict]:
-    """Cut a `.gz` / `.zst` text or JSON-lines file (or one read from a URL) into plain files of
-    about `unit_bytes` each,
+    """Cut a `.gz` / `.zst` text or JSON-lines file (or one read from a URL) into zstd-compressed
+    pieces of about `unit_bytes` of text each,
     at line ends, in one streaming pass (decompressing runs at hundreds of MB/s, curating at a few
     MB/s per core: the pass is a small share of the stage, and the pieces then curate in
-    parallel). Returns per piece {"piece": its path, "newlines_before": lines in the pieces
-    before it}; `folder`'s `pieces.json`, written last, makes a rerun reuse them."""
+    parallel). Returns per piece {"piece": its path, "piece_bytes": its text's size,
+    "newlines_before": lines in the pieces before it}; `folder`'s `pieces.json`, written last,
+    makes a rerun reuse them."""
     files = CorpusPieces(folder)
     if files.listing.exists():
         return json.loads(files.listing.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     pieces, newlines, buffer = [], 0, bytearray()
+    packer = zstandard.ZstdCompressor(level=1)  # ~3x smaller than the text, at hundreds of MB/s
 
     def write(data) -> None:
         nonlocal newlines
         piece = files.piece(len(pieces))
-        piece.write_bytes(data)
-        pieces.append({"piece": str(piece), "newlines_before": newlines})
+        piece.write_bytes(packer.compress(data))
+        pieces.append({"piece": str(piece), "piece_bytes": len(data), "newlines_before": newlines})
         newlines += data.count(b"\n")
 
     with open_binary(path) as handle:
