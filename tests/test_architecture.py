@@ -21,7 +21,7 @@ BASE = {"__init__", "config", "errors", "io", "layout", "tasks", "optim", "distr
 STAGES = {"corpus", "tokenizer", "pretrain", "evaluate", "report"}
 # Layer of each top-level part of the package; an import may only point to a lower layer (or stay
 # inside its own part, e.g. corpus.readers -> corpus.dedup). Base modules may import each other.
-LAYERS = {**dict.fromkeys(BASE, 0), **dict.fromkeys(STAGES, 1), "pipeline": 2, "experiment": 3, "cli": 4,
+LAYERS = {**dict.fromkeys(BASE, 0), **dict.fromkeys(STAGES, 1), "pipeline": 2, "experiment": 3, "forecast": 3, "cli": 4,
           "__main__": 5}
 
 

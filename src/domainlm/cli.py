@@ -16,9 +16,10 @@ import os
 import sys
 import traceback
 
-from domainlm import distributed, experiment
+from domainlm import distributed, experiment, forecast
 from domainlm.config import load_config
 from domainlm.errors import DomainlmError, StageError
+from domainlm.forecast import DEFAULT_MFU
 from domainlm.layout import ReportFiles, RunLayout
 from domainlm.pipeline import STAGES, partial_report, run_all, run_stage
 
@@ -30,13 +31,14 @@ HELP = {
     "pretrain": "pretrain the encoder (resumes from its last checkpoint)",
     "evaluate": "fine-tune and test every model on every task over the seeds",
     "report": "write report.md, report.html and results.json from the saved artifacts",
+    "plan": "forecast the recipe's data, compute, memory and time before running it",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="domainlm", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for verb in ("run", *STAGES):
+    for verb in ("run", *STAGES, "plan"):
         sub = verbs.add_parser(verb, help=HELP[verb])
         sub.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-only", action="store_true",
         help="tokenise the corpus into the token shards (on resources.corpus_executor's workers) and stop; "
              "run it before `torchrun ... domainlm pretrain` so no rank waits for it")
+    verbs.choices["plan"].add_argument("--mfu", type=float, default=DEFAULT_MFU,
+                                       help=f"GPU model-FLOPs utilisation for the GPU hours (default {DEFAULT_MFU})")
+    verbs.choices["plan"].add_argument("--no-measure", dest="measure", action="store_false",
+                                       help="skip timing training steps on this machine")
     verbs.choices["report"].add_argument(
         "--partial", action="store_true",
         help="report the fine-tuning runs finished so far (evaluate running or stopped) into partial-report/")
@@ -54,11 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def execute(verb: str, recipe: str, overrides: list[str], force: bool, partial: bool = False,
-            data_only: bool = False) -> None:
+            data_only: bool = False, **options) -> None:
     """Load the recipe and run what `verb` asks for (raises DomainlmError on anything the user can fix)."""
     config = load_config(recipe, overrides)
     if partial:
         log.info("partial report: %s", ReportFiles(partial_report(config)).html)
+        return
+    if verb == "plan":
+        found = forecast.plan(config, mfu=options.get("mfu", DEFAULT_MFU), measure=options.get("measure", True))
+        path = forecast.write_plan(config, found)
+        print(forecast.markdown(found))
+        log.info("plan: %s", path)
         return
     if data_only:
         if config.experiment or distributed.launched_by_torchrun():
@@ -93,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with logging_redirect_tqdm():
             execute(args.verb, args.recipe, args.overrides, args.force, getattr(args, "partial", False),
-                    getattr(args, "data_only", False))
+                    getattr(args, "data_only", False),
+                    **{k: getattr(args, k) for k in ("mfu", "measure") if hasattr(args, k)})
     except (DomainlmError, OSError) as err:  # OSError: a full disk, a folder that is a file, no permission
         if args.debug:
             traceback.print_exc()

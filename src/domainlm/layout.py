@@ -24,6 +24,7 @@ code spells none of the file names (tests/test_layout.py): `RunLayout` for a run
     report/      report.md, report.html, results.json, results.png, distance.png, loss.png, tokenizer_fit.png,
                  learning_curves.png, active_learning.png
     partial-report/  the same, from the fine-tuning runs finished so far (`domainlm report --partial`)
+    plan/        plan.json, plan.md (`domainlm plan`: the forecast before the run)
 """
 
 from __future__ import annotations
@@ -298,6 +299,15 @@ class RunLayout:
     @property
     def checkpoints(self) -> Path:
         return self.root / "pretrain" / "checkpoints"
+
+    @property
+    def plan_json(self) -> Path:
+        """`domainlm plan`'s forecast: data, compute, memory and time, as JSON."""
+        return self.root / "plan" / "plan.json"
+
+    @property
+    def plan_markdown(self) -> Path:
+        return self.root / "plan" / "plan.md"
 
     @property
     def token_shards(self) -> Path:

@@ -259,10 +259,11 @@ def domain_classifier(config: CorpusConfig, corpus: CorpusFiles,
     return weights, read_json(record)["threshold"]
 
 
-PEAK_DISK = 2.8
-"""Peak disk of the stage over the bytes of text it reads: measured 2.5-2.7 (docs/benchmarks.md,
-"Curation at scale": the pieces of compressed sources, the per-unit copies with ~0.65 KB per
-document of hashes, band keys and signatures, and the shards written beside them)."""
+PEAK_DISK = 1.4
+"""Peak disk of the stage over the bytes of text it reads: measured 1.07-1.30 (docs/benchmarks.md,
+"Curation at scale": the zstd pieces of compressed sources, the units' zstd copies with ~0.6 KB per
+document of hashes, signatures and band keys, then the training parts, each deleted once in the
+shards; 1.3 where every unit is in flight at once)."""
 
 
 def input_bytes(units: list[Unit]) -> int:

@@ -1,0 +1,315 @@
+"""`domainlm plan RECIPE`: what a recipe will cost before it runs — its data, compute, memory and
+time — so a user can decide whether the expensive part is worth it.
+
+- data: documents, words and tokens per corpus source (the corpus stage's counts when it ran;
+  otherwise the raw inputs, read once, before curation's filters and dedup), the tokens each
+  pretraining arm reads and the passes that makes over each source (a warning above 4: repeating
+  data beyond ~4 epochs buys little, Muennighoff et al. 2023), and the tokens per vocabulary entry;
+- compute: parameters and training FLOPs per arm (the FLOP counter the pretrain stage reports,
+  `pretrain.flops`), the wall time on this machine from a few timed training steps of the arm's own
+  model at its batch and sequence length, and on named GPUs from their dense bf16 peak at a
+  stated model-FLOPs utilisation (`--mfu`), the fine-tuning runs the evaluation will make;
+- memory: weights, gradients and AdamW state (16 bytes per parameter with fp32 master weights)
+  and activations per sequence (34 x seq_len x hidden bytes per layer in bf16 with fused
+  attention, Korthikanti et al. 2022, plus the masked positions' logits), so whether a card of
+  24 / 40 / 80 GiB holds it, and at which micro-batch, is answered.
+
+Tokens are counted with the domain tokenizer when it was trained, else the recipe's reference
+(general) vocabulary, else 1.3 tokens per word; every estimate says which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from domainlm.config import RunConfig, resolve_path
+from domainlm.corpus.normalize import normalize_text
+from domainlm.corpus.readers import plan_units, read_unit
+from domainlm.io import atomic_write_json, atomic_write_text, read_json
+from domainlm.layout import RunLayout
+from domainlm.pretrain import encoder_config
+from domainlm.pretrain.architectures import checkpoint_config, new_model
+from domainlm.pretrain.data import TokenShards
+from domainlm.pretrain.flops import forward_flops
+from domainlm.pretrain.trainer import Trainer
+from domainlm.vocabulary import read_tokenizer
+
+log = logging.getLogger(__name__)
+
+GPUS = {"H100 SXM": (989e12, 80), "A100 80GB": (312e12, 80), "L4": (121e12, 24), "RTX 4090": (165e12, 24)}
+"""Dense bf16 tensor-core peak FLOP/s and memory (GiB), from the vendors' datasheets."""
+DEFAULT_MFU = 0.35
+"""Model-FLOPs utilisation assumed on a GPU when none is given: a typical encoder pretraining
+value; domainlm's own on an H100 is not measured yet (benchmarks/gpu/ waits for a device)."""
+CARDS_GIB = (24, 40, 80)
+MAX_EPOCHS = 4  # Muennighoff et al. 2023: repeated data beyond ~4 epochs adds little
+TOKENS_PER_ENTRY = 1000  # fewer corpus tokens per vocabulary entry than this: many entries stay rare
+WORDS_TOKENS = 1.3  # tokens per word when no vocabulary is at hand
+SAMPLE_DOCS = 2000  # documents per source whose words and tokens are counted
+
+
+# ------------------------------------------------------------------------------------------- data
+def counting_tokenizer(config: RunConfig):
+    """(the tokenizer tokens are counted with, what it is): the trained domain vocabulary, the
+    reference one, or None (then WORDS_TOKENS per word)."""
+    trained = RunLayout(config.directory).tokenizer
+    if (trained / "tokenizer.json").exists():
+        return read_tokenizer(trained), "the trained domain vocabulary"
+    if config.tokenizer.reference:
+        return read_tokenizer(config.tokenizer.reference), f"the reference vocabulary ({config.tokenizer.reference})"
+    return None, f"{WORDS_TOKENS} tokens per word (no vocabulary yet)"
+
+
+def _sample_counts(texts: list[str], tokenizer) -> tuple[float, float]:
+    """(mean words, mean tokens) per document of a sample."""
+    if not texts:
+        return 0.0, 0.0
+    words = float(np.mean([len(t.split()) for t in texts]))
+    if tokenizer is None:
+        return words, words * WORDS_TOKENS
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
+    return words, float(np.mean([len(e.ids) for e in encodings]))
+
+
+def corpus_counts(config: RunConfig) -> dict[str, Any]:
+    """Per source: documents, words, tokens and the weight it is read at; `basis` says whether
+    they are the corpus stage's (after curation) or the raw inputs' (before it)."""
+    layout, tokenizer_info = RunLayout(config.directory), counting_tokenizer(config)
+    tokenizer, counted_with = tokenizer_info
+    sources: dict[str, dict[str, Any]] = {}
+    if layout.corpus_stats.exists():
+        stats, samples = read_json(layout.corpus_stats), {}
+        for doc in layout.corpus_documents():
+            found = samples.setdefault(doc.get("source", "corpus"), [])
+            if len(found) < SAMPLE_DOCS:
+                found.append(doc["text"])
+            if all(len(v) >= SAMPLE_DOCS for v in samples.values()) and len(samples) == len(stats["sources"]):
+                break
+        training = 1 - stats["heldout"] / max(1, stats["kept"])  # pretraining reads the kept less the held-out
+        for name, counts in stats["sources"].items():
+            sources[name] = {"documents": round(counts["kept"] * training), "weight": counts["weight"],
+                             "sample": samples.get(name, [])}
+        basis = "the corpus stage's counts (after curation)"
+    else:
+        names = config.corpus.source_names()
+        for source, name in zip(config.corpus.sources, names, strict=True):
+            source = source.model_copy(update={"name": name})
+            documents, sample = 0, []
+            for unit in plan_units([source], 2**62):
+                for record in read_unit(unit, source):
+                    if "skip" in record:
+                        continue
+                    documents += 1
+                    if len(sample) < SAMPLE_DOCS:
+                        sample.append(normalize_text(record["text"], config.corpus.normalization))
+                    if source.max_docs is not None and documents >= source.max_docs:
+                        break
+            sources[name] = {"documents": documents, "weight": source.weight * source.repeat, "sample": sample}
+        basis = "the raw inputs (the corpus stage has not run: its filters and dedup will lower them)"
+    for counts in sources.values():
+        words, tokens = _sample_counts(counts.pop("sample"), tokenizer)
+        counts.update(words=round(words * counts["documents"]), tokens=round(tokens * counts["documents"]))
+    return {"basis": basis, "tokens_counted_with": counted_with, "sources": sources}
+
+
+def reads(arm: RunConfig, corpus: dict[str, Any]) -> dict[str, Any]:
+    """The tokens an arm reads (its row positions: steps x batch x seq_len, padding included, an
+    upper bound on the real tokens) and the passes that make over each source, at the mixture the
+    data plan draws (`pretrain.mixture`, else each source's tokens times its weight)."""
+    pretrain = arm.pretrain
+    positions = pretrain.max_steps * pretrain.batch_size * pretrain.seq_len
+    sources = corpus["sources"]
+    if pretrain.mixture:
+        shares = {name: float(pretrain.mixture.get(name, 0.0)) for name in sources}
+    else:
+        shares = {name: counts["tokens"] * counts["weight"] for name, counts in sources.items()}
+    total = sum(shares.values()) or 1.0
+    epochs = {name: positions * share / total / max(1, sources[name]["tokens"]) for name, share in shares.items()}
+    return {"positions": positions, "epochs": {name: round(e, 3) for name, e in epochs.items()}}
+
+
+# ---------------------------------------------------------------------------------------- compute
+def arm_model(arm: RunConfig, vocab_size: int):
+    """The arm's model without weights (on the meta device): the checkpoint it continues, or the
+    model section's layout at `vocab_size`."""
+    with torch.device("meta"):
+        if arm.model.init_from:
+            layout, _ = checkpoint_config(resolve_path(arm.model.init_from))
+            return new_model(layout)
+        return new_model(encoder_config(arm, vocab_size, 0))
+
+
+def training_flops(model, seq_len: int, positions: int, mask_rate: float) -> float:
+    """3 forwards' worth (Kaplan et al. 2020) over `positions`, the MLM head on mask_rate of them."""
+    return 3 * forward_flops(model, seq_len, positions, round(positions * mask_rate))
+
+
+def memory(model, arm: RunConfig) -> dict[str, Any]:
+    """Bytes of training state and of activations per sequence, and per card size the largest
+    micro-batch that fits (90% of the card) with the accumulation steps it needs."""
+    parameters = sum(p.numel() for p in model.parameters())
+    state = 16 * parameters  # fp32 weights 4 + gradients 4 + AdamW's two moments 8
+    config, pretrain = model.config, arm.pretrain
+    per_row = 34 * pretrain.seq_len * config.hidden_size * config.num_layers \
+        + 6 * round(pretrain.seq_len * pretrain.mask_rate) * config.vocab_size  # bf16 logits + fp32 loss
+    fits = {}
+    for gib in CARDS_GIB:
+        micro = int((0.9 * gib * 2**30 - state) // per_row)
+        fits[f"{gib} GiB"] = {"micro_batch": min(micro, pretrain.batch_size) if micro > 0 else 0,
+                              "accumulation": math.ceil(pretrain.batch_size / micro) if micro > 0 else None}
+    return {"parameters": parameters, "state_bytes": state, "activation_bytes_per_sequence": per_row,
+            "at_batch_bytes": state + per_row * pretrain.batch_size, "cards": fits}
+
+
+def _stand_in_tokenizer(vocab_size: int):
+    """A WordPiece vocabulary of `vocab_size` entries (BERT's special tokens, words and ##pieces),
+    built instantly: timing a step needs the vocabulary's size, not its contents."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordPiece
+    from tokenizers.pre_tokenizers import Whitespace
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    rest = vocab_size - len(specials)
+    vocab = {token: i for i, token in enumerate(specials + [f"w{i}" for i in range(rest - rest // 3)]
+                                                + [f"##p{i}" for i in range(rest // 3)])}
+    tokenizer = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Whitespace()
+    return tokenizer
+
+
+def measured_step(arm: RunConfig, layout, steps: int = 8) -> dict[str, float]:
+    """Seconds per optimizer step of a model of `layout` (fresh weights) at the arm's batch and
+    sequence length on this machine, through the pretraining engine on random full-length
+    documents; the first step (allocation, warm-up) is left out."""
+    torch.manual_seed(0)
+    pretrain, vocab_size = arm.pretrain, layout.vocab_size
+    if pretrain.dropout is not None:  # what the engine trains with (`pretrain.training_configs`)
+        layout = dataclasses.replace(layout, dropout=pretrain.dropout)
+    tokenizer = _stand_in_tokenizer(vocab_size)
+    rng = np.random.default_rng(0)
+    docs = (pretrain.batch_size + 1) * (steps + 1)
+    tokens = rng.integers(5, vocab_size, docs * (pretrain.seq_len - 2)).astype(np.int32)
+    data = TokenShards(tokens, np.arange(docs + 1) * (pretrain.seq_len - 2), np.zeros(docs, np.int16),
+                       ["corpus"], {"cls": 2, "sep": 3, "pad": 0})
+    settings = pretrain.model_copy(update={"max_steps": steps + 1, "checkpoint_every": 10**9, "short_seq_fraction": 0,
+                                           "batch_size_start": None, "curriculum": "none", "mixture": {},
+                                           "upsample_source": None, "teacher": None})
+    if arm.resources.pretrain_threads:
+        torch.set_num_threads(arm.resources.pretrain_threads)
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(layout, settings, data, tokenizer, Path(folder), seed=0, mask_token="[MASK]")
+        trainer.train_step(0)
+        trainer.record.flush()
+        started = time.perf_counter()
+        for step in range(1, steps + 1):
+            trainer.train_step(step)
+        trainer.record.flush()  # the losses reach the host: every step has finished
+        seconds = (time.perf_counter() - started) / steps
+    return {"seconds_per_step": seconds, "steps_timed": steps}
+
+
+def evaluation_runs(config: RunConfig) -> dict[str, Any]:
+    """The fine-tuning runs the evaluation makes: models x tasks x seeds x learning rates (TF-IDF
+    and BM25 rows train no encoder)."""
+    models = [m for m in config.evaluate.models if m.kind not in ("tfidf", "bm25")]
+    rates = max(1, len(config.evaluate.learning_rates))
+    runs = len(models) * len(config.tasks) * len(config.evaluate.seeds) * rates
+    return {"encoder_models": [m.name for m in models], "tasks": len(config.tasks), "seeds": len(config.evaluate.seeds),
+            "learning_rates": rates, "runs": runs}
+
+
+# ------------------------------------------------------------------------------------------ plan
+def arms_of(config: RunConfig) -> dict[str, RunConfig]:
+    """The pretraining runs the recipe makes: its experiment's arms, or itself when it pretrains."""
+    if config.experiment is not None:
+        return config.arm_configs()
+    pretrains = config.corpus is not None and any(m.kind in ("domain", "random-init") for m in config.evaluate.models)
+    return {"domain": config} if pretrains else {}
+
+
+def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True) -> dict[str, Any]:
+    """The whole forecast (see the module docstring) as one JSON-able mapping, with `warnings`."""
+    found: dict[str, Any] = {"recipe": config.name, "warnings": [], "gpu_mfu": mfu, "arms": {}}
+    corpus = corpus_counts(config) if config.corpus is not None else None
+    found["corpus"] = corpus
+    if corpus:
+        total_tokens = sum(c["tokens"] for c in corpus["sources"].values())
+        per_entry = total_tokens / max(1, config.tokenizer.vocab_size)
+        found["tokens_per_vocabulary_entry"] = round(per_entry)
+        if per_entry < TOKENS_PER_ENTRY:
+            found["warnings"].append(
+                f"tokenizer.vocab_size {config.tokenizer.vocab_size} against ~{total_tokens:,} corpus tokens: "
+                f"{per_entry:.0f} tokens per entry (fewer than {TOKENS_PER_ENTRY}); many entries will be rare and "
+                "poorly trained: a smaller vocabulary, or more text")
+    for name, arm in arms_of(config).items():
+        trained = RunLayout(arm.directory).tokenizer / "tokenizer.json"  # else the size it is asked to have
+        vocab_size = read_tokenizer(trained).get_vocab_size() if trained.exists() else arm.tokenizer.vocab_size
+        model = arm_model(arm, vocab_size)
+        data = reads(arm, corpus) if corpus else {"positions": 0, "epochs": {}}
+        for source, epochs in data["epochs"].items():
+            if epochs > MAX_EPOCHS:
+                found["warnings"].append(
+                    f"arm {name}: {epochs:.1f} passes over source '{source}' (more than {MAX_EPOCHS}: repeated "
+                    "data adds little beyond ~4 epochs, Muennighoff et al. 2023): more text or fewer steps")
+        flops = training_flops(model, arm.pretrain.seq_len, data["positions"], arm.pretrain.mask_rate)
+        entry = {"steps": arm.pretrain.max_steps, "batch_size": arm.pretrain.batch_size,
+                 "seq_len": arm.pretrain.seq_len, **data, "flops": flops, "memory": memory(model, arm),
+                 "gpu_hours": {gpu: flops / (peak * mfu) / 3600 for gpu, (peak, _) in GPUS.items()}}
+        if measure:
+            step = measured_step(arm, model.config)
+            entry["this_machine"] = step | {
+                "pretrain_seconds": step["seconds_per_step"] * arm.pretrain.max_steps,
+                "flops_per_second": flops / arm.pretrain.max_steps / step["seconds_per_step"]}
+        found["arms"][name] = entry
+    found["evaluation"] = evaluation_runs(config)
+    return found
+
+
+def markdown(found: dict[str, Any]) -> str:
+    """The plan as Markdown tables (what `domainlm plan` prints)."""
+    lines = [f"# Plan: {found['recipe']}", ""]
+    corpus = found.get("corpus")
+    if corpus:
+        lines += [f"Corpus, from {corpus['basis']}; tokens counted with {corpus['tokens_counted_with']}.", "",
+                  "| source | documents | words | tokens | weight |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {c['documents']:,} | {c['words']:,} | {c['tokens']:,} | {c['weight']:g} |"
+                  for name, c in corpus["sources"].items()]
+        lines.append("")
+    if found["arms"]:
+        gpus = list(GPUS)
+        lines += ["| arm | params | steps x batch x seq | tokens read | passes | FLOPs | this machine | "
+                  + " | ".join(f"{g} h" for g in gpus) + " | fits (micro-batch x accumulation) |",
+                  "|---|---:|---|---:|---|---:|---:|" + "---:|" * len(gpus) + "---|"]
+        for name, arm in found["arms"].items():
+            passes = ", ".join(f"{s} {e:.2f}" for s, e in arm["epochs"].items())
+            here = arm.get("this_machine")
+            here = f"{here['pretrain_seconds'] / 60:.1f} min" if here else "—"
+            fits = ", ".join(f"{card}: {f['micro_batch']}x{f['accumulation']}" if f["micro_batch"] else f"{card}: no"
+                             for card, f in arm["memory"]["cards"].items())
+            lines.append(f"| {name} | {arm['memory']['parameters'] / 1e6:.1f} M | {arm['steps']} x {arm['batch_size']} x "
+                         f"{arm['seq_len']} | {arm['positions']:,} | {passes} | {arm['flops']:.2e} | {here} | "
+                         + " | ".join(f"{arm['gpu_hours'][g]:.3g}" for g in gpus) + f" | {fits} |")
+        lines += ["", f"GPU hours at {found['gpu_mfu']:.0%} model-FLOPs utilisation of the dense bf16 peak."]
+    runs = found["evaluation"]
+    lines += ["", f"Evaluation: {runs['runs']} fine-tuning runs ({len(runs['encoder_models'])} encoder models x "
+                  f"{runs['tasks']} tasks x {runs['seeds']} seeds x {runs['learning_rates']} learning rates)."]
+    if found["warnings"]:
+        lines += ["", "Warnings:", *[f"- {w}" for w in found["warnings"]]]
+    return "\n".join(lines) + "\n"
+
+
+def write_plan(config: RunConfig, found: dict[str, Any]) -> Path:
+    """plan.json and plan.md in the run folder; returns the Markdown file."""
+    layout = RunLayout(config.directory)
+    atomic_write_json(layout.plan_json, found)
+    atomic_write_text(layout.plan_markdown, markdown(found))
+    return layout.plan_markdown
