@@ -28,6 +28,10 @@ def test_whole_path_then_cache(tiny_recipe, tmp_path):
     assert "data:image/png;base64," in html and "Verdict" in html
     markdown = (report / "report.md").read_text()
     assert markdown.count("![") == 3  # no general vocabulary configured: no distance plot, one line why
+    # It opens with the decision (the model to use per task, whether pretraining paid), then the verdict.
+    assert markdown.index("Use **") < markdown.index("Domain pretraining") < markdown.index("## Verdict")
+    assert {p["task"] for p in results["picks"]} == {"cls", "ner"} and results["decision"] in markdown
+    assert "overflow-x:auto" in html  # wide tables scroll in their box, not the page
     assert "Not measured: no general tokenizer" in markdown
     assert "| exact_dedup |" in markdown and "What the corpus steps removed" in markdown
     stats = json.loads((config.directory / "corpus" / "stats.json").read_text())

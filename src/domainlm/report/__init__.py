@@ -21,8 +21,11 @@ from domainlm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from domainlm.layout import ReportFiles, RunLayout
 from domainlm.report.comparison import (
     bootstrap_rows,
+    decision,
     degenerate_models,
     distance_vs_gain,
+    picks,
+    still_falling,
     suite_scores,
     verdict,
 )
@@ -175,9 +178,12 @@ def html_table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render(title: str, verdict_text: str, sections, images: dict[str, Path]) -> tuple[str, str]:
-    md = [f"# {title}", "", "## Verdict", "", verdict_text, ""]
-    body = [f"<h1>{html.escape(title)}</h1>", "<h2>Verdict</h2>", f"<p>{_inline_html(verdict_text)}</p>"]
+def render(title: str, verdict_text: str, sections, images: dict[str, Path], opening: str = "") -> tuple[str, str]:
+    """report.md and report.html: the title, `opening` (the decision, when there is one), the
+    verdict, then each section's text and table."""
+    md = [f"# {title}", ""] + ([opening, ""] if opening else []) + ["## Verdict", "", verdict_text, ""]
+    body = [f"<h1>{html.escape(title)}</h1>"] + ([f"<p class='decision'>{_inline_html(opening)}</p>"] if opening else []) \
+        + ["<h2>Verdict</h2>", f"<p>{_inline_html(verdict_text)}</p>"]
     for heading, text, header, rows in sections:
         md += [f"## {heading}", ""] + ([text, ""] if text else []) + ([markdown_table(header, rows), ""] if header else [])
         body += [f"<h2>{html.escape(heading)}</h2>"]
@@ -185,9 +191,12 @@ def render(title: str, verdict_text: str, sections, images: dict[str, Path]) -> 
             body.append(f"<p>{_inline_html(text, images)}</p>")
         if header:
             body.append(html_table(header, rows))
-    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#1a202c}"
-             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #cbd5e0;padding:.3em .7em;"
-             "text-align:left}th{background:#edf2f7}img{max-width:100%;display:block;margin:.5em 0}")
+    # A wide table scrolls inside its own box and long words wrap, so the page never scrolls sideways.
+    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#1a202c;"
+             "overflow-wrap:anywhere}table{border-collapse:collapse;margin:.5em 0 1.5em;display:block;max-width:100%;"
+             "overflow-x:auto}td,th{border:1px solid #cbd5e0;padding:.3em .7em;text-align:left}th{background:#edf2f7}"
+             "img{max-width:100%;display:block;margin:.5em 0}.decision{font-size:1.1em;border-left:4px solid #3182ce;"
+             "padding-left:.8em}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     return "\n".join(md), page
@@ -321,8 +330,12 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
         text += " " + differences
     if art["missing"]:
         text = partial_note(art["missing"], art["expected_runs"]) + " " + text
+    chosen = picks(RunLayout(config.directory, chosen=art["selection"]), art["tasks"], summary,
+                   config.evaluate.bootstrap_samples, config.seed)
+    opening = decision(chosen, numbers["candidates"], numbers["references"], numbers["intervals"], costs,
+                       still_falling(art["history"]))
     title = config.report.title or f"domainlm report: {config.name}"
-    markdown, page = render(title, text, build_sections(config, art, summary, numbers), images)
+    markdown, page = render(title, text, build_sections(config, art, summary, numbers), images, opening)
     atomic_write_text(files.markdown, markdown + "\n")
     atomic_write_bytes(files.html, page.encode())
     curve_results = {"learning_curves": {
@@ -332,7 +345,8 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
         curve_results["active_learning"] = {"rows": art["active_rows"], "points": active["points"],
                                             "sentences": active["sentences"]}
     atomic_write_json(files.results, {
-        "rows": art["rows"], "summary": summary, "verdict": text, "config": config.model_dump(mode="json"),
+        "rows": art["rows"], "summary": summary, "decision": opening, "picks": chosen, "verdict": text,
+        "config": config.model_dump(mode="json"),
         "selection": art["selection"], "intervals": numbers["intervals"], "suite": numbers["suite"],
         "distance": art["distance"] | {"versus_gain": numbers["distance"]}, "pretraining_cost": costs,
         "degenerate": numbers["degenerate"],

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from domainlm.io import read_json
 from domainlm.layout import RunLayout
 from domainlm.report.stats import paired_bootstrap, rank_correlation, suite_score
@@ -184,3 +186,83 @@ def verdict(candidates: list[str], references: list[str], intervals: list[dict],
         sentences.append(f"One fine-tuning seed for {', '.join(single)}: no seed variance was measured, so "
                          "those intervals reflect only which test examples were drawn.")
     return " ".join(sentences)
+
+
+# The pretraining loss counts as still falling when its mean over the last tenth of training is
+# this much (relative) below its mean over the tenth before: more steps would likely lower it.
+STILL_FALLING = 0.02
+
+
+def picks(run_dir: RunLayout, tasks: list[dict], summary: list[dict], samples: int = 1000,
+          seed: int = 0) -> list[dict]:
+    """Per task: the best model (highest mean over seeds) and the one to use — the model with the
+    fewest parameters among those not measurably worse than the best (a paired bootstrap 95%
+    interval of the difference that reaches zero); TF-IDF / BM25 count as no parameters."""
+    found = []
+    for task in tasks:
+        scores = {s["model"]: s["mean"] for s in summary if s["task"] == task["name"]}
+        if not scores:
+            continue
+        best = max(scores, key=scores.get)
+        gold, theirs = read_json(run_dir.gold(task["name"])), run_dir.predictions(best, task["name"])
+        level = [best]
+        for model in scores:
+            if model != best:
+                interval = paired_bootstrap(task["type"], gold, run_dir.predictions(model, task["name"]), theirs,
+                                            task["metric"], labels=task["labels"] or None, samples=samples, seed=seed)
+                if interval["high"] >= 0:
+                    level.append(model)
+        size = {m: run_dir.selected_runs(m, task["name"])[0].get("parameters", 0) or 0 for m in level}
+        use = min(level, key=lambda m: (size[m], -scores[m]))
+        found.append({"task": task["name"], "metric": task["metric"], "best": best, "best_score": scores[best],
+                      "use": use, "use_score": scores[use], "parameters": size[use], "level": level})
+    return found
+
+
+def still_falling(history: dict | None) -> float | None:
+    """The relative fall of the pretraining loss from the second-last to the last tenth of its
+    logged values (positive: still falling), or None with fewer than 20 of them."""
+    losses = (history or {}).get("loss") or []
+    if len(losses) < 20:
+        return None
+    tenth = len(losses) // 10
+    before, last = np.mean(losses[-2 * tenth:-tenth]), np.mean(losses[-tenth:])
+    return float((before - last) / before)
+
+
+def decision(chosen: list[dict], candidates: list[str], references: list[str], intervals: list[dict],
+             costs: dict[str, dict], falling: float | None) -> str:
+    """The two or three sentences a practitioner came for, above the verdict: which model to use
+    for each task, whether domain pretraining paid here and at what cost, and what to try next."""
+    if not chosen:
+        return ""
+    uses = {c["use"] for c in chosen}
+    if len(uses) == 1:
+        use = chosen[0]["use"]
+        cheaper = [c for c in chosen if c["use"] != c["best"]]
+        said = f"Use **{use}** for {'the task' if len(chosen) == 1 else f'all {len(chosen)} tasks'}"
+        said += (f" (the best on {len(chosen) - len(cheaper)}, and on the others not measurably worse than the best "
+                 "with fewer parameters)" if cheaper else " (the best on each)") + "."
+    else:
+        said = "Use " + "; ".join(
+            f"**{c['use']}** for {c['task']} ({100 * c['use_score']:.1f}"
+            + (f", not measurably below {c['best']}'s {100 * c['best_score']:.1f} with fewer parameters)"
+               if c["use"] != c["best"] else ", the best)") for c in chosen) + "."
+    won = [c["task"] for c in chosen if c["use"] in candidates or c["best"] in candidates]
+    beaten = {r["task"] for r in intervals if r["model"] in candidates and r["reference"] in references
+              and r["low"] > 0}
+    spent = sum({(cost.get("arm") or m): cost["seconds"] for m, cost in costs.items()
+                 if cost.get("seconds") is not None}.values())
+    cost = f" ({spent / 3600:.2f} hours of pretraining)" if spent else ""
+    if won and beaten:
+        said += (f" Domain pretraining paid here{cost}: a model pretrained here is the one to use, or the best, on "
+                 f"{', '.join(won)}, measurably above {', '.join(references)} on {', '.join(sorted(beaten))}.")
+    elif candidates:
+        said += (f" Domain pretraining did not pay here{cost}: no model pretrained here is measurably better than "
+                 f"{', '.join(references) or 'the other models'} on any task.")
+    if falling is not None and falling > STILL_FALLING:
+        said += (f" Next: a larger pretraining budget — the loss was still falling at the end ({100 * falling:.1f}% "
+                 "lower over the last tenth of training than the tenth before).")
+    elif candidates and not beaten:
+        said += " Next: use the general model, or try where domain models gain most — fewer labels, or tasks far from general text."
+    return said
