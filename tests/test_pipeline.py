@@ -24,6 +24,7 @@ def test_whole_path_then_cache(tiny_recipe, tmp_path):
     assert {(r["task"], r["metric"]) for r in rows} >= {("cls", "micro_f1"), ("ner", "entity_f1")}
     assert set(results["timings"]) == {"corpus", "tokenizer", "pretrain", "evaluate"}
     assert results["pretrain"]["export_max_abs_logit_diff"] <= 1e-4
+    assert results["pretrain"]["heldout_mlm_loss"] > 0 and results["pretrain"]["heldout_masked_tokens"] > 0
     html = (report / "report.html").read_text()
     assert "data:image/png;base64," in html and "Verdict" in html
     markdown = (report / "report.md").read_text()

@@ -362,3 +362,16 @@ def test_pretraining_on_a_bpe_or_unigram_vocabulary_exports_a_model_auto_tokeniz
     text = "The Protein kinase binds the receptor."
     assert loaded(text)["input_ids"] == ours.encode(text).ids and loaded.mask_token == "<mask>"
     assert AutoModelForMaskedLM.from_pretrained(export).config.pad_token_id == ours.token_to_id("<pad>")
+
+
+def test_the_heldout_loss_is_one_number_per_model_and_text(tokenizer, tmp_path):
+    data = write_token_shards(tokenizer, ((t, "s") for t in synthetic_texts(80)), tmp_path / "shards")
+    heldout = write_token_shards(tokenizer, ((t, "s") for t in synthetic_texts(30, seed=9)), tmp_path / "heldout")
+    trainer = _trainer(tokenizer, data, tmp_path / "ckpt", steps=4)
+    before = trainer.heldout_loss(heldout)
+    assert before == trainer.heldout_loss(heldout) and before["heldout_masked_tokens"] > 20
+    assert trainer.objective.training  # back in training mode
+    trainer.train()
+    after = trainer.heldout_loss(heldout)
+    assert after["heldout_mlm_loss"] < before["heldout_mlm_loss"]  # 4 steps at lr 1e-3 learn something
+    assert after["heldout_masked_tokens"] == before["heldout_masked_tokens"]  # the same positions masked

@@ -168,8 +168,8 @@ def split_unit(unit: UnitRef, removals: dict[str, list[str]], config: CorpusConf
 # ---------------------------------------------------------------------------------- the plan
 def deduplicate(config: CorpusConfig, corpus: CorpusFiles, units: list[UnitRef], run) -> None:
     """Phases 1-4 over the finished units, each phase's unfinished tasks through
-    `run(work, jobs, desc)` (on workers: see `corpus.task_runner`)."""
-    dedup = corpus.dedup
+    `run(work, jobs, desc)` (on workers: see `executors.task_runner`)."""
+    dedup, (bands, _) = corpus.dedup, lsh_bands(config.dedup.threshold, config.dedup.permutations)
     dedup.folder.mkdir(parents=True, exist_ok=True)
     total = sum(count for *_, count in units)
     partitions = max(1, -(-total // PARTITION_DOCS))
@@ -178,7 +178,6 @@ def deduplicate(config: CorpusConfig, corpus: CorpusFiles, units: list[UnitRef],
                            if not path.exists()], "dedup: exact")
     removals = {"duplicate": [str(p) for p in exact_files]}
     if config.dedup.near:
-        bands, _ = lsh_bands(config.dedup.threshold, config.dedup.permutations)
         pair_files = {(b, p): dedup.pairs(b, p) for b in range(bands) for p in range(partitions)}
         run(similar_pairs, [(units, b, p, partitions, removals["duplicate"], config.dedup.permutations,
                              config.dedup.threshold, str(path)) for (b, p), path in pair_files.items()
@@ -187,7 +186,6 @@ def deduplicate(config: CorpusConfig, corpus: CorpusFiles, units: list[UnitRef],
             run(near_duplicate_clusters, [([str(p) for p in pair_files.values()], str(dedup.near))],
                 "dedup: clusters")
         removals["near_duplicate"] = [str(dedup.near)]
-    bands, _ = lsh_bands(config.dedup.threshold, config.dedup.permutations)
     for folder, _, _ in units:  # the removals are decided: signatures and band keys are no longer needed
         files = CorpusUnitFiles(Path(folder))
         for path in (files.signatures, *map(files.band, range(bands))):

@@ -13,9 +13,11 @@ Artifacts in `runs/<name>/pretrain/`:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,6 +46,7 @@ from domainlm.pretrain.data import (
     token_ids,
     tokenize_corpus_shard,
     write_token_part,
+    write_token_shards,
 )
 from domainlm.pretrain.difficulty import DifficultySettings, document_difficulty
 from domainlm.pretrain.encoder import Encoder, MaskedLM, non_embedding_parameters
@@ -352,6 +355,22 @@ def output_digest(config: RunConfig) -> str:
     return input_signature(RunLayout(config.directory).export)
 
 
+HELDOUT_DOCS = 4000  # held-out documents the final MLM loss is measured on (the first, in file order)
+
+
+def heldout_loss(trainer: Trainer, run_dir: RunLayout, tokenizer_dir: Path, specials: dict[str, str]) -> dict | None:
+    """The trained model's MLM loss on the corpus's held-out documents (`Trainer.heldout_loss`:
+    fixed packing and masking, so runs of one recipe compare, and a forecast can be checked);
+    None when the corpus holds none."""
+    docs = list(itertools.islice(((d["text"], d.get("source", "corpus")) for d in run_dir.corpus_documents("heldout")),
+                                 HELDOUT_DOCS))
+    if not docs:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        shards = write_token_shards(read_tokenizer(tokenizer_dir), docs, Path(folder) / "heldout", specials=specials)
+        return trainer.heldout_loss(shards)
+
+
 def resume_point(config: RunConfig) -> str:
     """Where a rerun of the stage goes on from: its newest checkpoint's step and folder, or the start."""
     newest = Checkpointer(RunLayout(config.directory).checkpoints, keep=1, parts=[]).newest()
@@ -438,6 +457,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
     started = time.time()
     trainer.train()
     curves.close()
+    heldout = heldout_loss(trainer, run_dir, tokenizer_dir, specials)  # every rank: a collective under FSDP
     final_model = trainer.unsharded_model()  # a collective under FSDP: every rank takes part
     if not main_process:
         return trainer.summary()
@@ -446,7 +466,7 @@ def run(config: RunConfig, out: Path) -> dict[str, Any]:
                               objective=trainer.objective_name)
     if difference > 1e-4:
         raise RuntimeError(f"exported model disagrees with the training model: max |Δ| = {difference:.2e}")
-    summary = trainer.summary()
+    summary = trainer.summary() | (heldout or {})
     pretrain = config.pretrain
     summary |= pretraining_flops(final_model, pretrain.seq_len, summary["positions"], summary["masked_tokens"],
                                  pretrain.sparsity, teacher, teacher_logits=bool(pretrain.distill_logits))

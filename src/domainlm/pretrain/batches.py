@@ -60,7 +60,14 @@ class MaskedBatches:
         """The global batch of a step, masked (the same on every rank)."""
         self._states[step] = self.generator.get_state()
         parts = [self.data.batch(packing, rows) for packing, rows in self.plan.rows(step)]
-        batch = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        batch = self.masked({key: torch.cat([p[key] for p in parts]) for key in parts[0]}, self.generator)
+        if self.pin:  # page-locked, so that the copies to the GPU do not wait for it
+            batch = {key: value.pin_memory() for key, value in batch.items()}
+        return batch
+
+    def masked(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A gathered batch (`TokenShards.batch`) with its masking and the objective's draws added,
+        drawn from `generator`."""
         maskable = batch["real"] & ~torch.isin(batch["input_ids"], self.special_ids)
         preferred = None
         if self.lexicon:
@@ -68,11 +75,8 @@ class MaskedBatches:
         s = self.settings
         batch["masked_ids"], batch["labels"] = mask_tokens(
             batch["input_ids"], maskable, self.word_start, s.mask_rate, self.mask_id, len(self.word_start),
-            self.generator, mode=s.masking, span_mean=s.span_mean, preferred=preferred, preferred_rate=s.lexicon_rate)
-        batch |= {f"draw.{name}": value for name, value in self.draws(batch["labels"], self.generator).items()}
-        if self.pin:  # page-locked, so that the copies to the GPU do not wait for it
-            batch = {key: value.pin_memory() for key, value in batch.items()}
-        return batch
+            generator, mode=s.masking, span_mean=s.span_mean, preferred=preferred, preferred_rate=s.lexicon_rate)
+        return batch | {f"draw.{name}": value for name, value in self.draws(batch["labels"], generator).items()}
 
     def batches(self, start: int, stop: int):
         """(step, batch) for steps start..stop-1. With `prefetch` the next batch is gathered and

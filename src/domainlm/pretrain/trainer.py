@@ -130,6 +130,34 @@ class Trainer:
         finally:
             self.optimizer.zero_grad(set_to_none=True)
 
+    @torch.no_grad()
+    def heldout_loss(self, data: TokenShards, max_rows: int = 256, seed: int = 1234) -> dict[str, float] | None:
+        """The objective's MLM loss per masked token on held-out documents: packed at the training
+        length (the first `max_rows` rows), masked as in training from a fixed seed, so one model and
+        one text always give one number; None without an MLM loss or held-out text. Every rank
+        takes part (a collective under FSDP)."""
+        if not data.num_docs or not len(data.tokens):
+            return None
+        packing = data.pack(self.config.seq_len)
+        batch = self.batches.masked(data.batch(packing, list(range(min(max_rows, len(packing))))),
+                                    torch.Generator().manual_seed(seed))
+        self.objective.eval()
+        total, masked = 0.0, 0
+        try:
+            for start in range(0, len(batch["input_ids"]), self.config.batch_size):
+                part = {key: value[start:start + self.config.batch_size] for key, value in batch.items()}
+                ids, positions, real = (part[k].to(self.device) for k in ("masked_ids", "position_ids", "real"))
+                attn = document_attention(part["segment_ids"], part["position_ids"], self.attention, self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+                    losses = self.objective(ids, positions, attn, real, self._targets(part, static=False).to(self.device))
+                if "mlm" not in losses:
+                    return None
+                total += float(losses["mlm"])
+                masked += int((part["labels"] != -100).sum())
+        finally:
+            self.objective.train()
+        return {"heldout_mlm_loss": total / max(1, masked), "heldout_masked_tokens": masked}
+
     def _targets(self, part: dict[str, torch.Tensor], static: bool) -> MaskedTargets:
         """A micro-batch's masked positions (a fixed-capacity buffer under static shapes)."""
         capacity = masked_capacity(part["labels"].numel(), self.config.mask_rate) if static else None
