@@ -231,11 +231,12 @@ def _descendants(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_simulated_nodes_give_the_one_process_losses(tiny_recipe, tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_simulated_nodes_give_the_one_process_losses(tiny_recipe, tmp_path, distributed):
     """`torchrun --nnodes 2` as on two machines (one process per node, static rendezvous at a
-    master address, gloo over localhost): the per-step losses are the one-process run's at the
-    same global batch."""
-    tiny_recipe["pretrain"].update(dropout=0.0, log_every=1)
+    master address, gloo over localhost), with DDP and with FSDP: the per-step losses are the
+    one-process run's at the same global batch."""
+    tiny_recipe["pretrain"].update(dropout=0.0, log_every=1, distributed=distributed)
     recipes = {}
     for name in ("one", "two"):
         config = config_from_dict(tiny_recipe | {"run_dir": str(tmp_path / name)})
