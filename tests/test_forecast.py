@@ -90,3 +90,11 @@ def test_the_plan_command_writes_the_forecast_and_times_this_machine(tiny_recipe
     assert arm["gpu_hours"]["H100 SXM"] == pytest.approx(arm["flops"] / (989e12 * 0.4) / 3600)
     assert found["evaluation"]["runs"] == 2 * 2 * 2  # domain and random-init, 2 tasks, 2 seeds
     assert not layout.stage("corpus").exists()  # planning runs no stage
+    # The finished run's report puts the forecast beside what it measured.
+    from domainlm.pipeline import run_all
+
+    run_all(config_from_dict(tiny_recipe))
+    report = layout.report_files.markdown.read_text()
+    assert "## Forecast and actual" in report
+    assert f"| domain | row positions | {arm['positions']:,} | {arm['positions']:,} | +0.0% |" in report
+    assert "| domain | training seconds (this machine) |" in report

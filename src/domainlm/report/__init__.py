@@ -58,11 +58,13 @@ def needs(config: RunConfig) -> tuple[str, ...]:
 
 
 def inputs(config: RunConfig) -> list[str]:
-    """An experiment's record of its arms (written by the experiment, not by a stage)."""
-    if not config.experiment:
-        return []
+    """An experiment's record of its arms (written by the experiment, not by a stage), and the
+    forecast `domainlm plan` wrote, when there is one (its report checks it against the run)."""
     run_dir = RunLayout(config.directory)
-    return [str(p) for p in (run_dir.arms, run_dir.experiment_summary, run_dir.experiment_history)]
+    found = [run_dir.plan_json] if run_dir.plan_json.exists() else []
+    if config.experiment:
+        found += [run_dir.arms, run_dir.experiment_summary, run_dir.experiment_history]
+    return [str(p) for p in found]
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
@@ -109,6 +111,7 @@ def load_artifacts(config: RunConfig, partial: bool = False) -> dict[str, Any]:
         "tokenizer": read_json(run_dir.tokenizer_fit) if has_corpus else None,
         "pretrain": read_json(pretrain[0]) if pretrain else None,
         "history": read_json(pretrain[1]) if pretrain else None,
+        "plan": read_json(run_dir.plan_json) if run_dir.plan_json.exists() else None,
         "timings": timings,
         # a partial report leaves the curve out: evaluate writes it when every run has finished
         "curve": read_json(run_dir.learning_curve) if not partial and config.evaluate.learning_curve

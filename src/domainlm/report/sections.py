@@ -248,6 +248,32 @@ def active_learning_section(config: RunConfig, active: dict) -> Section:
                                       "seeds"], rows)
 
 
+def forecast_section(plan: dict, pre: dict) -> Section | None:
+    """`domainlm plan`'s forecast beside what each pretraining run measured, with the error:
+    parameters, FLOPs, row positions, training seconds on this machine (None when no arm of the
+    plan has finished)."""
+    actual = {r["arm"]: r for r in pre["arms"] if r["status"] == "done"} if "arms" in pre else {"domain": pre}
+    rows = []
+    for arm, forecast in plan["arms"].items():
+        found = actual.get(arm)
+        if found is None:
+            continue
+        pairs = [("parameters", forecast["memory"]["parameters"], found.get("parameters")),
+                 ("training FLOPs", forecast["flops"], found.get("flops")),
+                 ("row positions", forecast["positions"], found.get("positions")),
+                 ("training seconds (this machine)", (forecast.get("this_machine") or {}).get("pretrain_seconds"),
+                  found.get("train_seconds"))]
+        for what, guess, measured in pairs:
+            if guess is not None and measured:
+                rows.append([arm, what, f"{guess:,.4g}", f"{measured:,.4g}", f"{100 * (guess - measured) / measured:+.1f}%"])
+    if not rows:
+        return None
+    return ("Forecast and actual", "What `domainlm plan` forecast before the run (plan/plan.json) against what the "
+            "run measured. Training seconds are forecast from a few timed steps on the machine that made the plan; "
+            "they compare only when the run used the same machine, alone.", ["arm", "what", "forecast", "actual",
+                                                                             "error"], rows)
+
+
 def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> list[Section]:
     """Every section in report order. Only what has something to show: results and suite scores
     when some model has a test result, a reference's intervals when another model has results
@@ -268,6 +294,8 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
         *([tokenizer_section(art["tokenizer"])] if art["tokenizer"] else []),
         *([arms_section(art["arms"])] if art.get("arms") else []),
         *([pretraining_section(art["pretrain"])] if art["pretrain"] else []),
+        *([found] if art.get("plan") and art["pretrain"] and (found := forecast_section(art["plan"], art["pretrain"]))
+          else []),
         ("Stage timings", "Seconds each stage took when it last ran.", ["stage", "seconds"], timings),
     ]
     if failures:
