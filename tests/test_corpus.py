@@ -400,3 +400,21 @@ def test_two_sources_of_one_name_are_refused_naming_both(tmp_path):
         _config(tmp_path, sources=[{"path": str(tmp_path / "a.txt")}, {"path": str(tmp_path / "a.txt")}])
     with pytest.raises(ValueError, match=r"are both named 'x'"):
         _config(tmp_path, sources=[{"path": str(tmp_path / "a.txt"), "name": "x"}, {"format": "python-docs", "name": "x"}])
+
+
+@pytest.mark.slow
+def test_a_long_list_every_ray_task_takes_is_stored_once(tmp_path, ray_cluster, monkeypatch):
+    from domainlm.executors import run_on_ray
+
+    def sum_into(values: list, index: int, folder: str) -> None:  # defined here: Ray ships it by value
+        from pathlib import Path
+
+        Path(folder, f"{index}.txt").write_text(str(sum(values)))
+
+    units, puts = list(range(1000)), []
+    real_put = ray_cluster.put
+    monkeypatch.setattr(ray_cluster, "put", lambda value: puts.append(len(value)) or real_put(value))
+    progress = type("Progress", (), {"update": lambda self, n=1: None})()
+    run_on_ray([(units, i, str(tmp_path)) for i in range(6)], progress, work=sum_into)
+    assert puts == [1000]  # one copy in the object store, passed by reference to all six tasks
+    assert [Path(tmp_path, f"{i}.txt").read_text() for i in range(6)] == [str(sum(units))] * 6

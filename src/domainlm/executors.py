@@ -18,6 +18,9 @@ from domainlm.progress import progress_bar
 
 RAY_RETRIES = 3
 """Times Ray reruns a task whose worker died (a lost node, the OOM killer); Ray's default."""
+SHARED_LIST = 64
+"""A list argument longer than this is put in Ray's object store once and passed by reference (the
+dedup tasks all take the units' list: without it, thousands of tasks would each carry a copy)."""
 
 
 def _call(args: tuple) -> Any:
@@ -68,7 +71,16 @@ def run_on_ray(jobs: list[tuple], progress, work) -> None:
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"))  # the cluster, or a local Ray if unset
     task = ray.remote(max_retries=RAY_RETRIES)(work)
-    pending = [task.remote(*job) for job in jobs]
+    shared: dict[int, Any] = {}  # a long list every job holds (the corpus's units) goes to the object store once
+
+    def stored(argument):
+        if not (isinstance(argument, list) and len(argument) > SHARED_LIST):
+            return argument
+        if id(argument) not in shared:
+            shared[id(argument)] = ray.put(argument)
+        return shared[id(argument)]
+
+    pending = [task.remote(*map(stored, job)) for job in jobs]
     while pending:
         done, pending = ray.wait(pending)
         ray.get(done)  # raises a task's error here
