@@ -89,6 +89,11 @@ def test_the_plan_command_writes_the_forecast_and_times_this_machine(tiny_recipe
     assert arm["this_machine"]["seconds_per_step"] > 0 and found["gpu_mfu"] == 0.4
     assert arm["gpu_hours"]["H100 SXM"] == pytest.approx(arm["flops"] / (989e12 * 0.4) / 3600)
     assert found["evaluation"]["runs"] == 2 * 2 * 2  # domain and random-init, 2 tasks, 2 seeds
+    timed = found["evaluation"]["this_machine"]
+    assert {(r["model"], r["task"]) for r in timed["per_model_task"]} == \
+        {(m, t) for m in ("domain", "random-init") for t in ("cls", "ner")}
+    assert timed["seconds"] == pytest.approx(sum(r["seconds"] for r in timed["per_model_task"]))
+    assert all(r["steps_per_run"] == 1 * 4 and r["runs"] == 2 for r in timed["per_model_task"])  # 60 / 16, 1 epoch
     assert not layout.stage("corpus").exists()  # planning runs no stage
     # The finished run's report puts the forecast beside what it measured.
     from domainlm.pipeline import run_all

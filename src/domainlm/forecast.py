@@ -217,6 +217,86 @@ def measured_step(arm: RunConfig, layout, steps: int = 8) -> dict[str, float]:
     return {"seconds_per_step": seconds, "steps_timed": steps}
 
 
+FORECAST_KINDS = ("domain", "random-init", "hf")  # fine-tuning of one encoder, forecast from timed steps
+
+
+def _step_seconds(hf_config, batch: int, length: int, steps: int = 3) -> float:
+    """Seconds of one fine-tuning step (forward, backward, AdamW) of a sequence classifier of
+    `hf_config` (random weights: the time does not depend on them) at `batch` x `length`."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(hf_config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    ids = torch.randint(5, hf_config.vocab_size, (batch, length))
+    labels = torch.zeros(batch, dtype=torch.long)
+    times = []
+    for _ in range(steps + 1):
+        started = time.perf_counter()
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[1:]))
+
+
+def _token_lengths(texts: list[str], tokenizer) -> list[int]:
+    """Tokens per text with its special tokens: a transformers tokenizer, a `tokenizers` one, or
+    WORDS_TOKENS per word (None)."""
+    if tokenizer is None:
+        return [round(len(t.split()) * WORDS_TOKENS) + 2 for t in texts]
+    if hasattr(tokenizer, "encode_batch"):
+        return [len(e.ids) + 2 for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    return [len(ids) for ids in tokenizer(texts)["input_ids"]]
+
+
+def fine_tuning_time(config: RunConfig, layouts: dict[str, Any]) -> dict[str, Any]:
+    """Seconds the evaluation's fine-tuning runs will take on this machine: per (model, task),
+    steps (epochs x ceil(train / batch)) at a timed step of the model at the batch size and the
+    training texts' mean length in its tokenizer (capped at max_length), plus a forward pass per
+    epoch over dev and one over test (a third of a step each), times seeds x learning rates, over
+    `resources.evaluate_workers`. Models of other kinds (SetFit, distillation, ...) and retrieval
+    tasks are left out and named. `layouts`: the pretraining arms' model layouts, by arm name."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from domainlm.pretrain.architectures import to_hf_masked_lm
+    from domainlm.tasks.load import corpus_texts, load_task
+
+    evaluate, total, rows, skipped = config.evaluate, 0.0, [], []
+    tasks = [load_task(t, seed=config.seed) for t in config.tasks]
+    for entry in evaluate.models:
+        if entry.kind in ("tfidf", "bm25"):
+            continue
+        if entry.kind not in FORECAST_KINDS:
+            skipped.append(entry.name)
+            continue
+        if entry.kind == "hf":
+            hf_config, tokenizer = AutoConfig.from_pretrained(resolve_path(entry.path)), \
+                AutoTokenizer.from_pretrained(resolve_path(entry.path))
+        else:
+            layout = layouts.get(entry.arm or "domain")
+            if layout is None:
+                skipped.append(entry.name)
+                continue
+            hf_config, (tokenizer, _) = to_hf_masked_lm(new_model(layout)).config, counting_tokenizer(config)
+        hf_config.num_labels = 2
+        for task in tasks:
+            if task.documents:  # retrieval: a bi-encoder's loop, not forecast here
+                skipped.append(f"{entry.name} on {task.name}")
+                continue
+            texts = [" ".join(corpus_texts(x)) or " ".join(x.get("tokens", [])) for x in task.train[:500]]
+            length = max(8, min(evaluate.max_length, round(float(np.mean(_token_lengths(texts, tokenizer))))))
+            step = _step_seconds(hf_config, evaluate.batch_size, length)
+            steps = evaluate.epochs * math.ceil(len(task.train) / evaluate.batch_size)
+            predicted = (evaluate.epochs * len(task.dev) + len(task.test)) / evaluate.batch_size
+            runs = len(evaluate.seeds) * max(1, len(evaluate.learning_rates))
+            seconds = runs * (steps + predicted / 3) * step
+            rows.append({"model": entry.name, "task": task.name, "mean_length": length, "step_seconds": step,
+                         "steps_per_run": steps, "runs": runs, "seconds": seconds})
+            total += seconds
+    return {"seconds": total / config.resources.evaluate_workers, "per_model_task": rows, "not_forecast": skipped}
+
+
 def evaluation_runs(config: RunConfig) -> dict[str, Any]:
     """The fine-tuning runs the evaluation makes: models x tasks x seeds x learning rates (TF-IDF
     and BM25 rows train no encoder)."""
@@ -251,9 +331,7 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True) -> d
                 f"{per_entry:.0f} tokens per entry (fewer than {TOKENS_PER_ENTRY}); many entries will be rare and "
                 "poorly trained: a smaller vocabulary, or more text")
     for name, arm in arms_of(config).items():
-        trained = RunLayout(arm.directory).tokenizer / "tokenizer.json"  # else the size it is asked to have
-        vocab_size = read_tokenizer(trained).get_vocab_size() if trained.exists() else arm.tokenizer.vocab_size
-        model = arm_model(arm, vocab_size)
+        model = arm_model(arm, _vocab_size(arm))
         data = reads(arm, corpus) if corpus else {"positions": 0, "epochs": {}}
         for source, epochs in data["epochs"].items():
             if epochs > MAX_EPOCHS:
@@ -271,7 +349,16 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True) -> d
                 "flops_per_second": flops / arm.pretrain.max_steps / step["seconds_per_step"]}
         found["arms"][name] = entry
     found["evaluation"] = evaluation_runs(config)
+    if measure and config.tasks:
+        layouts = {name: arm_model(arm, _vocab_size(arm)).config for name, arm in arms_of(config).items()}
+        found["evaluation"]["this_machine"] = fine_tuning_time(config, layouts)
     return found
+
+
+def _vocab_size(arm: RunConfig) -> int:
+    """The arm's vocabulary size: its trained tokenizer's, else the one it is asked to have."""
+    trained = RunLayout(arm.directory).tokenizer / "tokenizer.json"
+    return read_tokenizer(trained).get_vocab_size() if trained.exists() else arm.tokenizer.vocab_size
 
 
 def markdown(found: dict[str, Any]) -> str:
@@ -301,7 +388,11 @@ def markdown(found: dict[str, Any]) -> str:
         lines += ["", f"GPU hours at {found['gpu_mfu']:.0%} model-FLOPs utilisation of the dense bf16 peak."]
     runs = found["evaluation"]
     lines += ["", f"Evaluation: {runs['runs']} fine-tuning runs ({len(runs['encoder_models'])} encoder models x "
-                  f"{runs['tasks']} tasks x {runs['seeds']} seeds x {runs['learning_rates']} learning rates)."]
+                  f"{runs['tasks']} tasks x {runs['seeds']} seeds x {runs['learning_rates']} learning rates)"
+              + (f", about {runs['this_machine']['seconds'] / 60:.1f} min on this machine" if "this_machine" in runs
+                 else "") + "."]
+    if runs.get("this_machine", {}).get("not_forecast"):
+        lines.append(f"Not in that time: {', '.join(runs['this_machine']['not_forecast'])}.")
     if found["warnings"]:
         lines += ["", "Warnings:", *[f"- {w}" for w in found["warnings"]]]
     return "\n".join(lines) + "\n"

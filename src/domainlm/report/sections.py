@@ -268,7 +268,7 @@ def forecast_section(plan: dict, pre: dict) -> Section | None:
                 rows.append([arm, what, f"{guess:,.4g}", f"{measured:,.4g}", f"{100 * (guess - measured) / measured:+.1f}%"])
     if not rows:
         return None
-    return ("Forecast and actual", "What `domainlm plan` forecast before the run (plan/plan.json) against what the "
+    return ("Forecast and actual", "What `domainlm plan` forecast before the run against what the "
             "run measured. Training seconds are forecast from a few timed steps on the machine that made the plan; "
             "they compare only when the run used the same machine, alone.", ["arm", "what", "forecast", "actual",
                                                                              "error"], rows)
