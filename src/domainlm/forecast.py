@@ -41,7 +41,7 @@ from domainlm.pretrain.architectures import checkpoint_config, new_model
 from domainlm.pretrain.data import TokenShards
 from domainlm.pretrain.flops import forward_flops
 from domainlm.pretrain.trainer import Trainer
-from domainlm.vocabulary import read_tokenizer
+from domainlm.vocabulary import read_tokenizer, untruncated
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,11 @@ def counting_tokenizer(config: RunConfig):
     """(the tokenizer tokens are counted with, what it is): the trained domain vocabulary, the
     reference one, or None (then WORDS_TOKENS per word)."""
     trained = RunLayout(config.directory).tokenizer
-    if (trained / "tokenizer.json").exists():
-        return read_tokenizer(trained), "the trained domain vocabulary"
+    if (trained / "tokenizer.json").exists():  # untruncated: a checkpoint's tokenizer may cut at 128 or 512
+        return untruncated(read_tokenizer(trained)), "the trained domain vocabulary"
     if config.tokenizer.reference:
-        return read_tokenizer(config.tokenizer.reference), f"the reference vocabulary ({config.tokenizer.reference})"
+        return untruncated(read_tokenizer(config.tokenizer.reference)), \
+            f"the reference vocabulary ({config.tokenizer.reference})"
     return None, f"{WORDS_TOKENS} tokens per word (no vocabulary yet)"
 
 
