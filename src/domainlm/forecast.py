@@ -241,20 +241,22 @@ def _step_seconds(hf_config, batch: int, length: int, steps: int = 3) -> float:
     return float(np.median(times[1:]))
 
 
-def _token_lengths(texts: list[str], tokenizer) -> list[int]:
-    """Tokens per text with its special tokens: a transformers tokenizer, a `tokenizers` one, or
-    WORDS_TOKENS per word (None)."""
+def _token_lengths(texts: list[str], tokenizer, cap: int) -> list[int]:
+    """Tokens per text with its special tokens, at most `cap` (what fine-tuning reads): a
+    transformers tokenizer, a `tokenizers` one, or WORDS_TOKENS per word (None)."""
     if tokenizer is None:
-        return [round(len(t.split()) * WORDS_TOKENS) + 2 for t in texts]
-    if hasattr(tokenizer, "encode_batch"):
-        return [len(e.ids) + 2 for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    return [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        found = [round(len(t.split()) * WORDS_TOKENS) + 2 for t in texts]
+    elif hasattr(tokenizer, "encode_batch"):
+        found = [len(e.ids) + 2 for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+    else:
+        found = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=cap)["input_ids"]]
+    return [min(cap, n) for n in found]
 
 
 def fine_tuning_time(config: RunConfig, layouts: dict[str, Any]) -> dict[str, Any]:
     """Seconds the evaluation's fine-tuning runs will take on this machine: per (model, task),
     steps (epochs x ceil(train / batch)) at a timed step of the model at the batch size and the
-    training texts' mean length in its tokenizer (capped at max_length), plus a forward pass per
+    training texts' mean length in its tokenizer (each capped at max_length), plus a forward pass per
     epoch over dev and one over test (a third of a step each), times seeds x learning rates, over
     `resources.evaluate_workers`. Models of other kinds (SetFit, distillation, ...) and retrieval
     tasks are left out and named. `layouts`: the pretraining arms' model layouts, by arm name."""
@@ -286,7 +288,7 @@ def fine_tuning_time(config: RunConfig, layouts: dict[str, Any]) -> dict[str, An
                 skipped.append(f"{entry.name} on {task.name}")
                 continue
             texts = [" ".join(corpus_texts(x)) or " ".join(x.get("tokens", [])) for x in task.train[:500]]
-            length = max(8, min(evaluate.max_length, round(float(np.mean(_token_lengths(texts, tokenizer))))))
+            length = max(8, round(float(np.mean(_token_lengths(texts, tokenizer, evaluate.max_length)))))
             step = _step_seconds(hf_config, evaluate.batch_size, length)
             steps = evaluate.epochs * math.ceil(len(task.train) / evaluate.batch_size)
             predicted = (evaluate.epochs * len(task.dev) + len(task.test)) / evaluate.batch_size
