@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from domainlm.config import RunConfig, resolve_path
+from domainlm.config import LEXICAL, RunConfig, resolve_path
 from domainlm.corpus.normalize import normalize_text
 from domainlm.corpus.readers import plan_units, read_unit
 from domainlm.io import atomic_write_json, atomic_write_text, read_json
@@ -268,7 +268,7 @@ def fine_tuning_time(config: RunConfig, layouts: dict[str, Any]) -> dict[str, An
     evaluate, total, rows, skipped = config.evaluate, 0.0, [], []
     tasks = [load_task(t, seed=config.seed) for t in config.tasks]
     for entry in evaluate.models:
-        if entry.kind in ("tfidf", "bm25"):
+        if entry.kind in LEXICAL:
             continue
         if entry.kind not in FORECAST_KINDS:
             skipped.append(entry.name)
@@ -303,7 +303,7 @@ def fine_tuning_time(config: RunConfig, layouts: dict[str, Any]) -> dict[str, An
 def evaluation_runs(config: RunConfig) -> dict[str, Any]:
     """The fine-tuning runs the evaluation makes: models x tasks x seeds x learning rates (TF-IDF
     and BM25 rows train no encoder)."""
-    models = [m for m in config.evaluate.models if m.kind not in ("tfidf", "bm25")]
+    models = [m for m in config.evaluate.models if m.kind not in LEXICAL]
     rates = max(1, len(config.evaluate.learning_rates))
     runs = len(models) * len(config.tasks) * len(config.evaluate.seeds) * rates
     return {"encoder_models": [m.name for m in models], "tasks": len(config.tasks), "seeds": len(config.evaluate.seeds),

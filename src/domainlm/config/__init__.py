@@ -37,6 +37,7 @@ from domainlm.config.corpus import (
     SourceConfig,
 )
 from domainlm.config.evaluate import (
+    LEXICAL,
     ActiveLearningConfig,
     EvaluateConfig,
     LearningCurveConfig,
@@ -56,7 +57,7 @@ from domainlm.layout import RunLayout
 from domainlm.tasks.types import TASK_TYPES
 
 __all__ = [
-    "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DomainSelectionConfig", "DedupConfig", "EvaluateConfig",
+    "LEXICAL", "PRESETS", "ArmConfig", "ConfigError", "CorpusConfig", "DecontaminationConfig", "DomainSelectionConfig", "DedupConfig", "EvaluateConfig",
     "ActiveLearningConfig", "ExperimentConfig", "Fingerprinted", "LearningCurveConfig", "ModelConfig", "ModelEntry",
     "PretrainConfig", "PromptConfig", "QualityConfig", "ReportConfig",
     "ResourcesConfig", "RunConfig", "Section", "SourceConfig", "SplitConfig", "TaskConfig", "TokenizerConfig",

@@ -13,6 +13,8 @@ from domainlm.config.base import Section, resolve_path, unique_names
 # Exported classes that hold a masked-LM head besides the ...ForMaskedLM ones (BERT's pretraining
 # class adds next-sentence prediction to it; ELECTRA's holds the discriminator only).
 MASKED_LM_CLASSES = ("BertForPreTraining", "AlbertForPreTraining")
+LEXICAL = ("tfidf", "bm25")
+"""Model kinds that are word-count baselines: no network, no learning rate, no pretraining."""
 
 
 def masked_lm_problem(config: dict) -> str | None:
@@ -35,10 +37,11 @@ class ModelEntry(Section):
 
     name: str
     """Row label in the results."""
-    kind: Literal["domain", "random-init", "hf", "tfidf", "self-training", "distilled", "setfit", "simcse"]
+    kind: Literal["domain", "random-init", "hf", "tfidf", "bm25", "self-training", "distilled", "setfit", "simcse"]
     """domain: the model this run pretrained. random-init: the same architecture and tokenizer,
     untrained. hf: a local Hugging Face model directory (`path`). tfidf: TF-IDF (or word-window
-    features for token tasks) + logistic regression. self-training: `teacher` (another entry)
+    features for token tasks) + logistic regression; on retrieval tasks BM25. bm25: BM25, retrieval
+    tasks only (other types skip it, saying so). self-training: `teacher` (another entry)
     fine-tuned on the gold labels labels `unlabeled` in-domain text; a fresh copy of the teacher's
     model trains on those pseudo-labels, then fine-tunes on the gold labels. distilled: `teacher`
     fine-tuned on the gold labels gives soft targets on `unlabeled` text; the `student` entry's
@@ -140,7 +143,7 @@ class ModelEntry(Section):
     def rates(self, grid: list[float]) -> list[float]:
         """The learning rates its runs take: `grid`, or [0.0] for a model that takes none (TF-IDF
         and BM25, an encoder scored zero-shot)."""
-        return [0.0] if self.kind == "tfidf" or self.finetuning == "none" else grid
+        return [0.0] if self.kind in LEXICAL or self.finetuning == "none" else grid
 
     @property
     def reads_unlabeled(self) -> bool:

@@ -90,7 +90,8 @@ class TaskConfig(Section):
     per line, columns separated by tabs or spaces, a blank line between sentences (2 columns
     `token tag` or 4 columns CoNLL-2003 style: tokens from `fields.tokens`, tags from `fields.tags`,
     by default the first and the last column). hf: a dataset saved with `datasets.save_to_disk`.
-    python-docs: a task built from Python's own documentation (see `domainlm.demo`)."""
+    python-docs: a task built from Python's own documentation (see `domainlm.demo`). A retrieval
+    task with `queries` reads its splits as qrels: tsv, the default there."""
     train: str | SplitConfig = ""
     """The training split: a path, or `{path, ids, exclude_ids, split}`."""
     dev: str | SplitConfig | None = None
@@ -162,6 +163,14 @@ class TaskConfig(Section):
     prompt: PromptConfig | None = None
     """Prompt-based fine-tuning's template and verbalizer for this task (None: the type's template
     and automatic label words); read only by model entries with `finetuning: prompt`."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _qrels_format(cls, data):
+        """With `queries` (BEIR's layout) the splits are qrels, TSV: the format need not be written."""
+        if isinstance(data, dict) and data.get("queries") and "format" not in data:
+            return data | {"format": "tsv"}
+        return data
 
     @field_validator("train", "dev", "test", mode="before")
     @classmethod

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domainlm.config import ModelEntry, RunConfig, resolve_path
+from domainlm.config import LEXICAL, ModelEntry, RunConfig, resolve_path
 from domainlm.errors import UnsupportedTask
 from domainlm.io import atomic_write_json, atomic_write_jsonl, fingerprint, read_json, read_lines
 from domainlm.layout import RunLayout
@@ -197,8 +197,9 @@ def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: Ru
     bi-encoder is saved to `save_to` (retrieval)."""
     if task.ranks:
         return retrieval_one(entry, task, seed, lr, config, save_to)
-    if entry.finetuning in ("none", "cross-encoder"):
-        raise UnsupportedTask(f"finetuning: {entry.finetuning} applies to retrieval tasks, not {task.type}")
+    if entry.finetuning in ("none", "cross-encoder") or entry.kind == "bm25":
+        applies = f"finetuning: {entry.finetuning}" if entry.kind != "bm25" else "kind bm25 (use tfidf here)"
+        raise UnsupportedTask(f"{applies} applies to retrieval tasks, not {task.type}")
     if entry.kind == "tfidf":
         from domainlm.evaluate.baselines import tfidf_predict
 
@@ -232,15 +233,15 @@ def evaluate_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: Ru
 
 def retrieval_one(entry: ModelEntry, task: Task, seed: int, lr: float, config: RunConfig,
                   save_to: Path | None = None) -> dict[str, Any]:
-    """One run on a retrieval task: BM25 for `tfidf`, else the entry's encoder as a bi-encoder
+    """One run on a retrieval task: BM25 for `bm25` and `tfidf`, else the entry's encoder as a bi-encoder
     (zero-shot or fine-tuned, then saved to `save_to`) or a cross-encoder reranking BM25
     (`domainlm.evaluate.retrieval`)."""
     from domainlm.evaluate import retrieval
 
-    if entry.kind == "tfidf":
+    if entry.kind in LEXICAL:
         return retrieval.bm25_run(task)
     if entry.kind not in ("domain", "hf", "simcse") or entry.finetuning == "prompt":
-        raise UnsupportedTask(f"retrieval ranks with BM25 (kind tfidf) or a pretrained encoder (kind domain, hf or "
+        raise UnsupportedTask(f"retrieval ranks with BM25 (kind bm25 or tfidf) or a pretrained encoder (kind domain, hf or "
                               f"simcse; finetuning head, none or cross-encoder), not {entry.kind} / {entry.finetuning}")
     try:
         import sentence_transformers  # noqa: F401 - the neural rows' library, an optional extra

@@ -2,8 +2,8 @@
 training queries; every run ranks the task's documents for each dev and test query.
 
 - BM25 (Robertson & Zaragoza 2009) with `bm25s` (Lucene's scoring, k1 1.2, b 0.75, English
-  stopwords and Snowball stemming): the lexical baseline, standing where TF-IDF stands for other
-  task types.
+  stopwords and Snowball stemming; titles a field of their own as in BEIR's Elasticsearch
+  baseline): the lexical baseline, standing where TF-IDF stands for other task types.
 - A bi-encoder (Reimers & Gurevych 2019; DPR, Karpukhin et al. 2020): query and document embedded
   apart (mean pooling unless the directory says otherwise), ranked by cosine similarity. Zero-shot
   (`finetuning: none`) it is scored as it ships; fine-tuned (`finetuning: head`) it learns the
@@ -26,6 +26,7 @@ tested, as for every other fine-tuning run. A run returns `finetune`'s keys: `me
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import time
 from pathlib import Path
@@ -43,29 +44,69 @@ RETRIEVED = TOP_K + 1
 
 
 # --------------------------------------------------------------------------------------- BM25
+TIE_BREAKER = 0.5
+"""Weight of the weaker field's score: a document's score is its better field's plus this times
+the other's (Elasticsearch's `best_fields` multi-match, the query BEIR's BM25 baseline runs)."""
+
+
 class BM25:
     """A BM25 index of a task's documents (`bm25s`; Lucene's variant, English stopwords, Snowball
-    stemming when PyStemmer is installed)."""
+    stemming when PyStemmer is installed). Where documents have titles, title and text are two
+    fields, each with its own statistics over the documents that have it, combined as BEIR's
+    Elasticsearch baseline does (`TIE_BREAKER`); else the text is the one field."""
 
-    def __init__(self, documents: dict[str, str]):
+    def __init__(self, task: Task):
         import bm25s
 
-        self.ids = list(documents)
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # one line per index built otherwise
+
+        self.ids = list(task.documents)
         self.stemmer = _stemmer()
-        self.index = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
-        self.index.index(self._tokens(list(documents.values())), show_progress=False)
+        self.fields = []  # (positions of the documents that have the field, index)
+        # a document holds its title, a space, then its text
+        columns = [[task.documents[d][len(task.titles[d]) + 1:] if d in task.titles else task.documents[d]
+                    for d in self.ids]]
+        if task.titles:
+            columns.append([task.titles.get(d, "") for d in self.ids])
+        for column in columns:
+            present = np.array([j for j, text in enumerate(column) if text], dtype=np.int64)
+            if not len(present):
+                continue
+            index = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+            index.index(self._tokens([column[j] for j in present]), show_progress=False)
+            self.fields.append((present, index))
 
-    def _tokens(self, texts: list[str]):
+    def _tokens(self, texts: list[str], return_ids: bool = True):
         import bm25s
 
-        return bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, show_progress=False)
+        return bm25s.tokenize(texts, stopwords="en", stemmer=self.stemmer, return_ids=return_ids, show_progress=False)
+
+    def scores(self, query: list[str]) -> np.ndarray:
+        """(documents,) BM25 score of every document for one tokenised query (0: no shared word)."""
+        fields = np.zeros((len(self.fields), len(self.ids)), dtype=np.float32)
+        for row, (present, index) in zip(fields, self.fields, strict=True):
+            if known := index.get_tokens_ids(query):
+                row[present] = index.get_scores(known)
+        best = fields.max(axis=0)
+        return best + TIE_BREAKER * (fields.sum(axis=0) - best)
 
     def rank(self, queries: list[str], k: int = RETRIEVED) -> list[list[str]]:
         """Per query, up to `k` document ids, best first (documents sharing no word with it left out)."""
         k = min(k, len(self.ids))
-        found, scores = self.index.retrieve(self._tokens(queries), k=k, show_progress=False, n_threads=1)
+        if len(self.fields) == 1 and len(self.fields[0][0]) == len(self.ids):
+            found, scores = self.fields[0][1].retrieve(self._tokens(queries), k=k, show_progress=False, n_threads=1)
+        else:
+            rows = [self.scores(query) for query in self._tokens(queries, return_ids=False)]
+            found = [_top(row, k) for row in rows]
+            scores = [row[top] for row, top in zip(rows, found, strict=True)]
         return [[self.ids[j] for j, s in zip(row, score_row, strict=True) if s > 0] for row, score_row in zip(found, scores,
                                                                                                               strict=True)]
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the `k` highest scores, best first (ties: the earlier document)."""
+    top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+    return top[np.lexsort((top, -scores[top]))]
 
 
 def _stemmer():
@@ -79,7 +120,7 @@ def _stemmer():
 def bm25_run(task: Task) -> dict:
     """BM25 over the task's documents: dev and test queries ranked, no training."""
     started = time.time()
-    index = BM25(task.documents)
+    index = BM25(task)
     dev = index.rank([x["text"] for x in task.dev]) if task.dev else []
     tested = time.perf_counter()
     test = index.rank([x["text"] for x in task.test])
@@ -151,7 +192,7 @@ def training_pairs(task: Task, hard_negatives: int, seed: int) -> list[tuple[str
     rng = random.Random(seed)
     negatives = {}
     if hard_negatives:
-        ranked = BM25(task.documents).rank([x["text"] for x in task.train], k=hard_negatives + 50)
+        ranked = BM25(task).rank([x["text"] for x in task.train], k=hard_negatives + 50)
         for x, found in zip(task.train, ranked, strict=True):
             negatives[x["id"]] = [d for d in found if d not in x["relevant"] and d != x["id"]][:hard_negatives]
     pairs = []
@@ -281,7 +322,7 @@ def cross_encoder_run(path: Path, task: Task, seed: int, lr: float, config, dept
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = CrossEncoder(str(path), num_labels=1, max_length=task.max_length or config.max_length, device=device,
                          local_files_only=True, model_kwargs={"use_safetensors": True})
-    index = BM25(task.documents)
+    index = BM25(task)
     ranked_train = index.rank([x["text"] for x in task.train], k=negatives + 50)
     items = []
     for x, found in zip(task.train, ranked_train, strict=True):

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from domainlm.config import RunConfig
+from domainlm.config import LEXICAL, RunConfig
 from domainlm.errors import StageError
 from domainlm.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from domainlm.layout import ReportFiles, RunLayout
@@ -226,7 +226,7 @@ def candidates_and_references(config: RunConfig, summary: list[dict]) -> tuple[l
     results."""
     present = list(dict.fromkeys(s["model"] for s in summary))
     arms = [m.name for m in config.evaluate.models if m.kind == "domain" and m.arm]
-    tfidf = [m.name for m in config.evaluate.models if m.kind == "tfidf"]
+    tfidf = [m.name for m in config.evaluate.models if m.kind in LEXICAL]
     references = [m for m in dict.fromkeys([config.report.reference_model, *tfidf]) if m in present]
     candidates = [m for m in (arms or [config.report.domain_model]) if m in present]
     if not candidates:  # e.g. an evaluation of existing checkpoints: every model that is not a reference

@@ -20,7 +20,7 @@ from domainlm.config import TaskConfig
 from domainlm.errors import ConfigError, InputError
 from domainlm.tasks.mapping import example, explode
 from domainlm.tasks.readers import read_split
-from domainlm.tasks.retrieval import read_retrieval
+from domainlm.tasks.retrieval import Collection, read_retrieval
 from domainlm.tasks.tagging import spans, to_scheme
 from domainlm.tasks.types import TASK_TYPES
 
@@ -55,7 +55,9 @@ class Task:
     template: str | None = None
     """Prompt-based fine-tuning's template (the recipe's, else the type's; None: it does not apply)."""
     documents: dict[str, str] = field(default_factory=dict)
-    """retrieval: the collection every query's documents are ranked from (id -> text)."""
+    """retrieval: the collection every query's documents are ranked from (id -> title and text)."""
+    titles: dict[str, str] = field(default_factory=dict)
+    """retrieval: the titles of the documents that have one (id -> title)."""
     verbalizer: dict[str, list[str]] = field(default_factory=dict)
     """Prompt-based fine-tuning: the recipe's words per label (the others are found automatically)."""
 
@@ -150,12 +152,12 @@ def _pairs(config: TaskConfig, spec) -> tuple[list[dict], int]:
     return [example(record, config) for record in records], invalid
 
 
-def _read(config: TaskConfig) -> tuple[dict[str, list[list[dict]] | None], dict[str, int], dict[str, str], list[str]]:
+def _read(config: TaskConfig) -> tuple[dict[str, list[list[dict]] | None], dict[str, int], Collection, list[str]]:
     """(each split's examples as configured, grouped by the record they came from — None for a
     split to be held out of train; the invalid UTF-8 characters replaced in each file read; a
-    retrieval task's documents, else {}; notes on what was left out)."""
+    retrieval task's documents (empty for other types); notes on what was left out)."""
     if config.format == "python-docs":
-        return {split: [[x] for x in demo.TASKS[config.name](split)] for split in SPLITS}, {}, {}, []
+        return {split: [[x] for x in demo.TASKS[config.name](split)] for split in SPLITS}, {}, Collection(), []
     if TASK_TYPES[config.type].target == "ranking":
         return read_retrieval(config, lambda spec: _pairs(config, spec))
     splits, invalid = {}, {}
@@ -166,7 +168,7 @@ def _read(config: TaskConfig) -> tuple[dict[str, list[list[dict]] | None], dict[
             continue
         records, invalid[spec.path] = read_split(config, spec)
         splits[split] = [[example(part, config) for part in explode(record, config)] for record in records]
-    return splits, invalid, {}, []
+    return splits, invalid, Collection(), []
 
 
 # Per target: the training examples and tagging scheme -> the task's classes (the head's outputs).
@@ -264,22 +266,22 @@ def _findings(config: TaskConfig, unseen: dict[str, dict[str, int]], invalid: di
     return notes
 
 
-def _examples(config: TaskConfig) -> tuple[dict[str, list[list[dict]]], list[str], dict[str, int], dict[str, str]]:
+def _examples(config: TaskConfig) -> tuple[dict[str, list[list[dict]]], list[str], dict[str, int], Collection]:
     """(each split's examples grouped by the record they came from, held out of train where a
     split has no file, relation entities rewritten as `entity_mode` says; the notes; the invalid
     UTF-8 characters replaced per file; a retrieval task's documents)."""
-    groups, invalid, documents, found = _read(config)
+    groups, invalid, collection, found = _read(config)
     groups, notes = _complete_splits(config, groups)
     if TASK_TYPES[config.type].entity_markers:
         notes += _mark(config, {split: _flat(groups[split]) for split in SPLITS})  # rewrites the shared dicts
-    return groups, found + notes, invalid, documents
+    return groups, found + notes, invalid, collection
 
 
 def load_task(config: TaskConfig, seed: int = 0) -> Task:
     """Read a task's splits (held-out dev / test carved from train when missing; subsampled as
     configured, the same for every model), with notes on what was done and what is odd."""
     kind = TASK_TYPES[config.type]
-    groups, notes, invalid, documents = _examples(config)
+    groups, notes, invalid, collection = _examples(config)
     splits = {split: _flat(groups[split]) for split in SPLITS}
     limits = {"train": config.max_train_examples, "dev": config.max_eval_examples, "test": config.max_eval_examples}
     kept = {split: _subsample(splits[split], limit, seed) for split, limit in limits.items()}
@@ -299,7 +301,7 @@ def load_task(config: TaskConfig, seed: int = 0) -> Task:
                 tagging=config.tagging, max_length=config.max_length, notes=notes, extra_tokens=extra,
                 unseen_labels=unseen, invalid_utf8=sum(invalid.values()),
                 template=(prompt.template if prompt else None) or kind.template, verbalizer=verbalizer,
-                documents=documents)
+                documents=collection.texts, titles=collection.titles)
 
 
 # How decontamination reads a task: the settings that only shape what a model is fed are set to
@@ -358,7 +360,8 @@ def task_eval_texts(configs: list[TaskConfig]) -> dict[str, list[str]]:
     subsampling)."""
     texts = {}
     for config in configs:
-        groups, _, _, documents = _examples(config.model_copy(update=_AS_WRITTEN))
+        groups, _, _, collection = _examples(config.model_copy(update=_AS_WRITTEN))
+        documents = collection.texts
         markers = config.entity_markers if TASK_TYPES[config.type].entity_markers else None
         found = {}  # insertion-ordered set
         for record in groups["dev"] + groups["test"]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from domainlm.config import TaskConfig
@@ -27,6 +28,16 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 
 
+@dataclass
+class Collection:
+    """A retrieval task's documents."""
+
+    texts: dict[str, str] = field(default_factory=dict)
+    """id -> the title joined before the text (what encoders read, as BEIR's models do)."""
+    titles: dict[str, str] = field(default_factory=dict)
+    """id -> title, for the documents that have one (BM25 scores it as its own field)."""
+
+
 def _record_text(record: dict, where: str, key: str) -> str:
     value = record.get(key, "")
     if not isinstance(value, str):
@@ -34,28 +45,30 @@ def _record_text(record: dict, where: str, key: str) -> str:
     return value
 
 
-def read_collection(path: str, kind: str) -> tuple[dict[str, str], int]:
-    """(id -> text, invalid UTF-8 characters replaced) of a JSONL file of {"_id" (or "id"), "text"}
-    records (documents: "title" joined before the text, as BEIR's models read them), or of a text
-    file with one entry per line (ids `line-<n>`). InputError naming the file and line for a
-    record without an id or text, or an id given twice."""
+def read_collection(path: str, kind: str) -> tuple[Collection, int]:
+    """(the entries, invalid UTF-8 characters replaced) of a JSONL file of {"_id" (or "id"),
+    "title" (optional), "text"} records, or of a text file with one entry per line (ids
+    `line-<n>`). InputError naming the file and line for a record without an id or text, or an id
+    given twice."""
     text, invalid = read_text(path)
     if not Path(path).name.removesuffix(".gz").removesuffix(".zst").endswith((".jsonl", ".json")):
         lines = [line.strip() for line in text.split("\n")]
-        return {f"line-{n}": line for n, line in enumerate(lines, start=1) if line}, invalid
-    out = {}
+        return Collection({f"line-{n}": line for n, line in enumerate(lines, start=1) if line}), invalid
+    out = Collection()
     for number, record in iter_jsonl(path, text.split("\n")):
         where = f"{path}:{number}"
         key = record.get("_id", record.get("id"))
         if key is None or isinstance(key, bool | dict | list):
             raise InputError(f"{where}: a {kind} needs an `_id` (or `id`), got {sorted(record)}")
-        body = " ".join(part for part in (_record_text(record, where, "title").strip(),
-                                         _record_text(record, where, "text").strip()) if part)
+        title = _record_text(record, where, "title").strip()
+        body = " ".join(part for part in (title, _record_text(record, where, "text").strip()) if part)
         if not body:
             raise InputError(f"{where}: {kind} {key!r} has no text")
-        if str(key) in out:
+        if str(key) in out.texts:
             raise InputError(f"{where}: {kind} id {key!r} appears twice in {path}")
-        out[str(key)] = body
+        out.texts[str(key)] = body
+        if title:
+            out.titles[str(key)] = title
     return out, invalid
 
 
@@ -124,17 +137,19 @@ def pair_queries(examples: list[dict], documents: dict[str, str], ids: dict[str,
     return list(queries.values())
 
 
-def read_retrieval(config: TaskConfig, read_pairs) -> tuple[dict, dict[str, int], dict[str, str], list[str]]:
+def read_retrieval(config: TaskConfig, read_pairs) -> tuple[dict, dict[str, int], Collection, list[str]]:
     """(each split's query examples, one group per query — None for a split to be held out of
     train; invalid UTF-8 characters replaced per file; the document collection; notes).
     `read_pairs(spec)` reads one split of a pairs layout: ({"text", "text_pair"} examples, invalid
     UTF-8 characters replaced)."""
-    documents, invalid, notes = {}, {}, []
+    collection, invalid, notes = Collection(), {}, []
     if config.documents:
-        documents, invalid[config.documents] = read_collection(config.documents, "document")
+        collection, invalid[config.documents] = read_collection(config.documents, "document")
+    documents = collection.texts
     splits = {}
     if config.queries:
         queries, invalid[config.queries] = read_collection(config.queries, "query")
+        queries = queries.texts
         for split in SPLITS:
             spec = config.split_config(split)
             if spec is None:  # held out of train, or empty with no train (test queries only: zero-shot)
@@ -152,4 +167,4 @@ def read_retrieval(config: TaskConfig, read_pairs) -> tuple[dict, dict[str, int]
                 continue
             examples, invalid[spec.path] = read_pairs(spec)
             splits[split] = [[x] for x in pair_queries(examples, documents, ids)]
-    return splits, invalid, documents, notes
+    return splits, invalid, collection, notes
