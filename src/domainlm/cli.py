@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.choices["plan"].add_argument("--mfu", type=float, default=DEFAULT_MFU,
                                        help=f"GPU model-FLOPs utilisation for the GPU hours (default {DEFAULT_MFU})")
     verbs.choices["plan"].add_argument("--no-measure", dest="measure", action="store_false",
-                                       help="skip timing training steps on this machine")
+                                       help="skip timing training steps and stages on this machine")
+    verbs.choices["plan"].add_argument("--pilots", action="store_true",
+                                       help="forecast each arm's final held-out MLM loss from a pilot run of 1/8 of "
+                                            "its steps (prepares its corpus, tokenizer and pretraining data)")
     verbs.choices["report"].add_argument(
         "--partial", action="store_true",
         help="report the fine-tuning runs finished so far (evaluate running or stopped) into partial-report/")
@@ -60,14 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def execute(verb: str, recipe: str, overrides: list[str], force: bool, partial: bool = False,
-            data_only: bool = False, **options) -> None:
+            data_only: bool = False, mfu: float = DEFAULT_MFU, measure: bool = True, pilots: bool = False) -> None:
     """Load the recipe and run what `verb` asks for (raises DomainlmError on anything the user can fix)."""
     config = load_config(recipe, overrides)
     if partial:
         log.info("partial report: %s", ReportFiles(partial_report(config)).html)
         return
     if verb == "plan":
-        found = forecast.plan(config, mfu=options.get("mfu", DEFAULT_MFU), measure=options.get("measure", True))
+        found = forecast.plan(config, mfu=mfu, measure=measure, pilots=pilots)
         path = forecast.write_plan(config, found)
         print(forecast.markdown(found))
         log.info("plan: %s", path)
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         with logging_redirect_tqdm():
             execute(args.verb, args.recipe, args.overrides, args.force, getattr(args, "partial", False),
                     getattr(args, "data_only", False),
-                    **{k: getattr(args, k) for k in ("mfu", "measure") if hasattr(args, k)})
+                    **{k: getattr(args, k) for k in ("mfu", "measure", "pilots") if hasattr(args, k)})
     except (DomainlmError, OSError) as err:  # OSError: a full disk, a folder that is a file, no permission
         if args.debug:
             traceback.print_exc()

@@ -310,6 +310,212 @@ def evaluation_runs(config: RunConfig) -> dict[str, Any]:
             "learning_rates": rates, "runs": runs}
 
 
+# ----------------------------------------------------------------------------------- stage times
+STAGE_SAMPLES = (500, 2000)  # documents per source the corpus and tokenizer stages are timed on
+BYTES_PER_WORD = 6  # UTF-8 bytes per word of English text with its space, for the tokenizer's sample share
+
+
+def _on_line(timings: list[tuple[int, float]], documents: float) -> float:
+    """Seconds at `documents` on the line through two (documents, seconds) timings: a fixed part
+    (start-up, reading the tasks, the reference vocabulary) and a part per document."""
+    (n1, t1), (n2, t2) = timings
+    per_document = max(0.0, (t2 - t1) / max(1, n2 - n1))
+    return max(0.0, t1 - per_document * n1) + per_document * documents
+
+
+def stage_times(config: RunConfig, corpus: dict[str, Any]) -> dict[str, Any]:
+    """Seconds of the corpus and tokenizer stages on this machine: the stages' own code run on the
+    first 500 and 2,000 documents of each source, extrapolated along the line through the two
+    timings to the corpus's documents (a stage that already ran: its recorded time). The corpus
+    timing reads each source as one work unit: a corpus of many units curates faster on several
+    workers than said."""
+    from domainlm.corpus import run as curate_stage
+    from domainlm.tokenizer import run as tokenizer_stage
+
+    layout, found = RunLayout(config.directory), {}
+    done = {stage: layout.manifest(stage).exists() for stage in ("corpus", "tokenizer")}
+    for stage in (s for s, ran in done.items() if ran):
+        found[stage] = {"seconds": layout.stage_seconds(stage), "basis": "measured: the stage ran"}
+    if all(done.values()):
+        return found
+    documents = sum(c["documents"] for c in corpus["sources"].values())
+    timings: dict[str, list[tuple[int, float]]] = {"corpus": [], "tokenizer": []}
+    for n in STAGE_SAMPLES:
+        sources = [s.model_copy(update={"max_docs": min(n, s.max_docs or n)}) for s in config.corpus.sources]
+        with tempfile.TemporaryDirectory() as folder:
+            sample = config.model_copy(update={"run_dir": folder,
+                                               "corpus": config.corpus.model_copy(update={"sources": sources})})
+            out = RunLayout(sample.directory)
+            started = time.perf_counter()
+            read = curate_stage(sample, out.root / "corpus")["read"]
+            timings["corpus"].append((read, time.perf_counter() - started))
+            started = time.perf_counter()
+            tokenizer_stage(sample, out.tokenizer)
+            timings["tokenizer"].append((read, time.perf_counter() - started))
+    words = sum(c["words"] for c in corpus["sources"].values())
+    share = min(1.0, config.tokenizer.max_training_bytes / max(1, BYTES_PER_WORD * words))  # the stage's sample
+    for stage, ran in done.items():
+        if not ran:
+            read = documents * (share if stage == "tokenizer" else 1.0)
+            found[stage] = {"seconds": _on_line(timings[stage], read), "timed_documents": timings[stage],
+                            "basis": f"timed on {STAGE_SAMPLES[0]:,} and {STAGE_SAMPLES[1]:,} documents per source"}
+    return found
+
+
+# ------------------------------------------------------------------------------ loss from pilots
+PILOT_FRACTION = 1 / 8
+"""An arm's pilot: one run of this share of its steps, with its own warmup and decay (12.5% of the budget)."""
+PILOT_POINTS = 16  # held-out loss measurements along a pilot, evenly spaced
+MIN_POINTS = 5  # pilot points in the context regime needed for a fit
+ANNEALING_DECAY = 0.999  # Tissue et al. 2024: the momentum of the annealing area
+BOOTSTRAP = 200  # residual-bootstrap refits for the interval
+
+
+def schedule_areas(multipliers: np.ndarray, decay: float = ANNEALING_DECAY) -> tuple[np.ndarray, np.ndarray]:
+    """(S1, S2) after each step of a learning-rate schedule (multipliers of the peak rate, one per
+    step), as in the annealing law of Tissue et al. 2024 ("Scaling Law with Learning Rate
+    Annealing"): S1 the summed rates (the forward area), S2 the summed annealing momentum
+    m_i = decay * m_(i-1) + (eta_(i-1) - eta_i) over the steps where the rate falls (warmup adds nothing)."""
+    multipliers = np.asarray(multipliers, dtype=np.float64)
+    falls = np.maximum(0.0, -np.diff(multipliers, prepend=multipliers[:1]))
+    momentum = np.zeros_like(multipliers)
+    carried = 0.0
+    for i, fall in enumerate(falls):
+        carried = decay * carried + fall
+        momentum[i] = carried
+    return np.cumsum(multipliers), np.cumsum(momentum)
+
+
+def annealing_law(params: np.ndarray, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """Held-out loss L = L0 + A * S1^-alpha - C * S2 (Tissue et al. 2024): a power law in the
+    forward area, lowered in proportion to the annealing area."""
+    l0, a, alpha, c = params
+    return l0 + a * np.power(s1, -alpha) - c * s2
+
+
+def fit_annealing_law(s1: np.ndarray, s2: np.ndarray, loss: np.ndarray) -> np.ndarray:
+    """Least-squares (L0, A, alpha, C) of `annealing_law` to points of loss curves (all >= 0)."""
+    from scipy.optimize import least_squares
+
+    start = np.array([float(loss.min()) * 0.8, float(loss.max() - loss.min()) + 1.0, 0.3, 1e-3])
+    found = least_squares(lambda p: annealing_law(p, s1, s2) - loss, start,
+                          bounds=([0.0, 0.0, 0.0, 0.0], [np.inf, np.inf, 4.0, np.inf]))
+    return found.x
+
+
+def unigram_cross_entropy(train: TokenShards, heldout: TokenShards, vocab_size: int) -> float:
+    """Nats per held-out token of the best model that ignores context: the training tokens'
+    frequencies (add-half smoothing). MLM losses above it mean the model is not using context yet
+    (the plateau small encoders sit on before their loss starts its power-law descent)."""
+    special = list(train.special.values())
+    counts = np.bincount(np.asarray(train.tokens), minlength=vocab_size).astype(np.float64)
+    seen = np.bincount(np.asarray(heldout.tokens), minlength=vocab_size).astype(np.float64)
+    counts[special] = seen[special] = 0
+    probabilities = (counts + 0.5) / (counts.sum() + 0.5 * vocab_size)
+    return float(-(seen * np.log(probabilities)).sum() / max(1.0, seen.sum()))
+
+
+def pilot_curve(arm: RunConfig, steps: int) -> dict[str, Any]:
+    """Held-out MLM loss along a pilot run of the arm's own model and data for `steps` steps (its
+    own warmup and decay), measured `PILOT_POINTS` times as the pretrain stage measures its final
+    one; and the corpus's unigram cross-entropy. Needs the arm's prepared pretraining data
+    (`domainlm pretrain --data-only`)."""
+    from domainlm.pretrain import heldout_shards, initial_model, prepare_data, training_configs
+
+    layout = RunLayout(arm.directory)
+    model, tokenizer_dir, specials, _ = initial_model(arm, write=False)
+    tokenizer = read_tokenizer(tokenizer_dir)
+    data = prepare_data(arm, tokenizer_dir, specials)
+    settings = arm.pretrain.model_copy(update={"max_steps": steps, "checkpoint_every": 10**9})
+    _, train_config = training_configs(arm.model_copy(update={"pretrain": settings}), model, tokenizer, specials)
+    if arm.resources.pretrain_threads:
+        torch.set_num_threads(arm.resources.pretrain_threads)
+    started, points, multipliers = time.perf_counter(), [], []
+    at = set(np.linspace(0, steps, PILOT_POINTS + 1).round().astype(int)[1:].tolist())
+    with tempfile.TemporaryDirectory() as folder:
+        heldout = heldout_shards(layout, tokenizer_dir, specials, Path(folder))
+        if heldout is None:
+            return {"steps": steps, "points": [], "reason": "the corpus holds no held-out documents"}
+        trainer = Trainer(train_config, settings, data, tokenizer, Path(folder) / "checkpoints", seed=arm.seed,
+                          model=model, mask_token=specials["mask"], source_weights=layout.corpus_source_weights())
+        batches = trainer.batches.batches(0, steps)
+        try:
+            for step in range(steps):
+                multipliers.append(trainer.scheduler.get_last_lr()[0] / settings.lr)
+                _, batch = next(batches)
+                trainer.train_step(step, batch)
+                trainer.record.step += 1
+                if step + 1 in at:
+                    trainer.record.flush()
+                    points.append((step + 1, trainer.heldout_loss(heldout)["heldout_mlm_loss"]))
+        finally:
+            batches.close()
+        unigram = unigram_cross_entropy(data, heldout, tokenizer.get_vocab_size())
+    return {"steps": steps, "points": points, "multipliers": multipliers, "unigram_cross_entropy": unigram,
+            "seconds": time.perf_counter() - started}
+
+
+def full_schedule(arm: RunConfig) -> np.ndarray:
+    """The arm's learning-rate multiplier at each of its steps (`optim.lr_schedule`)."""
+    from domainlm.optim import lr_schedule
+
+    p = arm.pretrain
+    factor = lr_schedule(p.schedule, math.ceil(p.warmup_fraction * p.max_steps), p.max_steps, p.decay_fraction)
+    return np.array([factor(step) for step in range(p.max_steps)])
+
+
+def loss_forecast(arm: RunConfig, pilot: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """The arm's final held-out MLM loss forecast from its pilot: `annealing_law` fitted to the
+    pilot's points below the corpus's unigram cross-entropy (where the loss has started its
+    power-law descent), evaluated at the full run's schedule; a 95% interval by refitting to the
+    fitted curve plus resampled residuals (`BOOTSTRAP` times: the fit's noise, not the law's
+    error). No forecast, with the reason, when fewer than `MIN_POINTS` points are below the
+    unigram cross-entropy: a power law fitted before that point extrapolates the plateau's exit,
+    not the descent (measured: docs/planning.md)."""
+    points = pilot.get("points") or []
+    found = {"pilot_steps": pilot["steps"], "pilot_fraction": pilot["steps"] / arm.pretrain.max_steps,
+             "pilot_points": points, "unigram_cross_entropy": pilot.get("unigram_cross_entropy"),
+             "pilot_seconds": pilot.get("seconds")}
+    if not points:
+        return found | {"forecast": None, "reason": pilot.get("reason", "no pilot points")}
+    unigram = pilot["unigram_cross_entropy"]
+    s1, s2 = schedule_areas(np.array(pilot["multipliers"]))
+    used = [(s1[step - 1], s2[step - 1], loss) for step, loss in points if loss < unigram]
+    if len(used) < MIN_POINTS:
+        return found | {"forecast": None, "reason": (
+            f"it ends at held-out loss {points[-1][1]:.3f}, with {len(used)} of its points below the corpus's unigram cross-entropy "
+            f"{unigram:.3f}: the model has not yet started using context, and a curve fitted there forecasts the "
+            "plateau's exit rather than the descent after it (a longer budget gives a pilot past it)")}
+    x1, x2, loss = (np.array(column) for column in zip(*used, strict=True))
+    params = fit_annealing_law(x1, x2, loss)
+    f1, f2 = schedule_areas(full_schedule(arm))
+    predict = lambda p: float(annealing_law(p, f1[-1:], f2[-1:])[0])  # noqa: E731
+    fitted = annealing_law(params, x1, x2)
+    residuals, rng = loss - fitted, np.random.default_rng(seed)
+    draws = [predict(fit_annealing_law(x1, x2, fitted + rng.choice(residuals, len(residuals)))) for _ in range(BOOTSTRAP)]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return found | {"forecast": predict(params), "low": float(low), "high": float(high), "points_fitted": len(used),
+                    "law": dict(zip(("L0", "A", "alpha", "C"), map(float, params), strict=True)),
+                    "fit_rmse": float(np.sqrt(np.mean(residuals ** 2)))}
+
+
+def pilot_forecasts(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """Per pretraining arm: its corpus, tokenizer and pretraining data prepared (stages the run then
+    reuses), a pilot run of `PILOT_FRACTION` of its steps, and the forecast of its final held-out
+    MLM loss (`loss_forecast`)."""
+    from domainlm.pipeline import run_all, run_stage
+
+    found = {}
+    for name, arm in arms_of(config).items():
+        run_all(arm, stages=("corpus", "tokenizer"))
+        run_stage(arm, "pretrain", prepare_only=True)
+        steps = max(1, round(PILOT_FRACTION * arm.pretrain.max_steps))
+        log.info("plan: arm %s: pilot of %d steps (%.1f%% of %d)", name, steps, 100 * PILOT_FRACTION,
+                 arm.pretrain.max_steps)
+        found[name] = loss_forecast(arm, pilot_curve(arm, steps))
+    return found
+
+
 # ------------------------------------------------------------------------------------------ plan
 def arms_of(config: RunConfig) -> dict[str, RunConfig]:
     """The pretraining runs the recipe makes: its experiment's arms, or itself when it pretrains."""
@@ -319,8 +525,9 @@ def arms_of(config: RunConfig) -> dict[str, RunConfig]:
     return {"domain": config} if pretrains else {}
 
 
-def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True) -> dict[str, Any]:
-    """The whole forecast (see the module docstring) as one JSON-able mapping, with `warnings`."""
+def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True, pilots: bool = False) -> dict[str, Any]:
+    """The whole forecast (see the module docstring) as one JSON-able mapping, with `warnings`;
+    with `pilots`, each arm's final held-out MLM loss forecast from a pilot run (`pilot_forecasts`)."""
     found: dict[str, Any] = {"recipe": config.name, "warnings": [], "gpu_mfu": mfu, "arms": {}}
     corpus = corpus_counts(config) if config.corpus is not None else None
     found["corpus"] = corpus
@@ -351,6 +558,11 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True) -> d
                 "pretrain_seconds": step["seconds_per_step"] * arm.pretrain.max_steps,
                 "flops_per_second": flops / arm.pretrain.max_steps / step["seconds_per_step"]}
         found["arms"][name] = entry
+    if measure and corpus:
+        found["stages"] = stage_times(config, corpus)
+    if pilots and found["arms"]:
+        for name, forecast in pilot_forecasts(config).items():
+            found["arms"][name]["loss_forecast"] = forecast
     found["evaluation"] = evaluation_runs(config)
     if measure and config.tasks:
         layouts = {name: arm_model(arm, _vocab_size(arm)).config for name, arm in arms_of(config).items()}
@@ -389,6 +601,12 @@ def markdown(found: dict[str, Any]) -> str:
                          f"{arm['seq_len']} | {arm['positions']:,} | {passes} | {arm['flops']:.2e} | {here} | "
                          + " | ".join(f"{arm['gpu_hours'][g]:.3g}" for g in gpus) + f" | {fits} |")
         lines += ["", f"GPU hours at {found['gpu_mfu']:.0%} model-FLOPs utilisation of the dense bf16 peak."]
+        for name, arm in found["arms"].items():
+            if "loss_forecast" in arm:
+                lines += ["", _loss_line(name, arm["loss_forecast"])]
+    lines += [""] if found.get("stages") else []
+    for stage, timed in found.get("stages", {}).items():
+        lines.append(f"The {stage} stage: about {timed['seconds']:.0f} s on this machine ({timed['basis']}).")
     runs = found["evaluation"]
     lines += ["", f"Evaluation: {runs['runs']} fine-tuning runs ({len(runs['encoder_models'])} encoder models x "
                   f"{runs['tasks']} tasks x {runs['seeds']} seeds x {runs['learning_rates']} learning rates)"
@@ -399,6 +617,16 @@ def markdown(found: dict[str, Any]) -> str:
     if found["warnings"]:
         lines += ["", "Warnings:", *[f"- {w}" for w in found["warnings"]]]
     return "\n".join(lines) + "\n"
+
+
+def _loss_line(name: str, forecast: dict[str, Any]) -> str:
+    pilot = f"a pilot of {forecast['pilot_steps']} steps ({forecast['pilot_fraction']:.1%} of the budget)"
+    if forecast["forecast"] is None:
+        return f"Final held-out MLM loss of arm {name}: no forecast from {pilot}: {forecast['reason']}."
+    return (f"Final held-out MLM loss of arm {name}: about {forecast['forecast']:.2f} (95% interval "
+            f"{forecast['low']:.2f}-{forecast['high']:.2f}, the fit's noise only), from {pilot}: the annealing law "
+            f"of Tissue et al. 2024 fitted to its {forecast['points_fitted']} points below the unigram cross-entropy "
+            f"{forecast['unigram_cross_entropy']:.2f}.")
 
 
 def write_plan(config: RunConfig, found: dict[str, Any]) -> Path:

@@ -358,17 +358,23 @@ def output_digest(config: RunConfig) -> str:
 HELDOUT_DOCS = 4000  # held-out documents the final MLM loss is measured on (the first, in file order)
 
 
-def heldout_loss(trainer: Trainer, run_dir: RunLayout, tokenizer_dir: Path, specials: dict[str, str]) -> dict | None:
-    """The trained model's MLM loss on the corpus's held-out documents (`Trainer.heldout_loss`:
-    fixed packing and masking, so runs of one recipe compare, and a forecast can be checked);
-    None when the corpus holds none."""
+def heldout_shards(run_dir: RunLayout, tokenizer_dir: Path, specials: dict[str, str], folder: Path) -> TokenShards | None:
+    """The corpus's first `HELDOUT_DOCS` held-out documents as token shards in `folder` (what the
+    held-out MLM loss is measured on); None when the corpus holds none."""
     docs = list(itertools.islice(((d["text"], d.get("source", "corpus")) for d in run_dir.corpus_documents("heldout")),
                                  HELDOUT_DOCS))
     if not docs:
         return None
+    return write_token_shards(read_tokenizer(tokenizer_dir), docs, folder / "heldout", specials=specials)
+
+
+def heldout_loss(trainer: Trainer, run_dir: RunLayout, tokenizer_dir: Path, specials: dict[str, str]) -> dict | None:
+    """The trained model's MLM loss on the corpus's held-out documents (`Trainer.heldout_loss`:
+    fixed packing and masking, so runs of one recipe compare, and a forecast can be checked);
+    None when the corpus holds none."""
     with tempfile.TemporaryDirectory() as folder:
-        shards = write_token_shards(read_tokenizer(tokenizer_dir), docs, Path(folder) / "heldout", specials=specials)
-        return trainer.heldout_loss(shards)
+        shards = heldout_shards(run_dir, tokenizer_dir, specials, Path(folder))
+        return trainer.heldout_loss(shards) if shards is not None else None
 
 
 def resume_point(config: RunConfig) -> str:
