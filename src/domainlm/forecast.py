@@ -12,7 +12,12 @@ time — so a user can decide whether the expensive part is worth it.
 - memory: weights, gradients and AdamW state (16 bytes per parameter with fp32 master weights)
   and activations per sequence (34 x seq_len x hidden bytes per layer in bf16 with fused
   attention, Korthikanti et al. 2022, plus the masked positions' logits), so whether a card of
-  24 / 40 / 80 GiB holds it, and at which micro-batch, is answered.
+  24 / 40 / 80 GiB holds it, and at which micro-batch, is answered;
+- stage times: the corpus and tokenizer stages timed on samples of the inputs, pretraining from
+  timed steps, fine-tuning from timed steps per model and task;
+- with pilots (`--pilots`): each arm's final held-out MLM loss from a short pilot run (the
+  annealing law of Tissue et al. 2024, or the reason there is no forecast), and an experimental
+  outlook on where domain pretraining could pay (task distances and the pilot losses).
 
 Tokens are counted with the domain tokenizer when it was trained, else the recipe's reference
 (general) vocabulary, else 1.3 tokens per word; every estimate says which.
@@ -34,6 +39,7 @@ import torch
 from domainlm.config import LEXICAL, RunConfig, resolve_path
 from domainlm.corpus.normalize import normalize_text
 from domainlm.corpus.readers import plan_units, read_unit
+from domainlm.errors import ConfigError
 from domainlm.io import atomic_write_json, atomic_write_text, read_json
 from domainlm.layout import RunLayout
 from domainlm.pretrain import encoder_config
@@ -187,35 +193,35 @@ def _stand_in_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def measured_step(arm: RunConfig, layout, steps: int = 8) -> dict[str, float]:
+def measured_step(arm: RunConfig, layout, steps: int = 12, warmup: int = 2) -> dict[str, float]:
     """Seconds per optimizer step of a model of `layout` (fresh weights) at the arm's batch and
     sequence length on this machine, through the pretraining engine on random full-length
-    documents; the first step (allocation, warm-up) is left out."""
+    documents: the median of `steps` timed steps (a shared machine's slow outliers left out),
+    after `warmup` untimed ones (allocation, warm-up)."""
     torch.manual_seed(0)
     pretrain, vocab_size = arm.pretrain, layout.vocab_size
     if pretrain.dropout is not None:  # what the engine trains with (`pretrain.training_configs`)
         layout = dataclasses.replace(layout, dropout=pretrain.dropout)
     tokenizer = _stand_in_tokenizer(vocab_size)
     rng = np.random.default_rng(0)
-    docs = (pretrain.batch_size + 1) * (steps + 1)
+    docs = (pretrain.batch_size + 1) * (steps + warmup)
     tokens = rng.integers(5, vocab_size, docs * (pretrain.seq_len - 2)).astype(np.int32)
     data = TokenShards(tokens, np.arange(docs + 1) * (pretrain.seq_len - 2), np.zeros(docs, np.int16),
                        ["corpus"], {"cls": 2, "sep": 3, "pad": 0})
-    settings = pretrain.model_copy(update={"max_steps": steps + 1, "checkpoint_every": 10**9, "short_seq_fraction": 0,
+    settings = pretrain.model_copy(update={"max_steps": steps + warmup, "checkpoint_every": 10**9, "short_seq_fraction": 0,
                                            "batch_size_start": None, "curriculum": "none", "mixture": {},
                                            "upsample_source": None, "teacher": None})
     if arm.resources.pretrain_threads:
         torch.set_num_threads(arm.resources.pretrain_threads)
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(layout, settings, data, tokenizer, Path(folder), seed=0, mask_token="[MASK]")
-        trainer.train_step(0)
-        trainer.record.flush()
-        started = time.perf_counter()
-        for step in range(1, steps + 1):
+        times = []
+        for step in range(steps + warmup):
+            started = time.perf_counter()
             trainer.train_step(step)
-        trainer.record.flush()  # the losses reach the host: every step has finished
-        seconds = (time.perf_counter() - started) / steps
-    return {"seconds_per_step": seconds, "steps_timed": steps}
+            trainer.record.flush()  # the loss reaches the host: the step has finished
+            times.append(time.perf_counter() - started)
+    return {"seconds_per_step": float(np.median(times[warmup:])), "steps_timed": steps}
 
 
 FORECAST_KINDS = ("domain", "random-init", "hf")  # fine-tuning of one encoder, forecast from timed steps
@@ -499,21 +505,61 @@ def loss_forecast(arm: RunConfig, pilot: dict[str, Any], seed: int = 0) -> dict[
                     "fit_rmse": float(np.sqrt(np.mean(residuals ** 2)))}
 
 
-def pilot_forecasts(config: RunConfig) -> dict[str, dict[str, Any]]:
+def pilot_forecasts(config: RunConfig, fraction: float = PILOT_FRACTION) -> dict[str, dict[str, Any]]:
     """Per pretraining arm: its corpus, tokenizer and pretraining data prepared (stages the run then
-    reuses), a pilot run of `PILOT_FRACTION` of its steps, and the forecast of its final held-out
-    MLM loss (`loss_forecast`)."""
+    reuses), a pilot run of `fraction` of its steps, and the forecast of its final held-out MLM
+    loss (`loss_forecast`). ConfigError for a fraction outside (0, 1)."""
+    if not 0 < fraction < 1:
+        raise ConfigError(f"--pilots {fraction}: a pilot runs a share of the budget, between 0 and 1 (e.g. 0.125)")
     from domainlm.pipeline import run_all, run_stage
 
     found = {}
     for name, arm in arms_of(config).items():
         run_all(arm, stages=("corpus", "tokenizer"))
         run_stage(arm, "pretrain", prepare_only=True)
-        steps = max(1, round(PILOT_FRACTION * arm.pretrain.max_steps))
-        log.info("plan: arm %s: pilot of %d steps (%.1f%% of %d)", name, steps, 100 * PILOT_FRACTION,
+        steps = max(1, round(fraction * arm.pretrain.max_steps))
+        log.info("plan: arm %s: pilot of %d steps (%.1f%% of %d)", name, steps, 100 * steps / arm.pretrain.max_steps,
                  arm.pretrain.max_steps)
         found[name] = loss_forecast(arm, pilot_curve(arm, steps))
     return found
+
+
+# ------------------------------------------------------------------- downstream gain (experimental)
+def gain_outlook(config: RunConfig, arms: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """An experimental outlook on where domain pretraining could pay, never a measurement: the
+    tasks ranked by how far their text is from general text (the share of their words a general
+    vocabulary splits, `evaluate.task_distances`; gains grow as overlap with general text falls,
+    Gururangan et al. 2020), and per arm with a pilot forecast whether its model is expected to use
+    context at all by the end of its budget (a forecast held-out loss below the corpus's unigram
+    cross-entropy). An arm that will not is not expected to beat a pretrained general model on any
+    task. None without tasks or a general vocabulary."""
+    from domainlm.evaluate import task_distances
+    from domainlm.tasks.load import load_task
+
+    if not config.tasks:
+        return None
+    distances = task_distances(config, [load_task(t, seed=config.seed) for t in config.tasks]).get("tasks")
+    if not distances:
+        return None
+    ranked = sorted(distances, key=lambda t: -distances[t]["split_share"])
+    expectations = {}
+    for name, arm in arms.items():
+        forecast = arm.get("loss_forecast")
+        if forecast is None or forecast.get("unigram_cross_entropy") is None:
+            continue
+        final, unigram = forecast["forecast"], forecast["unigram_cross_entropy"]
+        if final is None or final >= unigram:
+            expectations[name] = (f"not expected to beat a pretrained general model on any task: by the end of its "
+                                  f"budget its held-out loss is not forecast below the unigram cross-entropy "
+                                  f"{unigram:.2f} (it will hardly use context)")
+        else:
+            expectations[name] = (f"may gain where the text is far from general text ({ranked[0]} first): its "
+                                  f"forecast held-out loss {final:.2f} is {unigram - final:.2f} nats below the "
+                                  f"unigram cross-entropy (it learns context)")
+    return {"label": "experimental: an outlook from distances and pilot losses, not a measurement",
+            "tasks_by_distance": [{"task": t, "split_share": distances[t]["split_share"],
+                                   "js_divergence": distances[t]["js_divergence"]} for t in ranked],
+            "arms": expectations}
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -525,9 +571,11 @@ def arms_of(config: RunConfig) -> dict[str, RunConfig]:
     return {"domain": config} if pretrains else {}
 
 
-def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True, pilots: bool = False) -> dict[str, Any]:
+def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True,
+         pilots: float | None = None) -> dict[str, Any]:
     """The whole forecast (see the module docstring) as one JSON-able mapping, with `warnings`;
-    with `pilots`, each arm's final held-out MLM loss forecast from a pilot run (`pilot_forecasts`)."""
+    with `pilots` (a share of the steps), each arm's final held-out MLM loss forecast from a pilot
+    run of that share (`pilot_forecasts`)."""
     found: dict[str, Any] = {"recipe": config.name, "warnings": [], "gpu_mfu": mfu, "arms": {}}
     corpus = corpus_counts(config) if config.corpus is not None else None
     found["corpus"] = corpus
@@ -561,8 +609,10 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True, pilo
     if measure and corpus:
         found["stages"] = stage_times(config, corpus)
     if pilots and found["arms"]:
-        for name, forecast in pilot_forecasts(config).items():
+        for name, forecast in pilot_forecasts(config, pilots).items():
             found["arms"][name]["loss_forecast"] = forecast
+    if pilots:
+        found["gain_outlook"] = gain_outlook(config, found["arms"])
     found["evaluation"] = evaluation_runs(config)
     if measure and config.tasks:
         layouts = {name: arm_model(arm, _vocab_size(arm)).config for name, arm in arms_of(config).items()}
@@ -614,6 +664,11 @@ def markdown(found: dict[str, Any]) -> str:
                  else "") + "."]
     if runs.get("this_machine", {}).get("not_forecast"):
         lines.append(f"Not in that time: {', '.join(runs['this_machine']['not_forecast'])}.")
+    outlook = found.get("gain_outlook")
+    if outlook:
+        tasks = ", ".join(f"{t['task']} ({t['split_share']:.0%} of words split)" for t in outlook["tasks_by_distance"])
+        lines += ["", f"Downstream gain ({outlook['label']}): tasks from the farthest from general text: {tasks}."]
+        lines += [f"- arm {name}: {text}." for name, text in outlook["arms"].items()]
     if found["warnings"]:
         lines += ["", "Warnings:", *[f"- {w}" for w in found["warnings"]]]
     return "\n".join(lines) + "\n"

@@ -248,30 +248,39 @@ def active_learning_section(config: RunConfig, active: dict) -> Section:
                                       "seeds"], rows)
 
 
-def forecast_section(plan: dict, pre: dict) -> Section | None:
-    """`domainlm plan`'s forecast beside what each pretraining run measured, with the error:
-    parameters, FLOPs, row positions, training seconds on this machine (None when no arm of the
-    plan has finished)."""
+def forecast_section(plan: dict, pre: dict, timings: dict[str, float]) -> Section | None:
+    """`domainlm plan`'s forecast beside what the run measured, with the error: per pretraining
+    arm its parameters, FLOPs, row positions, training seconds on this machine and final held-out
+    MLM loss (with `--pilots`); per stage its seconds (None when nothing forecast has finished)."""
     actual = {r["arm"]: r for r in pre["arms"] if r["status"] == "done"} if "arms" in pre else {"domain": pre}
     rows = []
+
+    def add(row: str, what: str, guess, measured, digits: str = ",.4g") -> None:
+        if guess is not None and measured:
+            rows.append([row, what, f"{guess:{digits}}", f"{measured:{digits}}",
+                         f"{100 * (guess - measured) / measured:+.1f}%"])
+
     for arm, forecast in plan["arms"].items():
         found = actual.get(arm)
         if found is None:
             continue
-        pairs = [("parameters", forecast["memory"]["parameters"], found.get("parameters")),
-                 ("training FLOPs", forecast["flops"], found.get("flops")),
-                 ("row positions", forecast["positions"], found.get("positions")),
-                 ("training seconds (this machine)", (forecast.get("this_machine") or {}).get("pretrain_seconds"),
-                  found.get("train_seconds"))]
-        for what, guess, measured in pairs:
-            if guess is not None and measured:
-                rows.append([arm, what, f"{guess:,.4g}", f"{measured:,.4g}", f"{100 * (guess - measured) / measured:+.1f}%"])
+        add(arm, "parameters", forecast["memory"]["parameters"], found.get("parameters"))
+        add(arm, "training FLOPs", forecast["flops"], found.get("flops"))
+        add(arm, "row positions", forecast["positions"], found.get("positions"))
+        add(arm, "training seconds (this machine)", (forecast.get("this_machine") or {}).get("pretrain_seconds"),
+            found.get("train_seconds"))
+        add(arm, "final held-out MLM loss (pilot)", (forecast.get("loss_forecast") or {}).get("forecast"),
+            found.get("heldout_mlm_loss"), ".3f")
+    stages = {**plan.get("stages", {}), "evaluate": plan["evaluation"].get("this_machine", {})}
+    for stage, forecast in stages.items():
+        if stage in timings and "measured" not in forecast.get("basis", ""):
+            add(f"{stage} stage", "seconds (this machine)", forecast.get("seconds"), timings[stage], ",.1f")
     if not rows:
         return None
     return ("Forecast and actual", "What `domainlm plan` forecast before the run against what the "
-            "run measured. Training seconds are forecast from a few timed steps on the machine that made the plan; "
-            "they compare only when the run used the same machine, alone.", ["arm", "what", "forecast", "actual",
-                                                                             "error"], rows)
+            "run measured. Seconds are forecast from timed steps and samples on the machine that made the plan; "
+            "they compare only when the run used the same machine, alone. The loss is forecast from a pilot run "
+            "(`domainlm plan --pilots`).", ["arm / stage", "what", "forecast", "actual", "error"], rows)
 
 
 def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> list[Section]:
@@ -294,8 +303,8 @@ def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: d
         *([tokenizer_section(art["tokenizer"])] if art["tokenizer"] else []),
         *([arms_section(art["arms"])] if art.get("arms") else []),
         *([pretraining_section(art["pretrain"])] if art["pretrain"] else []),
-        *([found] if art.get("plan") and art["pretrain"] and (found := forecast_section(art["plan"], art["pretrain"]))
-          else []),
+        *([found] if art.get("plan") and (found := forecast_section(art["plan"], art["pretrain"] or {"arms": []},
+                                                                      art["timings"])) else []),
         ("Stage timings", "Seconds each stage took when it last ran.", ["stage", "seconds"], timings),
     ]
     if failures:
