@@ -25,6 +25,7 @@ Tokens are counted with the domain tokenizer when it was trained, else the recip
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -61,6 +62,21 @@ MAX_EPOCHS = 4  # Muennighoff et al. 2023: repeated data beyond ~4 epochs adds l
 TOKENS_PER_ENTRY = 1000  # fewer corpus tokens per vocabulary entry than this: many entries stay rare
 WORDS_TOKENS = 1.3  # tokens per word when no vocabulary is at hand
 SAMPLE_DOCS = 2000  # documents per source whose words and tokens are counted
+
+
+@contextlib.contextmanager
+def _quiet(*names: str):
+    """The stages' own log lines silenced (errors aside) while the plan times them on samples:
+    their findings are about the sample, not the corpus."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------------- data
@@ -227,82 +243,91 @@ def measured_step(arm: RunConfig, layout, steps: int = 12, warmup: int = 2) -> d
 FORECAST_KINDS = ("domain", "random-init", "hf")  # fine-tuning of one encoder, forecast from timed steps
 
 
-def _step_seconds(hf_config, batch: int, length: int, steps: int = 3) -> float:
-    """Seconds of one fine-tuning step (forward, backward, AdamW) of a sequence classifier of
-    `hf_config` (random weights: the time does not depend on them) at `batch` x `length`."""
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(hf_config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    ids = torch.randint(5, hf_config.vocab_size, (batch, length))
-    labels = torch.zeros(batch, dtype=torch.long)
-    times = []
-    for _ in range(steps + 1):
-        started = time.perf_counter()
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - started)
-    return float(np.median(times[1:]))
+TIMED_STEPS = (4, 12)  # optimizer steps of the two short fine-tuning runs a (model, task) is timed on
 
 
-def _token_lengths(texts: list[str], tokenizer, cap: int) -> list[int]:
-    """Tokens per text with its special tokens, at most `cap` (what fine-tuning reads): a
-    transformers tokenizer, a `tokenizers` one, or WORDS_TOKENS per word (None)."""
-    if tokenizer is None:
-        found = [round(len(t.split()) * WORDS_TOKENS) + 2 for t in texts]
-    elif hasattr(tokenizer, "encode_batch"):
-        found = [len(e.ids) + 2 for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
-    else:
-        found = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=cap)["input_ids"]]
-    return [min(cap, n) for n in found]
+def _model_directory(config: RunConfig, entry, layouts: dict[str, Any], folder: Path) -> tuple[Path, bool] | None:
+    """(a model directory the fine-tuning code loads, whether to keep its weights) for an entry:
+    an `hf` entry's own; for a pretraining arm's model, a fresh model of the arm's layout written
+    with the arm's trained tokenizer (else the reference one, else a stand-in of one token per
+    word) into `folder` (the time does not depend on the weights). None for an arm the recipe
+    does not pretrain."""
+    from domainlm.pretrain import export_model
+    from domainlm.tokenizer import save_for_transformers
+
+    if entry.kind == "hf":
+        return resolve_path(entry.path), True
+    arm = entry.arm or "domain"
+    arms = arms_of(config)
+    if arm not in layouts or arm not in arms:
+        return None
+    trained = RunLayout(arms[arm].directory).tokenizer
+    tokenizer_dir = trained if (trained / "tokenizer.json").exists() else (
+        resolve_path(config.tokenizer.reference) if config.tokenizer.reference else folder / "stand-in")
+    if not Path(tokenizer_dir).exists():
+        save_for_transformers(_stand_in_tokenizer(layouts[arm].vocab_size), Path(tokenizer_dir))
+    out = folder / arm
+    if not out.exists():
+        layout = dataclasses.replace(layouts[arm], vocab_size=read_tokenizer(tokenizer_dir).get_vocab_size())
+        torch.manual_seed(0)
+        export_model(new_model(layout), Path(tokenizer_dir), out)
+    return out, True
+
+
+def _timed_run(path: Path, task, steps: int, config: RunConfig) -> tuple[float, float]:
+    """(wall seconds, test examples per second) of one fine-tuning run through the evaluate
+    stage's code (`evaluate.finetune`) of `steps` optimizer steps, one epoch, two batches of dev
+    and of test."""
+    from domainlm.evaluate.finetune import finetune
+
+    batch = config.evaluate.batch_size
+    short = dataclasses.replace(task, train=task.train[:steps * batch], dev=task.dev[:2 * batch],
+                                test=task.test[:2 * batch])
+    settings = config.evaluate.model_copy(update={"epochs": 1, "patience": None})
+    started = time.perf_counter()
+    result = finetune(path, True, short, 0, settings.learning_rates[0], settings)
+    return time.perf_counter() - started, result["test_examples_per_second"]
 
 
 def fine_tuning_time(config: RunConfig, layouts: dict[str, Any]) -> dict[str, Any]:
-    """Seconds the evaluation's fine-tuning runs will take on this machine: per (model, task),
-    steps (epochs x ceil(train / batch)) at a timed step of the model at the batch size and the
-    training texts' mean length in its tokenizer (each capped at max_length), plus a forward pass per
-    epoch over dev and one over test (a third of a step each), times seeds x learning rates, over
+    """Seconds the evaluation's fine-tuning runs will take on this machine. Per (model, task), two
+    short runs of the evaluate stage's own code (`TIMED_STEPS` optimizer steps, one epoch, two
+    batches of dev and test) give the seconds per training step (their difference) and a fixed
+    part (loading, encoding); a full run is the fixed part, epochs x ceil(train / batch) steps and
+    its dev and test passes at the measured test speed, times seeds x learning rates, over
     `resources.evaluate_workers`. Models of other kinds (SetFit, distillation, ...) and retrieval
     tasks are left out and named. `layouts`: the pretraining arms' model layouts, by arm name."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    from domainlm.pretrain.architectures import to_hf_masked_lm
-    from domainlm.tasks.load import corpus_texts, load_task
+    from domainlm.tasks.load import load_task
 
     evaluate, total, rows, skipped = config.evaluate, 0.0, [], []
     tasks = [load_task(t, seed=config.seed) for t in config.tasks]
-    for entry in evaluate.models:
-        if entry.kind in LEXICAL:
-            continue
-        if entry.kind not in FORECAST_KINDS:
-            skipped.append(entry.name)
-            continue
-        if entry.kind == "hf":
-            hf_config, tokenizer = AutoConfig.from_pretrained(resolve_path(entry.path)), \
-                AutoTokenizer.from_pretrained(resolve_path(entry.path))
-        else:
-            layout = layouts.get(entry.arm or "domain")
-            if layout is None:
+    with tempfile.TemporaryDirectory() as folder:
+        for entry in evaluate.models:
+            if entry.kind in LEXICAL:
+                continue
+            found = _model_directory(config, entry, layouts, Path(folder)) if entry.kind in FORECAST_KINDS else None
+            if found is None:
                 skipped.append(entry.name)
                 continue
-            hf_config, (tokenizer, _) = to_hf_masked_lm(new_model(layout)).config, counting_tokenizer(config)
-        hf_config.num_labels = 2
-        for task in tasks:
-            if task.documents:  # retrieval: a bi-encoder's loop, not forecast here
-                skipped.append(f"{entry.name} on {task.name}")
-                continue
-            texts = [" ".join(corpus_texts(x)) or " ".join(x.get("tokens", [])) for x in task.train[:500]]
-            length = max(8, round(float(np.mean(_token_lengths(texts, tokenizer, evaluate.max_length)))))
-            step = _step_seconds(hf_config, evaluate.batch_size, length)
-            steps = evaluate.epochs * math.ceil(len(task.train) / evaluate.batch_size)
-            predicted = (evaluate.epochs * len(task.dev) + len(task.test)) / evaluate.batch_size
-            runs = len(evaluate.seeds) * max(1, len(evaluate.learning_rates))
-            seconds = runs * (steps + predicted / 3) * step
-            rows.append({"model": entry.name, "task": task.name, "mean_length": length, "step_seconds": step,
-                         "steps_per_run": steps, "runs": runs, "seconds": seconds})
-            total += seconds
+            for task in tasks:
+                if task.documents:  # retrieval: a bi-encoder's loop, not forecast here
+                    skipped.append(f"{entry.name} on {task.name}")
+                    continue
+                few, many = (min(n, math.ceil(len(task.train) / evaluate.batch_size)) for n in TIMED_STEPS)
+                with _quiet("domainlm.evaluate"):
+                    (short, _), (long, speed) = (_timed_run(found[0], task, n, config) for n in (few, many))
+                step = max(0.0, (long - short) / (many - few)) if many > few else short / max(1, few)
+                speed = max(speed, 1e-9)
+                evaluated = (min(len(task.dev), 2 * evaluate.batch_size) + min(len(task.test), 2 * evaluate.batch_size)) \
+                    / speed
+                fixed = max(0.0, short - few * step - evaluated)
+                steps = evaluate.epochs * math.ceil(len(task.train) / evaluate.batch_size)
+                runs = len(evaluate.seeds) * max(1, len(evaluate.learning_rates))
+                per_run = fixed + steps * step + (evaluate.epochs * len(task.dev) + len(task.test)) / speed
+                rows.append({"model": entry.name, "task": task.name, "step_seconds": step, "fixed_seconds": fixed,
+                             "test_examples_per_second": speed, "steps_per_run": steps, "runs": runs,
+                             "seconds": runs * per_run})
+                total += runs * per_run
     return {"seconds": total / config.resources.evaluate_workers, "per_model_task": rows, "not_forecast": skipped}
 
 
@@ -346,18 +371,19 @@ def stage_times(config: RunConfig, corpus: dict[str, Any]) -> dict[str, Any]:
         return found
     documents = sum(c["documents"] for c in corpus["sources"].values())
     timings: dict[str, list[tuple[int, float]]] = {"corpus": [], "tokenizer": []}
-    for n in STAGE_SAMPLES:
-        sources = [s.model_copy(update={"max_docs": min(n, s.max_docs or n)}) for s in config.corpus.sources]
-        with tempfile.TemporaryDirectory() as folder:
-            sample = config.model_copy(update={"run_dir": folder,
-                                               "corpus": config.corpus.model_copy(update={"sources": sources})})
-            out = RunLayout(sample.directory)
-            started = time.perf_counter()
-            read = curate_stage(sample, out.root / "corpus")["read"]
-            timings["corpus"].append((read, time.perf_counter() - started))
-            started = time.perf_counter()
-            tokenizer_stage(sample, out.tokenizer)
-            timings["tokenizer"].append((read, time.perf_counter() - started))
+    with _quiet("domainlm.corpus", "domainlm.tokenizer"):
+        for n in STAGE_SAMPLES:
+            sources = [s.model_copy(update={"max_docs": min(n, s.max_docs or n)}) for s in config.corpus.sources]
+            with tempfile.TemporaryDirectory() as folder:
+                sample = config.model_copy(update={"run_dir": folder,
+                                                   "corpus": config.corpus.model_copy(update={"sources": sources})})
+                out = RunLayout(sample.directory)
+                started = time.perf_counter()
+                read = curate_stage(sample, out.root / "corpus")["read"]
+                timings["corpus"].append((read, time.perf_counter() - started))
+                started = time.perf_counter()
+                tokenizer_stage(sample, out.tokenizer)
+                timings["tokenizer"].append((read, time.perf_counter() - started))
     words = sum(c["words"] for c in corpus["sources"].values())
     share = min(1.0, config.tokenizer.max_training_bytes / max(1, BYTES_PER_WORD * words))  # the stage's sample
     for stage, ran in done.items():
