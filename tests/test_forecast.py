@@ -97,7 +97,7 @@ def test_the_plan_command_writes_the_forecast_and_times_this_machine(tiny_recipe
     assert all(r["steps_per_run"] == 1 * 4 and r["runs"] == 2 for r in timed["per_model_task"])  # 60 / 16, 1 epoch
     assert not layout.stage("corpus").exists()  # planning runs no stage (it times them in a temporary folder)
     timed = found["stages"]
-    assert [n for n, _ in timed["corpus"]["timed_documents"]] == [500, 600]  # 500, then all 600 lines of the corpus
+    assert [n for n, _ in timed["corpus"]["timed_documents"]] == [600, 600]  # every line: fewer than 2,000
     assert timed["corpus"]["seconds"] > 0 and timed["tokenizer"]["seconds"] > 0
     # The finished run's report puts the forecast beside what it measured.
     from domainlm.pipeline import run_all
@@ -224,6 +224,7 @@ def test_a_stage_time_is_the_line_through_two_timings():
 
     assert _on_line([(100, 2.0), (400, 5.0)], 1000) == pytest.approx(1.0 + 0.01 * 1000)
     assert _on_line([(100, 2.0), (400, 1.5)], 1000) == pytest.approx(2.0)  # no slower with fewer documents
+    assert _on_line([(600, 2.0), (600, 3.0)], 600) == pytest.approx(2.5)  # both read the whole (small) corpus
 
 
 def test_the_gain_outlook_ranks_tasks_by_distance_and_is_labelled_experimental(tiny_recipe):

@@ -27,10 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+import json
 import logging
 import math
+import random
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +66,7 @@ CARDS_GIB = (24, 40, 80)
 MAX_EPOCHS = 4  # Muennighoff et al. 2023: repeated data beyond ~4 epochs adds little
 TOKENS_PER_ENTRY = 1000  # fewer corpus tokens per vocabulary entry than this: many entries stay rare
 WORDS_TOKENS = 1.3  # tokens per word when no vocabulary is at hand
-SAMPLE_DOCS = 2000  # documents per source whose words and tokens are counted
+SAMPLE_DOCS = 20_000  # documents per source drawn uniformly: their words and tokens are counted, stages timed on them
 
 
 @contextlib.contextmanager
@@ -103,45 +108,65 @@ def _sample_counts(texts: list[str], tokenizer) -> tuple[float, float]:
     return words, float(np.mean([len(e.ids) for e in encodings]))
 
 
-def corpus_counts(config: RunConfig) -> dict[str, Any]:
+def _sampled(documents: Iterator[tuple[str, str]], seed: int = 0) -> tuple[Counter, dict[str, list[str]]]:
+    """(documents per source, a uniform sample of `SAMPLE_DOCS` texts per source) of a stream of
+    (source, text) read once (reservoir sampling per source): corpora are often ordered (long
+    abstracts first, then sentences), so their first documents would not stand for the rest."""
+    rng, counts, samples = random.Random(seed), Counter(), {}
+    for source, text in documents:
+        seen, sample = counts[source], samples.setdefault(source, [])
+        counts[source] += 1
+        if seen < SAMPLE_DOCS:
+            sample.append(text)
+        elif (slot := rng.randrange(seen + 1)) < SAMPLE_DOCS:
+            sample[slot] = text
+    return counts, samples
+
+
+def raw_samples(config: RunConfig) -> dict[str, tuple[int, list[str]]]:
+    """Per corpus source (by its unique name): its documents in the raw inputs (`max_docs`
+    applied) and a uniform sample of `SAMPLE_DOCS` of their texts, in one pass over them."""
+    found = {}
+    for source, name in zip(config.corpus.sources, config.corpus.source_names(), strict=True):
+        source = source.model_copy(update={"name": name})
+        documents, sample = _sampled((name, record["text"]) for unit in plan_units([source], 2**62)
+                                     for record in itertools.islice(_records(unit, source), source.max_docs))
+        found[name] = (documents[name], sample.get(name, []))
+    return found
+
+
+def corpus_counts(config: RunConfig, raw: dict[str, tuple[int, list[str]]] | None = None) -> dict[str, Any]:
     """Per source: documents, words, tokens and the weight it is read at; `basis` says whether
-    they are the corpus stage's (after curation) or the raw inputs' (before it)."""
+    they are the corpus stage's (after curation) or the raw inputs' (before it; `raw_samples`,
+    read here unless given). Words and tokens are the mean of a uniform sample of each source's
+    documents times its documents."""
     layout, tokenizer_info = RunLayout(config.directory), counting_tokenizer(config)
     tokenizer, counted_with = tokenizer_info
     sources: dict[str, dict[str, Any]] = {}
     if layout.corpus_stats.exists():
-        stats, samples = read_json(layout.corpus_stats), {}
-        for doc in layout.corpus_documents():
-            found = samples.setdefault(doc.get("source", "corpus"), [])
-            if len(found) < SAMPLE_DOCS:
-                found.append(doc["text"])
-            if all(len(v) >= SAMPLE_DOCS for v in samples.values()) and len(samples) == len(stats["sources"]):
-                break
+        stats = read_json(layout.corpus_stats)
+        _, samples = _sampled((doc.get("source", "corpus"), doc["text"]) for doc in layout.corpus_documents())
         training = 1 - stats["heldout"] / max(1, stats["kept"])  # pretraining reads the kept less the held-out
         for name, counts in stats["sources"].items():
             sources[name] = {"documents": round(counts["kept"] * training), "weight": counts["weight"],
                              "sample": samples.get(name, [])}
         basis = "the corpus stage's counts (after curation)"
     else:
-        names = config.corpus.source_names()
-        for source, name in zip(config.corpus.sources, names, strict=True):
-            source = source.model_copy(update={"name": name})
-            documents, sample = 0, []
-            for unit in plan_units([source], 2**62):
-                for record in read_unit(unit, source):
-                    if "skip" in record:
-                        continue
-                    documents += 1
-                    if len(sample) < SAMPLE_DOCS:
-                        sample.append(normalize_text(record["text"], config.corpus.normalization))
-                    if source.max_docs is not None and documents >= source.max_docs:
-                        break
-            sources[name] = {"documents": documents, "weight": source.weight * source.repeat, "sample": sample}
+        raw = raw if raw is not None else raw_samples(config)
+        for source, name in zip(config.corpus.sources, config.corpus.source_names(), strict=True):
+            documents, sample = raw[name]
+            sources[name] = {"documents": documents, "weight": source.weight * source.repeat,
+                             "sample": [normalize_text(text, config.corpus.normalization) for text in sample]}
         basis = "the raw inputs (the corpus stage has not run: its filters and dedup will lower them)"
     for counts in sources.values():
         words, tokens = _sample_counts(counts.pop("sample"), tokenizer)
         counts.update(words=round(words * counts["documents"]), tokens=round(tokens * counts["documents"]))
     return {"basis": basis, "tokens_counted_with": counted_with, "sources": sources}
+
+
+def _records(unit, source):
+    """A work unit's readable records (skipped ones left out)."""
+    return (record for record in read_unit(unit, source) if "skip" not in record)
 
 
 def reads(arm: RunConfig, corpus: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +268,9 @@ def measured_step(arm: RunConfig, layout, steps: int = 12, warmup: int = 2) -> d
 FORECAST_KINDS = ("domain", "random-init", "hf")  # fine-tuning of one encoder, forecast from timed steps
 
 
-TIMED_STEPS = (4, 12)  # optimizer steps of the two short fine-tuning runs a (model, task) is timed on
+TIMED_RUNS = ((4, 1), (12, 2))
+"""The two short fine-tuning runs a (model, task) is timed on: (batches, epochs). The longer one
+sees its batches' shapes twice, as a full run sees most of its shapes again in later epochs."""
 
 
 def _model_directory(config: RunConfig, entry, layouts: dict[str, Any], folder: Path) -> tuple[Path, bool] | None:
@@ -274,16 +301,16 @@ def _model_directory(config: RunConfig, entry, layouts: dict[str, Any], folder: 
     return out, True
 
 
-def _timed_run(path: Path, task, steps: int, config: RunConfig) -> tuple[float, float]:
+def _timed_run(path: Path, task, batches: int, epochs: int, config: RunConfig) -> tuple[float, float]:
     """(wall seconds, test examples per second) of one fine-tuning run through the evaluate
-    stage's code (`evaluate.finetune`) of `steps` optimizer steps, one epoch, two batches of dev
-    and of test."""
+    stage's code (`evaluate.finetune`) on `batches` training batches for `epochs` epochs, with
+    two batches of dev (scored once: its share is left out of the timing below) and of test."""
     from domainlm.evaluate.finetune import finetune
 
     batch = config.evaluate.batch_size
-    short = dataclasses.replace(task, train=task.train[:steps * batch], dev=task.dev[:2 * batch],
+    short = dataclasses.replace(task, train=task.train[:batches * batch], dev=task.dev[:2 * batch],
                                 test=task.test[:2 * batch])
-    settings = config.evaluate.model_copy(update={"epochs": 1, "patience": None})
+    settings = config.evaluate.model_copy(update={"epochs": epochs, "patience": None})
     started = time.perf_counter()
     result = finetune(path, True, short, 0, settings.learning_rates[0], settings)
     return time.perf_counter() - started, result["test_examples_per_second"]
@@ -291,9 +318,8 @@ def _timed_run(path: Path, task, steps: int, config: RunConfig) -> tuple[float, 
 
 def fine_tuning_time(config: RunConfig, layouts: dict[str, Any]) -> dict[str, Any]:
     """Seconds the evaluation's fine-tuning runs will take on this machine. Per (model, task), two
-    short runs of the evaluate stage's own code (`TIMED_STEPS` optimizer steps, one epoch, two
-    batches of dev and test) give the seconds per training step (their difference) and a fixed
-    part (loading, encoding); a full run is the fixed part, epochs x ceil(train / batch) steps and
+    short runs of the evaluate stage's own code (`TIMED_RUNS`; two batches of dev and test) give
+    the seconds per training step (their difference) and a fixed part (loading, encoding); a full run is the fixed part, epochs x ceil(train / batch) steps and
     its dev and test passes at the measured test speed, times seeds x learning rates, over
     `resources.evaluate_workers`. Models of other kinds (SetFit, distillation, ...) and retrieval
     tasks are left out and named. `layouts`: the pretraining arms' model layouts, by arm name."""
@@ -313,14 +339,16 @@ def fine_tuning_time(config: RunConfig, layouts: dict[str, Any]) -> dict[str, An
                 if task.documents:  # retrieval: a bi-encoder's loop, not forecast here
                     skipped.append(f"{entry.name} on {task.name}")
                     continue
-                few, many = (min(n, math.ceil(len(task.train) / evaluate.batch_size)) for n in TIMED_STEPS)
+                available = math.ceil(len(task.train) / evaluate.batch_size)
+                (few, one), (many, two) = ((min(n, available), epochs) for n, epochs in TIMED_RUNS)
                 with _quiet("domainlm.evaluate"):
-                    (short, _), (long, speed) = (_timed_run(found[0], task, n, config) for n in (few, many))
-                step = max(0.0, (long - short) / (many - few)) if many > few else short / max(1, few)
-                speed = max(speed, 1e-9)
-                evaluated = (min(len(task.dev), 2 * evaluate.batch_size) + min(len(task.test), 2 * evaluate.batch_size)) \
-                    / speed
-                fixed = max(0.0, short - few * step - evaluated)
+                    (short, _), (long, speed) = (_timed_run(found[0], task, n, e, config)
+                                                 for n, e in ((few, one), (many, two)))
+                speed, scored = max(speed, 1e-9), min(len(task.dev), 2 * evaluate.batch_size)
+                extra = (two - one) * scored / speed  # the longer run scores dev once more
+                step = max(0.0, (long - short - extra) / (many * two - few * one)) if many * two > few * one \
+                    else short / max(1, few)
+                fixed = max(0.0, short - few * step - (scored + min(len(task.test), 2 * evaluate.batch_size)) / speed)
                 steps = evaluate.epochs * math.ceil(len(task.train) / evaluate.batch_size)
                 runs = len(evaluate.seeds) * max(1, len(evaluate.learning_rates))
                 per_run = fixed + steps * step + (evaluate.epochs * len(task.dev) + len(task.test)) / speed
@@ -342,24 +370,28 @@ def evaluation_runs(config: RunConfig) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- stage times
-STAGE_SAMPLES = (500, 2000)  # documents per source the corpus and tokenizer stages are timed on
+STAGE_SAMPLES = (2_000, SAMPLE_DOCS)  # documents per source the corpus and tokenizer stages are timed on
 BYTES_PER_WORD = 6  # UTF-8 bytes per word of English text with its space, for the tokenizer's sample share
 
 
-def _on_line(timings: list[tuple[int, float]], documents: float) -> float:
-    """Seconds at `documents` on the line through two (documents, seconds) timings: a fixed part
-    (start-up, reading the tasks, the reference vocabulary) and a part per document."""
+def _on_line(timings: list[tuple[int, float]], amount: float) -> float:
+    """Seconds at `amount` (documents) on the line through two (amount, seconds) timings: a fixed
+    part (start-up, reading the tasks, the reference vocabulary) and a part per document."""
     (n1, t1), (n2, t2) = timings
-    per_document = max(0.0, (t2 - t1) / max(1, n2 - n1))
-    return max(0.0, t1 - per_document * n1) + per_document * documents
+    if n2 <= n1:  # both timed everything there is (a small corpus): their mean, in proportion
+        return (t1 + t2) / 2 * amount / max(1, n2)
+    per_unit = max(0.0, (t2 - t1) / (n2 - n1))
+    return max(0.0, t1 - per_unit * n1) + per_unit * amount
 
 
-def stage_times(config: RunConfig, corpus: dict[str, Any]) -> dict[str, Any]:
-    """Seconds of the corpus and tokenizer stages on this machine: the stages' own code run on the
-    first 500 and 2,000 documents of each source, extrapolated along the line through the two
-    timings to the corpus's documents (a stage that already ran: its recorded time). The corpus
-    timing reads each source as one work unit: a corpus of many units curates faster on several
-    workers than said."""
+def stage_times(config: RunConfig, corpus: dict[str, Any],
+                raw: dict[str, tuple[int, list[str]]] | None = None) -> dict[str, Any]:
+    """Seconds of the corpus and tokenizer stages on this machine: the stages' own code run on
+    2,000 and on 20,000 documents of each source drawn uniformly (`raw_samples`, read here unless given),
+    extrapolated along the line through the two timings to the corpus's documents (a stage that
+    already ran: its recorded time). The samples are read as JSONL and as one work unit per
+    source: a compressed corpus reads a little slower, one of many units curates faster on
+    several workers than said."""
     from domainlm.corpus import run as curate_stage
     from domainlm.tokenizer import run as tokenizer_stage
 
@@ -369,21 +401,29 @@ def stage_times(config: RunConfig, corpus: dict[str, Any]) -> dict[str, Any]:
         found[stage] = {"seconds": layout.stage_seconds(stage), "basis": "measured: the stage ran"}
     if all(done.values()):
         return found
-    documents = sum(c["documents"] for c in corpus["sources"].values())
+    raw = raw if raw is not None else raw_samples(config)
     timings: dict[str, list[tuple[int, float]]] = {"corpus": [], "tokenizer": []}
-    with _quiet("domainlm.corpus", "domainlm.tokenizer"):
+    with _quiet("domainlm.corpus", "domainlm.tokenizer"), tempfile.TemporaryDirectory() as inputs:
         for n in STAGE_SAMPLES:
-            sources = [s.model_copy(update={"max_docs": min(n, s.max_docs or n)}) for s in config.corpus.sources]
+            sources = []
+            for number, (source, name) in enumerate(zip(config.corpus.sources, config.corpus.source_names(),
+                                                        strict=True)):
+                path = Path(inputs) / f"{n}-{number}.jsonl"
+                path.write_text("".join(json.dumps({"text": text}) + "\n" for text in raw[name][1][:n]))
+                sources.append(source.model_copy(update={"path": str(path), "format": "jsonl", "name": name,
+                                                         "text_field": "text", "max_docs": None}))
+            read = sum(min(n, len(raw[name][1])) for name in config.corpus.source_names())
             with tempfile.TemporaryDirectory() as folder:
                 sample = config.model_copy(update={"run_dir": folder,
                                                    "corpus": config.corpus.model_copy(update={"sources": sources})})
                 out = RunLayout(sample.directory)
                 started = time.perf_counter()
-                read = curate_stage(sample, out.root / "corpus")["read"]
+                curate_stage(sample, out.root / "corpus")
                 timings["corpus"].append((read, time.perf_counter() - started))
                 started = time.perf_counter()
                 tokenizer_stage(sample, out.tokenizer)
                 timings["tokenizer"].append((read, time.perf_counter() - started))
+    documents = sum(c["documents"] for c in corpus["sources"].values())
     words = sum(c["words"] for c in corpus["sources"].values())
     share = min(1.0, config.tokenizer.max_training_bytes / max(1, BYTES_PER_WORD * words))  # the stage's sample
     for stage, ran in done.items():
@@ -603,7 +643,9 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True,
     with `pilots` (a share of the steps), each arm's final held-out MLM loss forecast from a pilot
     run of that share (`pilot_forecasts`)."""
     found: dict[str, Any] = {"recipe": config.name, "warnings": [], "gpu_mfu": mfu, "arms": {}}
-    corpus = corpus_counts(config) if config.corpus is not None else None
+    fresh = config.corpus is not None and not RunLayout(config.directory).corpus_stats.exists()
+    raw = raw_samples(config) if fresh else None  # the raw inputs, read once for counts and stage timings
+    corpus = corpus_counts(config, raw) if config.corpus is not None else None
     found["corpus"] = corpus
     if corpus:
         total_tokens = sum(c["tokens"] for c in corpus["sources"].values())
@@ -633,7 +675,7 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True,
                 "flops_per_second": flops / arm.pretrain.max_steps / step["seconds_per_step"]}
         found["arms"][name] = entry
     if measure and corpus:
-        found["stages"] = stage_times(config, corpus)
+        found["stages"] = stage_times(config, corpus, raw)
     if pilots and found["arms"]:
         for name, forecast in pilot_forecasts(config, pilots).items():
             found["arms"][name]["loss_forecast"] = forecast
