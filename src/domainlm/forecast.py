@@ -123,19 +123,21 @@ def _sampled(documents: Iterator[tuple[str, str]], seed: int = 0) -> tuple[Count
     return counts, samples
 
 
-def raw_samples(config: RunConfig) -> dict[str, tuple[int, list[str]]]:
+def raw_samples(config: RunConfig) -> dict[str, tuple[int, list[str], float]]:
     """Per corpus source (by its unique name): its documents in the raw inputs (`max_docs`
-    applied) and a uniform sample of `SAMPLE_DOCS` of their texts, in one pass over them."""
+    applied), a uniform sample of `SAMPLE_DOCS` of their texts, and the seconds reading them
+    took, in one pass over them."""
     found = {}
     for source, name in zip(config.corpus.sources, config.corpus.source_names(), strict=True):
         source = source.model_copy(update={"name": name})
+        started = time.perf_counter()
         documents, sample = _sampled((name, record["text"]) for unit in plan_units([source], 2**62)
                                      for record in itertools.islice(_records(unit, source), source.max_docs))
-        found[name] = (documents[name], sample.get(name, []))
+        found[name] = (documents[name], sample.get(name, []), time.perf_counter() - started)
     return found
 
 
-def corpus_counts(config: RunConfig, raw: dict[str, tuple[int, list[str]]] | None = None) -> dict[str, Any]:
+def corpus_counts(config: RunConfig, raw: dict[str, tuple[int, list[str], float]] | None = None) -> dict[str, Any]:
     """Per source: documents, words, tokens and the weight it is read at; `basis` says whether
     they are the corpus stage's (after curation) or the raw inputs' (before it; `raw_samples`,
     read here unless given). Words and tokens are the mean of a uniform sample of each source's
@@ -154,7 +156,7 @@ def corpus_counts(config: RunConfig, raw: dict[str, tuple[int, list[str]]] | Non
     else:
         raw = raw if raw is not None else raw_samples(config)
         for source, name in zip(config.corpus.sources, config.corpus.source_names(), strict=True):
-            documents, sample = raw[name]
+            documents, sample, _ = raw[name]
             sources[name] = {"documents": documents, "weight": source.weight * source.repeat,
                              "sample": [normalize_text(text, config.corpus.normalization) for text in sample]}
         basis = "the raw inputs (the corpus stage has not run: its filters and dedup will lower them)"
@@ -385,13 +387,13 @@ def _on_line(timings: list[tuple[int, float]], amount: float) -> float:
 
 
 def stage_times(config: RunConfig, corpus: dict[str, Any],
-                raw: dict[str, tuple[int, list[str]]] | None = None) -> dict[str, Any]:
+                raw: dict[str, tuple[int, list[str], float]] | None = None) -> dict[str, Any]:
     """Seconds of the corpus and tokenizer stages on this machine: the stages' own code run on
-    2,000 and on 20,000 documents of each source drawn uniformly (`raw_samples`, read here unless given),
-    extrapolated along the line through the two timings to the corpus's documents (a stage that
-    already ran: its recorded time). The samples are read as JSONL and as one work unit per
-    source: a compressed corpus reads a little slower, one of many units curates faster on
-    several workers than said."""
+    2,000 and on 20,000 documents of each source drawn uniformly (`raw_samples`, read here unless
+    given), extrapolated along the line through the two timings to the corpus's documents, plus,
+    for the corpus stage, the time reading the raw inputs took (a stage that already ran: its
+    recorded time). The samples are curated as one work unit per source: a corpus of many units
+    curates faster on several workers than said."""
     from domainlm.corpus import run as curate_stage
     from domainlm.tokenizer import run as tokenizer_stage
 
@@ -429,7 +431,8 @@ def stage_times(config: RunConfig, corpus: dict[str, Any],
     for stage, ran in done.items():
         if not ran:
             read = documents * (share if stage == "tokenizer" else 1.0)
-            found[stage] = {"seconds": _on_line(timings[stage], read), "timed_documents": timings[stage],
+            reading = sum(seconds for _, _, seconds in raw.values()) if stage == "corpus" else 0.0
+            found[stage] = {"seconds": reading + _on_line(timings[stage], read), "timed_documents": timings[stage],
                             "basis": f"timed on {STAGE_SAMPLES[0]:,} and {STAGE_SAMPLES[1]:,} documents per source"}
     return found
 
