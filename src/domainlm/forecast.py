@@ -505,7 +505,7 @@ def pilot_curve(arm: RunConfig, steps: int) -> dict[str, Any]:
     _, train_config = training_configs(arm.model_copy(update={"pretrain": settings}), model, tokenizer, specials)
     if arm.resources.pretrain_threads:
         torch.set_num_threads(arm.resources.pretrain_threads)
-    started, points, multipliers = time.perf_counter(), [], []
+    started, points, multipliers, measuring = time.perf_counter(), [], [], 0.0
     at = set(np.linspace(0, steps, PILOT_POINTS + 1).round().astype(int)[1:].tolist())
     with tempfile.TemporaryDirectory() as folder:
         heldout = heldout_shards(layout, tokenizer_dir, specials, Path(folder))
@@ -514,6 +514,7 @@ def pilot_curve(arm: RunConfig, steps: int) -> dict[str, Any]:
         trainer = Trainer(train_config, settings, data, tokenizer, Path(folder) / "checkpoints", seed=arm.seed,
                           model=model, mask_token=specials["mask"], source_weights=layout.corpus_source_weights())
         batches = trainer.batches.batches(0, steps)
+        looping = time.perf_counter()
         try:
             for step in range(steps):
                 multipliers.append(trainer.scheduler.get_last_lr()[0] / settings.lr)
@@ -522,12 +523,15 @@ def pilot_curve(arm: RunConfig, steps: int) -> dict[str, Any]:
                 trainer.record.step += 1
                 if step + 1 in at:
                     trainer.record.flush()
+                    paused = time.perf_counter()
                     points.append((step + 1, trainer.heldout_loss(heldout)["heldout_mlm_loss"]))
+                    measuring += time.perf_counter() - paused
         finally:
             batches.close()
+        training = time.perf_counter() - looping - measuring  # the steps alone, measurements left out
         unigram = unigram_cross_entropy(data, heldout, tokenizer.get_vocab_size())
     return {"steps": steps, "points": points, "multipliers": multipliers, "unigram_cross_entropy": unigram,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "seconds_per_step": training / steps}
 
 
 def full_schedule(arm: RunConfig) -> np.ndarray:
@@ -550,7 +554,7 @@ def loss_forecast(arm: RunConfig, pilot: dict[str, Any], seed: int = 0) -> dict[
     points = pilot.get("points") or []
     found = {"pilot_steps": pilot["steps"], "pilot_fraction": pilot["steps"] / arm.pretrain.max_steps,
              "pilot_points": points, "unigram_cross_entropy": pilot.get("unigram_cross_entropy"),
-             "pilot_seconds": pilot.get("seconds")}
+             "pilot_seconds": pilot.get("seconds"), "pilot_seconds_per_step": pilot.get("seconds_per_step")}
     if not points:
         return found | {"forecast": None, "reason": pilot.get("reason", "no pilot points")}
     unigram = pilot["unigram_cross_entropy"]
@@ -600,8 +604,9 @@ def gain_outlook(config: RunConfig, arms: dict[str, dict[str, Any]]) -> dict[str
     vocabulary splits, `evaluate.task_distances`; gains grow as overlap with general text falls,
     Gururangan et al. 2020), and per arm with a pilot forecast whether its model is expected to use
     context at all by the end of its budget (a forecast held-out loss below the corpus's unigram
-    cross-entropy). An arm that will not is not expected to beat a pretrained general model on any
-    task. None without tasks or a general vocabulary."""
+    cross-entropy). An arm forecast not to is not expected to beat a pretrained general model on
+    any task; one whose pilot is still on the plateau gets no outlook. None without tasks or a
+    general vocabulary."""
     from domainlm.evaluate import task_distances
     from domainlm.tasks.load import load_task
 
@@ -617,7 +622,12 @@ def gain_outlook(config: RunConfig, arms: dict[str, dict[str, Any]]) -> dict[str
         if forecast is None or forecast.get("unigram_cross_entropy") is None:
             continue
         final, unigram = forecast["forecast"], forecast["unigram_cross_entropy"]
-        if final is None or final >= unigram:
+        if final is None:
+            expectations[name] = (f"no outlook: its pilot ended on the unigram plateau (held-out loss above the "
+                                  f"unigram cross-entropy {unigram:.2f}), so whether it learns to use context in "
+                                  "the rest of its budget, and how much, is not forecast; a model that starts late "
+                                  "has little budget left to gain with")
+        elif final >= unigram:
             expectations[name] = (f"not expected to beat a pretrained general model on any task: by the end of its "
                                   f"budget its held-out loss is not forecast below the unigram cross-entropy "
                                   f"{unigram:.2f} (it will hardly use context)")
@@ -681,7 +691,13 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True,
         found["stages"] = stage_times(config, corpus, raw)
     if pilots and found["arms"]:
         for name, forecast in pilot_forecasts(config, pilots).items():
-            found["arms"][name]["loss_forecast"] = forecast
+            entry = found["arms"][name]
+            entry["loss_forecast"] = forecast
+            if entry.get("this_machine") and forecast.get("pilot_seconds_per_step"):  # real data, many steps
+                step = forecast["pilot_seconds_per_step"]
+                entry["this_machine"] |= {"seconds_per_step": step, "pretrain_seconds": step * entry["steps"],
+                                          "flops_per_second": entry["flops"] / entry["steps"] / step,
+                                          "timed_on": "the pilot's training steps"}
     if pilots:
         found["gain_outlook"] = gain_outlook(config, found["arms"])
     found["evaluation"] = evaluation_runs(config)
