@@ -584,16 +584,18 @@ def pilot_forecasts(config: RunConfig, fraction: float = PILOT_FRACTION) -> dict
     loss (`loss_forecast`). ConfigError for a fraction outside (0, 1)."""
     if not 0 < fraction < 1:
         raise ConfigError(f"--pilots {fraction}: a pilot runs a share of the budget, between 0 and 1 (e.g. 0.125)")
-    from domainlm.pipeline import run_all, run_stage
+    from domainlm.pipeline import run_all, run_lock, run_stage
 
     found = {}
     for name, arm in arms_of(config).items():
         run_all(arm, stages=("corpus", "tokenizer"))
-        run_stage(arm, "pretrain", prepare_only=True)
         steps = max(1, round(fraction * arm.pretrain.max_steps))
-        log.info("plan: arm %s: pilot of %d steps (%.1f%% of %d)", name, steps, 100 * steps / arm.pretrain.max_steps,
-                 arm.pretrain.max_steps)
-        found[name] = loss_forecast(arm, pilot_curve(arm, steps))
+        with run_lock(arm):  # no run of the recipe changes the data under the pilot
+            run_stage(arm, "pretrain", prepare_only=True)
+            log.info("plan: arm %s: pilot of %d steps (%.1f%% of %d)", name, steps,
+                     100 * steps / arm.pretrain.max_steps, arm.pretrain.max_steps)
+            pilot = pilot_curve(arm, steps)
+        found[name] = loss_forecast(arm, pilot)
     return found
 
 
