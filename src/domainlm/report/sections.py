@@ -264,11 +264,11 @@ def forecast_section(plan: dict, pre: dict, timings: dict[str, float]) -> Sectio
         found = actual.get(arm)
         if found is None:
             continue
-        add(arm, "parameters", forecast["memory"]["parameters"], found.get("parameters"))
+        add(arm, "parameters", forecast["memory"]["parameters"], found.get("parameters"), ",.0f")
         add(arm, "training FLOPs", forecast["flops"], found.get("flops"))
-        add(arm, "row positions", forecast["positions"], found.get("positions"))
+        add(arm, "row positions", forecast["positions"], found.get("positions"), ",.0f")
         add(arm, "training seconds (this machine)", (forecast.get("this_machine") or {}).get("pretrain_seconds"),
-            found.get("train_seconds"))
+            found.get("train_seconds"), ",.1f")
         add(arm, "final held-out MLM loss (pilot)", (forecast.get("loss_forecast") or {}).get("forecast"),
             found.get("heldout_mlm_loss"), ".3f")
     stages = {**plan.get("stages", {}), "evaluate": plan["evaluation"].get("this_machine", {})}
