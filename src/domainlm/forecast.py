@@ -37,10 +37,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from domainlm.config import LEXICAL, RunConfig, resolve_path
 from domainlm.corpus.normalize import normalize_text
@@ -48,12 +47,14 @@ from domainlm.corpus.readers import plan_units, read_unit
 from domainlm.errors import ConfigError
 from domainlm.io import atomic_write_json, atomic_write_text, read_json
 from domainlm.layout import RunLayout
-from domainlm.pretrain import encoder_config
-from domainlm.pretrain.architectures import checkpoint_config, new_model
-from domainlm.pretrain.data import TokenShards
-from domainlm.pretrain.flops import forward_flops
-from domainlm.pretrain.trainer import Trainer
 from domainlm.vocabulary import read_tokenizer, untruncated
+
+if TYPE_CHECKING:
+    from domainlm.pretrain.data import TokenShards
+
+# torch and the pretrain stage are imported where used: the CLI imports this module, and so does
+# every worker the corpus stage spawns (it re-imports the `domainlm` script), where torch would
+# add seconds to each start.
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +192,12 @@ def reads(arm: RunConfig, corpus: dict[str, Any]) -> dict[str, Any]:
 def arm_model(arm: RunConfig, vocab_size: int):
     """The arm's model without weights (on the meta device): the checkpoint it continues, or the
     model section's layout at `vocab_size`."""
+    import torch
+
+    from domainlm.pretrain import encoder_config
+    from domainlm.pretrain.architectures import checkpoint_config, new_model
+
+
     with torch.device("meta"):
         if arm.model.init_from:
             layout, _ = checkpoint_config(resolve_path(arm.model.init_from))
@@ -200,6 +207,9 @@ def arm_model(arm: RunConfig, vocab_size: int):
 
 def training_flops(model, seq_len: int, positions: int, mask_rate: float) -> float:
     """3 forwards' worth (Kaplan et al. 2020) over `positions`, the MLM head on mask_rate of them."""
+    from domainlm.pretrain.flops import forward_flops
+
+
     return 3 * forward_flops(model, seq_len, positions, round(positions * mask_rate))
 
 
@@ -241,6 +251,12 @@ def measured_step(arm: RunConfig, layout, steps: int = 12, warmup: int = 2) -> d
     sequence length on this machine, through the pretraining engine on random full-length
     documents: the median of `steps` timed steps (a shared machine's slow outliers left out),
     after `warmup` untimed ones (allocation, warm-up)."""
+    import torch
+
+    from domainlm.pretrain.data import TokenShards
+    from domainlm.pretrain.trainer import Trainer
+
+
     torch.manual_seed(0)
     pretrain, vocab_size = arm.pretrain, layout.vocab_size
     if pretrain.dropout is not None:  # what the engine trains with (`pretrain.training_configs`)
@@ -281,7 +297,10 @@ def _model_directory(config: RunConfig, entry, layouts: dict[str, Any], folder: 
     with the arm's trained tokenizer (else the reference one, else a stand-in of one token per
     word) into `folder` (the time does not depend on the weights). None for an arm the recipe
     does not pretrain."""
+    import torch
+
     from domainlm.pretrain import export_model
+    from domainlm.pretrain.architectures import new_model
     from domainlm.tokenizer import save_for_transformers
 
     if entry.kind == "hf":
@@ -495,7 +514,10 @@ def pilot_curve(arm: RunConfig, steps: int) -> dict[str, Any]:
     own warmup and decay), measured `PILOT_POINTS` times as the pretrain stage measures its final
     one; and the corpus's unigram cross-entropy. Needs the arm's prepared pretraining data
     (`domainlm pretrain --data-only`)."""
+    import torch
+
     from domainlm.pretrain import heldout_shards, initial_model, prepare_data, training_configs
+    from domainlm.pretrain.trainer import Trainer
 
     layout = RunLayout(arm.directory)
     model, tokenizer_dir, specials, _ = initial_model(arm, write=False)
