@@ -141,6 +141,31 @@ def test_long_documents_are_counted_whole_by_a_tokenizer_that_truncates(tiny_rec
     assert counts["documents"] == 3 and counts["tokens"] >= counts["words"] == 3 * 720
 
 
+def test_timed_steps_read_documents_of_the_corpus_lengths():
+    from domainlm.forecast import LENGTH_QUANTILES, document_lengths
+
+    rng = np.random.default_rng(0)
+    short = {"documents": 300, "weight": 1.0, "token_length_quantiles": [10] * len(LENGTH_QUANTILES)}
+    long = {"documents": 100, "weight": 1.0, "token_length_quantiles": np.linspace(100, 200, len(LENGTH_QUANTILES)).tolist()}
+    drawn = document_lengths({"sources": {"short": short, "long": long}}, 4000, 126, rng)
+    assert set(drawn[drawn < 100].tolist()) == {10} and 100 <= drawn[drawn >= 100].min() <= drawn.max() <= 200
+    assert abs((drawn == 10).mean() - 0.75) < 0.03  # 300 : 100 documents
+    assert abs(np.median(drawn[drawn >= 100]) - 150) < 5  # the long source's median
+    long["weight"] = 3.0  # read three times as often: half the documents drawn
+    assert abs((document_lengths({"sources": {"short": short, "long": long}}, 4000, 126, rng) == 10).mean() - 0.5) < 0.03
+    assert document_lengths(None, 5, 126, rng).tolist() == [126] * 5  # no counts: full rows
+
+
+def test_the_counts_keep_each_sources_document_lengths(tiny_recipe, tmp_path):
+    (tmp_path / "docs.txt").write_text("".join(" ".join(["word"] * n) + "\n" for n in range(10, 110)))
+    tiny_recipe["corpus"]["sources"] = [{"path": str(tmp_path / "docs.txt")}]
+    tiny_recipe["tokenizer"].pop("reference", None)
+    counts = corpus_counts(config_from_dict(tiny_recipe))["sources"]["docs.txt"]
+    # no vocabulary at hand: 1.3 tokens per word, lengths 10..109 words
+    assert counts["token_length_quantiles"][0] == 13 and counts["token_length_quantiles"][-1] == round(109 * 1.3)
+    assert counts["token_length_quantiles"][10] == round(np.median(np.arange(10, 110) * 1.3))
+
+
 # ------------------------------------------------------------------------------ loss from pilots
 def test_schedule_areas_sum_the_rates_and_the_annealing_momentum():
     from domainlm.forecast import schedule_areas

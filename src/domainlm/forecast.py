@@ -67,6 +67,7 @@ CARDS_GIB = (24, 40, 80)
 MAX_EPOCHS = 4  # Muennighoff et al. 2023: repeated data beyond ~4 epochs adds little
 TOKENS_PER_ENTRY = 1000  # fewer corpus tokens per vocabulary entry than this: many entries stay rare
 WORDS_TOKENS = 1.3  # tokens per word when no vocabulary is at hand
+LENGTH_QUANTILES = np.linspace(0, 1, 21)  # a source's document lengths in tokens, kept every 5%
 SAMPLE_DOCS = 20_000  # documents per source drawn uniformly: their words and tokens are counted, stages timed on them
 
 
@@ -98,15 +99,16 @@ def counting_tokenizer(config: RunConfig):
     return None, f"{WORDS_TOKENS} tokens per word (no vocabulary yet)"
 
 
-def _sample_counts(texts: list[str], tokenizer) -> tuple[float, float]:
-    """(mean words, mean tokens) per document of a sample."""
+def _sample_counts(texts: list[str], tokenizer) -> tuple[float, float, np.ndarray]:
+    """(mean words, mean tokens, tokens of each document) of a sample."""
     if not texts:
-        return 0.0, 0.0
-    words = float(np.mean([len(t.split()) for t in texts]))
+        return 0.0, 0.0, np.zeros(0)
+    words = np.array([len(t.split()) for t in texts], dtype=np.float64)
     if tokenizer is None:
-        return words, words * WORDS_TOKENS
-    encodings = tokenizer.encode_batch(texts, add_special_tokens=False)
-    return words, float(np.mean([len(e.ids) for e in encodings]))
+        tokens = words * WORDS_TOKENS
+    else:
+        tokens = np.array([len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)], dtype=np.float64)
+    return float(words.mean()), float(tokens.mean()), tokens
 
 
 def _sampled(documents: Iterator[tuple[str, str]], seed: int = 0) -> tuple[Counter, dict[str, list[str]]]:
@@ -162,8 +164,10 @@ def corpus_counts(config: RunConfig, raw: dict[str, tuple[int, list[str], float]
                              "sample": [normalize_text(text, config.corpus.normalization) for text in sample]}
         basis = "the raw inputs (the corpus stage has not run: its filters and dedup will lower them)"
     for counts in sources.values():
-        words, tokens = _sample_counts(counts.pop("sample"), tokenizer)
-        counts.update(words=round(words * counts["documents"]), tokens=round(tokens * counts["documents"]))
+        words, tokens, lengths = _sample_counts(counts.pop("sample"), tokenizer)
+        counts.update(words=round(words * counts["documents"]), tokens=round(tokens * counts["documents"]),
+                      token_length_quantiles=np.quantile(lengths, LENGTH_QUANTILES).round().astype(int).tolist()
+                      if len(lengths) else [])
     return {"basis": basis, "tokens_counted_with": counted_with, "sources": sources}
 
 
@@ -246,16 +250,32 @@ def _stand_in_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def measured_step(arm: RunConfig, layout, steps: int = 12, warmup: int = 2) -> dict[str, float]:
+def document_lengths(corpus: dict[str, Any] | None, count: int, longest: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` document lengths in tokens drawn from the corpus's sources (in proportion to their
+    documents times weight, each from its `token_length_quantiles`, by inverse CDF), each at least
+    1; without counts, `longest` each (full rows)."""
+    sources = [c for c in (corpus or {}).get("sources", {}).values() if c.get("token_length_quantiles")]
+    if not sources:
+        return np.full(count, longest)
+    shares = np.array([c["documents"] * c["weight"] for c in sources], dtype=np.float64)
+    picks, levels, drawn = rng.choice(len(sources), size=count, p=shares / shares.sum()), rng.random(count), np.zeros(count)
+    for i, source in enumerate(sources):
+        quantiles = source["token_length_quantiles"]
+        drawn[picks == i] = np.interp(levels[picks == i], np.linspace(0, 1, len(quantiles)), quantiles)
+    return np.maximum(1, drawn.round()).astype(np.int64)
+
+
+def measured_step(arm: RunConfig, layout, corpus: dict[str, Any] | None = None, steps: int = 12,
+                  warmup: int = 2) -> dict[str, float]:
     """Seconds per optimizer step of a model of `layout` (fresh weights) at the arm's batch and
-    sequence length on this machine, through the pretraining engine on random full-length
-    documents: the median of `steps` timed steps (a shared machine's slow outliers left out),
-    after `warmup` untimed ones (allocation, warm-up)."""
+    sequence length on this machine, through the pretraining engine on documents of the corpus's
+    lengths (`document_lengths`: packed rows pad and mask as the real ones) with random tokens:
+    the median of `steps` timed steps (a shared machine's slow outliers left out), after `warmup`
+    untimed ones (allocation, warm-up)."""
     import torch
 
     from domainlm.pretrain.data import TokenShards
     from domainlm.pretrain.trainer import Trainer
-
 
     torch.manual_seed(0)
     pretrain, vocab_size = arm.pretrain, layout.vocab_size
@@ -263,10 +283,13 @@ def measured_step(arm: RunConfig, layout, steps: int = 12, warmup: int = 2) -> d
         layout = dataclasses.replace(layout, dropout=pretrain.dropout)
     tokenizer = _stand_in_tokenizer(vocab_size)
     rng = np.random.default_rng(0)
-    docs = (pretrain.batch_size + 1) * (steps + warmup)
-    tokens = rng.integers(5, vocab_size, docs * (pretrain.seq_len - 2)).astype(np.int32)
-    data = TokenShards(tokens, np.arange(docs + 1) * (pretrain.seq_len - 2), np.zeros(docs, np.int16),
-                       ["corpus"], {"cls": 2, "sep": 3, "pad": 0})
+    rows = (pretrain.batch_size + 1) * (steps + warmup)
+    lengths = document_lengths(corpus, rows, pretrain.seq_len - 2, rng)
+    while lengths.sum() < rows * pretrain.seq_len:  # enough documents to fill the rows the steps read
+        lengths = np.concatenate([lengths, document_lengths(corpus, rows, pretrain.seq_len - 2, rng)])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    data = TokenShards(rng.integers(5, vocab_size, offsets[-1]).astype(np.int32), offsets,
+                       np.zeros(len(lengths), np.int16), ["corpus"], {"cls": 2, "sep": 3, "pad": 0})
     settings = pretrain.model_copy(update={"max_steps": steps + warmup, "checkpoint_every": 10**9, "short_seq_fraction": 0,
                                            "batch_size_start": None, "curriculum": "none", "mixture": {},
                                            "upsample_source": None, "teacher": None})
@@ -706,7 +729,7 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True,
                  "seq_len": arm.pretrain.seq_len, **data, "flops": flops, "memory": memory(model, arm),
                  "gpu_hours": {gpu: flops / (peak * mfu) / 3600 for gpu, (peak, _) in GPUS.items()}}
         if measure:
-            step = measured_step(arm, model.config)
+            step = measured_step(arm, model.config, corpus)
             entry["this_machine"] = step | {
                 "pretrain_seconds": step["seconds_per_step"] * arm.pretrain.max_steps,
                 "flops_per_second": flops / arm.pretrain.max_steps / step["seconds_per_step"]}
