@@ -19,7 +19,8 @@ import traceback
 from domainlm import distributed, experiment, forecast
 from domainlm.config import load_config
 from domainlm.errors import DomainlmError, StageError
-from domainlm.forecast import DEFAULT_MFU, PILOT_FRACTION
+from domainlm.forecast.costs import DEFAULT_MFU
+from domainlm.forecast.loss import PILOT_FRACTION
 from domainlm.layout import ReportFiles, RunLayout
 from domainlm.pipeline import STAGES, partial_report, run_all, run_stage
 
