@@ -128,6 +128,9 @@ def test_pilots_prepare_the_arms_data_and_forecast_or_say_why_not(tiny_recipe, t
     assert "Final held-out MLM loss of arm domain:" in printed
     assert layout.manifest("tokenizer").exists() and layout.in_progress("pretrain").exists()  # prepared, reused
     assert main(["plan", str(recipe), "--pilots", "1.5", "--no-measure"]) == 2  # not a share of the budget
+    with pytest.raises(SystemExit) as refused:  # a plan runs no stage: --force is not taken silently
+        main(["plan", str(recipe), "--force"])
+    assert refused.value.code == 2
     run_all(config_from_dict(tiny_recipe))
     assert json.loads(layout.pretrain_summary.read_text())["heldout_mlm_loss"] > 0
 
