@@ -71,6 +71,8 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True,
                 f"tokenizer.vocab_size {config.tokenizer.vocab_size} against ~{total_tokens:,} corpus tokens: "
                 f"{per_entry:.0f} tokens per entry (fewer than {TOKENS_PER_ENTRY}); many entries will be rare and "
                 "poorly trained: a smaller vocabulary, or more text")
+    if measure and corpus:  # first: the stages' timings include what they import (see stage_times)
+        found["stages"] = stage_times(config, corpus, raw)
     for name, arm in arms_of(config).items():
         model = arm_model(arm, arm_vocab_size(arm))
         data = reads(arm, corpus) if corpus else {"positions": 0, "epochs": {}}
@@ -89,8 +91,6 @@ def plan(config: RunConfig, mfu: float = DEFAULT_MFU, measure: bool = True,
                 "pretrain_seconds": step["seconds_per_step"] * arm.pretrain.max_steps,
                 "flops_per_second": flops / arm.pretrain.max_steps / step["seconds_per_step"]}
         found["arms"][name] = entry
-    if measure and corpus:
-        found["stages"] = stage_times(config, corpus, raw)
     if pilots and found["arms"]:
         for name, forecast in pilot_forecasts(config, pilots).items():
             entry = found["arms"][name]
