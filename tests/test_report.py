@@ -128,9 +128,9 @@ def test_constant_predictions_and_a_far_gap_to_tfidf_are_named(tmp_path):
     from domainlm.report.comparison import degenerate_models
 
     run_dir = RunLayout(tmp_path)
-    runs = {("ner", "domain"): [[["O", "O"], ["O"]]] * 2, ("ner", "tfidf"): [[["B-X", "O"], ["O"]]],
+    runs = {("ner", "domain"): [[["O", "O"], ["O"]]] * 2, ("ner", "lexical"): [[["B-X", "O"], ["O"]]],
             ("cls", "domain"): [["pos", "pos", "pos"]], ("cls", "weak"): [["pos", "neg", "neg"]],
-            ("cls", "tfidf"): [["pos", "neg", "pos"]]}
+            ("cls", "lexical"): [["pos", "neg", "pos"]]}
     selection = {}
     for (task, model), predictions in runs.items():
         selection.setdefault(model, {})[task] = {"lr": 0.1, "seeds": list(range(len(predictions)))}
@@ -139,12 +139,15 @@ def test_constant_predictions_and_a_far_gap_to_tfidf_are_named(tmp_path):
             run_dir.run_file(model, task, 0.1, seed).write_text(json.dumps({"predictions": prediction}))
     run_dir.selection.write_text(json.dumps(selection))
     summary = [{"task": t, "model": m, "mean": mean, "n": 1} for (t, m), mean in
-               {("ner", "domain"): 0.0, ("ner", "tfidf"): 0.5, ("cls", "domain"): 0.5, ("cls", "weak"): 0.3,
-                ("cls", "tfidf"): 0.9}.items()]
+               {("ner", "domain"): 0.0, ("ner", "lexical"): 0.5, ("cls", "domain"): 0.5, ("cls", "weak"): 0.3,
+                ("cls", "lexical"): 0.9}.items()]
     found = degenerate_models(run_dir, [{"name": "ner", "type": "token-classification"},
-                                        {"name": "cls", "type": "classification"}], summary)
+                                        {"name": "cls", "type": "classification"}], summary, "lexical")
     assert found == {"ner": {"domain": "predicts no entity at all"},
                      "cls": {"domain": 'predicts only "pos"', "weak": "60 points below TF-IDF"}}
+    # measured against the recipe's TF-IDF row whatever its name; without one, nothing is "below" it
+    assert degenerate_models(run_dir, [{"name": "cls", "type": "classification"}], summary, None) == \
+        {"cls": {"domain": 'predicts only "pos"'}}
 
 
 def test_arms_of_unequal_size_or_vocabulary_are_said():

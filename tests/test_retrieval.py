@@ -269,6 +269,26 @@ def _bm25_dev(task):
     return BM25(task).rank([x["text"] for x in task.dev])
 
 
+def test_in_batch_negatives_never_hold_a_copy_of_a_positive():
+    import random
+
+    from domainlm.evaluate.retrieval import _batches
+
+    # 40 queries over 6 documents (each relevant to several), one query with two relevant documents
+    pairs = [(f"q{i}", f"d{i % 6}") for i in range(40)] + [("q0", "d5")]
+    batches = _batches(pairs, 8, random.Random(0), distinct=True)
+    assert sorted(p for b in batches for p in b) == sorted(pairs)  # every pair once
+    for batch in batches:
+        texts = [t for pair in batch for t in pair]
+        assert len(texts) == len(set(texts)) and 0 < len(batch) <= 8
+    assert max(len(b) for b in batches) == 6  # at most one pair per document fits a batch
+    plain = _batches(pairs, 8, random.Random(0))
+    assert [len(b) for b in plain] == [8] * 5 + [1]  # without `distinct`: cut in order, copies and all
+    assert any(len({d for _, d in b}) < len(b) for b in plain)
+    texts = _batches(["a", "b", "a", "c"], 4, random.Random(0), distinct=True)  # single texts (SimCSE) too
+    assert [sorted(b) for b in texts] == [["a", "b", "c"], ["a"]]
+
+
 def test_zero_shot_ranks_by_cosine_of_the_encoders_mean_pooled_embeddings(beir, tiny_encoder):
     import torch
     from transformers import AutoModel, AutoTokenizer

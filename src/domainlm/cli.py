@@ -19,7 +19,8 @@ import traceback
 from domainlm import distributed, experiment, forecast
 from domainlm.config import load_config
 from domainlm.errors import DomainlmError, StageError
-from domainlm.forecast import DEFAULT_MFU, PILOT_FRACTION
+from domainlm.forecast.costs import DEFAULT_MFU
+from domainlm.forecast.loss import PILOT_FRACTION
 from domainlm.layout import ReportFiles, RunLayout
 from domainlm.pipeline import STAGES, partial_report, run_all, run_stage
 
@@ -43,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("recipe", help="YAML recipe, e.g. recipes/demo.yaml")
         sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                          help="override a recipe value, e.g. --set pretrain.max_steps=200 (repeatable)")
-        sub.add_argument("--force", action="store_true", help="rerun even if up to date")
+        if verb != "plan":  # a plan runs no stage: there is nothing to force
+            sub.add_argument("--force", action="store_true", help="rerun even if up to date")
         sub.add_argument("--debug", action="store_true", help="debug logging, and tracebacks with errors")
     verbs.choices["pretrain"].add_argument(
         "--data-only", action="store_true",
@@ -110,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with logging_redirect_tqdm():
-            execute(args.verb, args.recipe, args.overrides, args.force, getattr(args, "partial", False),
-                    getattr(args, "data_only", False),
+            execute(args.verb, args.recipe, args.overrides, getattr(args, "force", False),
+                    getattr(args, "partial", False), getattr(args, "data_only", False),
                     **{k: getattr(args, k) for k in ("mfu", "measure", "pilots") if hasattr(args, k)})
     except (DomainlmError, OSError) as err:  # OSError: a full disk, a folder that is a file, no permission
         if args.debug:

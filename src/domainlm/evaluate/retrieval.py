@@ -207,23 +207,49 @@ def training_pairs(task: Task, hard_negatives: int, seed: int) -> list[tuple[str
     return pairs
 
 
-def _batches(items: list, size: int, rng: random.Random) -> list[list]:
+def _batches(items: list, size: int, rng: random.Random, distinct: bool = False) -> list[list]:
+    """`items` shuffled into batches of `size` (the last may be smaller). `distinct`: no text twice
+    in a batch — with in-batch negatives a second copy of a positive (a document relevant to two
+    queries, a query with two relevant documents) would be scored as a negative; an item that would
+    repeat one waits for a later batch (as sentence-transformers' no-duplicates batch sampler)."""
     order = list(range(len(items)))
     rng.shuffle(order)
-    return [[items[i] for i in order[start:start + size]] for start in range(0, len(order), size)]
+    pending = [items[i] for i in order]
+    if not distinct:
+        return [pending[start:start + size] for start in range(0, len(pending), size)]
+    batches = []
+    while pending:
+        batch, seen, waiting = [], set(), []
+        for at, item in enumerate(pending):
+            texts = item if isinstance(item, tuple) else (item,)
+            if seen.isdisjoint(texts):
+                batch.append(item)
+                seen.update(texts)
+                if len(batch) == size:
+                    waiting += pending[at + 1:]
+                    break
+            else:
+                waiting.append(item)
+        batches.append(batch)
+        pending = waiting
+    return batches
 
 
 def _fit(optimizer, scheduler, batch: list[tuple], step) -> float:
-    """One optimizer step on a batch of (text, ...) tuples (`step(batch)`: the loss); the loss value."""
+    """One optimizer step on a batch of (text, ...) tuples (`step(batch)`: the loss; gradients
+    clipped to norm 1 as in every other fine-tuning loop here); the loss value."""
+    import torch
+
     loss_value = step(batch)
     loss_value.backward()
+    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad()
     return loss_value.item()
 
 
-def _train_epochs(model, items: list, lr: float, config, seed: int, step, score_dev) -> dict:
+def _train_epochs(model, items: list, lr: float, config, seed: int, step, score_dev, distinct: bool = False) -> dict:
     """Epochs over `items` with `step(batch)` giving the loss (AdamW, the fine-tuning's warmup and
     linear decay), dev scored after each (`score_dev()`), early stopping after `patience` epochs
     without a better score; the best epoch's weights stay in `model`. Returns the bookkeeping: dev
@@ -239,7 +265,7 @@ def _train_epochs(model, items: list, lr: float, config, seed: int, step, score_
     for _ in range(config.epochs):
         model.train()
         losses.append(float(np.mean([_fit(optimizer, scheduler, batch, step)
-                                     for batch in _batches(items, config.batch_size, rng)])))
+                                     for batch in _batches(items, config.batch_size, rng, distinct)])))
         model.eval()
         dev_scores.append(score_dev())
         if dev_scores[-1] > best:
@@ -284,7 +310,7 @@ def bi_encoder_run(path: Path, task: Task, seed: int, lr: float, config, fine_tu
             last["documents"] = embed(model, list(task.documents.values()), batch_size)
             return _dev_score(task, dense_rank(model, task, task.dev, batch_size, last["documents"]))
 
-        extra |= _train_epochs(model, pairs, lr, config, seed, step, score_dev)
+        extra |= _train_epochs(model, pairs, lr, config, seed, step, score_dev, distinct=True)
         extra |= {"pairs": len(pairs), "hard_negatives": hard_negatives}
         if extra["best_epoch"] < len(extra["dev_scores"]):  # an earlier epoch's weights were restored
             last.clear()
@@ -389,7 +415,7 @@ def simcse_adapt(path: Path, texts: list[str], seed: int, config, out: Path) -> 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_bi_encoder(path, SIMCSE_LENGTH, device, _with_dropout(path))
     loss = MultipleNegativesRankingLoss(model)
-    batches = _batches(texts, config.batch_size, random.Random(seed))
+    batches = _batches(texts, config.batch_size, random.Random(seed), distinct=True)  # a copy is no negative
     optimizer, scheduler = fine_tuning_optimizer(model, SIMCSE_LR, config, len(texts), 1)
     model.train()  # two forward passes of one text differ only by dropout: SimCSE's augmentation
 

@@ -93,11 +93,13 @@ def _constant(target: str, runs: list[list]) -> str | None:
     return None
 
 
-def degenerate_models(run_dir: RunLayout, tasks: list[dict], summary: list[dict]) -> dict[str, dict[str, str]]:
+def degenerate_models(run_dir: RunLayout, tasks: list[dict], summary: list[dict],
+                      tfidf_model: str | None) -> dict[str, dict[str, str]]:
     """Per task, the models that did not learn it, and why: the same prediction for every test
-    example in every seed (a majority class, no entity), or far below TF-IDF (`FAR_BELOW_TFIDF`)."""
+    example in every seed (a majority class, no entity), or far below the TF-IDF row named
+    `tfidf_model` (`FAR_BELOW_TFIDF`; None: the recipe has none)."""
     means = _means(summary)
-    tfidf = {s["task"]: s["mean"] for s in summary if s["model"] == "tfidf"}
+    tfidf = {s["task"]: s["mean"] for s in summary if s["model"] == tfidf_model}
     found: dict[str, dict[str, str]] = {}
     for task in tasks:
         for model in dict.fromkeys(s["model"] for s in summary if s["task"] == task["name"]):
@@ -105,7 +107,7 @@ def degenerate_models(run_dir: RunLayout, tasks: list[dict], summary: list[dict]
             gap = tfidf.get(task["name"], -1.0) - means[(model, task["name"])]
             if constant:
                 found.setdefault(task["name"], {})[model] = f"predicts {constant}"
-            elif model != "tfidf" and gap >= FAR_BELOW_TFIDF:
+            elif model != tfidf_model and gap >= FAR_BELOW_TFIDF:
                 found.setdefault(task["name"], {})[model] = f"{100 * gap:.0f} points below TF-IDF"
     return found
 
