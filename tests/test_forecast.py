@@ -109,6 +109,21 @@ def test_the_plan_command_writes_the_forecast_and_times_this_machine(tiny_recipe
     assert f"| domain | row positions | {arm['positions']:,} | {arm['positions']:,} | +0.0% |" in report
     assert "| domain | training seconds (this machine) |" in report
     assert "| corpus stage | seconds (this machine) |" in report and "| evaluate stage |" in report
+    assert "peak GPU memory" not in report  # a CPU run measures no peak memory
+    assert json.loads(layout.pretrain_summary.read_text())["peak_memory_bytes"] is None
+
+
+def test_a_gpu_runs_peak_memory_is_set_against_the_forecast_at_its_micro_batch():
+    from domainlm.report.sections import forecast_section
+
+    gib = 2**30
+    arm = {"memory": {"parameters": 1000, "state_bytes": gib, "activation_bytes_per_sequence": gib // 4},
+           "flops": 1e12, "positions": 4096}
+    pretrain = {"parameters": 1000, "flops": 1e12, "positions": 4096, "micro_batch_rows": 4,
+                "peak_memory_bytes": int(2.5 * gib)}
+    _, _, _, rows = forecast_section({"arms": {"domain": arm}, "evaluation": {}}, pretrain, {})
+    # forecast: 1 GiB of state + 4 rows x 0.25 GiB = 2 GiB, against 2.5 GiB measured
+    assert ["domain", "peak GPU memory, GiB (4 rows per micro-batch)", "2.00", "2.50", "-20.0%"] in rows
 
 
 @pytest.mark.slow

@@ -207,7 +207,7 @@ class Trainer:
         """Steps from the current one to `max_steps`, a checkpoint every `checkpoint_every`. Under
         static shapes the losses are read (and NaN/inf acted on) every `log_every` steps."""
         config, record = self.config, self.record
-        batches = self.batches.batches(record.step, config.max_steps)
+        batches, first = self.batches.batches(record.step, config.max_steps), record.step
         with progress_bar(total=config.max_steps, initial=record.step, desc="pretrain", unit=" steps",
                           disable=self.rank != 0) as progress:
             try:
@@ -216,6 +216,8 @@ class Trainer:
                     record.learning_rates.append(self.scheduler.get_last_lr()[0])
                     _, batch = next(batches)
                     self.train_step(record.step, batch)
+                    if record.step == first and self.device.type == "cuda":  # it probed micro-batch sizes
+                        torch.cuda.reset_peak_memory_stats(self.device)  # the peak is the later steps'
                     record.step += 1
                     last = record.step == config.max_steps
                     logged = record.step % config.log_every == 0 or last
@@ -264,6 +266,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ report
     def summary(self) -> dict:
+        """The record's totals and what trained: objective, attention, corpus, device, the rows per
+        micro-batch of a rank, and on a GPU the peak allocated bytes after the first step (None on CPU)."""
+        cuda = self.device.type == "cuda"
         return {**self.record.summary(), "objective": self.config.objective, "attention": self.attention,
                 "corpus_documents": self.data.num_docs, "corpus_tokens": int(self.data.offsets[-1]),
-                "device": str(self.device)}
+                "device": str(self.device), "micro_batch_rows": self.micro.size(-(-self.config.batch_size // self.world)),
+                "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if cuda else None}

@@ -271,6 +271,11 @@ def forecast_section(plan: dict, pre: dict, timings: dict[str, float]) -> Sectio
             found.get("train_seconds"), ",.1f")
         add(arm, "final held-out MLM loss (pilot)", (forecast.get("loss_forecast") or {}).get("forecast"),
             found.get("heldout_mlm_loss"), ".3f")
+        if found.get("peak_memory_bytes") and found.get("micro_batch_rows"):  # a GPU run: its micro-batch's bytes
+            memory = forecast["memory"]
+            guess = memory["state_bytes"] + memory["activation_bytes_per_sequence"] * found["micro_batch_rows"]
+            add(arm, f"peak GPU memory, GiB ({found['micro_batch_rows']} rows per micro-batch)", guess / 2**30,
+                found["peak_memory_bytes"] / 2**30, ".2f")
     stages = {**plan.get("stages", {}), "evaluate": plan["evaluation"].get("this_machine", {})}
     for stage, forecast in stages.items():
         if stage in timings and "measured" not in forecast.get("basis", ""):
@@ -280,7 +285,8 @@ def forecast_section(plan: dict, pre: dict, timings: dict[str, float]) -> Sectio
     return ("Forecast and actual", "What `domainlm plan` forecast before the run against what the "
             "run measured. Seconds are forecast from timed steps and samples on the machine that made the plan; "
             "they compare only when the run used the same machine, alone. The loss is forecast from a pilot run "
-            "(`domainlm plan --pilots`).", ["arm / stage", "what", "forecast", "actual", "error"], rows)
+            "(`domainlm plan --pilots`). Memory is compared when the run trained on one GPU (its peak allocated "
+            "bytes after the first step, at the micro-batch it used); a CPU run does not measure it.", ["arm / stage", "what", "forecast", "actual", "error"], rows)
 
 
 def build_sections(config: RunConfig, art: dict, summary: list[dict], numbers: dict) -> list[Section]:
