@@ -36,3 +36,18 @@ def test_when_the_general_model_wins_it_says_so_and_what_next():
     assert said.endswith("Next: use the general model, or try where domain models gain most — fewer labels, or tasks "
                          "far from general text.")
     assert decision([], ["domain"], ["minilm"], [], {}, None) == ""
+
+
+def test_a_win_where_a_model_did_not_learn_is_no_win_and_a_win_that_is_not_used_does_not_pay():
+    # the demo: domain far above random-init on a task both failed (far below TF-IDF), TF-IDF used there
+    chosen = [_pick("module", "tfidf", score=0.685), _pick("params", "minilm", score=0.579)]
+    intervals = [{"task": "module", "model": "domain", "reference": "random-init", "low": 0.08, "high": 0.18},
+                 {"task": "params", "model": "domain", "reference": "random-init", "low": -0.02, "high": 0.05}]
+    failed = {"module": {"domain": "32 points below TF-IDF", "random-init": "45 points below TF-IDF"}}
+    said = decision(chosen, ["domain"], ["random-init"], intervals, {}, 0.0, failed)
+    assert "no model pretrained here is measurably better than random-init on any task" in said
+    assert said.endswith("Next: use the general model, or try where domain models gain most — fewer labels, or tasks "
+                         "far from general text.")
+    said = decision(chosen, ["domain"], ["random-init"], intervals, {}, 0.0)  # both learned module: a real win
+    assert "did not pay here: a model pretrained here is measurably above random-init on module, but not the " \
+           "one to use on any task." in said and "Next: use the general model" in said

@@ -337,7 +337,7 @@ def run(config: RunConfig, out: Path, partial: bool = False) -> dict[str, Any]:
     chosen = picks(RunLayout(config.directory, chosen=art["selection"]), art["tasks"], summary,
                    config.evaluate.bootstrap_samples, config.seed)
     opening = decision(chosen, numbers["candidates"], numbers["references"], numbers["intervals"], costs,
-                       still_falling(art["history"]))
+                       still_falling(art["history"]), numbers["degenerate"])
     title = config.report.title or f"domainlm report: {config.name}"
     markdown, page = render(title, text, build_sections(config, art, summary, numbers), images, opening)
     atomic_write_text(files.markdown, markdown + "\n")

@@ -233,9 +233,11 @@ def still_falling(history: dict | None) -> float | None:
 
 
 def decision(chosen: list[dict], candidates: list[str], references: list[str], intervals: list[dict],
-             costs: dict[str, dict], falling: float | None) -> str:
+             costs: dict[str, dict], falling: float | None, degenerate: dict[str, dict[str, str]] | None = None) -> str:
     """The two or three sentences a practitioner came for, above the verdict: which model to use
-    for each task, whether domain pretraining paid here and at what cost, and what to try next."""
+    for each task, whether domain pretraining paid here and at what cost, and what to try next.
+    A task where the candidate or the reference did not learn (`degenerate_models`) is not a win:
+    the verdict calls it not comparable."""
     if not chosen:
         return ""
     uses = {c["use"] for c in chosen}
@@ -251,20 +253,25 @@ def decision(chosen: list[dict], candidates: list[str], references: list[str], i
             + (f", not measurably below {c['best']}'s {100 * c['best_score']:.1f} with fewer parameters)"
                if c["use"] != c["best"] else ", the best)") for c in chosen) + "."
     won = [c["task"] for c in chosen if c["use"] in candidates or c["best"] in candidates]
+    failed = degenerate or {}
     beaten = {r["task"] for r in intervals if r["model"] in candidates and r["reference"] in references
-              and r["low"] > 0}
+              and r["low"] > 0 and not {r["model"], r["reference"]} & set(failed.get(r["task"], {}))}
     spent = sum({(cost.get("arm") or m): cost["seconds"] for m, cost in costs.items()
                  if cost.get("seconds") is not None}.values())
     cost = f" ({spent / 3600:.2f} hours of pretraining)" if spent else ""
-    if won and beaten:
+    paid = bool(won and beaten)
+    if paid:
         said += (f" Domain pretraining paid here{cost}: a model pretrained here is the one to use, or the best, on "
                  f"{', '.join(won)}, measurably above {', '.join(references)} on {', '.join(sorted(beaten))}.")
+    elif beaten:
+        said += (f" Domain pretraining did not pay here{cost}: a model pretrained here is measurably above "
+                 f"{', '.join(references)} on {', '.join(sorted(beaten))}, but not the one to use on any task.")
     elif candidates:
         said += (f" Domain pretraining did not pay here{cost}: no model pretrained here is measurably better than "
                  f"{', '.join(references) or 'the other models'} on any task.")
     if falling is not None and falling > STILL_FALLING:
         said += (f" Next: a larger pretraining budget — the loss was still falling at the end ({100 * falling:.1f}% "
                  "lower over the last tenth of training than the tenth before).")
-    elif candidates and not beaten:
+    elif candidates and not paid:
         said += " Next: use the general model, or try where domain models gain most — fewer labels, or tasks far from general text."
     return said
